@@ -1,0 +1,46 @@
+/* Per-worker I/O buffer free list. */
+#include "buf.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+void buf_pool_init(buf_pool_t *p, size_t size, size_t max_free)
+{
+    p->size = size;
+    p->max_free = max_free;
+    p->n_free = 0;
+    p->in_use = 0;
+    p->free = calloc(max_free, sizeof(void *));
+    if (p->free == NULL)
+        abort();
+}
+
+void buf_pool_dispose(buf_pool_t *p)
+{
+    while (p->n_free > 0)
+        free(p->free[--p->n_free]);
+    free(p->free);
+    p->free = NULL;
+}
+
+char *buf_get(buf_pool_t *p)
+{
+    char *b = p->n_free > 0 ? p->free[--p->n_free] : malloc(p->size);
+    if (b == NULL) {
+        fputs("psproxy: out of memory\n", stderr);
+        abort();
+    }
+    p->in_use++;
+    return b;
+}
+
+void buf_put(buf_pool_t *p, char *b)
+{
+    if (b == NULL)
+        return;
+    p->in_use--;
+    if (p->n_free < p->max_free)
+        p->free[p->n_free++] = b;
+    else
+        free(b);
+}

@@ -1,0 +1,20 @@
+/* Project-wide helpers: error codes and container_of. */
+#ifndef PS_COMMON_H
+#define PS_COMMON_H
+
+#include <stddef.h>
+#include <uv.h>
+
+/* Project error codes sit below libuv's so one int carries both. */
+#define PS_ECONFIG (UV_ERRNO_MAX - 1)
+#define PS_EPROTO (UV_ERRNO_MAX - 2)
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+
+#define PS_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+#ifndef PSPROXY_VERSION
+#define PSPROXY_VERSION "0.0.0"
+#endif
+
+#endif

@@ -1,0 +1,229 @@
+/* The configuration: a Caddyfile (subset, Caddy's meaning) parsed into an
+ * immutable, refcounted snapshot that workers read without locks. */
+#ifndef PS_CONFIG_H
+#define PS_CONFIG_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+enum cfg_scheme {
+    CFG_SCHEME_HTTP = 1,
+    CFG_SCHEME_HTTPS = 2,
+};
+
+enum cfg_auto_https {
+    CFG_AUTO_HTTPS_ON = 0,
+    CFG_AUTO_HTTPS_OFF,
+    CFG_AUTO_HTTPS_DISABLE_REDIRECTS,
+};
+
+/* Runtime placeholders ({host}, {http.request.uri}, ...) compiled at load. */
+enum cfg_var {
+    CFG_VAR_NONE = 0, /* a literal part */
+    CFG_VAR_HOST,     /* {host} {http.request.host}: Host without port */
+    CFG_VAR_HOSTPORT, /* {hostport} {http.request.hostport} */
+    CFG_VAR_URI,      /* {uri} {http.request.uri}: path?query as received */
+    CFG_VAR_PATH,     /* {path} {http.request.uri.path} */
+    CFG_VAR_QUERY,    /* {query} {http.request.uri.query}: without '?' */
+    CFG_VAR_METHOD,   /* {method} {http.request.method} */
+    CFG_VAR_SCHEME,   /* {scheme} {http.request.scheme} */
+    CFG_VAR_REMOTE_HOST, /* {remote_host} {http.request.remote.host} */
+    CFG_VAR_REMOTE_PORT, /* {remote_port} {http.request.remote.port} */
+    CFG_VAR_UPSTREAM_HOSTPORT, /* {upstream_hostport} {http.reverse_proxy.upstream.hostport} */
+};
+
+typedef struct cfg_tmpl_part {
+    int var;         /* enum cfg_var; CFG_VAR_NONE for literal text */
+    const char *lit; /* literal text (var == CFG_VAR_NONE) */
+    size_t len;
+} cfg_tmpl_part_t;
+
+/* A string with placeholders: parts concatenated at request time. */
+typedef struct cfg_tmpl {
+    const char *raw; /* the token as written, for logs */
+    cfg_tmpl_part_t *parts;
+    size_t n_parts;
+} cfg_tmpl_t;
+
+enum cfg_hdr_op_kind {
+    CFG_HDR_SET = 1, /* Name value: replace all values */
+    CFG_HDR_ADD,     /* +Name value: add one more */
+    CFG_HDR_DEL,     /* -Name: remove (a trailing '*' makes it a prefix) */
+    CFG_HDR_DEFAULT, /* ?Name value: set only when absent */
+};
+
+typedef struct cfg_hdr_op {
+    int op;           /* enum cfg_hdr_op_kind */
+    const char *name; /* without the +-? sigil; for DEL may end in '*' */
+    cfg_tmpl_t value; /* unused for DEL */
+} cfg_hdr_op_t;
+
+typedef struct cfg_hdr_ops {
+    cfg_hdr_op_t *ops;
+    size_t n;
+} cfg_hdr_ops_t;
+
+enum cfg_lb_policy {
+    CFG_LB_RANDOM = 0, /* Caddy's default */
+    CFG_LB_ROUND_ROBIN,
+    CFG_LB_FIRST,
+    CFG_LB_LEAST_CONN,
+};
+
+typedef struct cfg_upstream {
+    const char *host;    /* "localhost", "127.0.0.1", "::1" (no brackets) */
+    const char *port;    /* "8080" */
+    const char *hostport; /* "localhost:8080" / "[::1]:8080": the pool key and Host value */
+    int line;
+} cfg_upstream_t;
+
+typedef struct cfg_proxy {
+    cfg_upstream_t *ups;
+    size_t n_ups;
+    int lb_policy;            /* enum cfg_lb_policy */
+    uint64_t lb_try_duration; /* ms; 0 = one try (plus the dial-error retry) */
+    uint64_t lb_try_interval; /* ms; default 250 */
+    cfg_hdr_ops_t header_up;   /* request headers to the upstream */
+    cfg_hdr_ops_t header_down; /* response headers from the upstream */
+    /* transport http { ... } */
+    uint64_t dial_timeout;            /* ms; default 3000 */
+    uint64_t response_header_timeout; /* ms; default 60000 */
+    uint64_t read_timeout;            /* ms between upstream reads; default 60000 */
+    uint64_t write_timeout;           /* ms without upstream write progress; default 60000 */
+    uint64_t keepalive;               /* ms an idle pooled conn lives; default 120000 */
+    int keepalive_idle_conns;         /* idle conns kept per upstream per worker; default 32 */
+    int keepalive_off;                /* "keepalive off": no pooling */
+    /* runtime state, the one mutable field of a snapshot: round_robin's
+     * next index, shared by the workers (relaxed atomic) */
+    atomic_uint rr_next;
+} cfg_proxy_t;
+
+enum cfg_handler_kind {
+    CFG_H_HEADER = 1, /* response header ops; all matching ones apply */
+    CFG_H_REDIR,      /* terminal */
+    CFG_H_RESPOND,    /* terminal */
+    CFG_H_PROXY,      /* terminal */
+};
+
+typedef struct cfg_handler {
+    int kind;          /* enum cfg_handler_kind */
+    const char *match; /* path matcher: "/exact", "/api*", "*.js"; NULL for all */
+    const char *file;
+    int line;
+    union {
+        cfg_hdr_ops_t header;
+        struct {
+            int status;      /* default 200 */
+            cfg_tmpl_t body; /* n_parts == 0: empty */
+            int close;       /* close the connection after responding */
+        } respond;
+        struct {
+            cfg_tmpl_t to;
+            int status; /* 302 default; permanent 301; temporary 302; 3xx given */
+        } redir;
+        cfg_proxy_t proxy;
+    } u;
+} cfg_handler_t;
+
+typedef struct cfg_addr {
+    int scheme;       /* enum cfg_scheme, after Caddy's defaults */
+    const char *host; /* lower-case; "" matches any host; may start with "*." */
+    int port;
+    int line;
+} cfg_addr_t;
+
+typedef struct cfg_site {
+    cfg_addr_t *addrs;
+    size_t n_addrs;
+    /* Sorted in Caddy's directive order (header, redir, respond,
+     * reverse_proxy), within one directive the more specific matcher first,
+     * no matcher last. A request applies every matching CFG_H_HEADER and the
+     * first matching terminal handler; none matching answers 200 empty. */
+    cfg_handler_t *handlers;
+    size_t n_handlers;
+    struct {
+        const char *cert_file; /* tls CERT KEY */
+        const char *key_file;
+        const char *email; /* tls EMAIL */
+        int internal;      /* tls internal */
+        int line;          /* 0 when the site has no tls directive */
+    } tls;
+    struct {
+        int enabled;       /* a log directive is present */
+        const char *file;  /* output file PATH; NULL = stderr */
+        int format_json;   /* format json (default console) */
+    } log;
+    const char *file;
+    int line;
+} cfg_site_t;
+
+/* One listening port and the sites served on it. */
+typedef struct cfg_listener {
+    int port;
+    int scheme; /* all sites on one port share it, or the load fails */
+    /* Caddy's order: longer hosts first, wildcards after exact hosts, the
+     * catch-all ("") last; the first site whose host matches serves. */
+    cfg_site_t **sites;
+    size_t n_sites;
+} cfg_listener_t;
+
+typedef struct cfg {
+    /* private */
+    atomic_int refcnt;
+    void *arena;
+
+    /* read-only: global options */
+    int admin_off;
+    const char *admin_addr; /* default "localhost:2019" */
+    int http_port;          /* 80 */
+    int https_port;         /* 443 */
+    const char *email;
+    const char *acme_ca;
+    const char *acme_ca_root;
+    const char *storage_root; /* NULL: the default */
+    uint64_t grace_period;    /* ms; 0 = none */
+    int auto_https;           /* enum cfg_auto_https */
+    int workers;              /* psproxy's own option; 0 = one per online CPU */
+    struct {
+        uint64_t read_header; /* ms; default 30000 */
+        uint64_t read_body;   /* ms between body reads; default 60000 */
+        uint64_t write;       /* ms without write progress; default 60000 */
+        uint64_t idle;        /* ms a keep-alive conn may idle; default 300000 */
+    } timeouts;
+    size_t max_header_size; /* bytes; default 32768 */
+
+    cfg_site_t *sites;
+    size_t n_sites;
+    cfg_listener_t *listeners;
+    size_t n_listeners;
+    const char *path; /* the file loaded */
+} cfg_t;
+
+/* Loads and validates PATH. Returns 0 and a new snapshot (refcount 1) in
+ * *out, or PS_ECONFIG with "file:line: what was expected" in err. */
+int cfg_load(const char *path, cfg_t **out, char *err, size_t errlen);
+
+/* Same from memory; NAME stands for the file in messages and resolves
+ * relative imports (against the current directory when it has no '/'). */
+int cfg_parse(const char *name, const char *text, size_t len, cfg_t **out, char *err,
+              size_t errlen);
+
+cfg_t *cfg_ref(cfg_t *cfg);
+void cfg_unref(cfg_t *cfg);
+
+/* Caddy's path matcher: exact, "/prefix*", "*suffix", "*substring*",
+ * otherwise a glob where '*' does not cross '/'. Case-insensitive. */
+int cfg_match_path(const char *pattern, const char *path, size_t len);
+
+/* Host matching as Caddy: case-insensitive, "*.example.com" matches one
+ * label, "" matches any. HOST has no port. */
+int cfg_match_host(const char *pattern, const char *host, size_t len);
+
+/* Prints psproxy's normalised view of CFG as JSON (listeners, sites with
+ * their handlers in order) for `psproxy validate --dump` and the
+ * differential test against `caddy adapt`. Returns 0 or UV_EIO. */
+int cfg_dump_json(const cfg_t *cfg, FILE *out);
+
+#endif

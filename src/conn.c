@@ -1,0 +1,717 @@
+/* The client connection state machine: read and check request heads, route
+ * them, answer locally or hand them to proxy.c, then the next request. */
+#include "conn.h"
+
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "log.h"
+
+#define CONN_LINGER_MS 2000
+
+static llhttp_settings_t req_settings;
+static uv_once_t settings_once = UV_ONCE_INIT;
+
+const char *conn_state_name(int state)
+{
+    static const char *const names[] = {"read_head", "connect_up", "proxy", "respond",
+                                        "tunnel",    "linger",     "closing"};
+    return state >= 0 && state < (int)PS_ARRAY_SIZE(names) ? names[state] : "?";
+}
+
+void conn_set_state(conn_t *c, int state)
+{
+    log_debug("conn %llu: %s -> %s", (unsigned long long)c->id, conn_state_name(c->state),
+              conn_state_name(state));
+    c->state = state;
+}
+
+/* ---- lifetime ----------------------------------------------------------- */
+
+static void release_request_bufs(conn_t *c)
+{
+    buf_put(&c->w->bufs, c->obuf);
+    buf_put(&c->w->bufs, c->hbuf);
+    c->obuf = c->hbuf = NULL;
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    conn_t *c = h->data;
+    if (--c->pending_closes > 0)
+        return;
+    buf_put(&c->w->bufs, c->rbuf);
+    cfg_unref(c->cfg);
+    free(c);
+}
+
+void conn_close(conn_t *c)
+{
+    if (c->state == CONN_S_CLOSING)
+        return;
+    conn_set_state(c, CONN_S_CLOSING);
+    if (c->up != NULL)
+        proxy_abort(c);
+    release_request_bufs(c);
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        c->w->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    c->pending_closes = 2;
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
+    uv_close((uv_handle_t *)&c->timer, on_closed);
+}
+
+/* ---- timers ------------------------------------------------------------- */
+
+static void on_timeout(uv_timer_t *t)
+{
+    conn_t *c = t->data;
+    switch (c->state) {
+    case CONN_S_READ_HEAD:
+        if (c->rlen > 0 && !c->write_pending) {
+            log_debug("conn %llu: request head not read in time", (unsigned long long)c->id);
+            c->keep_alive = 0;
+            conn_respond(c, 408, NULL, NULL, 0);
+            return;
+        }
+        break;
+    case CONN_S_CONNECT_UP:
+        proxy_on_retry_timer(c);
+        return;
+    case CONN_S_PROXY:
+        log_info("conn %llu %s: client timed out in state %s", (unsigned long long)c->id,
+                 c->peer_ip, conn_state_name(c->state));
+        break;
+    default:
+        break;
+    }
+    conn_close(c);
+}
+
+void conn_start_timer(conn_t *c, uint64_t ms)
+{
+    uv_timer_start(&c->timer, on_timeout, ms, 0);
+}
+
+void conn_arm_timer(conn_t *c)
+{
+    const cfg_t *cfg = c->cfg;
+    uint64_t ms = 0;
+    switch (c->state) {
+    case CONN_S_READ_HEAD:
+        /* slowloris: the head must arrive whole in read_header, however it trickles */
+        if (c->write_pending) {
+            ms = cfg->timeouts.write;
+        } else if (c->rlen > 0) {
+            if (c->head_clock)
+                return; /* it runs from the head's first byte, however slowly the rest trickles */
+            c->head_clock = 1;
+            ms = cfg->timeouts.read_header;
+        } else {
+            c->head_clock = 0;
+            ms = cfg->timeouts.idle;
+        }
+        break;
+    case CONN_S_CONNECT_UP:
+        return; /* the upstream side has its own clock */
+    case CONN_S_PROXY:
+    case CONN_S_RESPOND:
+    case CONN_S_TUNNEL:
+        if (c->write_pending)
+            ms = cfg->timeouts.write;
+        else if (!c->req_done && c->state != CONN_S_TUNNEL &&
+                 !(c->up != NULL && c->up->write_pending))
+            ms = cfg->timeouts.read_body; /* a stalled upstream has its own clock */
+        else if (c->state == CONN_S_TUNNEL)
+            ms = cfg->timeouts.idle;
+        break;
+    case CONN_S_LINGER:
+        if (uv_is_active((uv_handle_t *)&c->timer))
+            return;
+        ms = CONN_LINGER_MS;
+        break;
+    default:
+        return;
+    }
+    if (ms == 0)
+        uv_timer_stop(&c->timer);
+    else
+        uv_timer_start(&c->timer, on_timeout, ms, 0);
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/* ---- writing ------------------------------------------------------------ */
+
+int stream_write(uv_stream_t *s, uv_write_t *req, uv_buf_t *bufs, unsigned n, uv_write_cb cb)
+{
+    int w = uv_try_write(s, bufs, n);
+    if (w < 0 && w != UV_EAGAIN)
+        return w;
+    size_t done = w > 0 ? (size_t)w : 0;
+    while (n > 0 && done >= bufs->len) {
+        done -= bufs->len;
+        bufs++;
+        n--;
+    }
+    if (n == 0)
+        return 1;
+    bufs->base += done;
+    bufs->len -= done;
+    int err = uv_write(req, s, bufs, n, cb);
+    return err < 0 ? err : 0;
+}
+
+static void respond_maybe_done(conn_t *c);
+
+static void on_client_written(uv_write_t *req, int status)
+{
+    conn_t *c = container_of(req, conn_t, wreq);
+    c->write_pending = 0;
+    if (status < 0 || c->state == CONN_S_CLOSING) {
+        if (status != UV_ECANCELED)
+            conn_close(c);
+        return;
+    }
+    if (c->state == CONN_S_RESPOND || c->state == CONN_S_READ_HEAD)
+        respond_maybe_done(c);
+    else if (c->state == CONN_S_PROXY || c->state == CONN_S_TUNNEL)
+        proxy_on_client_written(c);
+    if (c->state != CONN_S_CLOSING) {
+        conn_update_reading(c);
+        conn_arm_timer(c);
+    }
+}
+
+int conn_write(conn_t *c, uv_buf_t *bufs, unsigned n)
+{
+    int r = stream_write((uv_stream_t *)&c->tcp, &c->wreq, bufs, n, on_client_written);
+    if (r == 0) {
+        c->write_pending = 1;
+        conn_arm_timer(c);
+    }
+    return r;
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+void conn_update_reading(conn_t *c)
+{
+    /* a request in flight keeps reading too: pipelined requests queue in the
+     * buffer, and an early EOF tells us the client went away */
+    int want = c->state != CONN_S_CLOSING && !c->eof &&
+               (c->rbuf == NULL || c->rlen < c->w->bufs.size);
+    int reading = c->tcp.read_cb != NULL;
+    if (want && !reading)
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    else if (!want && reading)
+        uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    conn_t *c = h->data;
+    if (c->rbuf == NULL)
+        c->rbuf = buf_get(&c->w->bufs);
+    *buf = uv_buf_init(c->rbuf + c->rlen, (unsigned)(c->w->bufs.size - c->rlen));
+}
+
+static void release_idle_buffer(conn_t *c)
+{
+    /* an idle keep-alive connection holds no buffer */
+    if (c->rbuf != NULL && c->rlen == 0 && c->state == CONN_S_READ_HEAD) {
+        buf_put(&c->w->bufs, c->rbuf);
+        c->rbuf = NULL;
+    }
+}
+
+static void conn_linger(conn_t *c);
+
+static void on_client_eof(conn_t *c)
+{
+    c->eof = 1;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    switch (c->state) {
+    case CONN_S_READ_HEAD:
+        if (!c->write_pending)
+            conn_close(c); /* idle, or gone mid-head: nobody to answer */
+        break;
+    case CONN_S_CONNECT_UP:
+    case CONN_S_PROXY:
+    case CONN_S_TUNNEL:
+        if (!c->req_done && c->state != CONN_S_TUNNEL)
+            conn_close(c); /* gone mid-request: the exchange cannot complete */
+        else
+            proxy_on_client_eof(c);
+        break;
+    case CONN_S_RESPOND:
+        if (!c->req_done)
+            conn_close(c);
+        break; /* else the response is written, then we close */
+    default:
+        conn_close(c);
+        break;
+    }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    conn_t *c = s->data;
+    if (nread == 0) {
+        release_idle_buffer(c);
+        return;
+    }
+    if (nread < 0) {
+        release_idle_buffer(c);
+        if (nread == UV_EOF)
+            on_client_eof(c);
+        else
+            conn_close(c);
+        return;
+    }
+    c->rlen += (size_t)nread;
+    switch (c->state) {
+    case CONN_S_LINGER:
+        c->rstart = c->rlen = 0; /* drained and dropped */
+        break;
+    case CONN_S_TUNNEL:
+        proxy_tunnel_from_client(c);
+        break;
+    default:
+        conn_process(c);
+        return; /* it updates reading and the timer */
+    }
+    if (c->state != CONN_S_CLOSING) {
+        conn_update_reading(c);
+        conn_arm_timer(c);
+    }
+}
+
+/* ---- parsing ------------------------------------------------------------ */
+
+static int on_message_begin(llhttp_t *p)
+{
+    conn_t *c = container_of(p, conn_t, req.parser);
+    http_head_reset(&c->req);
+    c->head_started = 1;
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    conn_t *c = container_of(p, conn_t, req.parser);
+    c->head_done = 1;
+    return HPE_PAUSED; /* route and get an upstream before the body flows */
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    conn_t *c = container_of(p, conn_t, req.parser);
+    if (c->state == CONN_S_RESPOND)
+        return 0; /* answered here: the body is read and dropped */
+    /* chunk framing between the pieces is parsed already: close the gaps so
+     * one contiguous slice (one chunk upstream) carries this pass's data */
+    if (c->body == NULL)
+        c->body = (char *)at;
+    else if (c->body + c->body_len != at)
+        memmove(c->body + c->body_len, at, len);
+    c->body_len += len;
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    conn_t *c = container_of(p, conn_t, req.parser);
+    c->req_done = 1;
+    return HPE_PAUSED; /* the next pipelined request waits for this response */
+}
+
+static void settings_init(void)
+{
+    http_settings_init(&req_settings);
+    req_settings.on_message_begin = on_message_begin;
+    req_settings.on_headers_complete = on_headers_complete;
+    req_settings.on_body = on_body;
+    req_settings.on_message_complete = on_message_complete;
+}
+
+llhttp_errno_t conn_parse(conn_t *c)
+{
+    llhttp_t *p = &c->req.parser;
+    c->body = NULL;
+    c->body_len = 0;
+    if (c->req_done)
+        return llhttp_get_errno(p);
+    if (llhttp_get_errno(p) == HPE_PAUSED)
+        llhttp_resume(p); /* paused on the head; now the body */
+    const char *start = c->rbuf + c->rstart;
+    llhttp_errno_t err = llhttp_execute(p, start, c->rlen - c->rstart);
+    if (err == HPE_OK)
+        c->rstart = c->rlen;
+    else if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE)
+        c->rstart = (size_t)(llhttp_get_error_pos(p) - c->rbuf);
+    if (err == HPE_PAUSED_UPGRADE)
+        c->req_done = 1;
+    return err;
+}
+
+/* ---- answering here ----------------------------------------------------- */
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    conn_t *c = container_of(req, conn_t, sreq);
+    if (status < 0 && c->state != CONN_S_CLOSING)
+        conn_close(c);
+}
+
+/* Half-close and drain before closing, so a client still sending does not
+ * get a RST that destroys the response it has not read yet. */
+static void conn_linger(conn_t *c)
+{
+    if (c->eof) {
+        conn_close(c);
+        return;
+    }
+    conn_set_state(c, CONN_S_LINGER);
+    release_request_bufs(c);
+    c->rstart = c->rlen = 0;
+    if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
+        conn_close(c);
+        return;
+    }
+    uv_timer_stop(&c->timer);
+    conn_update_reading(c);
+    conn_arm_timer(c);
+}
+
+static void respond_maybe_done(conn_t *c)
+{
+    if (c->write_pending || c->state == CONN_S_CLOSING)
+        return;
+    if (!c->keep_alive)
+        conn_linger(c);
+    else if (c->req_done)
+        conn_request_done(c);
+}
+
+void conn_respond(conn_t *c, int status, const char *extra, const char *body, size_t len)
+{
+    if (c->state == CONN_S_READ_HEAD && c->head_done) {
+        /* drop what is buffered of the body now: if it was all there, the
+         * connection can stay open */
+        conn_set_state(c, CONN_S_RESPOND);
+        llhttp_errno_t err = conn_parse(c);
+        if (err != HPE_OK && err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE)
+            c->keep_alive = 0;
+    }
+    conn_set_state(c, CONN_S_RESPOND);
+    if (!c->req_done || c->upgrade)
+        c->keep_alive = 0;
+    if (c->hbuf == NULL)
+        c->hbuf = buf_get(&c->w->bufs);
+    int n = http_build_simple(c->hbuf, c->w->bufs.size, status, extra, body, len, c->keep_alive,
+                              c->head_method);
+    if (n < 0) {
+        n = http_build_simple(c->hbuf, c->w->bufs.size, 500, NULL, NULL, 0, 0, 0);
+        c->keep_alive = 0;
+        status = 500;
+    }
+    c->status = status;
+    uv_buf_t b = uv_buf_init(c->hbuf, (unsigned)n);
+    int r = conn_write(c, &b, 1);
+    if (r < 0) {
+        conn_close(c);
+        return;
+    }
+    if (r == 1)
+        respond_maybe_done(c);
+}
+
+static void respond_error(conn_t *c, int status)
+{
+    log_debug("conn %llu %s: %d %s: %s", (unsigned long long)c->id, c->peer_ip, status,
+              http_reason(status), llhttp_get_error_reason(&c->req.parser));
+    c->keep_alive = 0;
+    c->req_done = 0;
+    conn_respond(c, status, NULL, NULL, 0);
+}
+
+/* ---- routing ------------------------------------------------------------ */
+
+static const cfg_site_t *route_site(conn_t *c)
+{
+    uv_buf_t host = http_host_without_port(c->req.host);
+    const cfg_listener_t *l = c->listener;
+    const cfg_site_t *any = NULL;
+    for (size_t i = 0; i < l->n_sites; i++) {
+        const cfg_site_t *s = l->sites[i];
+        for (size_t a = 0; a < s->n_addrs; a++) {
+            const cfg_addr_t *addr = &s->addrs[a];
+            if (addr->port != l->port)
+                continue;
+            if (addr->host[0] == '\0') {
+                if (any == NULL)
+                    any = s;
+            } else if (cfg_match_host(addr->host, host.base, host.len)) {
+                return s;
+            }
+        }
+    }
+    return any;
+}
+
+static void answer_local(conn_t *c, const cfg_handler_t *h)
+{
+    char *extra = NULL;
+    size_t elen = 0;
+    char body[4096];
+    size_t blen = 0;
+    int status = 200;
+    /* the site's header ops apply to answers made here too */
+    if (c->n_resp_ops > 1) {
+        c->obuf = buf_get(&c->w->bufs);
+        extra = c->obuf;
+        if (http_expand_ops(c->resp_ops + 1, c->n_resp_ops - 1, &c->vars, extra,
+                            c->w->bufs.size - 1, &elen) < 0)
+            elen = 0;
+    }
+    if (h != NULL && h->kind == CFG_H_REDIR) {
+        if (extra == NULL) {
+            c->obuf = buf_get(&c->w->bufs);
+            extra = c->obuf;
+        }
+        size_t start = elen;
+        memcpy(extra + elen, "Location: ", 10);
+        elen += 10;
+        if (http_tmpl_expand(&h->u.redir.to, &c->vars, extra, c->w->bufs.size - 3, &elen) < 0) {
+            elen = start;
+            status = 500;
+        } else {
+            memcpy(extra + elen, "\r\n", 2);
+            elen += 2;
+            status = h->u.redir.status;
+        }
+    } else if (h != NULL && h->kind == CFG_H_RESPOND) {
+        status = h->u.respond.status;
+        if (http_tmpl_expand(&h->u.respond.body, &c->vars, body, sizeof(body), &blen) < 0)
+            blen = 0;
+        if (h->u.respond.close)
+            c->keep_alive = 0;
+    }
+    if (extra != NULL)
+        extra[elen] = '\0';
+    conn_respond(c, status, extra, body, blen);
+}
+
+/* The head is complete and the parser paused on it: check, route, act. */
+static void conn_on_head(conn_t *c)
+{
+    llhttp_t *p = &c->req.parser;
+    c->head_done = 1;
+    c->head_clock = 0;
+    c->head_started = 0;
+    c->head_end = c->rstart;
+    int st = http_head_analyze(&c->req);
+    if (st != 0) {
+        respond_error(c, st);
+        return;
+    }
+    c->keep_alive = llhttp_should_keep_alive(p);
+    c->head_method = p->method == HTTP_HEAD;
+    c->upgrade = p->upgrade;
+    if (p->method == HTTP_CONNECT) {
+        c->keep_alive = 0;
+        conn_respond(c, 405, NULL, NULL, 0);
+        return;
+    }
+    http_vars_from_request(&c->vars, &c->req, c->https, c->peer_ip, c->peer_port);
+
+    c->site = route_site(c);
+    c->handler = NULL;
+    c->resp_ops[0] = NULL; /* header_down, once a proxy handles it */
+    c->n_resp_ops = 1;
+    if (c->site != NULL) {
+        const cfg_site_t *s = c->site;
+        for (size_t i = 0; i < s->n_handlers; i++) {
+            const cfg_handler_t *h = &s->handlers[i];
+            if (h->match != NULL && !cfg_match_path(h->match, c->vars.path.base, c->vars.path.len))
+                continue;
+            if (h->kind == CFG_H_HEADER) {
+                if (c->n_resp_ops < CONN_MAX_HEADER_OPS)
+                    c->resp_ops[c->n_resp_ops++] = &h->u.header;
+                continue;
+            }
+            c->handler = h;
+            break;
+        }
+    }
+    if (c->handler != NULL && c->handler->kind == CFG_H_PROXY) {
+        conn_set_state(c, CONN_S_CONNECT_UP);
+        proxy_start(c);
+        return;
+    }
+    /* no terminal handler: Caddy answers an empty 200 */
+    answer_local(c, c->handler);
+}
+
+void conn_process(conn_t *c)
+{
+    if (c->in_process)
+        return; /* the caller up the stack goes on looping */
+    c->in_process = 1;
+    while (c->state != CONN_S_CLOSING) {
+        if (c->state == CONN_S_READ_HEAD) {
+            if (c->write_pending || c->rstart == c->rlen)
+                break;
+            c->head_done = 0;
+            llhttp_errno_t err = conn_parse(c);
+            if (err == HPE_PAUSED && c->head_done) {
+                conn_on_head(c);
+                continue;
+            }
+            if (err != HPE_OK) {
+                respond_error(c, http_request_error_status(&c->req, err));
+                continue;
+            }
+            if (c->rlen > c->cfg->max_header_size || c->rlen == c->w->bufs.size) {
+                respond_error(c, c->req.n_hdrs == 0 && c->req.field_state == 0 ? 414 : 431);
+                continue;
+            }
+            break;
+        }
+        if (c->state == CONN_S_RESPOND) {
+            if (c->req_done || c->rstart == c->rlen)
+                break;
+            llhttp_errno_t err = conn_parse(c);
+            if (err != HPE_OK && err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE) {
+                c->keep_alive = 0;
+                c->rstart = c->rlen;
+            }
+            respond_maybe_done(c);
+            continue;
+        }
+        if (c->state == CONN_S_PROXY) {
+            proxy_pump_request(c);
+            if (c->state == CONN_S_PROXY)
+                break;
+            continue;
+        }
+        break;
+    }
+    c->in_process = 0;
+    if (c->state != CONN_S_CLOSING) {
+        if (c->rstart == c->rlen && c->state == CONN_S_READ_HEAD && !c->write_pending &&
+            !c->head_started) {
+            c->rstart = c->rlen = 0;
+            release_idle_buffer(c);
+        }
+        conn_update_reading(c);
+        conn_arm_timer(c);
+    }
+}
+
+void conn_access_log(conn_t *c)
+{
+    if (c->site == NULL || !c->site->log.enabled)
+        return;
+    log_info("access: %s %.*s %.*s%.*s %d", c->peer_ip, (int)c->vars.method.len,
+             c->vars.method.base, (int)c->vars.hostport.len, c->vars.hostport.base,
+             (int)c->vars.uri.len, c->vars.uri.base, c->status);
+}
+
+void conn_request_done(conn_t *c)
+{
+    if (c->state != CONN_S_TUNNEL)
+        conn_access_log(c);
+    release_request_bufs(c);
+    if (!c->keep_alive) {
+        conn_linger(c);
+        return;
+    }
+    llhttp_t *p = &c->req.parser;
+    llhttp_errno_t err = llhttp_get_errno(p);
+    if (err == HPE_PAUSED)
+        llhttp_resume(p);
+    else if (err == HPE_PAUSED_UPGRADE)
+        llhttp_resume_after_upgrade(p); /* the upgrade was refused */
+    c->head_done = c->req_done = c->resp_started = c->resp_sent = 0;
+    c->upgrade = c->head_method = 0;
+    c->site = NULL;
+    c->handler = NULL;
+    c->n_resp_ops = 0;
+    c->status = 0;
+    conn_set_state(c, CONN_S_READ_HEAD);
+    if (c->eof) {
+        conn_close(c);
+        return;
+    }
+    /* the next (pipelined) head starts at offset 0 so it can use the whole
+     * buffer and its slices stay put */
+    if (c->rstart > 0) {
+        memmove(c->rbuf, c->rbuf + c->rstart, c->rlen - c->rstart);
+        c->rlen -= c->rstart;
+        c->rstart = 0;
+    }
+    c->head_end = 0;
+    c->head_clock = 0;
+    conn_process(c);
+}
+
+/* ---- accepting ---------------------------------------------------------- */
+
+void conn_accept(listener_t *l)
+{
+    worker_t *w = l->w;
+    uv_once(&settings_once, settings_init);
+    conn_t *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        abort();
+    c->w = w;
+    c->id = ++w->next_conn_id * 64 + (uint64_t)w->index;
+    uv_tcp_init(&w->loop, &c->tcp);
+    uv_timer_init(&w->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->cfg = cfg_ref(w->cfg);
+    c->listener = l->cl;
+    c->https = l->cl->scheme == CFG_SCHEME_HTTPS;
+    c->keep_alive = 1;
+    c->next = w->conns;
+    if (w->conns != NULL)
+        w->conns->prev = c;
+    w->conns = c;
+    http_head_init(&c->req, HTTP_REQUEST, &req_settings);
+
+    if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) < 0) {
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&ss;
+            if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
+                inet_ntop(AF_INET, &s6->sin6_addr.s6_addr[12], c->peer_ip, sizeof(c->peer_ip));
+            else
+                inet_ntop(AF_INET6, &s6->sin6_addr, c->peer_ip, sizeof(c->peer_ip));
+            snprintf(c->peer_port, sizeof(c->peer_port), "%u", ntohs(s6->sin6_port));
+        } else {
+            const struct sockaddr_in *s4 = (const struct sockaddr_in *)&ss;
+            inet_ntop(AF_INET, &s4->sin_addr, c->peer_ip, sizeof(c->peer_ip));
+            snprintf(c->peer_port, sizeof(c->peer_port), "%u", ntohs(s4->sin_port));
+        }
+    }
+    conn_set_state(c, CONN_S_READ_HEAD);
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    /* a new connection must send its first head within read_header */
+    c->head_clock = 1;
+    uv_timer_start(&c->timer, on_timeout, c->cfg->timeouts.read_header, 0);
+}

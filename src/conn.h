@@ -1,0 +1,150 @@
+/* A client connection: reads requests, answers the ones the config answers
+ * itself, and hands the others to proxy.c. conn.c and proxy.c share this
+ * struct; nothing else looks inside. */
+#ifndef PS_CONN_H
+#define PS_CONN_H
+
+#include <netinet/in.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "http.h"
+#include "server.h"
+#include "upstream.h"
+
+#define CONN_MAX_HEADER_OPS 16
+
+enum conn_state {
+    CONN_S_READ_HEAD,  /* no request in flight: idle, or reading a head from offset 0 */
+    CONN_S_CONNECT_UP, /* head parsed, parser paused; getting an upstream connection */
+    CONN_S_PROXY,      /* upstream attached: request body up, response down */
+    CONN_S_RESPOND,    /* writing a response made here; request body read and dropped */
+    CONN_S_TUNNEL,     /* after 101: opaque bytes both ways */
+    CONN_S_LINGER,     /* last response written, write side shut; draining until EOF */
+    CONN_S_CLOSING,    /* uv_close called; freed when the close callbacks ran */
+};
+
+struct conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_write_t wreq;    /* the one write to the client in flight */
+    uv_shutdown_t sreq;
+    /* read-only */
+    worker_t *w;
+    cfg_t *cfg;         /* held for the connection's life */
+    const cfg_listener_t *listener;
+    uint64_t id;
+    char peer_ip[INET6_ADDRSTRLEN];
+    char peer_port[8];
+    int https;
+    /* private */
+    conn_t *prev, *next; /* the worker's list */
+    int state;           /* enum conn_state */
+    int pending_closes;
+
+    /* reading: the head is parsed in place and its fields are slices of
+     * rbuf, so a request's head stays at [0, head_end) until it is done */
+    http_head_t req;
+    char *rbuf;
+    size_t rstart, rlen; /* [rstart, rlen) read but not yet parsed */
+    size_t head_end;
+    char *body;          /* body bytes of this parse pass, compacted in place */
+    size_t body_len;
+
+    /* the request in flight */
+    const cfg_site_t *site;
+    const cfg_handler_t *handler;
+    /* header_down, then every matching `header` of the site, in order */
+    const cfg_hdr_ops_t *resp_ops[CONN_MAX_HEADER_OPS];
+    unsigned n_resp_ops;
+    http_vars_t vars;
+    unsigned head_done : 1;     /* the head is complete, the parser paused on it */
+    unsigned req_done : 1;      /* the whole request was read */
+    unsigned keep_alive : 1;    /* the connection may serve another request */
+    unsigned write_pending : 1; /* wreq is in flight */
+    unsigned eof : 1;           /* the client shut its side */
+    unsigned in_process : 1;    /* conn_process() is on the stack */
+    unsigned head_method : 1;   /* HEAD: the response has no body */
+    unsigned upgrade : 1;       /* the request asks for a protocol upgrade */
+    unsigned resp_started : 1;  /* bytes of the response went to the client */
+    unsigned head_clock : 1;    /* the read_header timer runs for the head being read */
+    unsigned head_started : 1;  /* llhttp began a head and has not finished it */
+
+    /* proxying (proxy.c) */
+    up_conn_t *up;
+    up_pool_t *pool;
+    char *obuf;     /* the upstream request head, kept for a retry */
+    size_t olen;
+    char *hbuf;     /* the response head for the client */
+    uint64_t tried; /* bit i: upstream i was tried for this request */
+    uint64_t try_deadline;
+    int fail_status;
+    unsigned head_sent : 1;    /* the request head went upstream */
+    unsigned req_sent : 1;     /* all of the request went upstream */
+    unsigned resp_done : 1;    /* the whole response was read from upstream */
+    unsigned resp_head : 1;    /* the response head is parsed, paused on it */
+    unsigned resp_bytes : 1;   /* the upstream sent anything at all */
+    unsigned resp_sent : 1;    /* all of the response went to the client (or is queued) */
+    int req_framing;           /* enum http_framing, towards the upstream */
+    int resp_framing;          /* enum http_framing, towards the client */
+    char up_chunk[20];         /* chunk-size line of the body going up */
+    char down_chunk[20];       /* chunk-size line of the body going down */
+    int status;                /* the status sent, for the log */
+};
+
+/* Accepts a connection from the listener. */
+void conn_accept(listener_t *l);
+
+/* The one door out: idempotent; closes the upstream it holds too. */
+void conn_close(conn_t *c);
+
+void conn_set_state(conn_t *c, int state);
+const char *conn_state_name(int state);
+
+/* Writes BUFS to the client, through the one wreq. Returns 0 when written
+ * or queued (write_pending then set until conn_on_written), <0 on error. */
+int conn_write(conn_t *c, uv_buf_t *bufs, unsigned n);
+
+/* Runs llhttp over the buffered bytes; gathers body bytes in c->body. */
+llhttp_errno_t conn_parse(conn_t *c);
+
+/* Parses what is buffered and acts on it; safe to call again any time. */
+void conn_process(conn_t *c);
+
+/* Starts or stops reading from the client as buffer space and state allow. */
+void conn_update_reading(conn_t *c);
+
+/* Starts the client timer for MS; in CONN_S_CONNECT_UP it retries. */
+void conn_start_timer(conn_t *c, uint64_t ms);
+
+/* Re-arms the client timer for what the connection waits on now. */
+void conn_arm_timer(conn_t *c);
+
+/* Writes the access log line when the site has `log`. */
+void conn_access_log(conn_t *c);
+
+/* The response is fully written: next request, linger, or close. */
+void conn_request_done(conn_t *c);
+
+/* Answers with a response made here (error pages, respond, redir); closes
+ * afterwards unless KEEP_ALIVE and the request was read whole. */
+void conn_respond(conn_t *c, int status, const char *extra, const char *body, size_t len);
+
+/* Writes BUFS to STREAM now if the socket takes them, else queues the rest
+ * on REQ. Returns 1 when all went out now, 0 when queued, <0 on error. */
+int stream_write(uv_stream_t *s, uv_write_t *req, uv_buf_t *bufs, unsigned n, uv_write_cb cb);
+
+/* proxy.c */
+void proxy_start(conn_t *c);
+/* The client side moved (body bytes parsed, write done, EOF): push on. */
+void proxy_pump_request(conn_t *c);
+void proxy_on_client_written(conn_t *c);
+void proxy_on_client_eof(conn_t *c);
+void proxy_tunnel_from_client(conn_t *c);
+/* Detaches and closes the upstream (the exchange failed or the conn ends). */
+void proxy_abort(conn_t *c);
+/* The client timer fired while waiting to try an upstream again. */
+void proxy_on_retry_timer(conn_t *c);
+
+#endif

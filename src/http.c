@@ -1,0 +1,736 @@
+/* HTTP/1.1 heads: recording them as slices while llhttp parses, checking
+ * what llhttp leaves to us, and rewriting them for the other side. */
+#include "http.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common.h"
+
+/* ---- recording the head ------------------------------------------------ */
+
+/* llhttp may hand one field over in several calls when it spans reads. The
+ * read buffer is contiguous and never moves while a head is parsed, so the
+ * pieces are adjacent and a slice just grows. */
+static void slice_grow(uv_buf_t *s, const char *at, size_t len)
+{
+    if (s->base == NULL)
+        s->base = (char *)at;
+    s->len += len;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    http_head_t *h = container_of(p, http_head_t, parser);
+    slice_grow(&h->url, at, len);
+    if (h->url.len > HTTP_MAX_URI) {
+        h->err_status = 414;
+        llhttp_set_error_reason(p, "URI too long");
+        return HPE_USER;
+    }
+    return 0;
+}
+
+static int on_status(llhttp_t *p, const char *at, size_t len)
+{
+    http_head_t *h = container_of(p, http_head_t, parser);
+    slice_grow(&h->reason, at, len);
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    http_head_t *h = container_of(p, http_head_t, parser);
+    if (h->field_state != 1) {
+        if (h->n_hdrs == HTTP_MAX_HEADERS) {
+            h->err_status = 431;
+            llhttp_set_error_reason(p, "too many header fields");
+            return HPE_USER;
+        }
+        http_hdr_t *hdr = &h->hdrs[h->n_hdrs++];
+        hdr->name = uv_buf_init((char *)at, 0);
+        hdr->value = uv_buf_init(NULL, 0);
+        h->field_state = 1;
+    }
+    slice_grow(&h->hdrs[h->n_hdrs - 1].name, at, len);
+    return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    http_head_t *h = container_of(p, http_head_t, parser);
+    uv_buf_t *v = h->n_hdrs > 0 ? &h->hdrs[h->n_hdrs - 1].value : NULL;
+    /* llhttp accepts obs-fold as a value in pieces that are not adjacent;
+     * RFC 9112 5.2 lets us reject it, and a proxy should */
+    if (v == NULL || h->field_state == 0 ||
+        (h->field_state == 2 && v->base != NULL && v->base + v->len != at)) {
+        llhttp_set_error_reason(p, "obsolete line folding");
+        return HPE_USER;
+    }
+    h->field_state = 2;
+    slice_grow(v, at, len);
+    return 0;
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    http_head_t *h = container_of(p, http_head_t, parser);
+    uv_buf_t *v = &h->hdrs[h->n_hdrs - 1].value;
+    /* llhttp drops leading OWS; the trailing OWS is ours to drop (RFC 9110 5.5) */
+    while (v->len > 0 && (v->base[v->len - 1] == ' ' || v->base[v->len - 1] == '\t'))
+        v->len--;
+    h->field_state = 0;
+    return 0;
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+    http_head_t *h = container_of(p, http_head_t, parser);
+    /* a field with an empty value gets no on_header_value call */
+    h->field_state = 2;
+    return 0;
+}
+
+void http_settings_init(llhttp_settings_t *s)
+{
+    llhttp_settings_init(s);
+    s->on_url = on_url;
+    s->on_status = on_status;
+    s->on_header_field = on_header_field;
+    s->on_header_value = on_header_value;
+    s->on_header_field_complete = on_header_field_complete;
+    s->on_header_value_complete = on_header_value_complete;
+}
+
+void http_head_reset(http_head_t *h)
+{
+    h->field_state = 0;
+    h->url = uv_buf_init(NULL, 0);
+    h->reason = uv_buf_init(NULL, 0);
+    h->n_hdrs = 0;
+    h->err_status = 0;
+    h->host = uv_buf_init(NULL, 0);
+    h->target = uv_buf_init(NULL, 0);
+    h->n_conn_tokens = 0;
+    h->conn_close = 0;
+    h->conn_upgrade = 0;
+    h->has_host = 0;
+    h->te_chunked = 0;
+}
+
+void http_head_init(http_head_t *h, llhttp_type_t type, const llhttp_settings_t *s)
+{
+    llhttp_init(&h->parser, type, s);
+    http_head_reset(h);
+}
+
+/* ---- checks ------------------------------------------------------------- */
+
+int http_token_eq(uv_buf_t a, const char *lit)
+{
+    size_t n = strlen(lit);
+    return a.len == n && (n == 0 || strncasecmp(a.base, lit, n) == 0);
+}
+
+const http_hdr_t *http_head_find(const http_head_t *h, const char *name)
+{
+    for (unsigned i = 0; i < h->n_hdrs; i++)
+        if (http_token_eq(h->hdrs[i].name, name))
+            return &h->hdrs[i];
+    return NULL;
+}
+
+/* Calls FN on each comma-separated element of V with OWS trimmed (RFC 9110
+ * 5.6.1); empty elements are skipped. Stops at a non-zero return. */
+static int for_each_element(uv_buf_t v, int (*fn)(uv_buf_t el, void *arg), void *arg)
+{
+    size_t i = 0;
+    while (i <= v.len) {
+        size_t start = i;
+        while (i < v.len && v.base[i] != ',')
+            i++;
+        size_t end = i;
+        while (start < end && (v.base[start] == ' ' || v.base[start] == '\t'))
+            start++;
+        while (end > start && (v.base[end - 1] == ' ' || v.base[end - 1] == '\t'))
+            end--;
+        if (end > start) {
+            int r = fn(uv_buf_init(v.base + start, end - start), arg);
+            if (r != 0)
+                return r;
+        }
+        i++;
+    }
+    return 0;
+}
+
+static int add_conn_token(uv_buf_t el, void *arg)
+{
+    http_head_t *h = arg;
+    if (http_token_eq(el, "close"))
+        h->conn_close = 1;
+    else if (http_token_eq(el, "upgrade"))
+        h->conn_upgrade = 1;
+    if (h->n_conn_tokens == HTTP_MAX_CONN_TOKENS)
+        return 400;
+    h->conn_tokens[h->n_conn_tokens++] = el;
+    return 0;
+}
+
+struct te_state {
+    int n, chunked_at, unknown;
+};
+
+static int check_coding(uv_buf_t el, void *arg)
+{
+    struct te_state *st = arg;
+    /* a coding may carry parameters (";q=..." is for TE, not here) */
+    if (http_token_eq(el, "chunked")) {
+        if (st->chunked_at >= 0)
+            return 400; /* chunked twice: RFC 9112 6.1 */
+        st->chunked_at = st->n;
+    } else if (!http_token_eq(el, "gzip") && !http_token_eq(el, "x-gzip") &&
+               !http_token_eq(el, "deflate") && !http_token_eq(el, "compress") &&
+               !http_token_eq(el, "x-compress")) {
+        st->unknown = 1;
+    }
+    st->n++;
+    return 0;
+}
+
+static int is_tchar(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* Host = uri-host [ ":" port ] (RFC 9110 7.2): reg-name, IPv4 or [IPv6]. */
+static int valid_host(uv_buf_t v)
+{
+    for (size_t i = 0; i < v.len; i++) {
+        unsigned char c = v.base[i];
+        if (c <= ' ' || c >= 0x7f || strchr("/?#@\"<>\\^`{|}", c) != NULL)
+            return 0;
+    }
+    return 1;
+}
+
+static int analyze_request(http_head_t *h)
+{
+    llhttp_t *p = &h->parser;
+    int http11 = p->http_major == 1 && p->http_minor == 1;
+
+    /* request-target forms, RFC 9112 3.2 */
+    uv_buf_t url = h->url;
+    uv_buf_t authority = uv_buf_init(NULL, 0);
+    if (url.len > 0 && url.base[0] == '/') {
+        h->target = url;
+    } else if (url.len == 1 && url.base[0] == '*' && p->method == HTTP_OPTIONS) {
+        h->target = url;
+    } else if ((url.len > 7 && strncasecmp(url.base, "http://", 7) == 0) ||
+               (url.len > 8 && strncasecmp(url.base, "https://", 8) == 0)) {
+        size_t i = url.base[4] == ':' ? 7 : 8;
+        size_t start = i;
+        while (i < url.len && url.base[i] != '/' && url.base[i] != '?')
+            i++;
+        authority = uv_buf_init(url.base + start, i - start);
+        if (i < url.len && url.base[i] == '/')
+            h->target = uv_buf_init(url.base + i, url.len - i);
+        else
+            h->target = uv_buf_init(url.len == i ? "/" : "/?", 1); /* "?q" needs '/' first */
+        if (i < url.len && url.base[i] == '?')
+            return 400; /* keep it simple: absolute-form with empty path and a query */
+        if (authority.len == 0 || !valid_host(authority))
+            return 400;
+    } else {
+        return 400;
+    }
+
+    unsigned n_host = 0;
+    struct te_state te = {0, -1, 0};
+    int te_seen = 0;
+    for (unsigned i = 0; i < h->n_hdrs; i++) {
+        const http_hdr_t *hdr = &h->hdrs[i];
+        if (http_token_eq(hdr->name, "host")) {
+            n_host++;
+            h->host = hdr->value;
+        } else if (http_token_eq(hdr->name, "connection")) {
+            if (for_each_element(hdr->value, add_conn_token, h) != 0)
+                return 400;
+        } else if (http_token_eq(hdr->name, "transfer-encoding")) {
+            te_seen = 1;
+            int r = for_each_element(hdr->value, check_coding, &te);
+            if (r != 0)
+                return r;
+        }
+    }
+    /* RFC 9112 3.2: exactly one Host in HTTP/1.1, and a valid one */
+    if (n_host > 1 || (http11 && n_host == 0))
+        return 400;
+    if (n_host == 1 && !valid_host(h->host))
+        return 400;
+    h->has_host = n_host == 1;
+    if (authority.base != NULL)
+        h->host = authority; /* RFC 9112 3.2.2: absolute-form wins over Host */
+
+    if (te_seen) {
+        /* RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 means broken framing */
+        if (!http11)
+            return 400;
+        if (te.unknown)
+            return 501;
+        /* RFC 9112 6.3: chunked must be final; other codings we don't relay */
+        if (te.n == 0 || te.chunked_at != te.n - 1)
+            return 400;
+        if (te.n > 1)
+            return 501;
+        h->te_chunked = 1;
+    }
+    return 0;
+}
+
+static int analyze_response(http_head_t *h)
+{
+    for (unsigned i = 0; i < h->n_hdrs; i++) {
+        const http_hdr_t *hdr = &h->hdrs[i];
+        if (http_token_eq(hdr->name, "connection")) {
+            if (for_each_element(hdr->value, add_conn_token, h) != 0)
+                return 502;
+        } else if (http_token_eq(hdr->name, "transfer-encoding")) {
+            h->te_chunked = 1;
+        }
+    }
+    return 0;
+}
+
+int http_head_analyze(http_head_t *h)
+{
+    for (unsigned i = 0; i < h->n_hdrs; i++)
+        for (size_t j = 0; j < h->hdrs[i].name.len; j++)
+            if (!is_tchar((unsigned char)h->hdrs[i].name.base[j]))
+                return h->parser.type == HTTP_REQUEST ? 400 : 502;
+    return h->parser.type == HTTP_REQUEST ? analyze_request(h) : analyze_response(h);
+}
+
+int http_request_error_status(const http_head_t *h, llhttp_errno_t err)
+{
+    if (err == HPE_USER && h->err_status != 0)
+        return h->err_status;
+    return 400;
+}
+
+const char *http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 421: return "Misdirected Request";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "";
+    }
+}
+
+/* ---- placeholders ------------------------------------------------------- */
+
+uv_buf_t http_host_without_port(uv_buf_t hp)
+{
+    if (hp.len > 0 && hp.base[0] == '[') {
+        for (size_t i = 1; i < hp.len; i++)
+            if (hp.base[i] == ']')
+                return uv_buf_init(hp.base + 1, i - 1);
+        return hp;
+    }
+    for (size_t i = hp.len; i > 0; i--)
+        if (hp.base[i - 1] == ':')
+            return uv_buf_init(hp.base, i - 1);
+    return hp;
+}
+
+static uv_buf_t cstr(const char *s)
+{
+    return uv_buf_init((char *)s, s != NULL ? strlen(s) : 0);
+}
+
+void http_vars_from_request(http_vars_t *v, const http_head_t *req, int https,
+                            const char *remote_host, const char *remote_port)
+{
+    memset(v, 0, sizeof(*v));
+    v->hostport = req->host;
+    v->host = http_host_without_port(req->host);
+    v->uri = req->target;
+    v->path = req->target;
+    for (size_t i = 0; i < req->target.len; i++) {
+        if (req->target.base[i] == '?') {
+            v->path.len = i;
+            v->query = uv_buf_init(req->target.base + i + 1, req->target.len - i - 1);
+            break;
+        }
+    }
+    v->method = cstr(llhttp_method_name((llhttp_method_t)req->parser.method));
+    v->scheme = cstr(https ? "https" : "http");
+    v->remote_host = cstr(remote_host);
+    v->remote_port = cstr(remote_port);
+}
+
+/* A bounded writer into a caller's buffer; overflow is sticky. */
+typedef struct out {
+    char *p;
+    size_t len, cap;
+    int overflow;
+} out_t;
+
+static void put(out_t *o, const char *s, size_t n)
+{
+    if (o->overflow || o->cap - o->len < n) {
+        o->overflow = 1;
+        return;
+    }
+    memcpy(o->p + o->len, s, n);
+    o->len += n;
+}
+
+static void puts_(out_t *o, const char *s)
+{
+    put(o, s, strlen(s));
+}
+
+static void put_buf(out_t *o, uv_buf_t b)
+{
+    put(o, b.base, b.len);
+}
+
+static void put_uint(out_t *o, unsigned long long n)
+{
+    char tmp[24];
+    int k = snprintf(tmp, sizeof(tmp), "%llu", n);
+    put(o, tmp, (size_t)k);
+}
+
+static uv_buf_t var_value(const http_vars_t *v, int var)
+{
+    switch (var) {
+    case CFG_VAR_HOST: return v->host;
+    case CFG_VAR_HOSTPORT: return v->hostport;
+    case CFG_VAR_URI: return v->uri;
+    case CFG_VAR_PATH: return v->path;
+    case CFG_VAR_QUERY: return v->query;
+    case CFG_VAR_METHOD: return v->method;
+    case CFG_VAR_SCHEME: return v->scheme;
+    case CFG_VAR_REMOTE_HOST: return v->remote_host;
+    case CFG_VAR_REMOTE_PORT: return v->remote_port;
+    case CFG_VAR_UPSTREAM_HOSTPORT: return v->upstream_hostport;
+    default: return uv_buf_init(NULL, 0);
+    }
+}
+
+static void put_tmpl(out_t *o, const cfg_tmpl_t *t, const http_vars_t *v)
+{
+    for (size_t i = 0; i < t->n_parts; i++) {
+        const cfg_tmpl_part_t *part = &t->parts[i];
+        if (part->var == CFG_VAR_NONE)
+            put(o, part->lit, part->len);
+        else
+            put_buf(o, var_value(v, part->var));
+    }
+}
+
+int http_tmpl_expand(const cfg_tmpl_t *t, const http_vars_t *v, char *buf, size_t cap,
+                     size_t *len)
+{
+    out_t o = {buf, *len, cap, 0};
+    put_tmpl(&o, t, v);
+    if (o.overflow)
+        return -1;
+    *len = o.len;
+    return 0;
+}
+
+/* ---- rewriting heads ---------------------------------------------------- */
+
+/* RFC 9110 7.6.1 hop-by-hop fields, plus the ones Go's and so Caddy's proxy
+ * also drops. Upgrade is handled by the caller. */
+static int is_hop_by_hop(uv_buf_t name)
+{
+    static const char *const hop[] = {
+        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+        "upgrade", "proxy-authenticate", "proxy-authorization",
+    };
+    for (size_t i = 0; i < PS_ARRAY_SIZE(hop); i++)
+        if (http_token_eq(name, hop[i]))
+            return 1;
+    return 0;
+}
+
+static int is_conn_token(const http_head_t *h, uv_buf_t name)
+{
+    for (unsigned i = 0; i < h->n_conn_tokens; i++)
+        if (name.len == h->conn_tokens[i].len &&
+            strncasecmp(name.base, h->conn_tokens[i].base, name.len) == 0)
+            return 1;
+    return 0;
+}
+
+static int op_matches(const cfg_hdr_op_t *op, uv_buf_t name)
+{
+    size_t n = strlen(op->name);
+    if (op->op == CFG_HDR_DEL && n > 0 && op->name[n - 1] == '*')
+        return name.len >= n - 1 && strncasecmp(name.base, op->name, n - 1) == 0;
+    return name.len == n && strncasecmp(name.base, op->name, n) == 0;
+}
+
+/* True when an op list replaces or deletes the field NAME. */
+static int ops_remove(const cfg_hdr_ops_t *ops, uv_buf_t name)
+{
+    if (ops == NULL)
+        return 0;
+    for (size_t i = 0; i < ops->n; i++) {
+        const cfg_hdr_op_t *op = &ops->ops[i];
+        if ((op->op == CFG_HDR_SET || op->op == CFG_HDR_DEL) && op_matches(op, name))
+            return 1;
+    }
+    return 0;
+}
+
+/* Emits the SET/ADD/DEFAULT ops; DEFAULT only when the field is not in
+ * the head we are writing (HAS tells). */
+static void put_ops(out_t *o, const cfg_hdr_ops_t *ops, const http_vars_t *v,
+                    int (*has)(const void *ctx, uv_buf_t name), const void *ctx)
+{
+    if (ops == NULL)
+        return;
+    for (size_t i = 0; i < ops->n; i++) {
+        const cfg_hdr_op_t *op = &ops->ops[i];
+        if (op->op == CFG_HDR_DEL)
+            continue;
+        if (op->op == CFG_HDR_DEFAULT && has(ctx, cstr(op->name)))
+            continue;
+        puts_(o, op->name);
+        put(o, ": ", 2);
+        put_tmpl(o, &op->value, v);
+        put(o, "\r\n", 2);
+    }
+}
+
+static int has_none(const void *ctx, uv_buf_t name)
+{
+    return 0;
+}
+
+int http_expand_ops(const cfg_hdr_ops_t *const *ops, unsigned n, const http_vars_t *v, char *buf,
+                    size_t cap, size_t *len)
+{
+    out_t o = {buf, *len, cap, 0};
+    for (unsigned i = 0; i < n; i++)
+        put_ops(&o, ops[i], v, has_none, NULL);
+    if (o.overflow)
+        return -1;
+    *len = o.len;
+    return 0;
+}
+
+struct kept {
+    const http_head_t *h;
+    const cfg_hdr_ops_t *const *ops;
+    unsigned n_ops;
+    int upgrade;
+};
+
+static int kept_header(const struct kept *k, uv_buf_t name)
+{
+    /* the Upgrade of a tunnelled exchange passes, though Connection lists it */
+    if (k->upgrade && http_token_eq(name, "upgrade"))
+        return 1;
+    if (is_conn_token(k->h, name) || is_hop_by_hop(name))
+        return 0;
+    for (unsigned i = 0; i < k->n_ops; i++)
+        if (ops_remove(k->ops[i], name))
+            return 0;
+    return 1;
+}
+
+static int has_kept(const void *ctx, uv_buf_t name)
+{
+    const struct kept *k = ctx;
+    for (unsigned i = 0; i < k->h->n_hdrs; i++)
+        if (k->h->hdrs[i].name.len == name.len &&
+            strncasecmp(k->h->hdrs[i].name.base, name.base, name.len) == 0 &&
+            kept_header(k, name))
+            return 1;
+    return 0;
+}
+
+static int is_forwarded_header(uv_buf_t name)
+{
+    return http_token_eq(name, "x-forwarded-for") || http_token_eq(name, "x-forwarded-proto") ||
+           http_token_eq(name, "x-forwarded-host");
+}
+
+int http_build_request(char *buf, size_t cap, const http_req_out_t *r)
+{
+    const http_head_t *h = r->req;
+    out_t o = {buf, 0, cap, 0};
+    const cfg_hdr_ops_t *const ops[1] = {r->ops};
+    struct kept k = {h, ops, 1, r->upgrade};
+
+    put_buf(&o, r->vars->method);
+    put(&o, " ", 1);
+    put_buf(&o, h->target);
+    put(&o, " HTTP/1.1\r\n", 11);
+
+    const http_hdr_t *xfp = NULL, *xfh = NULL;
+    int n_xff = 0;
+    for (unsigned i = 0; i < h->n_hdrs; i++) {
+        const http_hdr_t *hdr = &h->hdrs[i];
+        if (is_forwarded_header(hdr->name)) {
+            if (http_token_eq(hdr->name, "x-forwarded-proto"))
+                xfp = hdr;
+            else if (http_token_eq(hdr->name, "x-forwarded-host"))
+                xfh = hdr;
+            else
+                n_xff++;
+            continue;
+        }
+        if (!kept_header(&k, hdr->name))
+            continue;
+        put_buf(&o, hdr->name);
+        put(&o, ": ", 2);
+        put_buf(&o, hdr->value);
+        put(&o, "\r\n", 2);
+    }
+    if (!h->has_host && !ops_remove(r->ops, cstr("host"))) {
+        put(&o, "Host: ", 6);
+        put_buf(&o, h->host.len > 0 ? h->host : r->vars->upstream_hostport);
+        put(&o, "\r\n", 2);
+    }
+
+    /* Caddy's semantics: X-Forwarded-* from an untrusted peer are replaced,
+     * from a trusted proxy they are extended. */
+    if (!ops_remove(r->ops, cstr("x-forwarded-for"))) {
+        put(&o, "X-Forwarded-For: ", 17);
+        if (r->trusted && n_xff > 0) {
+            for (unsigned i = 0; i < h->n_hdrs; i++) {
+                if (http_token_eq(h->hdrs[i].name, "x-forwarded-for")) {
+                    put_buf(&o, h->hdrs[i].value);
+                    put(&o, ", ", 2);
+                }
+            }
+        }
+        puts_(&o, r->client_ip);
+        put(&o, "\r\n", 2);
+    }
+    if (!ops_remove(r->ops, cstr("x-forwarded-proto"))) {
+        put(&o, "X-Forwarded-Proto: ", 19);
+        if (r->trusted && xfp != NULL)
+            put_buf(&o, xfp->value);
+        else
+            puts_(&o, r->https ? "https" : "http");
+        put(&o, "\r\n", 2);
+    }
+    if (!ops_remove(r->ops, cstr("x-forwarded-host")) && (xfh != NULL || h->host.len > 0)) {
+        put(&o, "X-Forwarded-Host: ", 18);
+        put_buf(&o, r->trusted && xfh != NULL ? xfh->value : h->host);
+        put(&o, "\r\n", 2);
+    }
+
+    if (r->framing == HTTP_BODY_CHUNKED)
+        puts_(&o, "Transfer-Encoding: chunked\r\n");
+    if (r->upgrade)
+        puts_(&o, "Connection: upgrade\r\n");
+    put_ops(&o, r->ops, r->vars, has_kept, &k);
+    put(&o, "\r\n", 2);
+    return o.overflow ? -1 : (int)o.len;
+}
+
+int http_build_response(char *buf, size_t cap, const http_resp_out_t *r)
+{
+    const http_head_t *h = r->resp;
+    int status = h->parser.status_code;
+    out_t o = {buf, 0, cap, 0};
+    struct kept k = {h, r->ops, r->n_ops, r->upgrade};
+
+    put(&o, "HTTP/1.1 ", 9);
+    put_uint(&o, (unsigned)status);
+    put(&o, " ", 1);
+    if (h->reason.len > 0)
+        put_buf(&o, h->reason);
+    else
+        puts_(&o, http_reason(status));
+    put(&o, "\r\n", 2);
+
+    for (unsigned i = 0; i < h->n_hdrs; i++) {
+        const http_hdr_t *hdr = &h->hdrs[i];
+        if (!kept_header(&k, hdr->name))
+            continue;
+        put_buf(&o, hdr->name);
+        put(&o, ": ", 2);
+        put_buf(&o, hdr->value);
+        put(&o, "\r\n", 2);
+    }
+    if (status >= 200 || r->upgrade) {
+        if (r->framing == HTTP_BODY_CHUNKED)
+            puts_(&o, "Transfer-Encoding: chunked\r\n");
+        if (r->upgrade)
+            puts_(&o, "Connection: upgrade\r\n");
+        else if (!r->keep_alive)
+            puts_(&o, "Connection: close\r\n");
+        else if (r->http10)
+            puts_(&o, "Connection: keep-alive\r\n");
+        for (unsigned i = 0; i < r->n_ops; i++)
+            put_ops(&o, r->ops[i], r->vars, has_kept, &k);
+    }
+    put(&o, "\r\n", 2);
+    return o.overflow ? -1 : (int)o.len;
+}
+
+int http_build_simple(char *buf, size_t cap, int status, const char *extra, const char *body,
+                      size_t body_len, int keep_alive, int head_only)
+{
+    out_t o = {buf, 0, cap, 0};
+    put(&o, "HTTP/1.1 ", 9);
+    put_uint(&o, (unsigned)status);
+    put(&o, " ", 1);
+    puts_(&o, http_reason(status));
+    put(&o, "\r\n", 2);
+    if (extra != NULL)
+        puts_(&o, extra);
+    if (body_len > 0)
+        puts_(&o, "Content-Type: text/plain; charset=utf-8\r\n");
+    if (status >= 200 && status != 204 && status != 304) {
+        put(&o, "Content-Length: ", 16);
+        put_uint(&o, body_len);
+        put(&o, "\r\n", 2);
+    }
+    if (!keep_alive)
+        puts_(&o, "Connection: close\r\n");
+    put(&o, "\r\n", 2);
+    if (!head_only && body_len > 0)
+        put(&o, body, body_len);
+    return o.overflow ? -1 : (int)o.len;
+}

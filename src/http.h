@@ -1,0 +1,136 @@
+/* HTTP/1.1 message heads: llhttp glue that records the head as slices of the
+ * read buffer, the RFC 9112 checks llhttp leaves to us, and the rewriting of
+ * heads on their way through the proxy (hop-by-hop removal, X-Forwarded-*,
+ * re-framing, header ops). Pure functions: no I/O, no allocation. */
+#ifndef PS_HTTP_H
+#define PS_HTTP_H
+
+#include <llhttp.h>
+#include <stddef.h>
+#include <uv.h>
+
+#include "config.h"
+
+#define HTTP_MAX_HEADERS 100
+#define HTTP_MAX_CONN_TOKENS 16
+#define HTTP_MAX_URI 8192
+
+typedef struct http_hdr {
+    uv_buf_t name;
+    uv_buf_t value;
+} http_hdr_t;
+
+/* How a message body is delimited. */
+enum http_framing {
+    HTTP_BODY_NONE = 0, /* no body (HEAD, 1xx, 204, 304, Content-Length: 0) */
+    HTTP_BODY_LENGTH,   /* Content-Length bytes */
+    HTTP_BODY_CHUNKED,  /* chunked coding */
+    HTTP_BODY_EOF,      /* until the connection closes (responses only) */
+};
+
+typedef struct http_head {
+    /* private: llhttp and the field being assembled across reads */
+    llhttp_t parser;
+    int field_state; /* 0 none, 1 in a name, 2 in a value */
+
+    /* public, valid while the read buffer holding the head is */
+    uv_buf_t url;    /* request-target as received */
+    uv_buf_t reason; /* response reason phrase */
+    http_hdr_t hdrs[HTTP_MAX_HEADERS];
+    unsigned n_hdrs;
+    int err_status; /* the 4xx/5xx a failed callback chose; 0 = 400 */
+
+    /* read-only, set by http_head_analyze() */
+    uv_buf_t host;      /* authority without port rules applied: Host or absolute-form */
+    uv_buf_t target;    /* origin-form target: path?query */
+    uv_buf_t conn_tokens[HTTP_MAX_CONN_TOKENS]; /* Connection options to strip */
+    unsigned n_conn_tokens;
+    unsigned conn_close : 1;
+    unsigned conn_upgrade : 1;
+    unsigned has_host : 1;
+    unsigned te_chunked : 1; /* Transfer-Encoding present (and "chunked") */
+} http_head_t;
+
+/* Fills the callbacks that record heads into an http_head_t; the owner then
+ * sets on_headers_complete, on_body and on_message_complete and reaches
+ * itself with container_of() from the http_head_t. */
+void http_settings_init(llhttp_settings_t *s);
+
+/* Starts a head: llhttp_init on first use; clears the recorded fields. */
+void http_head_init(http_head_t *h, llhttp_type_t type, const llhttp_settings_t *s);
+void http_head_reset(http_head_t *h);
+
+/* RFC 9110/9112 checks on a complete head, beyond llhttp's. Returns 0, or
+ * the status to answer (400, 501) for a request; for a response any
+ * non-zero value means malformed (502). */
+int http_head_analyze(http_head_t *h);
+
+/* Returns the first header named NAME (case-insensitive) or NULL. */
+const http_hdr_t *http_head_find(const http_head_t *h, const char *name);
+
+int http_token_eq(uv_buf_t a, const char *lit);
+
+/* The status an llhttp error maps to for a request: 400, or err_status. */
+int http_request_error_status(const http_head_t *h, llhttp_errno_t err);
+
+const char *http_reason(int status);
+
+/* Values for placeholders, filled from the request at hand. */
+typedef struct http_vars {
+    uv_buf_t host, hostport, uri, path, query, method, scheme, remote_host, remote_port,
+        upstream_hostport;
+} http_vars_t;
+
+void http_vars_from_request(http_vars_t *v, const http_head_t *req, int https,
+                            const char *remote_host, const char *remote_port);
+
+/* Appends T expanded into OUT (at *len, capacity CAP). Returns 0 or -1 when
+ * it does not fit. */
+int http_tmpl_expand(const cfg_tmpl_t *t, const http_vars_t *v, char *out, size_t cap,
+                     size_t *len);
+
+/* Appends the SET/ADD/DEFAULT ops of the N lists as header lines (for
+ * answers made here, which have no other fields). Returns 0 or -1 when they
+ * do not fit. */
+int http_expand_ops(const cfg_hdr_ops_t *const *ops, unsigned n, const http_vars_t *v, char *out,
+                    size_t cap, size_t *len);
+
+/* What the upstream request head is built from. */
+typedef struct http_req_out {
+    const http_head_t *req;
+    const http_vars_t *vars;
+    const cfg_hdr_ops_t *ops; /* header_up, may be NULL */
+    const char *client_ip;
+    int https;          /* X-Forwarded-Proto */
+    int trusted;        /* the peer is a trusted proxy: keep its X-Forwarded-* */
+    int framing;        /* enum http_framing of the body we send */
+    int upgrade;        /* keep Upgrade and send Connection: upgrade */
+} http_req_out_t;
+
+/* Writes the upstream request head into OUT. Returns its length, or -1 when
+ * it does not fit in CAP. */
+int http_build_request(char *out, size_t cap, const http_req_out_t *r);
+
+typedef struct http_resp_out {
+    const http_head_t *resp;
+    const http_vars_t *vars;
+    const cfg_hdr_ops_t *const *ops; /* header_down, then the site's header ops, in order */
+    unsigned n_ops;
+    int framing;                 /* enum http_framing of the body we send */
+    int keep_alive;              /* the client connection stays open */
+    int http10;                  /* the client spoke HTTP/1.0 */
+    int upgrade;                 /* a 101 we tunnel: keep Upgrade */
+} http_resp_out_t;
+
+int http_build_response(char *out, size_t cap, const http_resp_out_t *r);
+
+/* A complete response made by psproxy itself: status line, the given extra
+ * header lines (each ending in CRLF, may be NULL), Content-Length and body.
+ * HEAD requests get the head only. */
+int http_build_simple(char *out, size_t cap, int status, const char *extra, const char *body,
+                      size_t body_len, int keep_alive, int head_only);
+
+/* Strips ":port" (and brackets of an IPv6 literal) from a Host value. */
+uv_buf_t http_host_without_port(uv_buf_t hostport);
+
+#endif

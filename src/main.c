@@ -1,0 +1,135 @@
+/* psproxy: command line, configuration, signals; the workers do the rest. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <llhttp.h>
+#include <openssl/opensslv.h>
+#include <uv.h>
+
+#include "common.h"
+#include "config.h"
+#include "log.h"
+#include "server.h"
+
+static const char usage[] =
+    "usage: psproxy [-c FILE]            run with the Caddyfile FILE (default ./Caddyfile)\n"
+    "       psproxy validate [-c FILE]   check FILE and exit (0: valid)\n"
+    "       psproxy --version | --help\n"
+    "\n"
+    "psproxy is an HTTP reverse proxy that reads Caddy's Caddyfile syntax.\n"
+    "Logs go to stderr; PSPROXY_LOG_LEVEL=debug for more.\n";
+
+static srv_t server;
+static uv_signal_t sig_term, sig_int;
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    log_info("received %s, stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    uv_signal_stop(&sig_term);
+    uv_signal_stop(&sig_int);
+    uv_close((uv_handle_t *)&sig_term, NULL);
+    uv_close((uv_handle_t *)&sig_int, NULL);
+}
+
+static int load(const char *path, cfg_t **cfg)
+{
+    char err[1024];
+    if (cfg_load(path, cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "psproxy: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = "Caddyfile";
+    int validate = 0, dump = 0;
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},         {"dump", no_argument, NULL, 'd'},
+        {NULL, 0, NULL, 0},
+    };
+    if (argc > 1 && strcmp(argv[1], "validate") == 0) {
+        validate = 1;
+        argv++;
+        argc--;
+    } else if (argc > 1 && strcmp(argv[1], "run") == 0) {
+        argv++;
+        argc--;
+    }
+    int ch;
+    while ((ch = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c':
+            path = optarg;
+            break;
+        case 'V':
+            printf("psproxy %s (libuv %s, %s, llhttp %d.%d.%d)\n", PSPROXY_VERSION,
+                   uv_version_string(), OPENSSL_VERSION_TEXT, LLHTTP_VERSION_MAJOR,
+                   LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);
+            return 0;
+        case 'h':
+            fputs(usage, stdout);
+            return 0;
+        case 'd':
+            dump = 1;
+            break;
+        default:
+            fputs(usage, stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "psproxy: unexpected argument \"%s\"\n%s", argv[optind], usage);
+        return 2;
+    }
+    log_init();
+
+    cfg_t *cfg = NULL;
+    if (load(path, &cfg) != 0)
+        return 1;
+    if (validate) {
+        if (dump)
+            cfg_dump_json(cfg, stdout);
+        else
+            printf("%s: valid configuration\n", path);
+        cfg_unref(cfg);
+        return 0;
+    }
+    for (size_t i = 0; i < cfg->n_listeners; i++) {
+        if (cfg->listeners[i].scheme == CFG_SCHEME_HTTPS) {
+            const cfg_site_t *s = cfg->listeners[i].sites[0];
+            fprintf(stderr,
+                    "psproxy: %s:%d: site is served over HTTPS on :%d, and TLS termination "
+                    "is not built yet (issue #4): use an http:// address for now\n",
+                    s->file, s->line, cfg->listeners[i].port);
+            cfg_unref(cfg);
+            return 1;
+        }
+    }
+
+    signal(SIGPIPE, SIG_IGN);
+    uv_loop_t *loop = uv_default_loop();
+    uv_signal_init(loop, &sig_term);
+    uv_signal_init(loop, &sig_int);
+    uv_signal_start(&sig_term, on_signal, SIGTERM);
+    uv_signal_start(&sig_int, on_signal, SIGINT);
+
+    int err = srv_start(&server, cfg);
+    cfg_unref(cfg); /* the workers hold their references */
+    if (err != 0) {
+        uv_close((uv_handle_t *)&sig_term, NULL);
+        uv_close((uv_handle_t *)&sig_int, NULL);
+        uv_run(loop, UV_RUN_DEFAULT);
+        uv_loop_close(loop);
+        return 1;
+    }
+    uv_run(loop, UV_RUN_DEFAULT);
+    srv_stop(&server);
+    uv_loop_close(loop);
+    log_info("stopped");
+    return 0;
+}

@@ -1,0 +1,700 @@
+/* One request's exchange with an upstream: pick and connect, send the
+ * rewritten head and stream the body up, parse the response and stream it
+ * down, then pool or close the upstream connection. After a 101, a tunnel. */
+#include <stdio.h>
+#include <string.h>
+
+#include "common.h"
+#include "conn.h"
+#include "log.h"
+
+static llhttp_settings_t resp_settings;
+static uv_once_t settings_once = UV_ONCE_INIT;
+
+static const char CRLF[] = "\r\n";
+static const char LAST_CHUNK[] = "0\r\n\r\n";
+
+static const cfg_proxy_t *proxy_cfg(const conn_t *c)
+{
+    return &c->handler->u.proxy;
+}
+
+static conn_t *owner(const up_conn_t *u)
+{
+    return u->owner;
+}
+
+static void proxy_try(conn_t *c);
+static void on_up_connected(up_conn_t *u, int status);
+static void pump_response(conn_t *c);
+static void tunnel_from_upstream(conn_t *c);
+
+/* ---- failures ----------------------------------------------------------- */
+
+void proxy_abort(conn_t *c)
+{
+    if (c->up == NULL)
+        return;
+    up_close(c->up);
+    c->up = NULL;
+}
+
+/* The upstream failed this request (ERR: a libuv error, or PS_EPROTO for a
+ * response we cannot relay). Retry where that cannot duplicate work, else
+ * 502/504 if the client has seen nothing yet, else cut the client off. */
+static void up_failed(conn_t *c, int err)
+{
+    up_conn_t *u = c->up;
+    const char *why = err == PS_EPROTO ? "malformed response" : uv_strerror(err);
+    /* a pooled connection the upstream closed as we reused it: the request
+     * never reached it, so try once more on a fresh one (as Go does) */
+    int stale = u->reused && !c->resp_bytes && c->req_framing == HTTP_BODY_NONE &&
+                (err == UV_EOF || err == UV_ECONNRESET || err == UV_EPIPE);
+    if (!stale)
+        log_warn("conn %llu %s: upstream %s: %s (state %s)", (unsigned long long)c->id,
+                 c->peer_ip, u->pool->target->hostport, why, conn_state_name(c->state));
+    proxy_abort(c);
+    if (c->state == CONN_S_CLOSING)
+        return;
+    if (stale) {
+        conn_set_state(c, CONN_S_CONNECT_UP);
+        c->up = up_dial(c->pool, c, proxy_cfg(c)->dial_timeout, on_up_connected);
+        if (c->up != NULL)
+            return;
+    }
+    if (c->resp_started || c->write_pending) {
+        conn_close(c);
+        return;
+    }
+    int status = err == UV_ETIMEDOUT ? 504 : 502;
+    c->keep_alive = c->keep_alive && c->req_done;
+    conn_respond(c, status, NULL, NULL, 0);
+}
+
+static void fail_request(conn_t *c, int status)
+{
+    log_warn("conn %llu %s: no upstream answered: %d", (unsigned long long)c->id, c->peer_ip,
+             status);
+    conn_respond(c, status, NULL, NULL, 0);
+}
+
+/* ---- timers ------------------------------------------------------------- */
+
+static void on_up_timeout(uv_timer_t *t)
+{
+    up_conn_t *u = t->data;
+    conn_t *c = owner(u);
+    if (c == NULL)
+        return;
+    if (c->state == CONN_S_TUNNEL) {
+        conn_close(c);
+        return;
+    }
+    up_failed(c, UV_ETIMEDOUT);
+}
+
+static void up_arm_timer(conn_t *c)
+{
+    up_conn_t *u = c->up;
+    if (u == NULL || u->state != UP_S_ACTIVE)
+        return;
+    const cfg_proxy_t *p = proxy_cfg(c);
+    uint64_t ms = 0;
+    if (c->state == CONN_S_TUNNEL)
+        ms = 0; /* the client side's idle clock covers both */
+    else if (u->write_pending)
+        ms = p->write_timeout;
+    else if (c->write_pending)
+        ms = 0; /* we stopped reading it; the client's write clock runs */
+    else if (!c->resp_started)
+        ms = c->req_sent ? p->response_header_timeout : 0;
+    else
+        ms = p->read_timeout;
+    if (ms == 0)
+        uv_timer_stop(&u->timer);
+    else
+        uv_timer_start(&u->timer, on_up_timeout, ms, 0);
+}
+
+/* ---- reading from the upstream ------------------------------------------ */
+
+static void on_up_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    up_conn_t *u = h->data;
+    *buf = uv_buf_init(u->rbuf + u->rlen, (unsigned)(u->pool->w->bufs.size - u->rlen));
+}
+
+static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void up_update_reading(conn_t *c)
+{
+    up_conn_t *u = c->up;
+    if (u == NULL || u->state != UP_S_ACTIVE)
+        return;
+    int want = !u->eof && u->rlen < u->pool->w->bufs.size;
+    int reading = u->tcp.read_cb != NULL;
+    if (want && !reading)
+        uv_read_start((uv_stream_t *)&u->tcp, on_up_alloc, on_up_read);
+    else if (!want && reading)
+        uv_read_stop((uv_stream_t *)&u->tcp);
+}
+
+static void tunnel_shutdown_done(uv_shutdown_t *req, int status)
+{
+    (void)req;
+    (void)status;
+}
+
+static void tunnel_check_end(conn_t *c);
+
+static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    up_conn_t *u = s->data;
+    conn_t *c = owner(u);
+    if (nread == 0)
+        return;
+    if (c == NULL) {
+        up_close(u);
+        return;
+    }
+    if (nread < 0) {
+        u->eof = 1;
+        uv_read_stop(s);
+        if (c->state == CONN_S_TUNNEL) {
+            if (nread != UV_EOF) {
+                conn_close(c);
+                return;
+            }
+            tunnel_check_end(c);
+            return;
+        }
+        llhttp_t *p = &u->resp.parser;
+        if (nread == UV_EOF && c->resp_started && !c->resp_done &&
+            llhttp_message_needs_eof(p)) {
+            /* a close-delimited body ends here (RFC 9112 6.3 rule 8) */
+            if (llhttp_get_errno(p) == HPE_PAUSED)
+                llhttp_resume(p);
+            if (llhttp_finish(p) == HPE_OK || c->resp_done) {
+                pump_response(c);
+                return;
+            }
+        }
+        if (c->resp_done)
+            return; /* complete already; the connection just won't be pooled */
+        up_failed(c, (int)nread);
+        return;
+    }
+    u->rlen += (size_t)nread;
+    c->resp_bytes = 1;
+    if (c->state == CONN_S_TUNNEL)
+        tunnel_from_upstream(c);
+    else if (c->state == CONN_S_PROXY)
+        pump_response(c);
+    if (c->state != CONN_S_CLOSING && c->up == u) {
+        up_update_reading(c);
+        up_arm_timer(c);
+    }
+}
+
+/* ---- the response ------------------------------------------------------- */
+
+static int on_resp_begin(llhttp_t *p)
+{
+    up_conn_t *u = container_of(p, up_conn_t, resp.parser);
+    http_head_reset(&u->resp);
+    return 0;
+}
+
+static int on_resp_headers(llhttp_t *p)
+{
+    up_conn_t *u = container_of(p, up_conn_t, resp.parser);
+    conn_t *c = owner(u);
+    c->resp_head = 1;
+    /* a response to HEAD has no body whatever its fields say (RFC 9110
+     * 9.3.2); llhttp cannot know the method, so tell it as its "return 1"
+     * would, and pause to relay the head */
+    if (c->head_method)
+        p->flags |= F_SKIPBODY;
+    return HPE_PAUSED;
+}
+
+static int on_resp_body(llhttp_t *p, const char *at, size_t len)
+{
+    up_conn_t *u = container_of(p, up_conn_t, resp.parser);
+    if (u->body == NULL)
+        u->body = (char *)at;
+    else if (u->body + u->body_len != at)
+        memmove(u->body + u->body_len, at, len);
+    u->body_len += len;
+    return 0;
+}
+
+static int on_resp_complete(llhttp_t *p)
+{
+    up_conn_t *u = container_of(p, up_conn_t, resp.parser);
+    if (p->status_code < 200)
+        return 0; /* an interim response; the final one follows */
+    owner(u)->resp_done = 1;
+    return HPE_PAUSED;
+}
+
+static void settings_init(void)
+{
+    http_settings_init(&resp_settings);
+    resp_settings.on_message_begin = on_resp_begin;
+    resp_settings.on_headers_complete = on_resp_headers;
+    resp_settings.on_body = on_resp_body;
+    resp_settings.on_message_complete = on_resp_complete;
+}
+
+static int client_http10(const conn_t *c)
+{
+    return c->req.parser.http_major == 1 && c->req.parser.http_minor == 0;
+}
+
+static void start_tunnel(conn_t *c);
+
+/* Builds the head the client gets into hbuf and queues it in IOV. Returns
+ * 0, 1 when the exchange became a tunnel, -1 when it failed. */
+static int relay_head(conn_t *c, uv_buf_t *iov, unsigned *n)
+{
+    up_conn_t *u = c->up;
+    llhttp_t *p = &u->resp.parser;
+    int status = p->status_code;
+    if (http_head_analyze(&u->resp) != 0 || (status == 101 && !c->upgrade)) {
+        up_failed(c, PS_EPROTO);
+        return -1;
+    }
+    int interim = status < 200 && status != 101;
+    if (interim && client_http10(c))
+        return 0; /* RFC 9110 15.2: no 1xx to an HTTP/1.0 client */
+
+    http_resp_out_t r;
+    memset(&r, 0, sizeof(r));
+    r.resp = &u->resp;
+    r.vars = &c->vars;
+    r.http10 = client_http10(c);
+    if (!interim) {
+        c->resp_ops[0] = &proxy_cfg(c)->header_down;
+        r.ops = c->resp_ops;
+        r.n_ops = c->n_resp_ops;
+        if (status == 101) {
+            r.upgrade = 1;
+            c->resp_framing = HTTP_BODY_NONE;
+        } else if (c->head_method || status == 204 || status == 304) {
+            c->resp_framing = HTTP_BODY_NONE;
+        } else if ((p->flags & F_CONTENT_LENGTH) && !(p->flags & F_CHUNKED)) {
+            c->resp_framing = HTTP_BODY_LENGTH;
+        } else {
+            /* chunked or close-delimited upstream: re-chunk for HTTP/1.1
+             * clients so their connection survives; 1.0 reads to close */
+            c->resp_framing = r.http10 ? HTTP_BODY_EOF : HTTP_BODY_CHUNKED;
+        }
+        /* the client is still sending: after this response we must close */
+        if (!c->req_done || c->resp_framing == HTTP_BODY_EOF)
+            c->keep_alive = 0;
+        r.keep_alive = c->keep_alive;
+        r.framing = c->resp_framing;
+        c->status = status;
+    }
+    if (c->hbuf == NULL)
+        c->hbuf = buf_get(&c->w->bufs);
+    int len = http_build_response(c->hbuf, c->w->bufs.size, &r);
+    if (len < 0) {
+        up_failed(c, PS_EPROTO);
+        return -1;
+    }
+    iov[(*n)++] = uv_buf_init(c->hbuf, (unsigned)len);
+    if (!interim)
+        c->resp_started = 1;
+    if (status == 101) {
+        int wr = conn_write(c, iov, *n);
+        *n = 0;
+        if (wr < 0) {
+            conn_close(c);
+            return -1;
+        }
+        start_tunnel(c);
+        return 1;
+    }
+    return 0;
+}
+
+static void proxy_finish(conn_t *c)
+{
+    up_conn_t *u = c->up;
+    const cfg_proxy_t *p = proxy_cfg(c);
+    c->up = NULL;
+    /* pool it only if both messages were framed cleanly to their ends */
+    if (c->req_sent && !u->write_pending && !u->eof && !p->keepalive_off &&
+        llhttp_should_keep_alive(&u->resp.parser) && u->rstart == u->rlen) {
+        uv_timer_stop(&u->timer);
+        up_release(u, p->keepalive, p->keepalive_idle_conns);
+    } else {
+        up_close(u);
+    }
+    if (!c->req_done)
+        c->keep_alive = 0;
+    conn_request_done(c);
+}
+
+static void pump_response(conn_t *c)
+{
+    up_conn_t *u = c->up;
+    while (c->state == CONN_S_PROXY && !c->write_pending && !c->resp_sent) {
+        uv_buf_t iov[6];
+        unsigned n = 0;
+        u->body = NULL;
+        u->body_len = 0;
+        if (!c->resp_done) {
+            llhttp_t *p = &u->resp.parser;
+            int paused = llhttp_get_errno(p) == HPE_PAUSED;
+            if (!paused && u->rstart == u->rlen)
+                break;
+            if (paused)
+                llhttp_resume(p);
+            const char *start = u->rbuf + u->rstart;
+            llhttp_errno_t err = llhttp_execute(p, start, u->rlen - u->rstart);
+            if (err == HPE_OK) {
+                u->rstart = u->rlen;
+            } else if (err == HPE_PAUSED) {
+                u->rstart = (size_t)(llhttp_get_error_pos(p) - u->rbuf);
+            } else {
+                log_debug("conn %llu: upstream response: %s", (unsigned long long)c->id,
+                          llhttp_get_error_reason(p));
+                up_failed(c, PS_EPROTO);
+                return;
+            }
+            if (c->resp_head) {
+                c->resp_head = 0;
+                if (relay_head(c, iov, &n) != 0)
+                    return;
+            }
+        }
+        if (u->body_len > 0 && c->resp_framing != HTTP_BODY_NONE) {
+            if (c->resp_framing == HTTP_BODY_CHUNKED) {
+                int k = snprintf(c->down_chunk, sizeof(c->down_chunk), "%zx\r\n", u->body_len);
+                iov[n++] = uv_buf_init(c->down_chunk, (unsigned)k);
+            }
+            iov[n++] = uv_buf_init(u->body, (unsigned)u->body_len);
+            if (c->resp_framing == HTTP_BODY_CHUNKED)
+                iov[n++] = uv_buf_init((char *)CRLF, 2);
+        }
+        if (c->resp_done) {
+            if (c->resp_framing == HTTP_BODY_CHUNKED)
+                iov[n++] = uv_buf_init((char *)LAST_CHUNK, sizeof(LAST_CHUNK) - 1);
+            c->resp_sent = 1;
+        }
+        if (n > 0) {
+            int r = conn_write(c, iov, n);
+            if (r < 0) {
+                conn_close(c);
+                return;
+            }
+            if (r == 1 && u->rstart == u->rlen)
+                u->rstart = u->rlen = 0; /* all went out: the buffer is free again */
+        }
+    }
+    if (c->state == CONN_S_PROXY && c->resp_sent && !c->write_pending)
+        proxy_finish(c);
+}
+
+void proxy_on_client_written(conn_t *c)
+{
+    up_conn_t *u = c->up;
+    if (c->state == CONN_S_TUNNEL) {
+        if (u != NULL && u->rstart == u->rlen)
+            u->rstart = u->rlen = 0;
+        tunnel_from_upstream(c);
+        return;
+    }
+    if (u == NULL)
+        return;
+    if (u->rstart == u->rlen)
+        u->rstart = u->rlen = 0;
+    pump_response(c);
+    if (c->state == CONN_S_PROXY && c->up == u) {
+        up_update_reading(c);
+        up_arm_timer(c);
+    }
+}
+
+/* ---- the request -------------------------------------------------------- */
+
+static void on_up_written(uv_write_t *req, int status)
+{
+    up_conn_t *u = container_of(req, up_conn_t, wreq);
+    u->write_pending = 0;
+    if (status == UV_ECANCELED)
+        return;
+    conn_t *c = owner(u);
+    if (c == NULL)
+        return;
+    if (status < 0) {
+        up_failed(c, status);
+        return;
+    }
+    if (c->rstart == c->rlen)
+        c->rstart = c->rlen = c->head_end; /* sent: the body area is free again */
+    if (c->state == CONN_S_TUNNEL)
+        proxy_tunnel_from_client(c);
+    else
+        proxy_pump_request(c);
+    if (c->state != CONN_S_CLOSING) {
+        conn_update_reading(c);
+        conn_arm_timer(c);
+        up_arm_timer(c);
+    }
+}
+
+void proxy_pump_request(conn_t *c)
+{
+    up_conn_t *u = c->up;
+    if (c->state != CONN_S_PROXY || u == NULL || u->write_pending)
+        return;
+    uv_buf_t iov[6];
+    unsigned n = 0;
+    if (!c->head_sent) {
+        iov[n++] = uv_buf_init(c->obuf, (unsigned)c->olen);
+        c->head_sent = 1;
+    }
+    /* a paused parser may complete a bodiless request without new bytes */
+    if (!c->req_done &&
+        (c->rstart < c->rlen || llhttp_get_errno(&c->req.parser) == HPE_PAUSED)) {
+        llhttp_errno_t err = conn_parse(c);
+        if (err != HPE_OK && err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE) {
+            /* a broken body (bad chunk): the upstream got part of it */
+            log_debug("conn %llu: request body: %s", (unsigned long long)c->id,
+                      llhttp_get_error_reason(&c->req.parser));
+            proxy_abort(c);
+            c->keep_alive = 0;
+            if (c->resp_started || c->write_pending)
+                conn_close(c);
+            else
+                conn_respond(c, 400, NULL, NULL, 0);
+            return;
+        }
+        if (c->body_len > 0) {
+            if (c->req_framing == HTTP_BODY_CHUNKED) {
+                int k = snprintf(c->up_chunk, sizeof(c->up_chunk), "%zx\r\n", c->body_len);
+                iov[n++] = uv_buf_init(c->up_chunk, (unsigned)k);
+            }
+            iov[n++] = uv_buf_init(c->body, (unsigned)c->body_len);
+            if (c->req_framing == HTTP_BODY_CHUNKED)
+                iov[n++] = uv_buf_init((char *)CRLF, 2);
+        }
+    }
+    if (c->req_done && !c->req_sent) {
+        if (c->req_framing == HTTP_BODY_CHUNKED)
+            iov[n++] = uv_buf_init((char *)LAST_CHUNK, sizeof(LAST_CHUNK) - 1);
+        c->req_sent = 1;
+    }
+    if (n == 0)
+        return;
+    int r = stream_write((uv_stream_t *)&u->tcp, &u->wreq, iov, n, on_up_written);
+    if (r < 0) {
+        up_failed(c, r);
+        return;
+    }
+    if (r == 0)
+        u->write_pending = 1;
+    else if (c->rstart == c->rlen)
+        c->rstart = c->rlen = c->head_end;
+    up_arm_timer(c);
+}
+
+/* The upstream connection is ready: send the head, then the body. */
+static void on_up_ready(conn_t *c)
+{
+    up_conn_t *u = c->up;
+    const cfg_proxy_t *p = proxy_cfg(c);
+    http_head_init(&u->resp, HTTP_RESPONSE, &resp_settings);
+    if (u->rbuf == NULL)
+        u->rbuf = buf_get(&c->w->bufs);
+    u->rstart = u->rlen = 0;
+    u->timer.data = u;
+    u->tcp.data = u;
+    if (c->obuf == NULL)
+        c->obuf = buf_get(&c->w->bufs);
+    http_req_out_t r;
+    memset(&r, 0, sizeof(r));
+    r.req = &c->req;
+    r.vars = &c->vars;
+    r.ops = &p->header_up;
+    r.client_ip = c->peer_ip;
+    r.https = c->https;
+    r.framing = c->req_framing;
+    r.upgrade = c->upgrade;
+    int len = http_build_request(c->obuf, c->w->bufs.size, &r);
+    if (len < 0) {
+        proxy_abort(c);
+        conn_respond(c, 431, NULL, NULL, 0);
+        return;
+    }
+    c->olen = (size_t)len;
+    c->head_sent = c->req_sent = c->resp_done = c->resp_head = c->resp_bytes = 0;
+    c->resp_sent = 0;
+    conn_set_state(c, CONN_S_PROXY);
+    up_update_reading(c);
+    proxy_pump_request(c);
+    if (c->state == CONN_S_PROXY) {
+        conn_update_reading(c);
+        conn_arm_timer(c);
+    }
+}
+
+static void on_up_connected(up_conn_t *u, int status)
+{
+    conn_t *c = owner(u);
+    if (status < 0) {
+        log_warn("conn %llu %s: upstream %s: dial failed: %s", (unsigned long long)c->id,
+                 c->peer_ip, u->pool->target->hostport, uv_strerror(status));
+        proxy_abort(c);
+        c->fail_status = status == UV_ETIMEDOUT ? 504 : 502;
+        proxy_try(c);
+        return;
+    }
+    on_up_ready(c);
+}
+
+static void proxy_try(conn_t *c)
+{
+    const cfg_proxy_t *p = proxy_cfg(c);
+    worker_t *w = c->w;
+    for (;;) {
+        int i = up_select(w, p, w->targets, c->tried);
+        if (i < 0) {
+            /* lb_try_duration: keep trying every lb_try_interval until it runs out */
+            uint64_t now = uv_now(&w->loop);
+            if (c->try_deadline != 0 && now + p->lb_try_interval < c->try_deadline) {
+                c->tried = 0;
+                conn_start_timer(c, p->lb_try_interval);
+                return;
+            }
+            fail_request(c, c->fail_status);
+            return;
+        }
+        c->tried |= 1ull << i;
+        const up_target_t *tg = up_target_find(w->targets, p->ups[i].hostport);
+        c->pool = up_pool_get(w, tg);
+        c->vars.upstream_hostport =
+            uv_buf_init((char *)p->ups[i].hostport, strlen(p->ups[i].hostport));
+        c->up = up_take(c->pool, c);
+        if (c->up != NULL) {
+            on_up_ready(c);
+            return;
+        }
+        c->up = up_dial(c->pool, c, p->dial_timeout, on_up_connected);
+        if (c->up != NULL)
+            return;
+        c->fail_status = 502; /* the name did not resolve; the next one may */
+    }
+}
+
+void proxy_on_retry_timer(conn_t *c)
+{
+    proxy_try(c);
+}
+
+void proxy_start(conn_t *c)
+{
+    const cfg_proxy_t *p = proxy_cfg(c);
+    llhttp_t *rp = &c->req.parser;
+    uv_once(&settings_once, settings_init);
+    uv_timer_stop(&c->timer);
+    if (c->req.te_chunked)
+        c->req_framing = HTTP_BODY_CHUNKED;
+    else if ((rp->flags & F_CONTENT_LENGTH) && rp->content_length > 0)
+        c->req_framing = HTTP_BODY_LENGTH;
+    else
+        c->req_framing = HTTP_BODY_NONE;
+    c->tried = 0;
+    c->fail_status = 502;
+    c->try_deadline = p->lb_try_duration > 0 ? uv_now(&c->w->loop) + p->lb_try_duration : 0;
+    proxy_try(c);
+}
+
+void proxy_on_client_eof(conn_t *c)
+{
+    /* the request is whole; a half-closed client still gets its response */
+    if (c->state == CONN_S_TUNNEL)
+        tunnel_check_end(c);
+}
+
+/* ---- tunnel ------------------------------------------------------------- */
+
+static void tunnel_check_end(conn_t *c)
+{
+    up_conn_t *u = c->up;
+    if (u == NULL) {
+        conn_close(c);
+        return;
+    }
+    /* pass each side's EOF on once its bytes are out; done when both ended */
+    if (c->eof && c->rstart == c->rlen && !u->write_pending && !uv_is_closing((uv_handle_t *)&u->tcp) &&
+        u->sreq.handle == NULL)
+        uv_shutdown(&u->sreq, (uv_stream_t *)&u->tcp, tunnel_shutdown_done);
+    if (u->eof && u->rstart == u->rlen && !c->write_pending && c->sreq.handle == NULL)
+        uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, tunnel_shutdown_done);
+    if (c->eof && u->eof && !c->write_pending && !u->write_pending)
+        conn_close(c);
+}
+
+void proxy_tunnel_from_client(conn_t *c)
+{
+    up_conn_t *u = c->up;
+    if (u == NULL) {
+        conn_close(c);
+        return;
+    }
+    if (!u->write_pending && c->rstart < c->rlen) {
+        uv_buf_t b = uv_buf_init(c->rbuf + c->rstart, (unsigned)(c->rlen - c->rstart));
+        int r = stream_write((uv_stream_t *)&u->tcp, &u->wreq, &b, 1, on_up_written);
+        if (r < 0) {
+            conn_close(c);
+            return;
+        }
+        c->rstart = c->rlen;
+        if (r == 0)
+            u->write_pending = 1;
+        else
+            c->rstart = c->rlen = 0;
+    }
+    tunnel_check_end(c);
+}
+
+static void tunnel_from_upstream(conn_t *c)
+{
+    up_conn_t *u = c->up;
+    if (!c->write_pending && u->rstart < u->rlen) {
+        uv_buf_t b = uv_buf_init(u->rbuf + u->rstart, (unsigned)(u->rlen - u->rstart));
+        int r = conn_write(c, &b, 1);
+        if (r < 0) {
+            conn_close(c);
+            return;
+        }
+        u->rstart = u->rlen;
+        if (r == 1)
+            u->rstart = u->rlen = 0;
+    }
+    if (c->state == CONN_S_TUNNEL) {
+        up_update_reading(c);
+        tunnel_check_end(c);
+    }
+}
+
+static void start_tunnel(conn_t *c)
+{
+    conn_access_log(c);
+    conn_set_state(c, CONN_S_TUNNEL);
+    /* the head is relayed; what follows either head is the new protocol */
+    uv_timer_stop(&c->up->timer);
+    c->head_end = 0;
+    tunnel_from_upstream(c);
+    if (c->state == CONN_S_TUNNEL)
+        proxy_tunnel_from_client(c);
+    if (c->state == CONN_S_TUNNEL) {
+        conn_update_reading(c);
+        conn_arm_timer(c);
+    }
+}

@@ -1,0 +1,220 @@
+/* Workers: one thread and event loop each, with their own SO_REUSEPORT
+ * listeners so the kernel spreads connections without a shared accept
+ * lock; each keeps its connections and upstream pools to itself. */
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "conn.h"
+#include "log.h"
+#include "upstream.h"
+
+#define SRV_BACKLOG 1024
+#define SRV_MAX_FREE_BUFS 256
+
+uint32_t srv_rand(worker_t *w)
+{
+    /* xorshift32: cheap, per worker, good enough to spread load */
+    uint32_t x = w->rand_state;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    w->rand_state = x;
+    return x;
+}
+
+static void on_connection(uv_stream_t *s, int status)
+{
+    listener_t *l = container_of((uv_tcp_t *)s, listener_t, tcp);
+    if (status < 0) {
+        log_warn("accept on :%d: %s", l->cl->port, uv_strerror(status));
+        return;
+    }
+    conn_accept(l);
+}
+
+/* A dual-stack socket on every address, SO_REUSEPORT so each worker has one. */
+static int open_listener(worker_t *w, listener_t *l, const cfg_listener_t *cl)
+{
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int v6 = fd >= 0;
+    if (!v6)
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1, zero = 0;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    int err;
+    if (v6) {
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+        struct sockaddr_in6 sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sin6_family = AF_INET6;
+        sa.sin6_addr = in6addr_any;
+        sa.sin6_port = htons((uint16_t)cl->port);
+        err = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+    } else {
+        struct sockaddr_in sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sin_family = AF_INET;
+        sa.sin_addr.s_addr = htonl(INADDR_ANY);
+        sa.sin_port = htons((uint16_t)cl->port);
+        err = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+    }
+    if (err < 0) {
+        err = -errno;
+        close(fd);
+        return err;
+    }
+    l->w = w;
+    l->cl = cl;
+    uv_tcp_init(&w->loop, &l->tcp);
+    l->tcp.data = l;
+    if ((err = uv_tcp_open(&l->tcp, fd)) < 0) {
+        close(fd);
+        return err;
+    }
+    return uv_listen((uv_stream_t *)&l->tcp, SRV_BACKLOG, on_connection);
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+/* Runs on the worker's own thread: close everything so the loop ends. */
+static void on_wakeup(uv_async_t *a)
+{
+    worker_t *w = a->data;
+    if (!atomic_load(&w->stop))
+        return;
+    for (size_t i = 0; i < w->n_listeners; i++)
+        if (!uv_is_closing((uv_handle_t *)&w->listeners[i].tcp))
+            uv_close((uv_handle_t *)&w->listeners[i].tcp, on_listener_closed);
+    while (w->conns != NULL)
+        conn_close(w->conns);
+    up_pools_close_idle(w);
+    uv_close((uv_handle_t *)&w->wakeup, NULL);
+}
+
+static void worker_main(void *arg)
+{
+    worker_t *w = arg;
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+}
+
+static size_t io_buffer_size(const cfg_t *cfg)
+{
+    /* a whole head must fit, with room left for the fields we add */
+    size_t size = cfg->max_header_size + 4096;
+    if (size < 16384)
+        size = 16384;
+    return (size + 4095) & ~(size_t)4095;
+}
+
+static void worker_dispose(worker_t *w)
+{
+    uv_run(&w->loop, UV_RUN_NOWAIT); /* run the close callbacks */
+    up_pools_free(w);
+    uv_loop_close(&w->loop);
+    buf_pool_dispose(&w->bufs);
+    free(w->listeners);
+    cfg_unref(w->cfg);
+}
+
+int srv_start(srv_t *s, cfg_t *cfg)
+{
+    int n = cfg->workers > 0 ? cfg->workers : (int)uv_available_parallelism();
+    if (n < 1)
+        n = 1;
+    s->cfg = cfg;
+    s->targets = up_targets_new(cfg);
+    s->workers = calloc((size_t)n, sizeof(worker_t));
+    if (s->workers == NULL)
+        abort();
+    int err = 0;
+    for (int i = 0; i < n; i++) {
+        worker_t *w = &s->workers[i];
+        w->index = i;
+        w->cfg = cfg_ref(cfg);
+        w->targets = s->targets;
+        w->rand_state = (uint32_t)(uv_hrtime() ^ ((uint64_t)i * 2654435761u)) | 1;
+        atomic_init(&w->stop, 0);
+        uv_loop_init(&w->loop);
+        buf_pool_init(&w->bufs, io_buffer_size(cfg), SRV_MAX_FREE_BUFS);
+        uv_async_init(&w->loop, &w->wakeup, on_wakeup);
+        w->wakeup.data = w;
+        w->listeners = calloc(cfg->n_listeners > 0 ? cfg->n_listeners : 1, sizeof(listener_t));
+        if (w->listeners == NULL)
+            abort();
+        s->n_workers = i + 1;
+        for (size_t k = 0; k < cfg->n_listeners; k++) {
+            err = open_listener(w, &w->listeners[k], &cfg->listeners[k]);
+            if (err < 0) {
+                log_err("cannot listen on :%d: %s", cfg->listeners[k].port, uv_strerror(err));
+                if (w->listeners[k].w != NULL) /* its handle exists: close it */
+                    w->n_listeners = k + 1;
+                goto fail;
+            }
+            w->n_listeners = k + 1;
+        }
+    }
+    for (size_t k = 0; k < cfg->n_listeners; k++)
+        log_info("listening on :%d (%s, %zu site%s)", cfg->listeners[k].port,
+                 cfg->listeners[k].scheme == CFG_SCHEME_HTTPS ? "https" : "http",
+                 cfg->listeners[k].n_sites, cfg->listeners[k].n_sites == 1 ? "" : "s");
+    for (int i = 0; i < n; i++) {
+        if ((err = uv_thread_create(&s->workers[i].thread, worker_main, &s->workers[i])) < 0) {
+            log_err("cannot start worker %d: %s", i, uv_strerror(err));
+            /* threads already running are stopped by srv_stop */
+            s->n_workers = i;
+            for (int j = i; j < n; j++) {
+                atomic_store(&s->workers[j].stop, 1);
+                on_wakeup(&s->workers[j].wakeup);
+                worker_dispose(&s->workers[j]);
+            }
+            return err;
+        }
+    }
+    log_info("psproxy %s started: %d worker%s", PSPROXY_VERSION, n, n == 1 ? "" : "s");
+    return 0;
+
+fail:
+    for (int i = 0; i < s->n_workers; i++) {
+        worker_t *w = &s->workers[i];
+        atomic_store(&w->stop, 1);
+        on_wakeup(&w->wakeup);
+        worker_dispose(w);
+    }
+    free(s->workers);
+    s->workers = NULL;
+    s->n_workers = 0;
+    up_targets_free(s->targets);
+    s->targets = NULL;
+    return err;
+}
+
+void srv_stop(srv_t *s)
+{
+    for (int i = 0; i < s->n_workers; i++) {
+        atomic_store(&s->workers[i].stop, 1);
+        uv_async_send(&s->workers[i].wakeup);
+    }
+    for (int i = 0; i < s->n_workers; i++) {
+        uv_thread_join(&s->workers[i].thread);
+        worker_dispose(&s->workers[i]);
+    }
+    free(s->workers);
+    s->workers = NULL;
+    s->n_workers = 0;
+    up_targets_free(s->targets);
+    s->targets = NULL;
+}

@@ -1,0 +1,57 @@
+/* Workers and listeners: one event loop per thread, each with its own
+ * SO_REUSEPORT listening sockets, connections and upstream pools. */
+#ifndef PS_SERVER_H
+#define PS_SERVER_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "buf.h"
+#include "config.h"
+
+typedef struct conn conn_t;
+typedef struct up_pool up_pool_t;
+typedef struct up_targets up_targets_t;
+
+typedef struct listener {
+    uv_tcp_t tcp;
+    struct worker *w;
+    const cfg_listener_t *cl;
+} listener_t;
+
+typedef struct worker {
+    /* private, owned by the worker thread once it runs */
+    uv_loop_t loop;
+    uv_thread_t thread;
+    uv_async_t wakeup; /* the control thread asks the worker to stop */
+    int index;
+    cfg_t *cfg;        /* the snapshot new connections get */
+    up_targets_t *targets;
+    buf_pool_t bufs;
+    listener_t *listeners;
+    size_t n_listeners;
+    conn_t *conns;     /* every open client connection, for shutdown */
+    up_pool_t *pools;  /* one per upstream address */
+    uint64_t next_conn_id;
+    uint32_t rand_state;
+    atomic_int stop;
+} worker_t;
+
+typedef struct srv {
+    cfg_t *cfg;
+    up_targets_t *targets;
+    worker_t *workers;
+    int n_workers;
+} srv_t;
+
+/* Binds every listener of CFG in every worker and starts the worker
+ * threads. Returns 0, or an error after logging what could not be bound. */
+int srv_start(srv_t *s, cfg_t *cfg);
+
+/* Stops every worker (closing listeners and connections) and joins them. */
+void srv_stop(srv_t *s);
+
+/* A pseudo-random number for load balancing, per worker. */
+uint32_t srv_rand(worker_t *w);
+
+#endif

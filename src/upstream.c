@@ -1,0 +1,350 @@
+/* Upstream connections: resolve targets, dial, keep idle ones in a
+ * per-worker pool, and pick which upstream serves a request. */
+#include "upstream.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arena.h"
+#include "common.h"
+#include "log.h"
+
+/* ---- targets ------------------------------------------------------------ */
+
+static void resolve(up_target_t *t, const char *host, const char *port)
+{
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_ADDRCONFIG;
+    int err = getaddrinfo(host, port, &hints, &res);
+    if (err == EAI_NONAME || err == EAI_ADDRFAMILY) {
+        /* AI_ADDRCONFIG hides ::1 and 127.0.0.1 on hosts with only loopback */
+        hints.ai_flags = 0;
+        err = getaddrinfo(host, port, &hints, &res);
+    }
+    if (err != 0) {
+        t->resolve_err = err;
+        log_err("upstream %s: cannot resolve %s: %s", t->hostport, host, gai_strerror(err));
+        return;
+    }
+    for (struct addrinfo *ai = res; ai != NULL && t->n_addrs < UP_MAX_ADDRS; ai = ai->ai_next)
+        memcpy(&t->addrs[t->n_addrs++], ai->ai_addr, ai->ai_addrlen);
+    freeaddrinfo(res);
+}
+
+up_target_t *up_target_find(up_targets_t *t, const char *hostport)
+{
+    for (size_t i = 0; i < t->n; i++)
+        if (strcmp(t->items[i].hostport, hostport) == 0)
+            return &t->items[i];
+    return NULL;
+}
+
+up_targets_t *up_targets_new(const cfg_t *cfg)
+{
+    up_targets_t *t = calloc(1, sizeof(*t));
+    size_t cap = 0;
+    for (size_t s = 0; s < cfg->n_sites; s++) {
+        const cfg_site_t *site = &cfg->sites[s];
+        for (size_t h = 0; h < site->n_handlers; h++) {
+            if (site->handlers[h].kind == CFG_H_PROXY)
+                cap += site->handlers[h].u.proxy.n_ups;
+        }
+    }
+    t->items = calloc(cap > 0 ? cap : 1, sizeof(up_target_t));
+    if (t == NULL || t->items == NULL)
+        abort();
+    for (size_t s = 0; s < cfg->n_sites; s++) {
+        const cfg_site_t *site = &cfg->sites[s];
+        for (size_t h = 0; h < site->n_handlers; h++) {
+            if (site->handlers[h].kind != CFG_H_PROXY)
+                continue;
+            const cfg_proxy_t *p = &site->handlers[h].u.proxy;
+            for (size_t i = 0; i < p->n_ups; i++) {
+                if (up_target_find(t, p->ups[i].hostport) != NULL)
+                    continue;
+                up_target_t *tg = &t->items[t->n++];
+                tg->hostport = p->ups[i].hostport;
+                resolve(tg, p->ups[i].host, p->ups[i].port);
+            }
+        }
+    }
+    return t;
+}
+
+void up_targets_free(up_targets_t *t)
+{
+    if (t == NULL)
+        return;
+    free(t->items);
+    free(t);
+}
+
+/* ---- pools -------------------------------------------------------------- */
+
+up_pool_t *up_pool_get(worker_t *w, const up_target_t *target)
+{
+    for (up_pool_t *p = w->pools; p != NULL; p = p->next)
+        if (p->target == target)
+            return p;
+    up_pool_t *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        abort();
+    p->target = target;
+    p->w = w;
+    p->next = w->pools;
+    w->pools = p;
+    return p;
+}
+
+static void idle_unlink(up_conn_t *u)
+{
+    up_pool_t *p = u->pool;
+    if (u->prev_idle != NULL)
+        u->prev_idle->next_idle = u->next_idle;
+    else
+        p->idle = u->next_idle;
+    if (u->next_idle != NULL)
+        u->next_idle->prev_idle = u->prev_idle;
+    u->next_idle = u->prev_idle = NULL;
+    p->n_idle--;
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    up_conn_t *u = h->data;
+    if (--u->pending_closes > 0)
+        return;
+    buf_put(&u->pool->w->bufs, u->rbuf);
+    free(u);
+}
+
+void up_close(up_conn_t *u)
+{
+    if (u->state == UP_S_CLOSING)
+        return;
+    if (u->state == UP_S_IDLE)
+        idle_unlink(u);
+    else
+        u->pool->n_active--;
+    log_debug("upstream %s: conn %llu closed", u->pool->target->hostport,
+              (unsigned long long)u->id);
+    u->state = UP_S_CLOSING;
+    u->owner = NULL;
+    u->pending_closes = 2;
+    /* mid-redial the socket is closing already; on_redial_closed counts it */
+    if (!uv_is_closing((uv_handle_t *)&u->tcp))
+        uv_close((uv_handle_t *)&u->tcp, on_closed);
+    uv_close((uv_handle_t *)&u->timer, on_closed);
+}
+
+/* An idle pooled connection has nothing to say: a byte is a protocol error,
+ * EOF is the upstream closing it. Either way it is done. */
+static void on_idle_alloc(uv_handle_t *h, size_t size, uv_buf_t *buf)
+{
+    static __thread char scratch[64];
+    *buf = uv_buf_init(scratch, sizeof(scratch));
+}
+
+static void on_idle_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    if (nread == 0)
+        return;
+    up_close(s->data);
+}
+
+static void on_idle_timeout(uv_timer_t *t)
+{
+    up_close(t->data);
+}
+
+void up_release(up_conn_t *u, uint64_t keepalive_ms, int max_idle)
+{
+    up_pool_t *p = u->pool;
+    if (keepalive_ms == 0 || p->n_idle >= max_idle || u->rstart != u->rlen ||
+        atomic_load(&p->w->stop)) {
+        up_close(u);
+        return;
+    }
+    p->n_active--;
+    u->state = UP_S_IDLE;
+    u->owner = NULL;
+    u->reused = 1;
+    buf_put(&p->w->bufs, u->rbuf);
+    u->rbuf = NULL;
+    u->rstart = u->rlen = 0;
+    u->next_idle = p->idle;
+    u->prev_idle = NULL;
+    if (p->idle != NULL)
+        p->idle->prev_idle = u;
+    p->idle = u;
+    p->n_idle++;
+    uv_read_start((uv_stream_t *)&u->tcp, on_idle_alloc, on_idle_read);
+    uv_timer_start(&u->timer, on_idle_timeout, keepalive_ms, 0);
+}
+
+up_conn_t *up_take(up_pool_t *p, void *owner)
+{
+    up_conn_t *u = p->idle;
+    if (u == NULL)
+        return NULL;
+    idle_unlink(u);
+    p->n_active++;
+    u->state = UP_S_ACTIVE;
+    u->owner = owner;
+    uv_read_stop((uv_stream_t *)&u->tcp);
+    uv_timer_stop(&u->timer);
+    return u;
+}
+
+void up_pools_close_idle(worker_t *w)
+{
+    for (up_pool_t *p = w->pools; p != NULL; p = p->next)
+        while (p->idle != NULL)
+            up_close(p->idle);
+}
+
+void up_pools_free(worker_t *w)
+{
+    while (w->pools != NULL) {
+        up_pool_t *p = w->pools;
+        w->pools = p->next;
+        free(p);
+    }
+}
+
+/* ---- dialing ------------------------------------------------------------ */
+
+static void dial_next(up_conn_t *u);
+
+static void on_dial_timeout(uv_timer_t *t)
+{
+    up_conn_t *u = t->data;
+    u->on_connect(u, u->dial_err != 0 ? u->dial_err : UV_ETIMEDOUT);
+}
+
+static void on_redial_closed(uv_handle_t *h)
+{
+    up_conn_t *u = h->data;
+    if (u->state == UP_S_CLOSING) {
+        on_closed(h);
+        return;
+    }
+    dial_next(u);
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+    up_conn_t *u = req->data;
+    if (status == UV_ECANCELED || u->state == UP_S_CLOSING)
+        return;
+    if (status < 0 && u->addr_idx + 1 < u->pool->target->n_addrs) {
+        /* the next address of the name (::1 refused, 127.0.0.1 listening) */
+        u->addr_idx++;
+        uv_close((uv_handle_t *)&u->tcp, on_redial_closed);
+        return;
+    }
+    uv_timer_stop(&u->timer);
+    if (status == 0) {
+        uv_tcp_nodelay(&u->tcp, 1);
+        u->state = UP_S_ACTIVE;
+    }
+    u->on_connect(u, status);
+}
+
+static void dial_next(up_conn_t *u)
+{
+    const struct sockaddr *sa = (const struct sockaddr *)&u->pool->target->addrs[u->addr_idx];
+    uv_tcp_init(&u->pool->w->loop, &u->tcp);
+    u->tcp.data = u;
+    u->creq.data = u;
+    int err = uv_tcp_connect(&u->creq, &u->tcp, sa, on_connected);
+    if (err < 0) {
+        /* report through the loop, never from inside up_dial's caller */
+        u->dial_err = err;
+        uv_timer_stop(&u->timer);
+        uv_timer_start(&u->timer, on_dial_timeout, 0, 0);
+    }
+}
+
+up_conn_t *up_dial(up_pool_t *p, void *owner, uint64_t timeout_ms, up_connect_cb cb)
+{
+    if (p->target->n_addrs == 0)
+        return NULL;
+    up_conn_t *u = calloc(1, sizeof(*u));
+    if (u == NULL)
+        abort();
+    static __thread uint64_t next_id;
+    u->id = ++next_id;
+    u->pool = p;
+    u->owner = owner;
+    u->state = UP_S_CONNECTING;
+    u->on_connect = cb;
+    p->n_active++;
+    uv_timer_init(&p->w->loop, &u->timer);
+    u->timer.data = u;
+    uv_timer_start(&u->timer, on_dial_timeout, timeout_ms, 0);
+    dial_next(u);
+    return u;
+}
+
+/* ---- balancing ---------------------------------------------------------- */
+
+int up_select(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t tried)
+{
+    int n = (int)p->n_ups;
+    if (n > 64)
+        n = 64;
+    int avail = 0;
+    for (int i = 0; i < n; i++)
+        avail += !(tried & (1ull << i));
+    if (avail == 0)
+        return -1;
+
+    switch (p->lb_policy) {
+    case CFG_LB_FIRST:
+        for (int i = 0; i < n; i++)
+            if (!(tried & (1ull << i)))
+                return i;
+        return -1;
+    case CFG_LB_ROUND_ROBIN: {
+        /* one counter per reverse_proxy, shared by the workers (relaxed) */
+        unsigned start = atomic_fetch_add_explicit((atomic_uint *)&p->rr_next, 1,
+                                                   memory_order_relaxed);
+        for (int k = 0; k < n; k++) {
+            int i = (int)((start + (unsigned)k) % (unsigned)n);
+            if (!(tried & (1ull << i)))
+                return i;
+        }
+        return -1;
+    }
+    case CFG_LB_LEAST_CONN: {
+        int best = -1, best_active = 0, ties = 0;
+        for (int i = 0; i < n; i++) {
+            if (tried & (1ull << i))
+                continue;
+            const up_target_t *tg = up_target_find(t, p->ups[i].hostport);
+            int active = tg != NULL ? up_pool_get(w, tg)->n_active : 0;
+            if (best < 0 || active < best_active) {
+                best = i;
+                best_active = active;
+                ties = 1;
+            } else if (active == best_active && srv_rand(w) % (unsigned)++ties == 0) {
+                best = i; /* reservoir sampling breaks ties at random, as Caddy */
+            }
+        }
+        return best;
+    }
+    default: { /* random */
+        int k = (int)(srv_rand(w) % (unsigned)avail);
+        for (int i = 0; i < n; i++)
+            if (!(tried & (1ull << i)) && k-- == 0)
+                return i;
+        return -1;
+    }
+    }
+}

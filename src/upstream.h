@@ -1,0 +1,112 @@
+/* Upstreams: resolved targets, per-worker pools of idle keep-alive
+ * connections, dialing, and the choice of upstream for a request. */
+#ifndef PS_UPSTREAM_H
+#define PS_UPSTREAM_H
+
+#include <netinet/in.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "http.h"
+#include "server.h"
+
+#define UP_MAX_ADDRS 8
+
+/* One upstream address, resolved on the control thread at start; workers
+ * read it without locks. */
+typedef struct up_target {
+    const char *hostport;
+    struct sockaddr_storage addrs[UP_MAX_ADDRS];
+    int n_addrs;
+    int resolve_err; /* the getaddrinfo error when n_addrs == 0 */
+} up_target_t;
+
+struct up_targets {
+    up_target_t *items;
+    size_t n;
+};
+
+/* Resolves every upstream named in CFG (blocking: the control thread).
+ * Names that fail to resolve are kept with no address, logged, and make
+ * dials to them fail with 502. */
+up_targets_t *up_targets_new(const cfg_t *cfg);
+void up_targets_free(up_targets_t *t);
+
+enum up_state {
+    UP_S_CONNECTING, /* dialing one of the target's addresses */
+    UP_S_ACTIVE,     /* serving one request for its owner */
+    UP_S_IDLE,       /* in the pool; any byte or EOF closes it */
+    UP_S_CLOSING,    /* uv_close called */
+};
+
+typedef struct up_conn up_conn_t;
+typedef void (*up_connect_cb)(up_conn_t *u, int status);
+
+struct up_pool {
+    /* read-only */
+    const up_target_t *target;
+    worker_t *w;
+    /* private */
+    up_conn_t *idle; /* most recently used first: warm connections win */
+    int n_idle;
+    int n_active; /* connecting or serving: for least_conn */
+    struct up_pool *next;
+};
+
+struct up_conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_connect_t creq;
+    uv_write_t wreq;
+    uv_shutdown_t sreq;
+    /* read-only */
+    up_pool_t *pool;
+    int state; /* enum up_state */
+    uint64_t id;
+    /* public: the owner's while UP_S_ACTIVE */
+    void *owner;
+    http_head_t resp;
+    char *rbuf;
+    size_t rstart, rlen; /* [rstart, rlen) read but not yet parsed */
+    char *body;          /* body bytes of this parse pass, compacted in place */
+    size_t body_len;
+    unsigned reused : 1;        /* it served a request before: a failure may be a stale conn */
+    unsigned write_pending : 1; /* wreq is in flight */
+    unsigned eof : 1;           /* the upstream closed its side */
+    /* private */
+    up_conn_t *next_idle, *prev_idle;
+    up_connect_cb on_connect;
+    int addr_idx;
+    int pending_closes;
+    uint64_t dial_timeout;
+    int dial_err; /* a connect that failed before it began */
+};
+
+/* The worker's pool for TARGET, created on first use. */
+up_pool_t *up_pool_get(worker_t *w, const up_target_t *target);
+up_target_t *up_target_find(up_targets_t *t, const char *hostport);
+
+/* An idle pooled connection, now UP_S_ACTIVE and owned by OWNER, or NULL. */
+up_conn_t *up_take(up_pool_t *p, void *owner);
+
+/* Dials a new connection for OWNER; CB reports 0 or the error. Returns the
+ * connection (UP_S_CONNECTING), or NULL when the target has no address. */
+up_conn_t *up_dial(up_pool_t *p, void *owner, uint64_t timeout_ms, up_connect_cb cb);
+
+/* Returns a healthy connection to the pool (or closes it when the pool is
+ * full or KEEPALIVE_MS is 0). The caller no longer owns it. */
+void up_release(up_conn_t *u, uint64_t keepalive_ms, int max_idle);
+
+/* Closes U in any state; the caller no longer owns it. */
+void up_close(up_conn_t *u);
+
+/* Closes every pooled idle connection of the worker (at stop). */
+void up_pools_close_idle(worker_t *w);
+void up_pools_free(worker_t *w);
+
+/* Picks an upstream index from P not in TRIED (bit i = index i tried), by
+ * the policy; -1 when all were tried. */
+int up_select(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t tried);
+
+#endif

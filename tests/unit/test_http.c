@@ -1,0 +1,383 @@
+/* Unit tests for http.c: recording heads, the RFC 9112 checks, and the
+ * rewriting of request and response heads. */
+#include "http.h"
+
+#include <string.h>
+
+#include "test.h"
+
+static llhttp_settings_t settings;
+static int complete;
+
+static int on_headers_complete(llhttp_t *p)
+{
+    complete = 1;
+    return HPE_PAUSED;
+}
+
+/* Parses TEXT as one head into H (kept in BUF, which must outlive H).
+ * Returns the llhttp error; HPE_PAUSED means the head is complete. */
+static llhttp_errno_t parse(http_head_t *h, llhttp_type_t type, char *buf, const char *text)
+{
+    http_settings_init(&settings);
+    settings.on_headers_complete = on_headers_complete;
+    http_head_init(h, type, &settings);
+    strcpy(buf, text);
+    complete = 0;
+    return llhttp_execute(&h->parser, buf, strlen(buf));
+}
+
+/* Parses TEXT in pieces of STEP bytes, as reads would deliver it. */
+static llhttp_errno_t parse_split(http_head_t *h, char *buf, const char *text, size_t step)
+{
+    http_settings_init(&settings);
+    settings.on_headers_complete = on_headers_complete;
+    http_head_init(h, HTTP_REQUEST, &settings);
+    strcpy(buf, text);
+    size_t len = strlen(buf);
+    llhttp_errno_t err = HPE_OK;
+    for (size_t off = 0; off < len && err == HPE_OK; off += step)
+        err = llhttp_execute(&h->parser, buf + off, off + step > len ? len - off : step);
+    return err;
+}
+
+static int analyze(const char *text)
+{
+    static char buf[8192];
+    static http_head_t h;
+    llhttp_errno_t err = parse(&h, HTTP_REQUEST, buf, text);
+    if (err != HPE_PAUSED)
+        return http_request_error_status(&h, err);
+    return http_head_analyze(&h);
+}
+
+static const char *build_request(const char *text, int trusted, const cfg_hdr_ops_t *ops,
+                                 int framing)
+{
+    static char in[8192], out[8192];
+    static http_head_t h;
+    llhttp_errno_t err = parse(&h, HTTP_REQUEST, in, text);
+    if (err != HPE_PAUSED || http_head_analyze(&h) != 0)
+        return "(bad request)";
+    http_vars_t v;
+    http_vars_from_request(&v, &h, 0, "10.0.0.7", "5555");
+    v.upstream_hostport = uv_buf_init("127.0.0.1:8080", 14);
+    http_req_out_t r = {&h, &v, ops, "10.0.0.7", 0, trusted, framing, 0};
+    int n = http_build_request(out, sizeof(out), &r);
+    if (n < 0)
+        return "(overflow)";
+    out[n] = '\0';
+    return out;
+}
+
+TEST(head_fields_are_slices_even_when_split_across_reads)
+{
+    char buf[512];
+    http_head_t h;
+    const char *req = "GET /a/b?c=d HTTP/1.1\r\nHost: example.com\r\nX-Long: some value  \r\n\r\n";
+    for (size_t step = 1; step < 8; step++) {
+        CHECK_INT(parse_split(&h, buf, req, step), HPE_PAUSED);
+        CHECK_INT(h.n_hdrs, 2);
+        CHECK(http_token_eq(h.url, "/a/b?c=d"));
+        CHECK(http_token_eq(h.hdrs[1].name, "x-long"));
+        CHECK(http_token_eq(h.hdrs[1].value, "some value"));
+    }
+}
+
+TEST(empty_header_value_is_kept)
+{
+    char buf[256];
+    http_head_t h;
+    CHECK_INT(parse(&h, HTTP_REQUEST, buf, "GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\n\r\n"),
+              HPE_PAUSED);
+    CHECK_INT(h.n_hdrs, 2);
+    CHECK_INT(h.hdrs[1].value.len, 0);
+}
+
+TEST(obs_fold_is_rejected)
+{
+    CHECK_INT(analyze("GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n"), 400);
+}
+
+TEST(http11_request_without_host_is_400)
+{
+    CHECK_INT(analyze("GET / HTTP/1.1\r\n\r\n"), 400);
+    CHECK_INT(analyze("GET / HTTP/1.0\r\n\r\n"), 0);
+}
+
+TEST(two_host_fields_are_400)
+{
+    CHECK_INT(analyze("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), 400);
+}
+
+TEST(invalid_host_is_400)
+{
+    CHECK_INT(analyze("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n"), 400);
+    CHECK_INT(analyze("GET / HTTP/1.1\r\nHost: a b\r\n\r\n"), 400);
+    CHECK_INT(analyze("GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n"), 0);
+}
+
+TEST(unknown_transfer_coding_is_501)
+{
+    CHECK_INT(analyze("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: foo\r\n\r\n"), 501);
+}
+
+TEST(chunked_not_final_is_400)
+{
+    CHECK_INT(analyze("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+              400);
+    CHECK_INT(analyze("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n"), 400);
+}
+
+TEST(chunked_twice_is_400)
+{
+    CHECK_INT(analyze("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                      "Transfer-Encoding: chunked\r\n\r\n"),
+              400);
+}
+
+TEST(transfer_encoding_in_http10_is_400)
+{
+    CHECK_INT(analyze("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), 400);
+}
+
+TEST(content_length_with_transfer_encoding_is_refused_by_the_parser)
+{
+    CHECK_INT(analyze("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+                      "Transfer-Encoding: chunked\r\n\r\n"),
+              400);
+}
+
+TEST(differing_content_lengths_are_refused)
+{
+    CHECK_INT(analyze("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+              400);
+    CHECK_INT(analyze("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 4\r\n\r\n"), 400);
+    CHECK_INT(analyze("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n"), 400);
+}
+
+TEST(too_many_headers_is_431)
+{
+    char req[8192] = "GET / HTTP/1.1\r\nHost: a\r\n";
+    for (int i = 0; i < HTTP_MAX_HEADERS; i++)
+        sprintf(req + strlen(req), "X-%d: v\r\n", i);
+    strcat(req, "\r\n");
+    static char buf[8192];
+    static http_head_t h;
+    llhttp_errno_t err = parse(&h, HTTP_REQUEST, buf, req);
+    CHECK_INT(err, HPE_USER);
+    CHECK_INT(http_request_error_status(&h, err), 431);
+}
+
+TEST(too_long_uri_is_414)
+{
+    static char req[HTTP_MAX_URI + 100], buf[HTTP_MAX_URI + 100];
+    static http_head_t h;
+    strcpy(req, "GET /");
+    memset(req + 5, 'a', HTTP_MAX_URI);
+    strcpy(req + 5 + HTTP_MAX_URI, " HTTP/1.1\r\nHost: a\r\n\r\n");
+    llhttp_errno_t err = parse(&h, HTTP_REQUEST, buf, req);
+    CHECK_INT(http_request_error_status(&h, err), 414);
+}
+
+TEST(absolute_form_sets_host_and_origin_target)
+{
+    const char *out = build_request("GET http://example.com:81/p?q HTTP/1.1\r\nHost: other\r\n\r\n",
+                                    0, NULL, HTTP_BODY_NONE);
+    CHECK(strncmp(out, "GET /p?q HTTP/1.1\r\n", 19) == 0);
+    CHECK(strstr(out, "X-Forwarded-Host: example.com:81\r\n") != NULL);
+}
+
+TEST(request_keeps_host_and_sets_forwarded_headers)
+{
+    const char *out = build_request(
+        "GET /x HTTP/1.1\r\nHost: api.example.com\r\nAccept: */*\r\n\r\n", 0, NULL,
+        HTTP_BODY_NONE);
+    CHECK_STR(out, "GET /x HTTP/1.1\r\n"
+                   "Host: api.example.com\r\n"
+                   "Accept: */*\r\n"
+                   "X-Forwarded-For: 10.0.0.7\r\n"
+                   "X-Forwarded-Proto: http\r\n"
+                   "X-Forwarded-Host: api.example.com\r\n"
+                   "\r\n");
+}
+
+TEST(untrusted_forwarded_headers_are_replaced)
+{
+    const char *out = build_request("GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n"
+                                    "X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\n\r\n",
+                                    0, NULL, HTTP_BODY_NONE);
+    CHECK(strstr(out, "1.2.3.4") == NULL);
+    CHECK(strstr(out, "X-Forwarded-For: 10.0.0.7\r\n") != NULL);
+    CHECK(strstr(out, "X-Forwarded-Proto: http\r\n") != NULL);
+    CHECK(strstr(out, "X-Forwarded-Host: a\r\n") != NULL);
+}
+
+TEST(trusted_forwarded_for_is_appended_to)
+{
+    const char *out = build_request("GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n"
+                                    "X-Forwarded-For: 5.6.7.8\r\n\r\n",
+                                    1, NULL, HTTP_BODY_NONE);
+    CHECK(strstr(out, "X-Forwarded-For: 1.2.3.4, 5.6.7.8, 10.0.0.7\r\n") != NULL);
+}
+
+TEST(hop_by_hop_and_connection_listed_fields_are_removed)
+{
+    const char *out = build_request(
+        "POST / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\n"
+        "Keep-Alive: timeout=5\r\nProxy-Connection: x\r\nTE: trailers\r\nTrailer: X\r\n"
+        "Upgrade: websocket\r\nTransfer-Encoding: chunked\r\nX-Keep: k\r\n\r\n",
+        0, NULL, HTTP_BODY_CHUNKED);
+    CHECK(strstr(out, "X-Secret") == NULL);
+    CHECK(strstr(out, "Keep-Alive") == NULL);
+    CHECK(strstr(out, "Proxy-Connection") == NULL);
+    CHECK(strstr(out, "TE:") == NULL);
+    CHECK(strstr(out, "Trailer") == NULL);
+    CHECK(strstr(out, "Upgrade") == NULL);
+    CHECK(strstr(out, "Connection") == NULL);
+    CHECK(strstr(out, "X-Keep: k\r\n") != NULL);
+    /* re-framed by us, once */
+    const char *te = strstr(out, "Transfer-Encoding: chunked\r\n");
+    CHECK(te != NULL && strstr(te + 1, "Transfer-Encoding") == NULL);
+}
+
+TEST(header_up_ops_set_add_delete_default)
+{
+    cfg_tmpl_part_t up = {CFG_VAR_UPSTREAM_HOSTPORT, NULL, 0};
+    cfg_tmpl_part_t lit = {CFG_VAR_NONE, "v", 1};
+    cfg_hdr_op_t ops[] = {
+        {CFG_HDR_SET, "Host", {"{upstream_hostport}", &up, 1}},
+        {CFG_HDR_DEL, "X-Drop*", {NULL, NULL, 0}},
+        {CFG_HDR_ADD, "X-Add", {"v", &lit, 1}},
+        {CFG_HDR_DEFAULT, "X-Present", {"v", &lit, 1}},
+        {CFG_HDR_DEFAULT, "X-Absent", {"v", &lit, 1}},
+    };
+    cfg_hdr_ops_t list = {ops, 5};
+    const char *out = build_request("GET / HTTP/1.1\r\nHost: a\r\nX-Drop-Me: 1\r\nX-Dropped: 2\r\n"
+                                    "X-Add: old\r\nX-Present: p\r\n\r\n",
+                                    0, &list, HTTP_BODY_NONE);
+    CHECK(strstr(out, "Host: 127.0.0.1:8080\r\n") != NULL);
+    CHECK(strstr(out, "\r\nHost: a\r\n") == NULL);
+    CHECK(strstr(out, "X-Drop") == NULL);
+    CHECK(strstr(out, "X-Add: old\r\n") != NULL && strstr(out, "X-Add: v\r\n") != NULL);
+    CHECK(strstr(out, "X-Present: p\r\n") != NULL && strstr(out, "X-Present: v") == NULL);
+    CHECK(strstr(out, "X-Absent: v\r\n") != NULL);
+}
+
+TEST(http10_request_without_host_gets_the_upstream_as_host)
+{
+    const char *out = build_request("GET / HTTP/1.0\r\n\r\n", 0, NULL, HTTP_BODY_NONE);
+    CHECK(strstr(out, "Host: 127.0.0.1:8080\r\n") != NULL);
+    CHECK(strstr(out, "X-Forwarded-Host") == NULL);
+}
+
+TEST(request_head_that_does_not_fit_is_an_error)
+{
+    static char in[512], out[64];
+    static http_head_t h;
+    parse(&h, HTTP_REQUEST, in, "GET /some/long/path HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    CHECK_INT(http_head_analyze(&h), 0);
+    http_vars_t v;
+    http_vars_from_request(&v, &h, 0, "1.1.1.1", "1");
+    http_req_out_t r = {&h, &v, NULL, "1.1.1.1", 0, 0, HTTP_BODY_NONE, 0};
+    CHECK_INT(http_build_request(out, sizeof(out), &r), -1);
+}
+
+static const char *build_response(const char *text, int framing, int keep_alive, int http10)
+{
+    static char in[4096], out[4096];
+    static http_head_t h;
+    if (parse(&h, HTTP_RESPONSE, in, text) != HPE_PAUSED || http_head_analyze(&h) != 0)
+        return "(bad response)";
+    http_vars_t v;
+    memset(&v, 0, sizeof(v));
+    http_resp_out_t r;
+    memset(&r, 0, sizeof(r));
+    r.resp = &h;
+    r.vars = &v;
+    r.framing = framing;
+    r.keep_alive = keep_alive;
+    r.http10 = http10;
+    int n = http_build_response(out, sizeof(out), &r);
+    if (n < 0)
+        return "(overflow)";
+    out[n] = '\0';
+    return out;
+}
+
+TEST(response_is_rechunked_and_hop_by_hop_removed)
+{
+    const char *out = build_response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                                     "Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\n"
+                                     "Content-Type: text/plain\r\n\r\n",
+                                     HTTP_BODY_CHUNKED, 1, 0);
+    CHECK_STR(out, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                   "Transfer-Encoding: chunked\r\n\r\n");
+}
+
+TEST(response_says_close_when_the_client_conn_ends)
+{
+    const char *out = build_response("HTTP/1.1 404 Nope\r\nContent-Length: 0\r\n\r\n",
+                                     HTTP_BODY_LENGTH, 0, 0);
+    CHECK_STR(out, "HTTP/1.1 404 Nope\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+}
+
+TEST(http10_client_keep_alive_is_explicit)
+{
+    const char *out = build_response("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+                                     HTTP_BODY_LENGTH, 1, 1);
+    CHECK(strstr(out, "Connection: keep-alive\r\n") != NULL);
+}
+
+TEST(response_without_reason_gets_the_standard_one)
+{
+    const char *out = build_response("HTTP/1.1 204 \r\n\r\n", HTTP_BODY_NONE, 1, 0);
+    CHECK(strncmp(out, "HTTP/1.1 204 No Content\r\n", 25) == 0);
+}
+
+TEST(simple_response_has_length_and_type)
+{
+    char out[512];
+    int n = http_build_simple(out, sizeof(out), 502, NULL, "x", 1, 0, 0);
+    CHECK(n > 0);
+    out[n] = '\0';
+    CHECK_STR(out, "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                   "Content-Length: 1\r\nConnection: close\r\n\r\nx");
+    n = http_build_simple(out, sizeof(out), 200, NULL, "body", 4, 1, 1);
+    out[n] = '\0';
+    CHECK(strstr(out, "Content-Length: 4\r\n\r\n") != NULL);
+    CHECK(strstr(out, "body") == NULL); /* HEAD: head only */
+}
+
+TEST(host_without_port)
+{
+    CHECK(http_token_eq(http_host_without_port(uv_buf_init("a.example:8080", 14)), "a.example"));
+    CHECK(http_token_eq(http_host_without_port(uv_buf_init("[::1]:80", 8)), "::1"));
+    CHECK(http_token_eq(http_host_without_port(uv_buf_init("a.example", 9)), "a.example"));
+}
+
+TEST(placeholders_expand_from_the_request)
+{
+    static char in[512];
+    static http_head_t h;
+    parse(&h, HTTP_REQUEST, in, "GET /p/q?x=1 HTTP/1.1\r\nHost: site.test:8443\r\n\r\n");
+    CHECK_INT(http_head_analyze(&h), 0);
+    http_vars_t v;
+    http_vars_from_request(&v, &h, 1, "192.0.2.1", "40000");
+    cfg_tmpl_part_t parts[] = {
+        {CFG_VAR_SCHEME, NULL, 0}, {CFG_VAR_NONE, "://", 3}, {CFG_VAR_HOST, NULL, 0},
+        {CFG_VAR_PATH, NULL, 0},   {CFG_VAR_NONE, "#", 1},   {CFG_VAR_QUERY, NULL, 0},
+        {CFG_VAR_NONE, "#", 1},    {CFG_VAR_METHOD, NULL, 0}, {CFG_VAR_NONE, "#", 1},
+        {CFG_VAR_REMOTE_HOST, NULL, 0},
+    };
+    cfg_tmpl_t t = {"", parts, sizeof(parts) / sizeof(parts[0])};
+    char out[256];
+    size_t len = 0;
+    CHECK_INT(http_tmpl_expand(&t, &v, out, sizeof(out), &len), 0);
+    out[len] = '\0';
+    CHECK_STR(out, "https://site.test/p/q#x=1#GET#192.0.2.1");
+    len = 0;
+    CHECK_INT(http_tmpl_expand(&t, &v, out, 5, &len), -1);
+}
+
+TEST_MAIN()
