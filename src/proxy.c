@@ -118,25 +118,12 @@ static void up_arm_timer(conn_t *c)
 
 /* ---- reading from the upstream ------------------------------------------ */
 
-static void on_up_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
-{
-    up_conn_t *u = h->data;
-    *buf = uv_buf_init(u->rbuf + u->rlen, (unsigned)(u->pool->w->bufs.size - u->rlen));
-}
+static void on_up_read(up_conn_t *u, ssize_t nread);
 
-static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
-
-static void up_update_reading(conn_t *c)
+static void update_up_reading(conn_t *c)
 {
-    up_conn_t *u = c->up;
-    if (u == NULL || u->state != UP_S_ACTIVE)
-        return;
-    int want = !u->eof && u->rlen < u->pool->w->bufs.size;
-    int reading = u->tcp.read_cb != NULL;
-    if (want && !reading)
-        uv_read_start((uv_stream_t *)&u->tcp, on_up_alloc, on_up_read);
-    else if (!want && reading)
-        uv_read_stop((uv_stream_t *)&u->tcp);
+    if (c->up != NULL)
+        up_update_reading(c->up);
 }
 
 static void tunnel_shutdown_done(uv_shutdown_t *req, int status)
@@ -147,19 +134,12 @@ static void tunnel_shutdown_done(uv_shutdown_t *req, int status)
 
 static void tunnel_check_end(conn_t *c);
 
-static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+static void on_up_read(up_conn_t *u, ssize_t nread)
 {
-    up_conn_t *u = s->data;
     conn_t *c = owner(u);
-    if (nread == 0)
-        return;
-    if (c == NULL) {
-        up_close(u);
-        return;
-    }
     if (nread < 0) {
         u->eof = 1;
-        uv_read_stop(s);
+        uv_read_stop((uv_stream_t *)&u->tcp);
         if (c->state == CONN_S_TUNNEL) {
             if (nread != UV_EOF) {
                 conn_close(c);
@@ -184,14 +164,13 @@ static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         up_failed(c, (int)nread);
         return;
     }
-    u->rlen += (size_t)nread;
     c->resp_bytes = 1;
     if (c->state == CONN_S_TUNNEL)
         tunnel_from_upstream(c);
     else if (c->state == CONN_S_PROXY)
         pump_response(c);
     if (c->state != CONN_S_CLOSING && c->up == u) {
-        up_update_reading(c);
+        update_up_reading(c);
         up_arm_timer(c);
     }
 }
@@ -338,12 +317,30 @@ static void proxy_finish(conn_t *c)
     conn_request_done(c);
 }
 
+/* Writes what pump_response gathered; 0, or -1 when the client is gone. */
+static int flush_response(conn_t *c, uv_buf_t *iov, unsigned *n)
+{
+    up_conn_t *u = c->up;
+    if (*n == 0)
+        return 0;
+    int r = conn_write(c, iov, *n);
+    *n = 0;
+    if (r < 0) {
+        conn_close(c);
+        return -1;
+    }
+    if (r == 1 && u->rstart == u->rlen)
+        u->rstart = u->rlen = 0; /* all went out: the buffer is free again */
+    return 0;
+}
+
 static void pump_response(conn_t *c)
 {
     up_conn_t *u = c->up;
+    uv_buf_t iov[8];
+    unsigned n = 0;
     while (c->state == CONN_S_PROXY && !c->write_pending && !c->resp_sent) {
-        uv_buf_t iov[6];
-        unsigned n = 0;
+        int head = 0;
         u->body = NULL;
         u->body_len = 0;
         if (!c->resp_done) {
@@ -367,6 +364,7 @@ static void pump_response(conn_t *c)
             }
             if (c->resp_head) {
                 c->resp_head = 0;
+                head = 1;
                 if (relay_head(c, iov, &n) != 0)
                     return;
             }
@@ -385,16 +383,14 @@ static void pump_response(conn_t *c)
                 iov[n++] = uv_buf_init((char *)LAST_CHUNK, sizeof(LAST_CHUNK) - 1);
             c->resp_sent = 1;
         }
-        if (n > 0) {
-            int r = conn_write(c, iov, n);
-            if (r < 0) {
-                conn_close(c);
-                return;
-            }
-            if (r == 1 && u->rstart == u->rlen)
-                u->rstart = u->rlen = 0; /* all went out: the buffer is free again */
-        }
+        /* a head goes out with the body bytes behind it: one writev */
+        if (head && !c->resp_done && n <= 2)
+            continue;
+        if (flush_response(c, iov, &n) < 0)
+            return;
     }
+    if (c->state == CONN_S_PROXY && flush_response(c, iov, &n) < 0)
+        return;
     if (c->state == CONN_S_PROXY && c->resp_sent && !c->write_pending)
         proxy_finish(c);
 }
@@ -414,7 +410,7 @@ void proxy_on_client_written(conn_t *c)
         u->rstart = u->rlen = 0;
     pump_response(c);
     if (c->state == CONN_S_PROXY && c->up == u) {
-        up_update_reading(c);
+        update_up_reading(c);
         up_arm_timer(c);
     }
 }
@@ -512,8 +508,7 @@ static void on_up_ready(conn_t *c)
     if (u->rbuf == NULL)
         u->rbuf = buf_get(&c->w->bufs);
     u->rstart = u->rlen = 0;
-    u->timer.data = u;
-    u->tcp.data = u;
+    u->on_read = on_up_read;
     if (c->obuf == NULL)
         c->obuf = buf_get(&c->w->bufs);
     http_req_out_t r;
@@ -535,7 +530,7 @@ static void on_up_ready(conn_t *c)
     c->head_sent = c->req_sent = c->resp_done = c->resp_head = c->resp_bytes = 0;
     c->resp_sent = 0;
     conn_set_state(c, CONN_S_PROXY);
-    up_update_reading(c);
+    update_up_reading(c);
     proxy_pump_request(c);
     if (c->state == CONN_S_PROXY) {
         conn_update_reading(c);
@@ -678,7 +673,7 @@ static void tunnel_from_upstream(conn_t *c)
             u->rstart = u->rlen = 0;
     }
     if (c->state == CONN_S_TUNNEL) {
-        up_update_reading(c);
+        update_up_reading(c);
         tunnel_check_end(c);
     }
 }

@@ -142,19 +142,43 @@ void up_close(up_conn_t *u)
     uv_close((uv_handle_t *)&u->timer, on_closed);
 }
 
-/* An idle pooled connection has nothing to say: a byte is a protocol error,
- * EOF is the upstream closing it. Either way it is done. */
-static void on_idle_alloc(uv_handle_t *h, size_t size, uv_buf_t *buf)
+/* One pair of callbacks for every state: switching them as a connection
+ * goes idle and back would cost an epoll_ctl each way. */
+static void on_alloc(uv_handle_t *h, size_t size, uv_buf_t *buf)
 {
+    up_conn_t *u = h->data;
     static __thread char scratch[64];
-    *buf = uv_buf_init(scratch, sizeof(scratch));
+    if (u->rbuf == NULL) /* idle: it has nothing to say (see on_read) */
+        *buf = uv_buf_init(scratch, sizeof(scratch));
+    else
+        *buf = uv_buf_init(u->rbuf + u->rlen, (unsigned)(u->pool->w->bufs.size - u->rlen));
 }
 
-static void on_idle_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
+    up_conn_t *u = s->data;
     if (nread == 0)
         return;
-    up_close(s->data);
+    if (u->state != UP_S_ACTIVE) {
+        /* an idle pooled connection: a byte is a protocol error, EOF is the
+         * upstream closing it; either way it is done */
+        up_close(u);
+        return;
+    }
+    if (nread > 0)
+        u->rlen += (size_t)nread;
+    u->on_read(u, nread);
+}
+
+void up_update_reading(up_conn_t *u)
+{
+    int want = u->state == UP_S_IDLE ||
+               (u->state == UP_S_ACTIVE && !u->eof && u->rlen < u->pool->w->bufs.size);
+    int reading = u->tcp.read_cb != NULL;
+    if (want && !reading)
+        uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read);
+    else if (!want && reading)
+        uv_read_stop((uv_stream_t *)&u->tcp);
 }
 
 static void on_idle_timeout(uv_timer_t *t)
@@ -183,7 +207,7 @@ void up_release(up_conn_t *u, uint64_t keepalive_ms, int max_idle)
         p->idle->prev_idle = u;
     p->idle = u;
     p->n_idle++;
-    uv_read_start((uv_stream_t *)&u->tcp, on_idle_alloc, on_idle_read);
+    up_update_reading(u);
     uv_timer_start(&u->timer, on_idle_timeout, keepalive_ms, 0);
 }
 
@@ -196,7 +220,6 @@ up_conn_t *up_take(up_pool_t *p, void *owner)
     p->n_active++;
     u->state = UP_S_ACTIVE;
     u->owner = owner;
-    uv_read_stop((uv_stream_t *)&u->tcp);
     uv_timer_stop(&u->timer);
     return u;
 }

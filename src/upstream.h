@@ -42,6 +42,8 @@ enum up_state {
 
 typedef struct up_conn up_conn_t;
 typedef void (*up_connect_cb)(up_conn_t *u, int status);
+/* Bytes arrived in rbuf[rlen - NREAD, rlen), or NREAD < 0 is EOF/error. */
+typedef void (*up_read_cb)(up_conn_t *u, ssize_t nread);
 
 struct up_pool {
     /* read-only */
@@ -77,6 +79,7 @@ struct up_conn {
     /* private */
     up_conn_t *next_idle, *prev_idle;
     up_connect_cb on_connect;
+    up_read_cb on_read; /* the owner's, while UP_S_ACTIVE */
     int addr_idx;
     int pending_closes;
     uint64_t dial_timeout;
@@ -93,6 +96,10 @@ up_conn_t *up_take(up_pool_t *p, void *owner);
 /* Dials a new connection for OWNER; CB reports 0 or the error. Returns the
  * connection (UP_S_CONNECTING), or NULL when the target has no address. */
 up_conn_t *up_dial(up_pool_t *p, void *owner, uint64_t timeout_ms, up_connect_cb cb);
+
+/* Reads into u->rbuf for the owner while the buffer has room; the socket
+ * keeps reading across idle and active so reuse costs no epoll_ctl. */
+void up_update_reading(up_conn_t *u);
 
 /* Returns a healthy connection to the pool (or closes it when the pool is
  * full or KEEPALIVE_MS is 0). The caller no longer owns it. */
