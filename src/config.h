@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <stdio.h>
 
 enum cfg_scheme {
@@ -79,6 +80,13 @@ typedef struct cfg_upstream {
     int line;
 } cfg_upstream_t;
 
+/* An address range: trusted_proxies 10.0.0.0/8 ::1 private_ranges */
+typedef struct cfg_cidr {
+    int family;           /* AF_INET or AF_INET6 */
+    unsigned char addr[16];
+    int bits;
+} cfg_cidr_t;
+
 typedef struct cfg_proxy {
     cfg_upstream_t *ups;
     size_t n_ups;
@@ -87,6 +95,10 @@ typedef struct cfg_proxy {
     uint64_t lb_try_interval; /* ms; default 250 */
     cfg_hdr_ops_t header_up;   /* request headers to the upstream */
     cfg_hdr_ops_t header_down; /* response headers from the upstream */
+    /* peers whose X-Forwarded-* are kept and extended (Caddy 2.6's
+     * reverse_proxy trusted_proxies); everyone else's are replaced */
+    cfg_cidr_t *trusted;
+    size_t n_trusted;
     /* transport http { ... } */
     uint64_t dial_timeout;            /* ms; default 3000 */
     uint64_t response_header_timeout; /* ms; default 60000 */
@@ -216,6 +228,9 @@ void cfg_unref(cfg_t *cfg);
 /* Caddy's path matcher: exact, "/prefix*", "*suffix", "*substring*",
  * otherwise a glob where '*' does not cross '/'. Case-insensitive. */
 int cfg_match_path(const char *pattern, const char *path, size_t len);
+
+/* True when SA (IPv4, IPv6 or v4-mapped) is inside one of the N ranges. */
+int cfg_cidr_contains(const cfg_cidr_t *ranges, size_t n, const struct sockaddr *sa);
 
 /* Host matching as Caddy: case-insensitive, "*.example.com" matches one
  * label, "" matches any. HOST has no port. */

@@ -696,6 +696,7 @@ void conn_accept(listener_t *l)
     struct sockaddr_storage ss;
     int len = sizeof(ss);
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+        c->peer = ss;
         if (ss.ss_family == AF_INET6) {
             const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&ss;
             if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))

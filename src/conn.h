@@ -35,6 +35,7 @@ struct conn {
     cfg_t *cfg;         /* held for the connection's life */
     const cfg_listener_t *listener;
     uint64_t id;
+    struct sockaddr_storage peer;
     char peer_ip[INET6_ADDRSTRLEN];
     char peer_port[8];
     int https;

@@ -518,6 +518,7 @@ static void on_up_ready(conn_t *c)
     r.ops = &p->header_up;
     r.client_ip = c->peer_ip;
     r.https = c->https;
+    r.trusted = cfg_cidr_contains(p->trusted, p->n_trusted, (const struct sockaddr *)&c->peer);
     r.framing = c->req_framing;
     r.upgrade = c->upgrade;
     int len = http_build_request(c->obuf, c->w->bufs.size, &r);

@@ -1,0 +1,1847 @@
+/* The configuration: Caddyfile server blocks (caddyfile.c) interpreted with
+ * Caddy 2.6's meaning into an immutable cfg_t; anything outside psproxy's
+ * subset is an error naming file:line, never silently ignored. */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "arena.h"
+#include "caddyfile.h"
+#include "common.h"
+
+typedef struct ctx {
+    cfg_t *cfg;
+    arena_t *a;
+    char *err;
+    size_t errlen;
+    int braceless; /* the site being read has no braces */
+} ctx_t;
+
+static int errf(ctx_t *c, const cf_token_t *t, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int errf(ctx_t *c, const cf_token_t *t, const char *fmt, ...)
+{
+    if (c->errlen > 0) {
+        int n = snprintf(c->err, c->errlen, "%s:%d: ", t->file, t->line);
+        if (n >= 0 && (size_t)n < c->errlen) {
+            va_list ap;
+            va_start(ap, fmt);
+            vsnprintf(c->err + n, c->errlen - (size_t)n, fmt, ap);
+            va_end(ap);
+        }
+    }
+    return PS_ECONFIG;
+}
+
+static void *grow(arena_t *a, void *v, size_t n, size_t *cap, size_t size)
+{
+    if (n < *cap)
+        return v;
+    size_t ncap = *cap ? *cap * 2 : 4;
+    void *nv = arena_alloc(a, ncap * size);
+    if (n > 0)
+        memcpy(nv, v, n * size);
+    *cap = ncap;
+    return nv;
+}
+
+static char *lower_dup(arena_t *a, const char *s)
+{
+    char *r = arena_strdup(a, s);
+    for (char *q = r; *q; q++)
+        *q = (char)tolower((unsigned char)*q);
+    return r;
+}
+
+/* ---- values ------------------------------------------------------------ */
+
+/* Go's time.ParseDuration plus Caddy's "d" (24h) suffix, in milliseconds
+ * rounded up so that "500us" is not "no timeout". Negative durations and
+ * bare numbers (Go: "missing unit") are errors; "0" alone is zero. */
+static int parse_duration(const char *s, uint64_t *ms)
+{
+    static const struct {
+        const char *unit;
+        uint64_t ns;
+    } units[] = {
+        {"ns", 1ull},           {"us", 1000ull},         {"\xc2\xb5s", 1000ull},
+        {"\xce\xbcs", 1000ull}, {"ms", 1000000ull},      {"s", 1000000000ull},
+        {"m", 60000000000ull},  {"h", 3600000000000ull}, {"d", 86400000000000ull},
+    };
+    const uint64_t max = UINT64_MAX / 2;
+    uint64_t total = 0;
+
+    if (*s == '+')
+        s++;
+    if (strcmp(s, "0") == 0) {
+        *ms = 0;
+        return 0;
+    }
+    if (*s == '\0')
+        return -1;
+    while (*s) {
+        uint64_t v = 0, f = 0, scale = 1;
+        int digits = 0;
+        while (*s >= '0' && *s <= '9') {
+            if (v > (max - 9) / 10)
+                return -1;
+            v = v * 10 + (uint64_t)(*s++ - '0');
+            digits++;
+        }
+        if (*s == '.') {
+            s++;
+            while (*s >= '0' && *s <= '9') {
+                if (scale < 1000000000000000000ull) { /* further digits cannot matter */
+                    f = f * 10 + (uint64_t)(*s - '0');
+                    scale *= 10;
+                }
+                s++;
+                digits++;
+            }
+        }
+        if (digits == 0)
+            return -1;
+        size_t ulen = 0, best = 0;
+        uint64_t unit = 0;
+        for (size_t i = 0; i < PS_ARRAY_SIZE(units); i++) {
+            size_t l = strlen(units[i].unit);
+            if (l > best && strncmp(s, units[i].unit, l) == 0) {
+                best = l;
+                unit = units[i].ns;
+            }
+        }
+        ulen = best;
+        if (ulen == 0)
+            return -1;
+        s += ulen;
+        if (v > max / unit)
+            return -1;
+        uint64_t part = v * unit;
+        /* f/scale < 1, and unit <= 8.64e13 with scale <= 1e18: use long
+         * double for the fraction only */
+        part += (uint64_t)((long double)f * (long double)unit / (long double)scale);
+        if (part > max - total)
+            return -1;
+        total += part;
+    }
+    *ms = (total + 999999) / 1000000;
+    return 0;
+}
+
+/* go-humanize ParseBytes, which Caddy uses for sizes: "16KB" is 16000,
+ * "16KiB" 16384, case-insensitive, a fraction allowed, plain bytes. */
+static int parse_size(const char *s, uint64_t *out)
+{
+    static const struct {
+        const char *unit;
+        long double mult;
+    } units[] = {
+        {"", 1},
+        {"b", 1},
+        {"k", 1e3},
+        {"kb", 1e3},
+        {"ki", 1024.0L},
+        {"kib", 1024.0L},
+        {"m", 1e6},
+        {"mb", 1e6},
+        {"mi", 1048576.0L},
+        {"mib", 1048576.0L},
+        {"g", 1e9},
+        {"gb", 1e9},
+        {"gi", 1073741824.0L},
+        {"gib", 1073741824.0L},
+        {"t", 1e12},
+        {"tb", 1e12},
+        {"ti", 1099511627776.0L},
+        {"tib", 1099511627776.0L},
+    };
+    char num[64];
+    size_t n = 0;
+    const char *p = s;
+    while ((isdigit((unsigned char)*p) || *p == '.' || *p == ',') && n + 1 < sizeof(num)) {
+        if (*p != ',')
+            num[n++] = *p;
+        p++;
+    }
+    num[n] = '\0';
+    if (n == 0 || strcmp(num, ".") == 0)
+        return -1;
+    char *end;
+    errno = 0;
+    long double f = strtold(num, &end);
+    if (*end != '\0' || errno != 0)
+        return -1;
+    while (*p == ' ')
+        p++;
+    char unit[8];
+    size_t ul = strlen(p);
+    while (ul > 0 && p[ul - 1] == ' ')
+        ul--;
+    if (ul >= sizeof(unit))
+        return -1;
+    for (size_t i = 0; i < ul; i++)
+        unit[i] = (char)tolower((unsigned char)p[i]);
+    unit[ul] = '\0';
+    for (size_t i = 0; i < PS_ARRAY_SIZE(units); i++) {
+        if (strcmp(unit, units[i].unit) == 0) {
+            long double v = f * units[i].mult;
+            if (v >= 18446744073709551615.0L)
+                return -1;
+            *out = (uint64_t)v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int parse_port(const char *s, int *port)
+{
+    long v = 0;
+    if (*s == '\0' || strlen(s) > 5)
+        return -1;
+    for (const char *p = s; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return -1;
+        v = v * 10 + (*p - '0');
+    }
+    if (v < 1 || v > 65535)
+        return -1;
+    *port = (int)v;
+    return 0;
+}
+
+static int parse_uint(const char *s, long max, long *out)
+{
+    long v = 0;
+    if (*s == '\0')
+        return -1;
+    for (const char *p = s; *p; p++) {
+        if (*p < '0' || *p > '9' || v > (max - (*p - '0')) / 10)
+            return -1;
+        v = v * 10 + (*p - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+/* ---- lines ------------------------------------------------------------- */
+
+static const char *name_of(const cf_line_t *l)
+{
+    return l->toks[0].text;
+}
+
+/* Requires MIN..MAX arguments after the name and, unless BLOCK_OK, no
+ * block. WHAT prefixes the message ("servers: timeouts"). */
+static int want_args(ctx_t *c, const cf_line_t *l, const char *what, size_t min, size_t max,
+                     int block_ok)
+{
+    size_t n = l->n_toks - 1;
+    if (n < min) {
+        if (n == 0 && min == 1)
+            return errf(c, &l->toks[0], "%s: expected an argument", what);
+        return errf(c, &l->toks[0], "%s: expected %s%zu arguments, got %zu", what,
+                    min == max ? "" : "at least ", min, n);
+    }
+    if (n > max)
+        return errf(c, &l->toks[max + 1], "%s: unexpected argument \"%s\"", what,
+                    l->toks[max + 1].text);
+    if (!block_ok && l->open != NULL)
+        return errf(c, l->open, "%s: unexpected block", what);
+    return 0;
+}
+
+static int arg_duration(ctx_t *c, const cf_line_t *l, const char *what, uint64_t *ms)
+{
+    int rc = want_args(c, l, what, 1, 1, 0);
+    if (rc != 0)
+        return rc;
+    if (parse_duration(l->toks[1].text, ms) != 0)
+        return errf(c, &l->toks[1], "%s: expected a duration like 30s or 1m30s, got \"%s\"", what,
+                    l->toks[1].text);
+    return 0;
+}
+
+static int arg_string(ctx_t *c, const cf_line_t *l, const char *what, const char **out)
+{
+    int rc = want_args(c, l, what, 1, 1, 0);
+    if (rc != 0)
+        return rc;
+    *out = arena_strdup(c->a, l->toks[1].text);
+    return 0;
+}
+
+/* ---- placeholders ------------------------------------------------------ */
+
+static const struct {
+    const char *shortname;
+    const char *longname;
+    int var;
+} vars[] = {
+    {"host", "http.request.host", CFG_VAR_HOST},
+    {"hostport", "http.request.hostport", CFG_VAR_HOSTPORT},
+    {"uri", "http.request.uri", CFG_VAR_URI},
+    {"path", "http.request.uri.path", CFG_VAR_PATH},
+    {"query", "http.request.uri.query", CFG_VAR_QUERY},
+    {"method", "http.request.method", CFG_VAR_METHOD},
+    {"scheme", "http.request.scheme", CFG_VAR_SCHEME},
+    {"remote_host", "http.request.remote.host", CFG_VAR_REMOTE_HOST},
+    {"remote_port", "http.request.remote.port", CFG_VAR_REMOTE_PORT},
+    {"upstream_hostport", "http.reverse_proxy.upstream.hostport", CFG_VAR_UPSTREAM_HOSTPORT},
+};
+
+static int is_var_char(char ch)
+{
+    return isalnum((unsigned char)ch) || ch == '_' || ch == '.' || ch == '-';
+}
+
+static void tmpl_add(ctx_t *c, cfg_tmpl_t *t, size_t *cap, int var, const char *lit, size_t len)
+{
+    t->parts = grow(c->a, t->parts, t->n_parts, cap, sizeof(*t->parts));
+    t->parts[t->n_parts++] = (cfg_tmpl_part_t){
+        .var = var,
+        .lit = lit ? arena_strndup(c->a, lit, len) : NULL,
+        .len = lit ? len : 0,
+    };
+}
+
+/* Compiles S into literal parts and placeholders. "{name}" with name made
+ * of [A-Za-z0-9_.-] is a placeholder and must be one psproxy knows; other
+ * braces (a JSON body) are text, as Caddy leaves them; \{ and \} are
+ * literal braces. */
+static int tmpl_compile(ctx_t *c, const cf_token_t *t, const char *what, const char *s,
+                        cfg_tmpl_t *out)
+{
+    size_t cap = 0, litcap = 0, litn = 0;
+    char *lit = NULL;
+    memset(out, 0, sizeof(*out));
+    out->raw = arena_strdup(c->a, s);
+    for (const char *p = s; *p;) {
+        if (p[0] == '\\' && (p[1] == '{' || p[1] == '}')) {
+            lit = grow(c->a, lit, litn, &litcap, 1);
+            lit[litn++] = p[1];
+            p += 2;
+            continue;
+        }
+        if (p[0] == '{') {
+            const char *q = p + 1;
+            while (is_var_char(*q))
+                q++;
+            if (q > p + 1 && *q == '}') {
+                size_t nl = (size_t)(q - p - 1);
+                int var = 0;
+                for (size_t i = 0; i < PS_ARRAY_SIZE(vars) && var == 0; i++) {
+                    if ((strlen(vars[i].shortname) == nl &&
+                         memcmp(vars[i].shortname, p + 1, nl) == 0) ||
+                        (strlen(vars[i].longname) == nl &&
+                         memcmp(vars[i].longname, p + 1, nl) == 0))
+                        var = vars[i].var;
+                }
+                if (var == 0)
+                    return errf(c, t, "%s: unknown placeholder {%.*s}", what, (int)nl, p + 1);
+                if (litn > 0)
+                    tmpl_add(c, out, &cap, CFG_VAR_NONE, lit, litn);
+                litn = 0;
+                tmpl_add(c, out, &cap, var, NULL, 0);
+                p = q + 1;
+                continue;
+            }
+        }
+        lit = grow(c->a, lit, litn, &litcap, 1);
+        lit[litn++] = *p++;
+    }
+    if (litn > 0)
+        tmpl_add(c, out, &cap, CFG_VAR_NONE, lit, litn);
+    return 0;
+}
+
+static int has_placeholder(const char *s)
+{
+    for (const char *p = strchr(s, '{'); p != NULL; p = strchr(p + 1, '{')) {
+        const char *q = p + 1;
+        while (is_var_char(*q))
+            q++;
+        if (q > p + 1 && *q == '}')
+            return 1;
+    }
+    return 0;
+}
+
+/* ---- global options ---------------------------------------------------- */
+
+static int parse_timeouts(ctx_t *c, const cf_line_t *l)
+{
+    int rc = want_args(c, l, "servers: timeouts", 0, 0, 1);
+    if (rc != 0)
+        return rc;
+    for (size_t i = 0; i < l->n_block; i++) {
+        const cf_line_t *s = &l->block[i];
+        const char *n = name_of(s);
+        uint64_t *dst = NULL;
+        if (strcmp(n, "read_header") == 0)
+            dst = &c->cfg->timeouts.read_header;
+        else if (strcmp(n, "read_body") == 0)
+            dst = &c->cfg->timeouts.read_body;
+        else if (strcmp(n, "write") == 0)
+            dst = &c->cfg->timeouts.write;
+        else if (strcmp(n, "idle") == 0)
+            dst = &c->cfg->timeouts.idle;
+        else
+            return errf(c, &s->toks[0], "servers: timeouts: %s: not supported by psproxy", n);
+        rc = arg_duration(c, s, n, dst);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int parse_servers(ctx_t *c, const cf_line_t *l)
+{
+    if (l->n_toks > 1)
+        return errf(c, &l->toks[1],
+                    "servers: options for one listener (\"%s\") are not supported by psproxy",
+                    l->toks[1].text);
+    if (l->open == NULL)
+        return errf(c, &l->toks[0], "servers: expected a block");
+    for (size_t i = 0; i < l->n_block; i++) {
+        const cf_line_t *s = &l->block[i];
+        const char *n = name_of(s);
+        int rc;
+        if (strcmp(n, "timeouts") == 0) {
+            rc = parse_timeouts(c, s);
+        } else if (strcmp(n, "max_header_size") == 0) {
+            uint64_t v = 0;
+            rc = want_args(c, s, n, 1, 1, 0);
+            if (rc == 0 && (parse_size(s->toks[1].text, &v) != 0 || v == 0 || v > (1u << 30)))
+                rc =
+                    errf(c, &s->toks[1],
+                         "max_header_size: expected a size like 16KiB (1 byte to 1GiB), got \"%s\"",
+                         s->toks[1].text);
+            if (rc == 0)
+                c->cfg->max_header_size = (size_t)v;
+        } else {
+            rc = errf(c, &s->toks[0], "servers: %s: not supported by psproxy", n);
+        }
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int parse_storage(ctx_t *c, const cf_line_t *l)
+{
+    if (l->n_toks < 2)
+        return errf(c, &l->toks[0], "storage: expected a module name");
+    if (strcmp(l->toks[1].text, "file_system") != 0)
+        return errf(c, &l->toks[1], "storage: %s: not supported by psproxy (only file_system)",
+                    l->toks[1].text);
+    if (l->n_toks == 3 && l->open == NULL) {
+        c->cfg->storage_root = arena_strdup(c->a, l->toks[2].text);
+        return 0;
+    }
+    if (l->n_toks > 3 || (l->n_toks == 3 && l->open != NULL))
+        return errf(c, &l->toks[l->n_toks - 1], "storage: unexpected argument \"%s\"",
+                    l->toks[l->n_toks - 1].text);
+    if (l->open == NULL)
+        return errf(c, &l->toks[1], "storage: file_system: expected a path or a block");
+    for (size_t i = 0; i < l->n_block; i++) {
+        const cf_line_t *s = &l->block[i];
+        if (strcmp(name_of(s), "root") != 0)
+            return errf(c, &s->toks[0], "storage: file_system: %s: not supported by psproxy",
+                        name_of(s));
+        int rc = arg_string(c, s, "storage: root", &c->cfg->storage_root);
+        if (rc != 0)
+            return rc;
+    }
+    if (c->cfg->storage_root == NULL)
+        return errf(c, l->open, "storage: file_system: expected root PATH");
+    return 0;
+}
+
+static int parse_global(ctx_t *c, const cf_block_t *b)
+{
+    cfg_t *cfg = c->cfg;
+    for (size_t i = 0; i < b->n_lines; i++) {
+        const cf_line_t *l = &b->lines[i];
+        const char *n = name_of(l);
+        int rc;
+        if (strcmp(n, "admin") == 0) {
+            rc = want_args(c, l, n, 1, 1, 0);
+            if (rc == 0 && strcmp(l->toks[1].text, "off") == 0)
+                cfg->admin_off = 1;
+            else if (rc == 0)
+                cfg->admin_addr = arena_strdup(c->a, l->toks[1].text);
+        } else if (strcmp(n, "http_port") == 0 || strcmp(n, "https_port") == 0) {
+            int *dst = n[4] == 's' ? &cfg->https_port : &cfg->http_port;
+            rc = want_args(c, l, n, 1, 1, 0);
+            if (rc == 0 && parse_port(l->toks[1].text, dst) != 0)
+                rc = errf(c, &l->toks[1], "%s: expected a port number, got \"%s\"", n,
+                          l->toks[1].text);
+        } else if (strcmp(n, "email") == 0) {
+            rc = arg_string(c, l, n, &cfg->email);
+        } else if (strcmp(n, "acme_ca") == 0) {
+            rc = arg_string(c, l, n, &cfg->acme_ca);
+        } else if (strcmp(n, "acme_ca_root") == 0) {
+            rc = arg_string(c, l, n, &cfg->acme_ca_root);
+        } else if (strcmp(n, "storage") == 0) {
+            rc = parse_storage(c, l);
+        } else if (strcmp(n, "grace_period") == 0) {
+            rc = arg_duration(c, l, n, &cfg->grace_period);
+        } else if (strcmp(n, "servers") == 0) {
+            rc = parse_servers(c, l);
+        } else if (strcmp(n, "auto_https") == 0) {
+            rc = want_args(c, l, n, 1, 1, 0);
+            if (rc == 0 && strcmp(l->toks[1].text, "off") == 0)
+                cfg->auto_https = CFG_AUTO_HTTPS_OFF;
+            else if (rc == 0 && strcmp(l->toks[1].text, "disable_redirects") == 0)
+                cfg->auto_https = CFG_AUTO_HTTPS_DISABLE_REDIRECTS;
+            else if (rc == 0)
+                rc = errf(c, &l->toks[1],
+                          "auto_https: expected off or disable_redirects, got \"%s\"",
+                          l->toks[1].text);
+        } else if (strcmp(n, "workers") == 0) {
+            long v = 0;
+            rc = want_args(c, l, n, 1, 1, 0);
+            if (rc == 0 && (parse_uint(l->toks[1].text, 1024, &v) != 0 || v < 1))
+                rc = errf(c, &l->toks[1], "workers: expected a number from 1 to 1024, got \"%s\"",
+                          l->toks[1].text);
+            if (rc == 0)
+                cfg->workers = (int)v;
+        } else {
+            rc = errf(c, &l->toks[0], "%s: global option not supported by psproxy", n);
+        }
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---- addresses --------------------------------------------------------- */
+
+/* Caddy's ParseAddress and its listener defaults: explicit scheme wins,
+ * else the http_port is http, the https_port https, no host http, and
+ * any other host https; a missing port is the https_port unless the
+ * scheme is http. */
+static int parse_addr(ctx_t *c, const cf_token_t *t, cfg_addr_t *out)
+{
+    const char *s = t->text, *sep = strstr(s, "://");
+    char scheme[16] = "";
+    if (sep != NULL) {
+        size_t sl = (size_t)(sep - s);
+        if (sl >= sizeof(scheme) || (sl != 4 && sl != 5))
+            return errf(c, t, "%s: unsupported scheme \"%.*s\" (expected http or https)", s,
+                        (int)sl, s);
+        memcpy(scheme, s, sl);
+        scheme[sl] = '\0';
+        if (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)
+            return errf(c, t, "%s: unsupported scheme \"%s\" (expected http or https)", s, scheme);
+        s = sep + 3;
+    }
+    const char *slash = strchr(s, '/');
+    size_t hplen = slash ? (size_t)(slash - s) : strlen(s);
+    if (slash != NULL)
+        return errf(c, t, "%s: site addresses with a path are not supported by psproxy", t->text);
+    char *hp = arena_strndup(c->a, s, hplen);
+    const char *host = hp, *port = "";
+    if (hp[0] == '[') {
+        char *close = strchr(hp, ']');
+        if (close == NULL || (close[1] != '\0' && close[1] != ':'))
+            return errf(c, t, "%s: invalid address", t->text);
+        *close = '\0';
+        host = hp + 1;
+        if (close[1] == ':')
+            port = close + 2;
+    } else {
+        char *colon = strchr(hp, ':');
+        if (colon != NULL && strchr(colon + 1, ':') == NULL) {
+            *colon = '\0';
+            port = colon + 1;
+        } /* several colons: a bare IPv6 host, as Go's SplitHostPort falls back */
+    }
+    if (strchr(host, '{') != NULL)
+        return errf(c, t, "%s: placeholders in site addresses are not supported by psproxy",
+                    t->text);
+    for (const char *q = host; *q; q++) {
+        if (!isalnum((unsigned char)*q) && strchr("-._*:%", *q) == NULL)
+            return errf(c, t, "%s: invalid host \"%s\"", t->text, host);
+    }
+    int scheme_v = 0, port_v = 0, http_port = c->cfg->http_port, https_port = c->cfg->https_port;
+    if (port[0] != '\0' && parse_port(port, &port_v) != 0)
+        return errf(c, t, "%s: invalid port \"%s\"", t->text, port);
+    if (port[0] == '\0')
+        port_v = strcmp(scheme, "http") == 0 ? http_port : https_port;
+    if (strcmp(scheme, "http") == 0)
+        scheme_v = CFG_SCHEME_HTTP;
+    else if (strcmp(scheme, "https") == 0)
+        scheme_v = CFG_SCHEME_HTTPS;
+    else if (port_v == http_port)
+        scheme_v = CFG_SCHEME_HTTP;
+    else if (port_v == https_port)
+        scheme_v = CFG_SCHEME_HTTPS;
+    else
+        scheme_v = host[0] == '\0' ? CFG_SCHEME_HTTP : CFG_SCHEME_HTTPS;
+    if ((scheme_v == CFG_SCHEME_HTTP && port_v == https_port && https_port != http_port) ||
+        (scheme_v == CFG_SCHEME_HTTPS && port_v == http_port))
+        return errf(c, t, "%s: scheme and port violate convention (%s on the %s port)", t->text,
+                    scheme, scheme_v == CFG_SCHEME_HTTP ? "HTTPS" : "HTTP");
+    out->scheme = scheme_v;
+    out->host = lower_dup(c->a, host);
+    out->port = port_v;
+    out->line = t->line;
+    return 0;
+}
+
+/* ---- directives -------------------------------------------------------- */
+
+/* Caddy's directive order (httpcaddyfile/directives.go) for the subset. */
+static int directive_rank(int kind)
+{
+    switch (kind) {
+    case CFG_H_HEADER:
+        return 0;
+    case CFG_H_REDIR:
+        return 1;
+    case CFG_H_RESPOND:
+        return 2;
+    default:
+        return 3;
+    }
+}
+
+/* The matcher token after a directive name: "*" (all, stored as NULL), a
+ * path starting with '/', or a named matcher, which psproxy rejects.
+ * *ARGI is set to the index of the first argument after it. */
+static int take_matcher(ctx_t *c, const cf_line_t *l, const char **match, size_t *argi)
+{
+    *match = NULL;
+    *argi = 1;
+    if (l->n_toks < 2)
+        return 0;
+    const cf_token_t *t = &l->toks[1];
+    if (t->text[0] == '@')
+        return errf(c, t, "%s: named matchers are not supported by psproxy", name_of(l));
+    if (strcmp(t->text, "*") == 0) {
+        *argi = 2;
+    } else if (t->text[0] == '/') {
+        if (has_placeholder(t->text))
+            return errf(c, t, "%s: placeholders in path matchers are not supported by psproxy",
+                        name_of(l));
+        *match = lower_dup(c->a, t->text);
+        *argi = 2;
+    }
+    return 0;
+}
+
+static int is_tchar(char ch)
+{
+    return isalnum((unsigned char)ch) || strchr("!#$%&'*+-.^_`|~", ch) != NULL;
+}
+
+/* One header operation: [+|-|?]Name [value] (">" also, Caddy 2.7's
+ * deferred set, when ALLOW_DEFER). A third argument is Caddy's
+ * find/replace form, which psproxy does not do. */
+static int parse_hdr_op(ctx_t *c, const char *what, const cf_token_t *args, size_t n,
+                        int allow_defer, cfg_hdr_ops_t *ops, size_t *cap)
+{
+    if (n == 0)
+        return errf(c, &args[-1], "%s: expected a header field name", what);
+    if (n > 2)
+        return errf(c, &args[2], "%s: find/replace (a third argument) is not supported by psproxy",
+                    what);
+    const char *name = args[0].text;
+    int op = CFG_HDR_SET;
+    if (name[0] == '+')
+        op = CFG_HDR_ADD;
+    else if (name[0] == '-')
+        op = CFG_HDR_DEL;
+    else if (name[0] == '?')
+        op = CFG_HDR_DEFAULT;
+    else if (name[0] == '>' && allow_defer)
+        op = CFG_HDR_SET;
+    if (op != CFG_HDR_SET || name[0] == '>')
+        name++;
+    size_t len = strlen(name);
+    if (len == 0)
+        return errf(c, &args[0], "%s: expected a header field name after \"%s\"", what,
+                    args[0].text);
+    for (size_t i = 0; i < len; i++) {
+        if (!is_tchar(name[i]))
+            return errf(c, &args[0], "%s: invalid header field name \"%s\"", what, name);
+    }
+    cfg_hdr_op_t o = {.op = op, .name = arena_strdup(c->a, name)};
+    if (op == CFG_HDR_DEL) {
+        if (n > 1)
+            return errf(c, &args[1], "%s: deleting %s takes no value", what, name);
+        if (strchr(name, '*') != NULL &&
+            (name[len - 1] != '*' || strchr(name, '*') != name + len - 1))
+            return errf(c, &args[0], "%s: '*' may only end a field name to delete", what);
+    } else {
+        int rc =
+            tmpl_compile(c, n > 1 ? &args[1] : &args[0], what, n > 1 ? args[1].text : "", &o.value);
+        if (rc != 0)
+            return rc;
+        if (strchr(name, '*') != NULL)
+            return errf(c, &args[0], "%s: invalid header field name \"%s\"", what, name);
+    }
+    ops->ops = grow(c->a, ops->ops, ops->n, cap, sizeof(*ops->ops));
+    ops->ops[ops->n++] = o;
+    return 0;
+}
+
+static int parse_header(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
+{
+    size_t argi, cap = 0;
+    int rc = take_matcher(c, l, &h->match, &argi);
+    if (rc != 0)
+        return rc;
+    h->kind = CFG_H_HEADER;
+    size_t n = l->n_toks - argi;
+    if (l->open != NULL && n > 0)
+        return errf(c, &l->toks[argi], "header: expected either arguments or a block, not both");
+    if (l->open == NULL)
+        return parse_hdr_op(c, "header", &l->toks[argi], n, 1, &h->u.header, &cap);
+    for (size_t i = 0; i < l->n_block; i++) {
+        const cf_line_t *s = &l->block[i];
+        if (strcmp(name_of(s), "defer") == 0 && s->n_toks == 1 && s->open == NULL)
+            continue; /* psproxy applies response headers last anyway */
+        if (s->open != NULL)
+            return errf(c, s->open, "header: unexpected block");
+        rc = parse_hdr_op(c, "header", &s->toks[0], s->n_toks, 1, &h->u.header, &cap);
+        if (rc != 0)
+            return rc;
+    }
+    if (h->u.header.n == 0)
+        return errf(c, &l->toks[0], "header: expected at least one header field");
+    return 0;
+}
+
+static int is_status3(const char *s)
+{
+    return strlen(s) == 3 && isdigit((unsigned char)s[0]) && isdigit((unsigned char)s[1]) &&
+           isdigit((unsigned char)s[2]);
+}
+
+/* Caddy's respond: one argument is a status when it is three digits, else
+ * a body; two are body then status. */
+static int parse_respond(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
+{
+    size_t argi;
+    int rc = take_matcher(c, l, &h->match, &argi);
+    if (rc != 0)
+        return rc;
+    h->kind = CFG_H_RESPOND;
+    h->u.respond.status = 200;
+    size_t n = l->n_toks - argi;
+    const cf_token_t *body = NULL, *status = NULL;
+    if (n == 0)
+        return errf(c, &l->toks[0], "respond: expected a body or a status code%s",
+                    h->match ? " (the first argument was taken as a path matcher)" : "");
+    if (n > 2)
+        return errf(c, &l->toks[argi + 2], "respond: unexpected argument \"%s\"",
+                    l->toks[argi + 2].text);
+    if (n == 1 && is_status3(l->toks[argi].text)) {
+        status = &l->toks[argi];
+    } else {
+        body = &l->toks[argi];
+        if (n == 2)
+            status = &l->toks[argi + 1];
+    }
+    if (status != NULL) {
+        if (!is_status3(status->text) || status->text[0] == '0')
+            return errf(c, status, "respond: expected a status code (100-999), got \"%s\"",
+                        status->text);
+        h->u.respond.status = atoi(status->text);
+    }
+    if (body != NULL) {
+        rc = tmpl_compile(c, body, "respond", body->text, &h->u.respond.body);
+        if (rc != 0)
+            return rc;
+    }
+    for (size_t i = 0; i < l->n_block; i++) {
+        const cf_line_t *s = &l->block[i];
+        if (strcmp(name_of(s), "body") == 0) {
+            if (body != NULL)
+                return errf(c, &s->toks[0], "respond: body given twice");
+            rc = want_args(c, s, "respond: body", 1, 1, 0);
+            if (rc != 0)
+                return rc;
+            body = &s->toks[1];
+            rc = tmpl_compile(c, body, "respond", body->text, &h->u.respond.body);
+        } else if (strcmp(name_of(s), "close") == 0) {
+            rc = want_args(c, s, "respond: close", 0, 0, 0);
+            h->u.respond.close = 1;
+        } else {
+            rc = errf(c, &s->toks[0], "respond: %s: not supported by psproxy", name_of(s));
+        }
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int parse_redir(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
+{
+    size_t argi;
+    int rc = take_matcher(c, l, &h->match, &argi);
+    if (rc != 0)
+        return rc;
+    h->kind = CFG_H_REDIR;
+    h->u.redir.status = 302;
+    size_t n = l->n_toks - argi;
+    if (n == 0)
+        return errf(c, &l->toks[0], "redir: expected a target%s",
+                    h->match ? " (the first argument was taken as a path matcher)" : "");
+    rc = want_args(c, l, "redir", argi, argi + 1, 0);
+    if (rc != 0)
+        return rc;
+    if (n == 2) {
+        const cf_token_t *t = &l->toks[argi + 1];
+        if (strcmp(t->text, "permanent") == 0) {
+            h->u.redir.status = 301;
+        } else if (strcmp(t->text, "temporary") == 0) {
+            h->u.redir.status = 302;
+        } else if (strcmp(t->text, "html") == 0) {
+            return errf(c, t, "redir: html: not supported by psproxy");
+        } else {
+            int v = is_status3(t->text) ? atoi(t->text) : 0;
+            if (!((v >= 300 && v <= 399) || v == 401))
+                return errf(c, t,
+                            "redir: expected permanent, temporary or a 3xx status code, got \"%s\"",
+                            t->text);
+            h->u.redir.status = v;
+        }
+    }
+    return tmpl_compile(c, &l->toks[argi], "redir", l->toks[argi].text, &h->u.redir.to);
+}
+
+/* ---- reverse_proxy ----------------------------------------------------- */
+
+/* An upstream as Caddy 2.6 reads it (parseUpstreamDialAddress) within
+ * psproxy's means: host:port, a bare host (port 80), or http://host[:port].
+ * An empty host (":8080") is Go dialing the local system: psproxy dials
+ * 127.0.0.1, which reaches a server listening on all IPv4 interfaces or on
+ * loopback. */
+static int parse_upstream(ctx_t *c, const cf_token_t *t, cfg_upstream_t *u)
+{
+    const char *s = t->text;
+    const char *defport = "80";
+    if (strchr(s, '{') != NULL)
+        return errf(c, t, "reverse_proxy: placeholders in upstreams are not supported by psproxy");
+    const char *sep = strstr(s, "://");
+    if (sep != NULL) {
+        size_t sl = (size_t)(sep - s);
+        if (sl == 4 && strncmp(s, "http", 4) == 0) {
+            s = sep + 3;
+        } else if (sl == 5 && strncmp(s, "https", 5) == 0) {
+            return errf(c, t, "reverse_proxy: %s: TLS to upstreams is not supported by psproxy",
+                        t->text);
+        } else {
+            return errf(c, t, "reverse_proxy: %s: scheme \"%.*s\" is not supported by psproxy",
+                        t->text, (int)sl, t->text);
+        }
+        if (strpbrk(s, "/?#") != NULL)
+            return errf(c, t,
+                        "reverse_proxy: %s: upstream URLs may only have scheme, host and port",
+                        t->text);
+    } else if (strchr(s, '/') != NULL) {
+        return errf(c, t,
+                    "reverse_proxy: %s: network addresses (unix sockets) are not supported "
+                    "by psproxy",
+                    t->text);
+    }
+    char *hp = arena_strdup(c->a, s);
+    const char *host = hp, *port = "";
+    int v6 = 0;
+    if (hp[0] == '[') {
+        char *close = strchr(hp, ']');
+        if (close == NULL || (close[1] != '\0' && close[1] != ':'))
+            return errf(c, t, "reverse_proxy: invalid upstream address \"%s\"", t->text);
+        *close = '\0';
+        host = hp + 1;
+        port = close[1] == ':' ? close + 2 : "";
+        v6 = 1;
+    } else {
+        char *colon = strrchr(hp, ':');
+        if (colon != NULL && strchr(hp, ':') != colon)
+            return errf(c, t, "reverse_proxy: %s: an IPv6 upstream needs brackets: [%s]:PORT",
+                        t->text, t->text);
+        if (colon != NULL) {
+            *colon = '\0';
+            port = colon + 1;
+        }
+    }
+    if (port[0] == '\0')
+        port = defport;
+    int pv;
+    if (parse_port(port, &pv) != 0)
+        return errf(c, t, "reverse_proxy: %s: invalid port \"%s\"", t->text, port);
+    if (sep != NULL && pv == 443)
+        return errf(c, t, "reverse_proxy: %s: http:// on port 443 (the HTTPS port)", t->text);
+    if (host[0] == '\0')
+        host = "127.0.0.1";
+    u->host = arena_strdup(c->a, host);
+    char pbuf[8];
+    snprintf(pbuf, sizeof(pbuf), "%d", pv);
+    u->port = arena_strdup(c->a, pbuf);
+    size_t hl = strlen(host) + strlen(pbuf) + 4;
+    char *hpout = arena_alloc(c->a, hl);
+    snprintf(hpout, hl, v6 ? "[%s]:%s" : "%s:%s", host, pbuf);
+    u->hostport = hpout;
+    u->line = t->line;
+    return 0;
+}
+
+static int add_upstreams(ctx_t *c, cfg_proxy_t *px, size_t *cap, const cf_token_t *toks, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        px->ups = grow(c->a, px->ups, px->n_ups, cap, sizeof(*px->ups));
+        int rc = parse_upstream(c, &toks[i], &px->ups[px->n_ups]);
+        if (rc != 0)
+            return rc;
+        px->n_ups++;
+    }
+    return 0;
+}
+
+static int parse_transport(ctx_t *c, const cf_line_t *l, cfg_proxy_t *px)
+{
+    int rc = want_args(c, l, "reverse_proxy: transport", 1, 1, 1);
+    if (rc != 0)
+        return rc;
+    if (strcmp(l->toks[1].text, "http") != 0)
+        return errf(c, &l->toks[1], "reverse_proxy: transport %s: not supported by psproxy",
+                    l->toks[1].text);
+    for (size_t i = 0; i < l->n_block; i++) {
+        const cf_line_t *s = &l->block[i];
+        const char *n = name_of(s);
+        if (strcmp(n, "dial_timeout") == 0) {
+            rc = arg_duration(c, s, n, &px->dial_timeout);
+        } else if (strcmp(n, "response_header_timeout") == 0) {
+            rc = arg_duration(c, s, n, &px->response_header_timeout);
+        } else if (strcmp(n, "read_timeout") == 0) {
+            rc = arg_duration(c, s, n, &px->read_timeout);
+        } else if (strcmp(n, "write_timeout") == 0) {
+            rc = arg_duration(c, s, n, &px->write_timeout);
+        } else if (strcmp(n, "keepalive") == 0) {
+            rc = want_args(c, s, n, 1, 1, 0);
+            if (rc == 0 && strcmp(s->toks[1].text, "off") == 0)
+                px->keepalive_off = 1;
+            else if (rc == 0 && parse_duration(s->toks[1].text, &px->keepalive) != 0)
+                rc = errf(c, &s->toks[1], "keepalive: expected off or a duration, got \"%s\"",
+                          s->toks[1].text);
+        } else if (strcmp(n, "keepalive_idle_conns") == 0) {
+            long v = 0;
+            rc = want_args(c, s, n, 1, 1, 0);
+            if (rc == 0 && parse_uint(s->toks[1].text, 1000000, &v) != 0)
+                rc = errf(c, &s->toks[1], "keepalive_idle_conns: expected a number, got \"%s\"",
+                          s->toks[1].text);
+            if (rc == 0)
+                px->keepalive_idle_conns = (int)v;
+        } else {
+            rc = errf(c, &s->toks[0], "reverse_proxy: transport http: %s: not supported by psproxy",
+                      n);
+        }
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Caddy's private_ranges shorthand */
+static const char *const private_ranges[] = {
+    "192.168.0.0/16", "172.16.0.0/12", "10.0.0.0/8", "127.0.0.1/8", "fd00::/8", "::1",
+};
+
+static int parse_cidr(const char *text, cfg_cidr_t *out)
+{
+    char host[INET6_ADDRSTRLEN + 1];
+    const char *slash = strchr(text, '/');
+    size_t hl = slash != NULL ? (size_t)(slash - text) : strlen(text);
+    if (hl == 0 || hl >= sizeof(host))
+        return -1;
+    memcpy(host, text, hl);
+    host[hl] = '\0';
+    memset(out, 0, sizeof(*out));
+    int max;
+    if (inet_pton(AF_INET, host, out->addr) == 1) {
+        out->family = AF_INET;
+        max = 32;
+    } else if (inet_pton(AF_INET6, host, out->addr) == 1) {
+        out->family = AF_INET6;
+        max = 128;
+    } else {
+        return -1;
+    }
+    out->bits = max;
+    if (slash != NULL) {
+        long v = 0;
+        if (parse_uint(slash + 1, max, &v) != 0)
+            return -1;
+        out->bits = (int)v;
+    }
+    return 0;
+}
+
+static int parse_trusted(ctx_t *c, const cf_line_t *s, cfg_proxy_t *px, size_t *cap)
+{
+    int rc = want_args(c, s, "trusted_proxies", 1, SIZE_MAX, 0);
+    for (size_t i = 1; rc == 0 && i < s->n_toks; i++) {
+        const char *t = s->toks[i].text;
+        int priv = strcmp(t, "private_ranges") == 0;
+        size_t n = priv ? PS_ARRAY_SIZE(private_ranges) : 1;
+        for (size_t k = 0; k < n; k++) {
+            if (px->n_trusted == *cap) {
+                size_t ncap = *cap ? *cap * 2 : 8;
+                cfg_cidr_t *nt = arena_alloc(c->a, ncap * sizeof(*nt));
+                if (px->n_trusted > 0)
+                    memcpy(nt, px->trusted, px->n_trusted * sizeof(*nt));
+                px->trusted = nt;
+                *cap = ncap;
+            }
+            if (parse_cidr(priv ? private_ranges[k] : t, &px->trusted[px->n_trusted]) != 0)
+                return errf(c, &s->toks[i],
+                            "trusted_proxies: expected an IP range like 10.0.0.0/8, got \"%s\"",
+                            t);
+            px->n_trusted++;
+        }
+    }
+    return rc;
+}
+
+int cfg_cidr_contains(const cfg_cidr_t *ranges, size_t n, const struct sockaddr *sa)
+{
+    unsigned char ip[16];
+    int family;
+    if (sa->sa_family == AF_INET) {
+        memcpy(ip, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        family = AF_INET;
+    } else if (sa->sa_family == AF_INET6) {
+        const unsigned char *a6 = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+        static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(a6, mapped, 12) == 0) {
+            memcpy(ip, a6 + 12, 4);
+            family = AF_INET;
+        } else {
+            memcpy(ip, a6, 16);
+            family = AF_INET6;
+        }
+    } else {
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const cfg_cidr_t *r = &ranges[i];
+        if (r->family != family)
+            continue;
+        int bits = r->bits, k = 0;
+        for (; bits >= 8; bits -= 8, k++)
+            if (ip[k] != r->addr[k])
+                break;
+        if (bits >= 8)
+            continue;
+        unsigned char mask = (unsigned char)(0xff << (8 - bits));
+        if (bits == 0 || (ip[k] & mask) == (r->addr[k] & mask))
+            return 1;
+    }
+    return 0;
+}
+
+static const char *const health_subs[] = {
+    "health_uri",    "health_port",      "health_interval",   "health_timeout",
+    "health_status", "health_body",      "health_headers",    "fail_duration",
+    "max_fails",     "unhealthy_status", "unhealthy_latency", "unhealthy_request_count",
+    "health_path",
+};
+
+static int parse_proxy(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
+{
+    size_t argi, ucap = 0, upcap = 0, downcap = 0, tcap = 0;
+    int rc = take_matcher(c, l, &h->match, &argi);
+    if (rc != 0)
+        return rc;
+    h->kind = CFG_H_PROXY;
+    cfg_proxy_t *px = &h->u.proxy;
+    px->lb_policy = CFG_LB_RANDOM;
+    px->lb_try_interval = 250;
+    px->dial_timeout = 3000;
+    px->response_header_timeout = 60000;
+    px->read_timeout = 60000;
+    px->write_timeout = 60000;
+    px->keepalive = 120000;
+    px->keepalive_idle_conns = 32;
+    rc = add_upstreams(c, px, &ucap, &l->toks[argi], l->n_toks - argi);
+    if (rc != 0)
+        return rc;
+    for (size_t i = 0; i < l->n_block; i++) {
+        const cf_line_t *s = &l->block[i];
+        const char *n = name_of(s);
+        if (strcmp(n, "to") == 0) {
+            rc = want_args(c, s, "reverse_proxy: to", 1, SIZE_MAX, 0);
+            if (rc == 0)
+                rc = add_upstreams(c, px, &ucap, &s->toks[1], s->n_toks - 1);
+        } else if (strcmp(n, "lb_policy") == 0) {
+            static const char *const names[] = {"random", "round_robin", "first", "least_conn"};
+            rc = want_args(c, s, n, 1, 1, 0);
+            px->lb_policy = -1;
+            for (size_t k = 0; rc == 0 && k < PS_ARRAY_SIZE(names); k++)
+                if (strcmp(s->toks[1].text, names[k]) == 0)
+                    px->lb_policy = (int)k;
+            if (rc == 0 && px->lb_policy < 0)
+                rc = errf(c, &s->toks[1], "lb_policy: %s: not supported by psproxy",
+                          s->toks[1].text);
+        } else if (strcmp(n, "lb_try_duration") == 0) {
+            rc = arg_duration(c, s, n, &px->lb_try_duration);
+        } else if (strcmp(n, "lb_try_interval") == 0) {
+            rc = arg_duration(c, s, n, &px->lb_try_interval);
+        } else if (strcmp(n, "header_up") == 0 || strcmp(n, "header_down") == 0) {
+            int up = n[7] == 'u';
+            if (s->open != NULL)
+                return errf(c, s->open, "%s: unexpected block", n);
+            rc = parse_hdr_op(c, n, &s->toks[1], s->n_toks - 1, 0,
+                              up ? &px->header_up : &px->header_down, up ? &upcap : &downcap);
+        } else if (strcmp(n, "flush_interval") == 0) {
+            /* psproxy always streams, as flush_interval -1 would: the
+             * value is checked and otherwise ignored */
+            uint64_t ms = 0;
+            long v = 0;
+            rc = want_args(c, s, n, 1, 1, 0);
+            const char *a = rc == 0 ? s->toks[1].text : "0";
+            if (rc == 0 && strcmp(a, "-1") != 0 && parse_uint(a, 1L << 30, &v) != 0 &&
+                parse_duration(a, &ms) != 0)
+                rc = errf(c, &s->toks[1], "flush_interval: expected a duration or -1, got \"%s\"",
+                          a);
+        } else if (strcmp(n, "transport") == 0) {
+            rc = parse_transport(c, s, px);
+        } else if (strcmp(n, "trusted_proxies") == 0) {
+            rc = parse_trusted(c, s, px, &tcap);
+        } else {
+            for (size_t k = 0; k < PS_ARRAY_SIZE(health_subs); k++) {
+                /* active and passive health checks come with issue #6 */
+                if (strcmp(n, health_subs[k]) == 0)
+                    return errf(c, &s->toks[0], "%s: not supported by psproxy yet", n);
+            }
+            rc = errf(c, &s->toks[0], "reverse_proxy: %s: not supported by psproxy", n);
+        }
+        if (rc != 0)
+            return rc;
+    }
+    if (px->n_ups == 0)
+        return errf(c, &l->toks[0], "reverse_proxy: expected at least one upstream");
+    return 0;
+}
+
+/* ---- sites ------------------------------------------------------------- */
+
+static int parse_tls(ctx_t *c, const cf_line_t *l, cfg_site_t *site)
+{
+    if (site->tls.line != 0)
+        return errf(c, &l->toks[0], "tls: given twice in one site (first at line %d)",
+                    site->tls.line);
+    if (l->open != NULL)
+        return errf(c, l->open, "tls: sub-directives are not supported by psproxy");
+    int rc = want_args(c, l, "tls", 1, 2, 0);
+    if (rc != 0)
+        return rc;
+    const char *a = l->toks[1].text;
+    if (l->n_toks == 3) {
+        site->tls.cert_file = arena_strdup(c->a, a);
+        site->tls.key_file = arena_strdup(c->a, l->toks[2].text);
+    } else if (strcmp(a, "internal") == 0) {
+        site->tls.internal = 1;
+    } else if (strchr(a, '@') != NULL) {
+        site->tls.email = arena_strdup(c->a, a);
+    } else {
+        return errf(c, &l->toks[1],
+                    "tls: expected internal, an email address, or CERT KEY, "
+                    "got \"%s\"",
+                    a);
+    }
+    site->tls.line = l->toks[0].line;
+    return 0;
+}
+
+static int parse_log(ctx_t *c, const cf_line_t *l, cfg_site_t *site)
+{
+    if (site->log.enabled)
+        return errf(c, &l->toks[0], "log: given twice in one site");
+    int rc = want_args(c, l, "log", 0, 0, 1);
+    if (rc != 0)
+        return rc;
+    site->log.enabled = 1;
+    for (size_t i = 0; i < l->n_block; i++) {
+        const cf_line_t *s = &l->block[i];
+        const char *n = name_of(s);
+        if (strcmp(n, "output") == 0) {
+            rc = want_args(c, s, "log: output", 1, 2, 0);
+            const char *o = rc == 0 ? s->toks[1].text : "";
+            if (rc != 0) {
+            } else if (strcmp(o, "file") == 0) {
+                if (s->n_toks != 3)
+                    rc = errf(c, &s->toks[1], "log: output file: expected a path");
+                else
+                    site->log.file = arena_strdup(c->a, s->toks[2].text);
+            } else if (strcmp(o, "stderr") == 0 || strcmp(o, "stdout") == 0) {
+                /* stdout and stderr both reach the journal under systemd */
+                rc = want_args(c, s, "log: output", 1, 1, 0);
+                site->log.file = NULL;
+            } else {
+                rc = errf(c, &s->toks[1], "log: output %s: not supported by psproxy", o);
+            }
+        } else if (strcmp(n, "format") == 0) {
+            rc = want_args(c, s, "log: format", 1, 1, 0);
+            if (rc == 0 && strcmp(s->toks[1].text, "json") == 0)
+                site->log.format_json = 1;
+            else if (rc == 0 && strcmp(s->toks[1].text, "console") == 0)
+                site->log.format_json = 0;
+            else if (rc == 0)
+                rc = errf(c, &s->toks[1], "log: format %s: not supported by psproxy",
+                          s->toks[1].text);
+        } else {
+            rc = errf(c, &s->toks[0], "log: %s: not supported by psproxy", n);
+        }
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static size_t match_len(const cfg_handler_t *h)
+{
+    return h->match ? strlen(h->match) : 0;
+}
+
+/* Caddy 2.6.2's sortRoutes: directive order, then within one directive the
+ * longer path first, any matcher before none, else file order. (Later
+ * Caddy puts "/a" before "/a*"; 2.6.2 does not, as `caddy adapt` shows.) */
+static int handler_less(const cfg_handler_t *i, const cfg_handler_t *j)
+{
+    int ri = directive_rank(i->kind), rj = directive_rank(j->kind);
+    if (ri != rj)
+        return ri < rj;
+    size_t il = match_len(i), jl = match_len(j);
+    if (il > 0 && jl > 0)
+        return il > jl;
+    return i->match != NULL && j->match == NULL;
+}
+
+/* Go's sort.SliceStable is an insertion sort up to 20 elements; doing the
+ * same keeps Caddy's order even where its comparison is not transitive. */
+static void sort_handlers(cfg_handler_t *v, size_t n)
+{
+    for (size_t i = 1; i < n; i++) {
+        for (size_t j = i; j > 0 && handler_less(&v[j], &v[j - 1]); j--) {
+            cfg_handler_t tmp = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = tmp;
+        }
+    }
+}
+
+static int parse_site(ctx_t *c, const cf_block_t *b, cfg_site_t *site)
+{
+    size_t acap = 0, hcap = 0;
+    int rc;
+    site->file = b->file;
+    site->line = b->line;
+    for (size_t i = 0; i < b->n_keys; i++) {
+        cfg_addr_t a;
+        rc = parse_addr(c, &b->keys[i], &a);
+        if (rc != 0)
+            return rc;
+        int dup = 0;
+        for (size_t k = 0; k < site->n_addrs; k++)
+            dup |= site->addrs[k].port == a.port && strcmp(site->addrs[k].host, a.host) == 0 &&
+                   site->addrs[k].scheme == a.scheme;
+        if (dup)
+            continue;
+        site->addrs = grow(c->a, site->addrs, site->n_addrs, &acap, sizeof(*site->addrs));
+        site->addrs[site->n_addrs++] = a;
+    }
+    for (size_t i = 0; i < b->n_lines; i++) {
+        const cf_line_t *l = &b->lines[i];
+        const char *n = name_of(l);
+        cfg_handler_t h = {.file = l->toks[0].file, .line = l->toks[0].line};
+        rc = 0;
+        if (strcmp(n, "reverse_proxy") == 0) {
+            rc = parse_proxy(c, l, &h);
+        } else if (strcmp(n, "header") == 0) {
+            rc = parse_header(c, l, &h);
+        } else if (strcmp(n, "respond") == 0) {
+            rc = parse_respond(c, l, &h);
+        } else if (strcmp(n, "redir") == 0) {
+            rc = parse_redir(c, l, &h);
+        } else if (strcmp(n, "tls") == 0) {
+            rc = parse_tls(c, l, site);
+        } else if (strcmp(n, "log") == 0) {
+            rc = parse_log(c, l, site);
+        } else if (n[0] == '@') {
+            rc = errf(c, &l->toks[0], "%s: named matchers are not supported by psproxy", n);
+        } else if (c->braceless && l->open != NULL) {
+            rc = errf(c, &l->toks[0],
+                      "%s: not supported by psproxy (if this is a site, every "
+                      "site needs braces when there are several)",
+                      n);
+        } else {
+            rc = errf(c, &l->toks[0], "%s: not supported by psproxy", n);
+        }
+        if (rc != 0)
+            return rc;
+        if (h.kind != 0) {
+            site->handlers =
+                grow(c->a, site->handlers, site->n_handlers, &hcap, sizeof(*site->handlers));
+            site->handlers[site->n_handlers++] = h;
+        }
+    }
+    sort_handlers(site->handlers, site->n_handlers);
+    return 0;
+}
+
+/* ---- listeners --------------------------------------------------------- */
+
+static size_t host_specificity(const char *h)
+{
+    size_t n = strlen(h);
+    for (const char *p = h; *p; p++)
+        n -= *p == '*';
+    return n;
+}
+
+/* The site's longest host on PORT and whether any is a wildcard or empty. */
+static void site_hosts_on(const cfg_site_t *s, int port, size_t *longest, int *wild)
+{
+    *longest = 0;
+    *wild = 0;
+    for (size_t i = 0; i < s->n_addrs; i++) {
+        if (s->addrs[i].port != port)
+            continue;
+        const char *h = s->addrs[i].host;
+        if (h[0] == '\0' || strchr(h, '*') != NULL)
+            *wild = 1;
+        size_t sp = host_specificity(h);
+        if (sp > *longest)
+            *longest = sp;
+    }
+}
+
+/* Caddy's server block order (httpcaddyfile serversFromPairings): longer
+ * hosts first, wildcards after exact hosts, catch-alls last. */
+static int site_less(const cfg_site_t *i, const cfg_site_t *j, int port)
+{
+    size_t il, jl;
+    int iw, jw;
+    site_hosts_on(i, port, &il, &iw);
+    site_hosts_on(j, port, &jl, &jw);
+    if (il == 0)
+        return 0;
+    if (jl == 0)
+        return 1;
+    if (iw != jw)
+        return jw && !iw;
+    return il > jl;
+}
+
+static int build_listeners(ctx_t *c)
+{
+    cfg_t *cfg = c->cfg;
+    size_t lcap = 0;
+    for (size_t si = 0; si < cfg->n_sites; si++) {
+        cfg_site_t *s = &cfg->sites[si];
+        for (size_t ai = 0; ai < s->n_addrs; ai++) {
+            const cfg_addr_t *a = &s->addrs[ai];
+            cfg_listener_t *ln = NULL;
+            for (size_t k = 0; k < cfg->n_listeners && ln == NULL; k++)
+                if (cfg->listeners[k].port == a->port)
+                    ln = &cfg->listeners[k];
+            const cf_token_t at = {.file = s->file, .line = a->line};
+            if (ln == NULL) {
+                cfg->listeners =
+                    grow(c->a, cfg->listeners, cfg->n_listeners, &lcap, sizeof(*cfg->listeners));
+                ln = &cfg->listeners[cfg->n_listeners++];
+                memset(ln, 0, sizeof(*ln));
+                ln->port = a->port;
+                ln->scheme = a->scheme;
+            }
+            int present = 0;
+            for (size_t k = 0; k < ln->n_sites; k++) {
+                const cfg_site_t *o = ln->sites[k];
+                present |= o == s;
+                for (size_t m = 0; m < o->n_addrs; m++) {
+                    const cfg_addr_t *oa = &o->addrs[m];
+                    if (oa->port != a->port)
+                        continue;
+                    if (oa->scheme != a->scheme)
+                        return errf(c, &at,
+                                    "port %d serves %s (%s:%d) and %s here: one port cannot mix "
+                                    "http and https",
+                                    a->port, oa->scheme == CFG_SCHEME_HTTP ? "http" : "https",
+                                    o->file, oa->line,
+                                    a->scheme == CFG_SCHEME_HTTP ? "http" : "https");
+                    if (o != s && strcmp(oa->host, a->host) == 0)
+                        return errf(
+                            c, &at, "ambiguous site definition: %s:%d is also defined at %s:%d",
+                            a->host[0] ? a->host : "(any host)", a->port, o->file, oa->line);
+                }
+            }
+            if (!present) {
+                /* a listener's site list only grows here: allocate exact */
+                cfg_site_t **ns = arena_alloc(c->a, (ln->n_sites + 1) * sizeof(*ns));
+                if (ln->n_sites > 0)
+                    memcpy(ns, ln->sites, ln->n_sites * sizeof(*ns));
+                ns[ln->n_sites++] = s;
+                ln->sites = ns;
+            }
+        }
+    }
+    for (size_t k = 0; k < cfg->n_listeners; k++) {
+        cfg_listener_t *ln = &cfg->listeners[k];
+        for (size_t i = 1; i < ln->n_sites; i++) {
+            for (size_t j = i; j > 0 && site_less(ln->sites[j], ln->sites[j - 1], ln->port); j--) {
+                cfg_site_t *tmp = ln->sites[j];
+                ln->sites[j] = ln->sites[j - 1];
+                ln->sites[j - 1] = tmp;
+            }
+        }
+    }
+    return 0;
+}
+
+static int interpret(ctx_t *c, const cf_block_t *blocks, size_t n)
+{
+    cfg_t *cfg = c->cfg;
+    size_t first = 0;
+    int rc;
+    if (n > 0 && blocks[0].n_keys == 0) {
+        rc = parse_global(c, &blocks[0]);
+        if (rc != 0)
+            return rc;
+        first = 1;
+    }
+    cfg->sites = arena_alloc(c->a, (n - first + 1) * sizeof(*cfg->sites));
+    for (size_t i = first; i < n; i++) {
+        const cf_block_t *b = &blocks[i];
+        if (b->n_keys == 0) {
+            const cf_token_t at = {.file = b->file, .line = b->line};
+            return errf(c, &at,
+                        "a block without addresses is the global options block and "
+                        "must come first");
+        }
+        c->braceless = !b->has_braces;
+        rc = parse_site(c, b, &cfg->sites[cfg->n_sites]);
+        if (rc != 0)
+            return rc;
+        cfg->n_sites++;
+    }
+    return build_listeners(c);
+}
+
+static void cfg_defaults(cfg_t *cfg)
+{
+    cfg->admin_addr = "localhost:2019";
+    cfg->http_port = 80;
+    cfg->https_port = 443;
+    cfg->timeouts.read_header = 30000;
+    cfg->timeouts.read_body = 60000;
+    cfg->timeouts.write = 60000;
+    cfg->timeouts.idle = 300000;
+    cfg->max_header_size = 32768;
+}
+
+static int cfg_build(const char *name, const char *text, size_t len, cfg_t **out, char *err,
+                     size_t errlen)
+{
+    int rc = 0;
+    cf_block_t *blocks = NULL;
+    size_t n = 0;
+    arena_t *a = arena_new();
+    cfg_t *cfg = arena_alloc(a, sizeof(*cfg));
+    ctx_t c = {.cfg = cfg, .a = a, .err = err, .errlen = errlen};
+
+    *out = NULL;
+    if (errlen > 0)
+        err[0] = '\0';
+    atomic_init(&cfg->refcnt, 1);
+    cfg->arena = a;
+    cfg_defaults(cfg);
+    cfg->path = arena_strdup(a, name);
+    rc = cf_parse(a, name, text, len, &blocks, &n, err, errlen);
+    if (rc != 0)
+        goto fail;
+    /* http_port and https_port decide the addresses' defaults, so the
+     * global options are read before any site (interpret does both) */
+    rc = interpret(&c, blocks, n);
+    if (rc != 0)
+        goto fail;
+    *out = cfg;
+    return 0;
+fail:
+    arena_free(a);
+    return PS_ECONFIG;
+}
+
+int cfg_load(const char *path, cfg_t **out, char *err, size_t errlen)
+{
+    return cfg_build(path, NULL, 0, out, err, errlen);
+}
+
+int cfg_parse(const char *name, const char *text, size_t len, cfg_t **out, char *err, size_t errlen)
+{
+    return cfg_build(name, text ? text : "", text ? len : 0, out, err, errlen);
+}
+
+cfg_t *cfg_ref(cfg_t *cfg)
+{
+    atomic_fetch_add_explicit(&cfg->refcnt, 1, memory_order_relaxed);
+    return cfg;
+}
+
+void cfg_unref(cfg_t *cfg)
+{
+    if (cfg == NULL)
+        return;
+    /* acq_rel: the last owner must see every write made through the others */
+    if (atomic_fetch_sub_explicit(&cfg->refcnt, 1, memory_order_acq_rel) == 1)
+        arena_free(cfg->arena);
+}
+
+/* ---- matching ---------------------------------------------------------- */
+
+/* Go's path.Match on lower-cased text: '*' any run without '/', '?' one
+ * byte but '/', [class] with ranges and '^' negation, '\' escapes. P and S
+ * are bounded by their ends. */
+static int glob_match(const char *p, const char *pe, const char *s, const char *se)
+{
+    const char *star_p = NULL, *star_s = NULL;
+    while (s < se || p < pe) {
+        if (p < pe && *p == '*') {
+            star_p = ++p;
+            star_s = s;
+            continue;
+        }
+        if (p < pe && s < se) {
+            char ch = (char)tolower((unsigned char)*s);
+            if (*p == '?' && ch != '/') {
+                p++;
+                s++;
+                continue;
+            }
+            if (*p == '[') {
+                const char *q = p + 1;
+                int neg = 0, ok = 0;
+                if (q < pe && *q == '^') {
+                    neg = 1;
+                    q++;
+                }
+                int first = 1; /* Go takes a ']' right after '[' as a member */
+                while (q < pe && (*q != ']' || first)) {
+                    char lo = *q++, hi;
+                    if (lo == '\\' && q < pe)
+                        lo = *q++;
+                    hi = lo;
+                    if (q + 1 < pe && *q == '-' && q[1] != ']') {
+                        q++;
+                        hi = *q++;
+                        if (hi == '\\' && q < pe)
+                            hi = *q++;
+                    }
+                    lo = (char)tolower((unsigned char)lo);
+                    hi = (char)tolower((unsigned char)hi);
+                    if (ch >= lo && ch <= hi)
+                        ok = 1;
+                    first = 0;
+                }
+                if (q >= pe)
+                    return 0; /* malformed: Go returns ErrBadPattern, no match */
+                if (ok != neg && ch != '/') {
+                    p = q + 1;
+                    s++;
+                    continue;
+                }
+            } else {
+                char pc = *p;
+                const char *np = p + 1;
+                if (pc == '\\' && p + 1 < pe) {
+                    pc = p[1];
+                    np = p + 2;
+                }
+                if (pc != '?' || *p == '\\') {
+                    if ((char)tolower((unsigned char)pc) == ch) {
+                        p = np;
+                        s++;
+                        continue;
+                    }
+                }
+            }
+        }
+        /* mismatch: let the last star eat one more byte, never a '/' */
+        if (star_p != NULL && star_s < se && *star_s != '/') {
+            star_s++;
+            p = star_p;
+            s = star_s;
+            continue;
+        }
+        return 0;
+    }
+    return 1;
+}
+
+static int has_prefix_ci(const char *s, size_t len, const char *pre, size_t plen)
+{
+    return plen <= len && strncasecmp(s, pre, plen) == 0;
+}
+
+int cfg_match_path(const char *pattern, const char *path, size_t len)
+{
+    size_t pl = strlen(pattern);
+    /* Caddy trims trailing dots and spaces (Windows ignores them when
+     * opening files, see caddy#2917) */
+    while (len > 0 && (path[len - 1] == '.' || path[len - 1] == ' '))
+        len--;
+    if (strcmp(pattern, "*") == 0)
+        return 1;
+    if (pl > 1 && pattern[0] == '*' && pattern[pl - 1] == '*') {
+        size_t nl = pl - 2;
+        if (nl == 0)
+            return 1;
+        for (size_t i = 0; i + nl <= len; i++)
+            if (strncasecmp(path + i, pattern + 1, nl) == 0)
+                return 1;
+        return 0;
+    }
+    if (pattern[0] == '*')
+        return pl - 1 <= len && strncasecmp(path + len - (pl - 1), pattern + 1, pl - 1) == 0;
+    if (pl > 0 && pattern[pl - 1] == '*')
+        return has_prefix_ci(path, len, pattern, pl - 1);
+    return glob_match(pattern, pattern + pl, path, path + len);
+}
+
+int cfg_match_host(const char *pattern, const char *host, size_t len)
+{
+    if (pattern[0] == '\0')
+        return 1;
+    if (strchr(pattern, '*') == NULL)
+        return strlen(pattern) == len && strncasecmp(pattern, host, len) == 0;
+    /* label by label: "*" stands for exactly one label */
+    const char *p = pattern, *h = host, *he = host + len;
+    for (;;) {
+        const char *pd = strchr(p, '.');
+        size_t pl = pd ? (size_t)(pd - p) : strlen(p);
+        const char *hd = memchr(h, '.', (size_t)(he - h));
+        size_t hl = hd ? (size_t)(hd - h) : (size_t)(he - h);
+        if (!(pl == 1 && p[0] == '*') && (pl != hl || strncasecmp(p, h, pl) != 0))
+            return 0;
+        if ((pd == NULL) != (hd == NULL))
+            return 0;
+        if (pd == NULL)
+            return 1;
+        p = pd + 1;
+        h = hd + 1;
+    }
+}
+
+/* ---- dump -------------------------------------------------------------- */
+
+static const char *scheme_name(int s)
+{
+    return s == CFG_SCHEME_HTTP ? "http" : "https";
+}
+
+/* The template as Caddy's JSON spells it: long placeholder names, and a
+ * backslash before a literal brace that would read as a placeholder. */
+static cJSON *tmpl_json(const cfg_tmpl_t *t)
+{
+    size_t cap = 1;
+    for (size_t i = 0; i < t->n_parts; i++)
+        cap += t->parts[i].var ? 64 : t->parts[i].len * 2;
+    char *buf = malloc(cap), *w = buf;
+    if (buf == NULL)
+        return NULL;
+    for (size_t i = 0; i < t->n_parts; i++) {
+        const cfg_tmpl_part_t *p = &t->parts[i];
+        if (p->var != CFG_VAR_NONE) {
+            for (size_t k = 0; k < PS_ARRAY_SIZE(vars); k++)
+                if (vars[k].var == p->var)
+                    w += sprintf(w, "{%s}", vars[k].longname);
+            continue;
+        }
+        for (size_t k = 0; k < p->len; k++) {
+            if (p->lit[k] == '{') { /* escape only what would read as a placeholder */
+                size_t e = k + 1;
+                while (e < p->len && is_var_char(p->lit[e]))
+                    e++;
+                if (e > k + 1 && e < p->len && p->lit[e] == '}')
+                    *w++ = '\\';
+            }
+            *w++ = p->lit[k];
+        }
+    }
+    *w = '\0';
+    cJSON *j = cJSON_CreateString(buf);
+    free(buf);
+    return j;
+}
+
+static cJSON *hdr_ops_json(const cfg_hdr_ops_t *ops)
+{
+    static const char *const names[] = {"", "set", "add", "delete", "default"};
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; i < ops->n; i++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "op", names[ops->ops[i].op]);
+        cJSON_AddStringToObject(o, "name", ops->ops[i].name);
+        if (ops->ops[i].op != CFG_HDR_DEL)
+            cJSON_AddItemToObject(o, "value", tmpl_json(&ops->ops[i].value));
+        cJSON_AddItemToArray(arr, o);
+    }
+    return arr;
+}
+
+static cJSON *handler_json(const cfg_handler_t *h)
+{
+    static const char *const lb[] = {"random", "round_robin", "first", "least_conn"};
+    cJSON *o = cJSON_CreateObject();
+    switch (h->kind) {
+    case CFG_H_HEADER:
+        cJSON_AddStringToObject(o, "kind", "header");
+        break;
+    case CFG_H_REDIR:
+        cJSON_AddStringToObject(o, "kind", "redir");
+        break;
+    case CFG_H_RESPOND:
+        cJSON_AddStringToObject(o, "kind", "respond");
+        break;
+    default:
+        cJSON_AddStringToObject(o, "kind", "reverse_proxy");
+        break;
+    }
+    if (h->match)
+        cJSON_AddStringToObject(o, "match", h->match);
+    else
+        cJSON_AddNullToObject(o, "match");
+    cJSON_AddStringToObject(o, "file", h->file);
+    cJSON_AddNumberToObject(o, "line", h->line);
+    if (h->kind == CFG_H_HEADER) {
+        cJSON_AddItemToObject(o, "ops", hdr_ops_json(&h->u.header));
+    } else if (h->kind == CFG_H_REDIR) {
+        cJSON_AddNumberToObject(o, "status", h->u.redir.status);
+        cJSON_AddItemToObject(o, "to", tmpl_json(&h->u.redir.to));
+    } else if (h->kind == CFG_H_RESPOND) {
+        cJSON_AddNumberToObject(o, "status", h->u.respond.status);
+        cJSON_AddItemToObject(o, "body", tmpl_json(&h->u.respond.body));
+        cJSON_AddBoolToObject(o, "close", h->u.respond.close);
+    } else {
+        const cfg_proxy_t *px = &h->u.proxy;
+        cJSON *ups = cJSON_AddArrayToObject(o, "upstreams");
+        for (size_t i = 0; i < px->n_ups; i++)
+            cJSON_AddItemToArray(ups, cJSON_CreateString(px->ups[i].hostport));
+        cJSON_AddStringToObject(o, "lb_policy", lb[px->lb_policy]);
+        cJSON_AddNumberToObject(o, "lb_try_duration_ms", (double)px->lb_try_duration);
+        cJSON_AddNumberToObject(o, "lb_try_interval_ms", (double)px->lb_try_interval);
+        cJSON_AddItemToObject(o, "header_up", hdr_ops_json(&px->header_up));
+        cJSON_AddItemToObject(o, "header_down", hdr_ops_json(&px->header_down));
+        cJSON_AddNumberToObject(o, "dial_timeout_ms", (double)px->dial_timeout);
+        cJSON_AddNumberToObject(o, "response_header_timeout_ms",
+                                (double)px->response_header_timeout);
+        cJSON_AddNumberToObject(o, "read_timeout_ms", (double)px->read_timeout);
+        cJSON_AddNumberToObject(o, "write_timeout_ms", (double)px->write_timeout);
+        cJSON_AddNumberToObject(o, "keepalive_ms", (double)px->keepalive);
+        cJSON_AddNumberToObject(o, "keepalive_idle_conns", px->keepalive_idle_conns);
+        cJSON_AddBoolToObject(o, "keepalive_off", px->keepalive_off);
+    }
+    return o;
+}
+
+static void add_str_or_null(cJSON *o, const char *k, const char *v)
+{
+    if (v)
+        cJSON_AddStringToObject(o, k, v);
+    else
+        cJSON_AddNullToObject(o, k);
+}
+
+int cfg_dump_json(const cfg_t *cfg, FILE *out)
+{
+    static const char *const ah[] = {"on", "off", "disable_redirects"};
+    cJSON *root = cJSON_CreateObject();
+    cJSON *g = cJSON_AddObjectToObject(root, "global");
+    cJSON_AddBoolToObject(g, "admin_off", cfg->admin_off);
+    cJSON_AddStringToObject(g, "admin", cfg->admin_addr);
+    cJSON_AddNumberToObject(g, "http_port", cfg->http_port);
+    cJSON_AddNumberToObject(g, "https_port", cfg->https_port);
+    add_str_or_null(g, "email", cfg->email);
+    add_str_or_null(g, "acme_ca", cfg->acme_ca);
+    add_str_or_null(g, "acme_ca_root", cfg->acme_ca_root);
+    add_str_or_null(g, "storage_root", cfg->storage_root);
+    cJSON_AddNumberToObject(g, "grace_period_ms", (double)cfg->grace_period);
+    cJSON_AddStringToObject(g, "auto_https", ah[cfg->auto_https]);
+    cJSON_AddNumberToObject(g, "workers", cfg->workers);
+    cJSON_AddNumberToObject(g, "read_header_timeout_ms", (double)cfg->timeouts.read_header);
+    cJSON_AddNumberToObject(g, "read_body_timeout_ms", (double)cfg->timeouts.read_body);
+    cJSON_AddNumberToObject(g, "write_timeout_ms", (double)cfg->timeouts.write);
+    cJSON_AddNumberToObject(g, "idle_timeout_ms", (double)cfg->timeouts.idle);
+    cJSON_AddNumberToObject(g, "max_header_size", (double)cfg->max_header_size);
+
+    cJSON *lns = cJSON_AddArrayToObject(root, "listeners");
+    for (size_t i = 0; i < cfg->n_listeners; i++) {
+        const cfg_listener_t *ln = &cfg->listeners[i];
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "port", ln->port);
+        cJSON_AddStringToObject(o, "scheme", scheme_name(ln->scheme));
+        cJSON *hosts = cJSON_AddArrayToObject(o, "hosts");
+        cJSON *sites = cJSON_AddArrayToObject(o, "sites");
+        for (size_t k = 0; k < ln->n_sites; k++) {
+            const cfg_site_t *s = ln->sites[k];
+            cJSON_AddItemToArray(sites, cJSON_CreateNumber((double)(s - cfg->sites)));
+            for (size_t m = 0; m < s->n_addrs; m++)
+                if (s->addrs[m].port == ln->port)
+                    cJSON_AddItemToArray(hosts, cJSON_CreateString(s->addrs[m].host));
+        }
+        cJSON_AddItemToArray(lns, o);
+    }
+
+    cJSON *sites = cJSON_AddArrayToObject(root, "sites");
+    for (size_t i = 0; i < cfg->n_sites; i++) {
+        const cfg_site_t *s = &cfg->sites[i];
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "file", s->file);
+        cJSON_AddNumberToObject(o, "line", s->line);
+        cJSON *addrs = cJSON_AddArrayToObject(o, "addrs");
+        for (size_t k = 0; k < s->n_addrs; k++) {
+            cJSON *a = cJSON_CreateObject();
+            cJSON_AddStringToObject(a, "scheme", scheme_name(s->addrs[k].scheme));
+            cJSON_AddStringToObject(a, "host", s->addrs[k].host);
+            cJSON_AddNumberToObject(a, "port", s->addrs[k].port);
+            cJSON_AddItemToArray(addrs, a);
+        }
+        cJSON *hs = cJSON_AddArrayToObject(o, "handlers");
+        for (size_t k = 0; k < s->n_handlers; k++)
+            cJSON_AddItemToArray(hs, handler_json(&s->handlers[k]));
+        if (s->tls.line != 0) {
+            cJSON *t = cJSON_AddObjectToObject(o, "tls");
+            add_str_or_null(t, "cert_file", s->tls.cert_file);
+            add_str_or_null(t, "key_file", s->tls.key_file);
+            add_str_or_null(t, "email", s->tls.email);
+            cJSON_AddBoolToObject(t, "internal", s->tls.internal);
+        }
+        if (s->log.enabled) {
+            cJSON *l = cJSON_AddObjectToObject(o, "log");
+            add_str_or_null(l, "file", s->log.file);
+            cJSON_AddStringToObject(l, "format", s->log.format_json ? "json" : "console");
+        }
+        cJSON_AddItemToArray(sites, o);
+    }
+    char *txt = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (txt == NULL)
+        return UV_ENOMEM;
+    int ok = fputs(txt, out) >= 0 && fputc('\n', out) != EOF;
+    cJSON_free(txt);
+    return ok ? 0 : UV_EIO;
+}
