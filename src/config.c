@@ -1198,9 +1198,9 @@ static int parse_log(ctx_t *c, const cf_line_t *l, cfg_site_t *site)
         } else if (strcmp(n, "format") == 0) {
             rc = want_args(c, s, "log: format", 1, 1, 0);
             if (rc == 0 && strcmp(s->toks[1].text, "json") == 0)
-                site->log.format_json = 1;
+                site->log.format = CFG_LOG_JSON;
             else if (rc == 0 && strcmp(s->toks[1].text, "console") == 0)
-                site->log.format_json = 0;
+                site->log.format = CFG_LOG_CONSOLE;
             else if (rc == 0)
                 rc = errf(c, &s->toks[1], "log: format %s: not supported by psproxy",
                           s->toks[1].text);
@@ -1833,7 +1833,10 @@ int cfg_dump_json(const cfg_t *cfg, FILE *out)
         if (s->log.enabled) {
             cJSON *l = cJSON_AddObjectToObject(o, "log");
             add_str_or_null(l, "file", s->log.file);
-            cJSON_AddStringToObject(l, "format", s->log.format_json ? "json" : "console");
+            cJSON_AddStringToObject(l, "format",
+                                    s->log.format == CFG_LOG_JSON      ? "json"
+                                    : s->log.format == CFG_LOG_CONSOLE ? "console"
+                                                                       : "auto");
         }
         cJSON_AddItemToArray(sites, o);
     }

@@ -48,6 +48,12 @@ typedef struct cfg_tmpl {
     size_t n_parts;
 } cfg_tmpl_t;
 
+enum cfg_log_format {
+    CFG_LOG_AUTO = 0, /* Caddy's default: console on a terminal, else json */
+    CFG_LOG_CONSOLE,
+    CFG_LOG_JSON,
+};
+
 enum cfg_hdr_op_kind {
     CFG_HDR_SET = 1, /* Name value: replace all values */
     CFG_HDR_ADD,     /* +Name value: add one more */
@@ -165,7 +171,7 @@ typedef struct cfg_site {
     struct {
         int enabled;       /* a log directive is present */
         const char *file;  /* output file PATH; NULL = stderr */
-        int format_json;   /* format json (default console) */
+        int format;        /* enum cfg_log_format */
     } log;
     const char *file;
     int line;

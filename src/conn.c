@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "access_log.h"
 #include "common.h"
 #include "log.h"
 
@@ -313,6 +314,7 @@ static int on_headers_complete(llhttp_t *p)
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     conn_t *c = container_of(p, conn_t, req.parser);
+    c->bytes_in += len;
     if (c->state == CONN_S_RESPOND)
         return 0; /* answered here: the body is read and dropped */
     /* chunk framing between the pieces is parsed already: close the gaps so
@@ -423,6 +425,7 @@ void conn_respond(conn_t *c, int status, const char *extra, const char *body, si
         status = 500;
     }
     c->status = status;
+    c->bytes_out = c->head_method ? 0 : len;
     uv_buf_t b = uv_buf_init(c->hbuf, (unsigned)n);
     int r = conn_write(c, &b, 1);
     if (r < 0) {
@@ -533,6 +536,9 @@ static void conn_on_head(conn_t *c)
     http_vars_from_request(&c->vars, &c->req, c->https, c->peer_ip, c->peer_port);
 
     c->site = route_site(c);
+    c->bytes_in = c->bytes_out = 0;
+    if (c->site != NULL && c->site->log.enabled)
+        c->t_start = uv_hrtime();
     c->handler = NULL;
     c->resp_ops[0] = NULL; /* header_down, once a proxy handles it */
     c->n_resp_ops = 1;
@@ -620,9 +626,18 @@ void conn_access_log(conn_t *c)
 {
     if (c->site == NULL || !c->site->log.enabled)
         return;
-    log_info("access: %s %.*s %.*s%.*s %d", c->peer_ip, (int)c->vars.method.len,
-             c->vars.method.base, (int)c->vars.hostport.len, c->vars.hostport.base,
-             (int)c->vars.uri.len, c->vars.uri.base, c->status);
+    alog_entry_t e;
+    e.remote_ip = c->peer_ip;
+    e.remote_port = c->peer_port;
+    e.method = c->vars.method;
+    e.host = c->vars.hostport;
+    e.uri = c->req.url;
+    e.http_minor = c->req.parser.http_minor;
+    e.status = c->status;
+    e.bytes_read = c->bytes_in;
+    e.size = c->bytes_out;
+    e.duration = (double)(uv_hrtime() - c->t_start) / 1e9;
+    alog_write(c->w->alog, c->site, (size_t)(c->site - c->cfg->sites), &e);
 }
 
 void conn_request_done(conn_t *c)

@@ -92,6 +92,9 @@ struct conn {
     char up_chunk[20];         /* chunk-size line of the body going up */
     char down_chunk[20];       /* chunk-size line of the body going down */
     int status;                /* the status sent, for the log */
+    uint64_t t_start;          /* uv_hrtime() at the head, when the site logs */
+    uint64_t bytes_in;         /* request body bytes read */
+    uint64_t bytes_out;        /* response body bytes sent */
 };
 
 /* Accepts a connection from the listener. */

@@ -377,6 +377,7 @@ static void pump_response(conn_t *c)
             iov[n++] = uv_buf_init(u->body, (unsigned)u->body_len);
             if (c->resp_framing == HTTP_BODY_CHUNKED)
                 iov[n++] = uv_buf_init((char *)CRLF, 2);
+            c->bytes_out += u->body_len;
         }
         if (c->resp_done) {
             if (c->resp_framing == HTTP_BODY_CHUNKED)

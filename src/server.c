@@ -136,6 +136,11 @@ int srv_start(srv_t *s, cfg_t *cfg)
     if (n < 1)
         n = 1;
     s->cfg = cfg;
+    char msg[1024];
+    if (alog_open(&s->alog, cfg, msg, sizeof(msg)) != 0) {
+        log_err("%s", msg);
+        return PS_ECONFIG;
+    }
     s->targets = up_targets_new(cfg);
     s->workers = calloc((size_t)n, sizeof(worker_t));
     if (s->workers == NULL)
@@ -146,6 +151,7 @@ int srv_start(srv_t *s, cfg_t *cfg)
         w->index = i;
         w->cfg = cfg_ref(cfg);
         w->targets = s->targets;
+        w->alog = &s->alog;
         w->rand_state = (uint32_t)(uv_hrtime() ^ ((uint64_t)i * 2654435761u)) | 1;
         atomic_init(&w->stop, 0);
         uv_loop_init(&w->loop);
@@ -199,6 +205,7 @@ fail:
     s->n_workers = 0;
     up_targets_free(s->targets);
     s->targets = NULL;
+    alog_close(&s->alog);
     return err;
 }
 
@@ -217,4 +224,5 @@ void srv_stop(srv_t *s)
     s->n_workers = 0;
     up_targets_free(s->targets);
     s->targets = NULL;
+    alog_close(&s->alog);
 }

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "access_log.h"
 #include "buf.h"
 #include "config.h"
 
@@ -27,6 +28,7 @@ typedef struct worker {
     int index;
     cfg_t *cfg;        /* the snapshot new connections get */
     up_targets_t *targets;
+    const alog_t *alog;
     buf_pool_t bufs;
     listener_t *listeners;
     size_t n_listeners;
@@ -39,6 +41,7 @@ typedef struct worker {
 
 typedef struct srv {
     cfg_t *cfg;
+    alog_t alog;
     up_targets_t *targets;
     worker_t *workers;
     int n_workers;

@@ -1312,9 +1312,9 @@ TEST(log_forms)
         return;
     CHECK_INT(c->sites[0].log.enabled, 1);
     CHECK(c->sites[0].log.file == NULL);
-    CHECK_INT(c->sites[0].log.format_json, 0);
+    CHECK_INT(c->sites[0].log.format, CFG_LOG_AUTO);
     CHECK_STR(c->sites[1].log.file, "/var/log/b.log");
-    CHECK_INT(c->sites[1].log.format_json, 1);
+    CHECK_INT(c->sites[1].log.format, CFG_LOG_JSON);
     CHECK_INT(c->sites[2].log.enabled, 1);
     CHECK(c->sites[2].log.file == NULL);
     CHECK_INT(c->sites[3].log.enabled, 0);

@@ -1,0 +1,136 @@
+/* Access log lines, formatted into a stack buffer and written whole. */
+#include "access_log.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common.h"
+
+int alog_open(alog_t *a, const cfg_t *cfg, char *err, size_t errlen)
+{
+    a->n = cfg->n_sites;
+    a->fds = calloc(a->n > 0 ? a->n : 1, sizeof(int));
+    if (a->fds == NULL)
+        abort();
+    a->stderr_tty = isatty(STDERR_FILENO);
+    for (size_t i = 0; i < a->n; i++) {
+        const cfg_site_t *s = &cfg->sites[i];
+        a->fds[i] = STDERR_FILENO;
+        if (!s->log.enabled || s->log.file == NULL)
+            continue;
+        int fd = open(s->log.file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        if (fd < 0) {
+            snprintf(err, errlen, "%s:%d: log: cannot open %s: %s", s->file, s->line,
+                     s->log.file, strerror(errno));
+            a->n = i;
+            alog_close(a);
+            return PS_ECONFIG;
+        }
+        a->fds[i] = fd;
+    }
+    return 0;
+}
+
+void alog_close(alog_t *a)
+{
+    for (size_t i = 0; i < a->n; i++)
+        if (a->fds[i] != STDERR_FILENO)
+            close(a->fds[i]);
+    free(a->fds);
+    a->fds = NULL;
+    a->n = 0;
+}
+
+typedef struct line {
+    char buf[4096];
+    size_t len;
+} line_t;
+
+static void add(line_t *l, const char *s, size_t n)
+{
+    size_t room = sizeof(l->buf) - 2 - l->len; /* keep room for "}\n" */
+    if (n > room)
+        n = room;
+    memcpy(l->buf + l->len, s, n);
+    l->len += n;
+}
+
+static void addf(line_t *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void addf(line_t *l, const char *fmt, ...)
+{
+    char tmp[128];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        add(l, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+}
+
+/* A JSON string: what the client sent is untrusted, so escape it all. */
+static void add_str(line_t *l, const char *s, size_t n)
+{
+    add(l, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            add(l, e, 2);
+        } else if (c < 0x20 || c >= 0x7f) {
+            addf(l, "\\u%04x", c);
+        } else {
+            add(l, (const char *)&c, 1);
+        }
+    }
+    add(l, "\"", 1);
+}
+
+static void add_field(line_t *l, const char *name, uv_buf_t v)
+{
+    addf(l, ",\"%s\":", name);
+    add_str(l, v.base != NULL ? v.base : "", v.len);
+}
+
+void alog_write(const alog_t *a, const cfg_site_t *site, size_t site_index,
+                const alog_entry_t *e)
+{
+    if (site_index >= a->n)
+        return;
+    int json = site->log.format == CFG_LOG_JSON ||
+               (site->log.format == CFG_LOG_AUTO && !a->stderr_tty);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    line_t l;
+    l.len = 0;
+    if (json) {
+        addf(&l, "{\"level\":\"info\",\"ts\":%lld.%06ld,\"logger\":\"http.log.access\","
+                 "\"msg\":\"handled request\",",
+             (long long)ts.tv_sec, ts.tv_nsec / 1000);
+    } else {
+        struct tm tm;
+        char when[32];
+        localtime_r(&ts.tv_sec, &tm);
+        strftime(when, sizeof(when), "%Y/%m/%d %H:%M:%S", &tm);
+        addf(&l, "%s.%03ld\tinfo\thttp.log.access\thandled request\t{", when,
+             ts.tv_nsec / 1000000);
+    }
+    addf(&l, "\"request\":{\"remote_ip\":");
+    add_str(&l, e->remote_ip, strlen(e->remote_ip));
+    add_field(&l, "remote_port", uv_buf_init((char *)e->remote_port, strlen(e->remote_port)));
+    addf(&l, ",\"proto\":\"HTTP/1.%d\"", e->http_minor);
+    add_field(&l, "method", e->method);
+    add_field(&l, "host", e->host);
+    add_field(&l, "uri", e->uri);
+    addf(&l, "},\"bytes_read\":%llu,\"duration\":%.6f,\"size\":%llu,\"status\":%d",
+         (unsigned long long)e->bytes_read, e->duration, (unsigned long long)e->size, e->status);
+    l.buf[l.len++] = '}';
+    l.buf[l.len++] = '\n';
+    ssize_t w = write(a->fds[site_index], l.buf, l.len);
+    (void)w; /* a full disk must not stop the proxy */
+}

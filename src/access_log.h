@@ -1,0 +1,41 @@
+/* Access logs: one line per request in the shape of Caddy's
+ * http.log.access entries, JSON or console, to stderr or to a file that is
+ * opened when the server starts. */
+#ifndef PS_ACCESS_LOG_H
+#define PS_ACCESS_LOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+
+typedef struct alog_entry {
+    const char *remote_ip;
+    const char *remote_port;
+    uv_buf_t method, host, uri;
+    int http_minor;      /* HTTP/1.x */
+    int status;
+    uint64_t bytes_read; /* request body bytes */
+    uint64_t size;       /* response body bytes */
+    double duration;     /* seconds from the end of the request head */
+} alog_entry_t;
+
+/* The open outputs of one config: fds[i] serves cfg->sites[i]. */
+typedef struct alog {
+    int *fds;
+    size_t n;
+    int stderr_tty; /* CFG_LOG_AUTO picks console on a terminal, as Caddy */
+} alog_t;
+
+/* Opens every site's log output. Returns 0, or an error with "file:line:
+ * log: cannot open PATH: reason" in ERR. */
+int alog_open(alog_t *a, const cfg_t *cfg, char *err, size_t errlen);
+void alog_close(alog_t *a);
+
+/* Formats E as one line (at most 4 KiB, longer fields are cut) and writes
+ * it with one write(2). */
+void alog_write(const alog_t *a, const cfg_site_t *site, size_t site_index,
+                const alog_entry_t *e);
+
+#endif

@@ -1,0 +1,79 @@
+"""Access logs (`log`): one line per request in Caddy's http.log.access
+shape, JSON or console, to stderr or a file; nothing without `log`."""
+
+import json
+import time
+
+from conftest import curl, proxy_block
+
+
+def read_lines(path, want, timeout=3.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            lines = path.read_text().splitlines()
+            if len(lines) >= want:
+                return lines
+        time.sleep(0.05)
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_json_access_log_to_a_file(proxy_factory, upstream, tmp_path):
+    log = tmp_path / "access.log"
+    body = "\tlog {\n\t\toutput file %s\n\t\tformat json\n\t}\n%s" % (log, proxy_block(upstream))
+    p = proxy_factory(body)
+    r = curl(p.url + "/echo?q=%22x", "-d", "hello", tmp=tmp_path)
+    assert r.status == 200, r
+    lines = read_lines(log, 1)
+    assert len(lines) == 1, lines
+    e = json.loads(lines[0])
+    assert e["logger"] == "http.log.access" and e["msg"] == "handled request"
+    assert e["status"] == 200
+    assert e["bytes_read"] == 5
+    assert e["size"] == len(r.body)
+    assert e["duration"] >= 0
+    req = e["request"]
+    assert req["method"] == "POST"
+    assert req["uri"] == "/echo?q=%22x"
+    assert req["host"] == "127.0.0.1:%d" % p.port
+    assert req["remote_ip"] == "127.0.0.1"
+    assert req["proto"] == "HTTP/1.1"
+
+
+def test_local_answers_are_logged_too(proxy_factory, tmp_path):
+    log = tmp_path / "access.log"
+    p = proxy_factory("\tlog {\n\t\toutput file %s\n\t}\n\trespond /gone 410\n" % log)
+    r = curl(p.url + "/gone", tmp=tmp_path)
+    assert r.status == 410, r
+    e = json.loads(read_lines(log, 1)[0])  # not a terminal: JSON, as Caddy
+    assert e["status"] == 410 and e["request"]["uri"] == "/gone"
+
+
+def test_console_format_to_stderr(proxy_factory, upstream, tmp_path):
+    body = "\tlog {\n\t\tformat console\n\t}\n" + proxy_block(upstream)
+    p = proxy_factory(body)
+    assert curl(p.url + "/echo?console", tmp=tmp_path).status == 200
+    deadline = time.monotonic() + 3
+    while "handled request" not in p.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    line = [l for l in p.log_text().splitlines() if "http.log.access" in l]
+    assert len(line) == 1, p.log_text()
+    assert "\tinfo\thttp.log.access\thandled request\t{" in line[0]
+    assert '"uri":"/echo?console"' in line[0]
+
+
+def test_no_access_log_without_log_directive(proxy, tmp_path):
+    assert curl(proxy.url + "/echo?quiet", tmp=tmp_path).status == 200
+    time.sleep(0.2)
+    assert "handled request" not in proxy.log_text()
+
+
+def test_unwritable_log_file_fails_the_start_naming_the_line(tmp_path):
+    import subprocess
+    from conftest import PSPROXY
+    conf = tmp_path / "bad.conf"
+    conf.write_text("{\n\tadmin off\n}\nhttp://127.0.0.1:1 {\n\tlog {\n"
+                    "\t\toutput file /nonexistent-dir/access.log\n\t}\n}\n")
+    r = subprocess.run([PSPROXY, "-c", str(conf)], capture_output=True, text=True, timeout=10)
+    assert r.returncode != 0
+    assert "bad.conf:4: log: cannot open /nonexistent-dir/access.log" in r.stderr, r.stderr
