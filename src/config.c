@@ -608,12 +608,14 @@ static int directive_rank(int kind)
     switch (kind) {
     case CFG_H_HEADER:
         return 0;
-    case CFG_H_REDIR:
+    case CFG_H_REQUEST_BODY:
         return 1;
-    case CFG_H_RESPOND:
+    case CFG_H_REDIR:
         return 2;
-    default:
+    case CFG_H_RESPOND:
         return 3;
+    default:
+        return 4;
     }
 }
 
@@ -1138,6 +1140,33 @@ static int parse_proxy(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
     return 0;
 }
 
+/* request_body [matcher] { max_size SIZE } */
+static int parse_request_body(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
+{
+    size_t argi;
+    int rc = take_matcher(c, l, &h->match, &argi);
+    if (rc != 0)
+        return rc;
+    if (l->n_toks > argi)
+        return errf(c, &l->toks[argi], "request_body: unexpected argument \"%s\"",
+                    l->toks[argi].text);
+    h->kind = CFG_H_REQUEST_BODY;
+    for (size_t i = 0; i < l->n_block; i++) {
+        const cf_line_t *s = &l->block[i];
+        const char *n = name_of(s);
+        if (strcmp(n, "max_size") != 0)
+            return errf(c, &s->toks[0], "request_body: %s: not supported by psproxy", n);
+        rc = want_args(c, s, "request_body: max_size", 1, 1, 0);
+        if (rc != 0)
+            return rc;
+        if (parse_size(s->toks[1].text, &h->u.request_body.max_size) != 0)
+            return errf(c, &s->toks[1],
+                        "request_body: max_size: expected a size like 10MB, got \"%s\"",
+                        s->toks[1].text);
+    }
+    return 0;
+}
+
 /* ---- sites ------------------------------------------------------------- */
 
 static int parse_tls(ctx_t *c, const cf_line_t *l, cfg_site_t *site)
@@ -1278,6 +1307,8 @@ static int parse_site(ctx_t *c, const cf_block_t *b, cfg_site_t *site)
             rc = parse_respond(c, l, &h);
         } else if (strcmp(n, "redir") == 0) {
             rc = parse_redir(c, l, &h);
+        } else if (strcmp(n, "request_body") == 0) {
+            rc = parse_request_body(c, l, &h);
         } else if (strcmp(n, "tls") == 0) {
             rc = parse_tls(c, l, site);
         } else if (strcmp(n, "log") == 0) {
@@ -1708,6 +1739,10 @@ static cJSON *handler_json(const cfg_handler_t *h)
     static const char *const lb[] = {"random", "round_robin", "first", "least_conn"};
     cJSON *o = cJSON_CreateObject();
     switch (h->kind) {
+    case CFG_H_REQUEST_BODY:
+        cJSON_AddStringToObject(o, "kind", "request_body");
+        cJSON_AddNumberToObject(o, "max_size", (double)h->u.request_body.max_size);
+        break;
     case CFG_H_HEADER:
         cJSON_AddStringToObject(o, "kind", "header");
         break;

@@ -120,6 +120,7 @@ typedef struct cfg_proxy {
 
 enum cfg_handler_kind {
     CFG_H_HEADER = 1, /* response header ops; all matching ones apply */
+    CFG_H_REQUEST_BODY, /* request_body { max_size }: the first matching one applies */
     CFG_H_REDIR,      /* terminal */
     CFG_H_RESPOND,    /* terminal */
     CFG_H_PROXY,      /* terminal */
@@ -132,6 +133,9 @@ typedef struct cfg_handler {
     int line;
     union {
         cfg_hdr_ops_t header;
+        struct {
+            uint64_t max_size; /* bytes; larger bodies get 413 */
+        } request_body;
         struct {
             int status;      /* default 200 */
             cfg_tmpl_t body; /* n_parts == 0: empty */

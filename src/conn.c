@@ -317,6 +317,11 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
     c->bytes_in += len;
     if (c->state == CONN_S_RESPOND)
         return 0; /* answered here: the body is read and dropped */
+    if (c->body_limit != 0 && c->bytes_in > c->body_limit) {
+        c->req.err_status = 413; /* a chunked body grew past request_body max_size */
+        llhttp_set_error_reason(p, "request body too large");
+        return HPE_USER;
+    }
     /* chunk framing between the pieces is parsed already: close the gaps so
      * one contiguous slice (one chunk upstream) carries this pass's data */
     if (c->body == NULL)
@@ -537,6 +542,7 @@ static void conn_on_head(conn_t *c)
 
     c->site = route_site(c);
     c->bytes_in = c->bytes_out = 0;
+    c->body_limit = 0;
     if (c->site != NULL && c->site->log.enabled)
         c->t_start = uv_hrtime();
     c->handler = NULL;
@@ -553,11 +559,23 @@ static void conn_on_head(conn_t *c)
                     c->resp_ops[c->n_resp_ops++] = &h->u.header;
                 continue;
             }
+            if (h->kind == CFG_H_REQUEST_BODY) {
+                if (c->body_limit == 0)
+                    c->body_limit = h->u.request_body.max_size;
+                continue;
+            }
             c->handler = h;
             break;
         }
     }
     if (c->handler != NULL && c->handler->kind == CFG_H_PROXY) {
+        /* a declared length over the limit never reaches the upstream */
+        if (c->body_limit != 0 && (p->flags & F_CONTENT_LENGTH) &&
+            p->content_length > c->body_limit) {
+            c->keep_alive = 0;
+            conn_respond(c, 413, NULL, NULL, 0);
+            return;
+        }
         conn_set_state(c, CONN_S_CONNECT_UP);
         proxy_start(c);
         return;

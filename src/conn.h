@@ -95,6 +95,7 @@ struct conn {
     uint64_t t_start;          /* uv_hrtime() at the head, when the site logs */
     uint64_t bytes_in;         /* request body bytes read */
     uint64_t bytes_out;        /* response body bytes sent */
+    uint64_t body_limit;       /* request_body max_size; 0 = none */
 };
 
 /* Accepts a connection from the listener. */

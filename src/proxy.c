@@ -468,7 +468,7 @@ void proxy_pump_request(conn_t *c)
             if (c->resp_started || c->write_pending)
                 conn_close(c);
             else
-                conn_respond(c, 400, NULL, NULL, 0);
+                conn_respond(c, http_request_error_status(&c->req, err), NULL, NULL, 0);
             return;
         }
         if (c->body_len > 0) {

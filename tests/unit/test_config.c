@@ -1602,4 +1602,28 @@ TEST(trusted_proxies_errors)
                     "\"10.0.0.0/33\"");
 }
 
+TEST(request_body_max_size_and_order)
+{
+    cfg_t *c = parse(":8080 {\n\treverse_proxy 127.0.0.1:9\n\trequest_body /up* {\n"
+                     "\t\tmax_size 10MB\n\t}\n}\n");
+    if (!c)
+        return;
+    const cfg_site_t *s = &c->sites[0];
+    CHECK_INT(s->n_handlers, 2);
+    CHECK_INT(s->handlers[0].kind, CFG_H_REQUEST_BODY); /* before reverse_proxy, as Caddy */
+    CHECK_STR(s->handlers[0].match, "/up*");
+    CHECK_INT(s->handlers[0].u.request_body.max_size, 10000000);
+    cfg_unref(c);
+}
+
+TEST(request_body_errors)
+{
+    CHECK_ERR(":8080 {\n\trequest_body {\n\t\tmax_size lots\n\t}\n}\n",
+              "t.conf:3: request_body: max_size: expected a size like 10MB, got \"lots\"");
+    CHECK_ERR(":8080 {\n\trequest_body {\n\t\tmin_size 1\n\t}\n}\n",
+              "t.conf:3: request_body: min_size: not supported by psproxy");
+    CHECK_ERR(":8080 {\n\trequest_body 5\n}\n",
+              "t.conf:2: request_body: unexpected argument \"5\"");
+}
+
 TEST_MAIN()
