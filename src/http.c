@@ -433,6 +433,14 @@ static void put_uint(out_t *o, unsigned long long n)
     put(o, tmp, (size_t)k);
 }
 
+static void put_field(out_t *o, const http_hdr_t *hdr)
+{
+    put_buf(o, hdr->name);
+    put(o, ": ", 2);
+    put_buf(o, hdr->value);
+    put(o, "\r\n", 2);
+}
+
 static uv_buf_t var_value(const http_vars_t *v, int var)
 {
     switch (var) {
@@ -617,12 +625,8 @@ int http_build_request(char *buf, size_t cap, const http_req_out_t *r)
                 n_xff++;
             continue;
         }
-        if (!kept_header(&k, hdr->name))
-            continue;
-        put_buf(&o, hdr->name);
-        put(&o, ": ", 2);
-        put_buf(&o, hdr->value);
-        put(&o, "\r\n", 2);
+        if (kept_header(&k, hdr->name))
+            put_field(&o, hdr);
     }
     if (!h->has_host && !ops_remove(r->ops, cstr("host"))) {
         put(&o, "Host: ", 6);
@@ -686,12 +690,8 @@ int http_build_response(char *buf, size_t cap, const http_resp_out_t *r)
 
     for (unsigned i = 0; i < h->n_hdrs; i++) {
         const http_hdr_t *hdr = &h->hdrs[i];
-        if (!kept_header(&k, hdr->name))
-            continue;
-        put_buf(&o, hdr->name);
-        put(&o, ": ", 2);
-        put_buf(&o, hdr->value);
-        put(&o, "\r\n", 2);
+        if (kept_header(&k, hdr->name))
+            put_field(&o, hdr);
     }
     if (status >= 200 || r->upgrade) {
         if (r->framing == HTTP_BODY_CHUNKED)

@@ -14,6 +14,27 @@ static uv_once_t settings_once = UV_ONCE_INIT;
 static const char CRLF[] = "\r\n";
 static const char LAST_CHUNK[] = "0\r\n\r\n";
 
+/* Queues LEN body bytes in IOV as FRAMING wants them: as they are, or as
+ * one chunk whose size line is written into CHUNK (20 bytes). */
+static void add_body(uv_buf_t *iov, unsigned *n, int framing, char *chunk, char *body,
+                     size_t len)
+{
+    if (framing == HTTP_BODY_CHUNKED) {
+        int k = snprintf(chunk, 20, "%zx\r\n", len);
+        iov[(*n)++] = uv_buf_init(chunk, (unsigned)k);
+    }
+    iov[(*n)++] = uv_buf_init(body, (unsigned)len);
+    if (framing == HTTP_BODY_CHUNKED)
+        iov[(*n)++] = uv_buf_init((char *)CRLF, 2);
+}
+
+/* The end of a body: the last chunk when chunked (no trailers). */
+static void add_end(uv_buf_t *iov, unsigned *n, int framing)
+{
+    if (framing == HTTP_BODY_CHUNKED)
+        iov[(*n)++] = uv_buf_init((char *)LAST_CHUNK, sizeof(LAST_CHUNK) - 1);
+}
+
 static const cfg_proxy_t *proxy_cfg(const conn_t *c)
 {
     return &c->handler->u.proxy;
@@ -370,18 +391,11 @@ static void pump_response(conn_t *c)
             }
         }
         if (u->body_len > 0 && c->resp_framing != HTTP_BODY_NONE) {
-            if (c->resp_framing == HTTP_BODY_CHUNKED) {
-                int k = snprintf(c->down_chunk, sizeof(c->down_chunk), "%zx\r\n", u->body_len);
-                iov[n++] = uv_buf_init(c->down_chunk, (unsigned)k);
-            }
-            iov[n++] = uv_buf_init(u->body, (unsigned)u->body_len);
-            if (c->resp_framing == HTTP_BODY_CHUNKED)
-                iov[n++] = uv_buf_init((char *)CRLF, 2);
+            add_body(iov, &n, c->resp_framing, c->down_chunk, u->body, u->body_len);
             c->bytes_out += u->body_len;
         }
         if (c->resp_done) {
-            if (c->resp_framing == HTTP_BODY_CHUNKED)
-                iov[n++] = uv_buf_init((char *)LAST_CHUNK, sizeof(LAST_CHUNK) - 1);
+            add_end(iov, &n, c->resp_framing);
             c->resp_sent = 1;
         }
         /* a head goes out with the body bytes behind it: one writev */
@@ -471,19 +485,11 @@ void proxy_pump_request(conn_t *c)
                 conn_respond(c, http_request_error_status(&c->req, err), NULL, NULL, 0);
             return;
         }
-        if (c->body_len > 0) {
-            if (c->req_framing == HTTP_BODY_CHUNKED) {
-                int k = snprintf(c->up_chunk, sizeof(c->up_chunk), "%zx\r\n", c->body_len);
-                iov[n++] = uv_buf_init(c->up_chunk, (unsigned)k);
-            }
-            iov[n++] = uv_buf_init(c->body, (unsigned)c->body_len);
-            if (c->req_framing == HTTP_BODY_CHUNKED)
-                iov[n++] = uv_buf_init((char *)CRLF, 2);
-        }
+        if (c->body_len > 0)
+            add_body(iov, &n, c->req_framing, c->up_chunk, c->body, c->body_len);
     }
     if (c->req_done && !c->req_sent) {
-        if (c->req_framing == HTTP_BODY_CHUNKED)
-            iov[n++] = uv_buf_init((char *)LAST_CHUNK, sizeof(LAST_CHUNK) - 1);
+        add_end(iov, &n, c->req_framing);
         c->req_sent = 1;
     }
     if (n == 0)

@@ -130,6 +130,17 @@ static void worker_dispose(worker_t *w)
     cfg_unref(w->cfg);
 }
 
+/* What the workers shared, once they are gone. */
+static void srv_free_shared(srv_t *s)
+{
+    free(s->workers);
+    s->workers = NULL;
+    s->n_workers = 0;
+    up_targets_free(s->targets);
+    s->targets = NULL;
+    alog_close(&s->alog);
+}
+
 int srv_start(srv_t *s, cfg_t *cfg)
 {
     int n = cfg->workers > 0 ? cfg->workers : (int)uv_available_parallelism();
@@ -200,12 +211,7 @@ fail:
         on_wakeup(&w->wakeup);
         worker_dispose(w);
     }
-    free(s->workers);
-    s->workers = NULL;
-    s->n_workers = 0;
-    up_targets_free(s->targets);
-    s->targets = NULL;
-    alog_close(&s->alog);
+    srv_free_shared(s);
     return err;
 }
 
@@ -219,10 +225,5 @@ void srv_stop(srv_t *s)
         uv_thread_join(&s->workers[i].thread);
         worker_dispose(&s->workers[i]);
     }
-    free(s->workers);
-    s->workers = NULL;
-    s->n_workers = 0;
-    up_targets_free(s->targets);
-    s->targets = NULL;
-    alog_close(&s->alog);
+    srv_free_shared(s);
 }
