@@ -488,6 +488,8 @@ static int parse_global(ctx_t *c, const cf_block_t *b)
                           l->toks[1].text);
         } else if (strcmp(n, "email") == 0) {
             rc = arg_string(c, l, n, &cfg->email);
+        } else if (strcmp(n, "default_sni") == 0) {
+            rc = arg_string(c, l, n, &cfg->default_sni);
         } else if (strcmp(n, "acme_ca") == 0) {
             rc = arg_string(c, l, n, &cfg->acme_ca);
         } else if (strcmp(n, "acme_ca_root") == 0) {
@@ -1431,6 +1433,27 @@ static int build_listeners(ctx_t *c)
             }
         }
     }
+    /* Caddy's automatic HTTPS: http_port redirects the HTTPS sites' hosts */
+    int https_hosts = 0;
+    for (size_t si = 0; si < cfg->n_sites; si++)
+        for (size_t ai = 0; ai < cfg->sites[si].n_addrs; ai++)
+            https_hosts |= cfg->sites[si].addrs[ai].scheme == CFG_SCHEME_HTTPS &&
+                           cfg->sites[si].addrs[ai].host[0] != '\0';
+    if (https_hosts && cfg->auto_https == CFG_AUTO_HTTPS_ON) {
+        cfg_listener_t *ln = NULL;
+        for (size_t k = 0; k < cfg->n_listeners && ln == NULL; k++)
+            if (cfg->listeners[k].port == cfg->http_port)
+                ln = &cfg->listeners[k];
+        if (ln == NULL) {
+            cfg->listeners =
+                grow(c->a, cfg->listeners, cfg->n_listeners, &lcap, sizeof(*cfg->listeners));
+            ln = &cfg->listeners[cfg->n_listeners++];
+            memset(ln, 0, sizeof(*ln));
+            ln->port = cfg->http_port;
+            ln->scheme = CFG_SCHEME_HTTP;
+        }
+        ln->redirect_https = ln->scheme == CFG_SCHEME_HTTP;
+    }
     for (size_t k = 0; k < cfg->n_listeners; k++) {
         cfg_listener_t *ln = &cfg->listeners[k];
         for (size_t i = 1; i < ln->n_sites; i++) {
@@ -1811,6 +1834,7 @@ int cfg_dump_json(const cfg_t *cfg, FILE *out)
     cJSON_AddNumberToObject(g, "http_port", cfg->http_port);
     cJSON_AddNumberToObject(g, "https_port", cfg->https_port);
     add_str_or_null(g, "email", cfg->email);
+    add_str_or_null(g, "default_sni", cfg->default_sni);
     add_str_or_null(g, "acme_ca", cfg->acme_ca);
     add_str_or_null(g, "acme_ca_root", cfg->acme_ca_root);
     add_str_or_null(g, "storage_root", cfg->storage_root);
@@ -1829,6 +1853,8 @@ int cfg_dump_json(const cfg_t *cfg, FILE *out)
         cJSON *o = cJSON_CreateObject();
         cJSON_AddNumberToObject(o, "port", ln->port);
         cJSON_AddStringToObject(o, "scheme", scheme_name(ln->scheme));
+        if (ln->redirect_https)
+            cJSON_AddBoolToObject(o, "redirect_https", 1);
         cJSON *hosts = cJSON_AddArrayToObject(o, "hosts");
         cJSON *sites = cJSON_AddArrayToObject(o, "sites");
         for (size_t k = 0; k < ln->n_sites; k++) {

@@ -185,6 +185,9 @@ typedef struct cfg_site {
 typedef struct cfg_listener {
     int port;
     int scheme; /* all sites on one port share it, or the load fails */
+    /* http_port under automatic HTTPS: a request for a host that an HTTPS
+     * site serves, and no site here does, is redirected to https:// */
+    int redirect_https;
     /* Caddy's order: longer hosts first, wildcards after exact hosts, the
      * catch-all ("") last; the first site whose host matches serves. */
     cfg_site_t **sites;
@@ -202,6 +205,7 @@ typedef struct cfg {
     int http_port;          /* 80 */
     int https_port;         /* 443 */
     const char *email;
+    const char *default_sni; /* the certificate for clients that send no SNI */
     const char *acme_ca;
     const char *acme_ca_root;
     const char *storage_root; /* NULL: the default */

@@ -137,6 +137,8 @@ def caddy_facts(cfg):
 def psproxy_facts(dump):
     listeners = []
     for ln in dump["listeners"]:
+        if ln.get("redirect_https") and not ln["sites"]:
+            continue  # Caddy adds its HTTP->HTTPS redirect server at run time, not in adapt
         sites = []
         for idx in ln["sites"]:
             s = dump["sites"][idx]

@@ -323,6 +323,15 @@ TEST(global_block_must_come_first)
 
 /* ---- addresses ---- */
 
+/* Listeners that serve sites: the redirect-only one on http_port left out. */
+static size_t served(const cfg_t *c)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < c->n_listeners; i++)
+        n += c->listeners[i].n_sites > 0;
+    return n;
+}
+
 static int addr_is(const char *key, int scheme, const char *host, int port)
 {
     char text[256];
@@ -332,7 +341,7 @@ static int addr_is(const char *key, int scheme, const char *host, int port)
         return 0;
     int ok = c->n_sites == 1 && c->sites[0].n_addrs == 1 && c->sites[0].addrs[0].scheme == scheme &&
              strcmp(c->sites[0].addrs[0].host, host) == 0 && c->sites[0].addrs[0].port == port &&
-             c->n_listeners == 1 && c->listeners[0].port == port &&
+             served(c) == 1 && c->listeners[0].port == port &&
              c->listeners[0].scheme == scheme;
     if (!ok)
         fprintf(stderr, "  %s: got scheme %d host \"%s\" port %d\n", key,
@@ -419,7 +428,7 @@ TEST(address_list_forms)
     CHECK_STR(c->sites[0].addrs[2].host, "c.com");
     CHECK_STR(c->sites[0].addrs[3].host, "d.com");
     CHECK_INT(c->sites[0].addrs[3].line, 2);
-    CHECK_INT(c->n_listeners, 1);
+    CHECK_INT(served(c), 1);
     CHECK_INT(c->listeners[0].n_sites, 1);
     cfg_unref(c);
 }
@@ -545,7 +554,7 @@ TEST(listener_sites_most_specific_first)
     CHECK(c != NULL);
     if (!c)
         return;
-    CHECK_INT(c->n_listeners, 1);
+    CHECK_INT(served(c), 1);
     CHECK_INT(c->listeners[0].n_sites, 4);
     CHECK_STR(c->listeners[0].sites[0]->addrs[0].host, "www.example.com");
     CHECK_STR(c->listeners[0].sites[1]->addrs[0].host, "a.com");
@@ -1530,7 +1539,10 @@ TEST(photospots_production_file)
     CHECK_STR(c->email, "admin@photospots.live");
     CHECK_INT(c->timeouts.read_header, 10000);
     CHECK_INT(c->timeouts.idle, 120000);
-    CHECK_INT(c->n_listeners, 1);
+    CHECK_INT(c->n_listeners, 2); /* :443 and the redirect on :80 */
+    CHECK_INT(c->listeners[1].port, 80);
+    CHECK_INT(c->listeners[1].redirect_https, 1);
+    CHECK_INT(c->listeners[1].n_sites, 0);
     CHECK_INT(c->listeners[0].port, 443);
     CHECK_INT(c->listeners[0].scheme, CFG_SCHEME_HTTPS);
     CHECK_INT(c->n_sites, 1);
@@ -1624,6 +1636,50 @@ TEST(request_body_errors)
               "t.conf:3: request_body: min_size: not supported by psproxy");
     CHECK_ERR(":8080 {\n\trequest_body 5\n}\n",
               "t.conf:2: request_body: unexpected argument \"5\"");
+}
+
+TEST(https_sites_get_a_redirect_listener_on_http_port)
+{
+    cfg_t *c = parse("{\n\thttp_port 8080\n\thttps_port 8443\n}\na.com {\n\trespond hi\n}\n"
+                     "http://b.com:8080 {\n\trespond plain\n}\n");
+    if (!c)
+        return;
+    CHECK_INT(c->n_listeners, 2);
+    CHECK_INT(c->listeners[0].port, 8443);
+    CHECK_INT(c->listeners[0].redirect_https, 0);
+    CHECK_INT(c->listeners[1].port, 8080);
+    CHECK_INT(c->listeners[1].redirect_https, 1); /* and it still serves b.com */
+    CHECK_INT(c->listeners[1].n_sites, 1);
+    cfg_unref(c);
+}
+
+TEST(no_redirect_listener_when_redirects_are_off)
+{
+    const char *forms[] = {"off", "disable_redirects"};
+    for (int i = 0; i < 2; i++) {
+        char text[128];
+        snprintf(text, sizeof(text), "{\n\tauto_https %s\n}\na.com {\n\trespond hi\n}\n",
+                 forms[i]);
+        cfg_t *c = parse(text);
+        if (!c)
+            return;
+        CHECK_INT(c->n_listeners, 1);
+        CHECK_INT(c->listeners[0].port, 443);
+        cfg_unref(c);
+    }
+    cfg_t *c = parse(":8080 {\n\trespond hi\n}\n"); /* no HTTPS site: no redirect */
+    if (c)
+        CHECK_INT(c->n_listeners, 1);
+    cfg_unref(c);
+}
+
+TEST(default_sni_option)
+{
+    cfg_t *c = parse("{\n\tdefault_sni a.com\n}\na.com {\n\trespond hi\n}\n");
+    if (!c)
+        return;
+    CHECK_STR(c->default_sni, "a.com");
+    cfg_unref(c);
 }
 
 TEST_MAIN()
