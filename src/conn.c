@@ -17,8 +17,8 @@ static uv_once_t settings_once = UV_ONCE_INIT;
 
 const char *conn_state_name(int state)
 {
-    static const char *const names[] = {"read_head", "connect_up", "proxy", "respond",
-                                        "tunnel",    "linger",     "closing"};
+    static const char *const names[] = {"handshake", "read_head", "connect_up", "proxy",
+                                        "respond",   "tunnel",    "linger",     "closing"};
     return state >= 0 && state < (int)PS_ARRAY_SIZE(names) ? names[state] : "?";
 }
 
@@ -44,6 +44,10 @@ static void on_closed(uv_handle_t *h)
     if (--c->pending_closes > 0)
         return;
     buf_put(&c->w->bufs, c->rbuf);
+    if (c->tls != NULL) {
+        tls_conn_dispose(c->tls);
+        free(c->tls);
+    }
     cfg_unref(c->cfg);
     free(c);
 }
@@ -84,6 +88,10 @@ static void on_timeout(uv_timer_t *t)
     case CONN_S_CONNECT_UP:
         proxy_on_retry_timer(c);
         return;
+    case CONN_S_HANDSHAKE:
+        log_debug("conn %llu %s: TLS handshake not done in time", (unsigned long long)c->id,
+                  c->peer_ip);
+        break;
     case CONN_S_PROXY:
         log_info("conn %llu %s: client timed out in state %s", (unsigned long long)c->id,
                  c->peer_ip, conn_state_name(c->state));
@@ -104,11 +112,14 @@ void conn_arm_timer(conn_t *c)
     const cfg_t *cfg = c->cfg;
     uint64_t ms = 0;
     switch (c->state) {
+    case CONN_S_HANDSHAKE:
+        return; /* read_header runs from the accept */
     case CONN_S_READ_HEAD:
         /* slowloris: the head must arrive whole in read_header, however it trickles */
         if (c->write_pending) {
             ms = cfg->timeouts.write;
-        } else if (c->rlen > 0) {
+        } else if (c->rlen > 0 || c->n_requests == 0) {
+            /* a new connection (after its TLS handshake too) owes its first head */
             if (c->head_clock)
                 return; /* it runs from the head's first byte, however slowly the rest trickles */
             c->head_clock = 1;
@@ -170,16 +181,12 @@ int stream_write(uv_stream_t *s, uv_write_t *req, uv_buf_t *bufs, unsigned n, uv
 }
 
 static void respond_maybe_done(conn_t *c);
+static void on_shutdown(uv_shutdown_t *req, int status);
 
-static void on_client_written(uv_write_t *req, int status)
+/* A write of the conn's finished: go on with whatever waited for it. */
+static void conn_write_done(conn_t *c)
 {
-    conn_t *c = container_of(req, conn_t, wreq);
     c->write_pending = 0;
-    if (status < 0 || c->state == CONN_S_CLOSING) {
-        if (status != UV_ECANCELED)
-            conn_close(c);
-        return;
-    }
     if (c->state == CONN_S_RESPOND || c->state == CONN_S_READ_HEAD)
         respond_maybe_done(c);
     else if (c->state == CONN_S_PROXY || c->state == CONN_S_TUNNEL)
@@ -190,14 +197,108 @@ static void on_client_written(uv_write_t *req, int status)
     }
 }
 
+static void on_client_written(uv_write_t *req, int status)
+{
+    conn_t *c = container_of(req, conn_t, wreq);
+    if (status == UV_ECANCELED || c->state == CONN_S_CLOSING)
+        return;
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    conn_write_done(c);
+}
+
+static void on_tls_written(uv_write_t *req, int status);
+
+/* TLS: encrypts the pending plaintext and writes the records until the
+ * socket pushes back. 1: everything is out; 0: a write is in flight and
+ * on_tls_written goes on; <0: failed. */
+static int tls_pump(conn_t *c)
+{
+    tls_conn_t *t = c->tls;
+    if (c->tls_writing)
+        return 0;
+    for (;;) {
+        if (c->n_tls_pend > 0) {
+            if (tls_conn_encrypt(t, c->tls_pend, c->n_tls_pend, &c->tls_done) < 0)
+                return PS_EPROTO;
+            size_t total = 0;
+            for (unsigned i = 0; i < c->n_tls_pend; i++)
+                total += c->tls_pend[i].len;
+            if (c->tls_done == total)
+                c->n_tls_pend = 0;
+        }
+        uv_buf_t out = tls_conn_out(t);
+        size_t len = out.len; /* stream_write advances OUT past what it wrote now */
+        if (len == 0)
+            return c->n_tls_pend == 0 ? 1 : PS_EPROTO;
+        int w = stream_write((uv_stream_t *)&c->tcp, &c->wreq, &out, 1, on_tls_written);
+        if (w < 0)
+            return w;
+        if (w == 0) {
+            c->tls_writing = 1;
+            c->tls_inflight = len;
+            return 0;
+        }
+        tls_conn_out_sent(t, len);
+    }
+}
+
+static void on_tls_written(uv_write_t *req, int status)
+{
+    conn_t *c = container_of(req, conn_t, wreq);
+    c->tls_writing = 0;
+    if (status == UV_ECANCELED || c->state == CONN_S_CLOSING)
+        return;
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    tls_conn_out_sent(c->tls, c->tls_inflight);
+    int r = tls_pump(c);
+    if (r == 0)
+        return;
+    if (r < 0) {
+        conn_close(c);
+        return;
+    }
+    if (c->write_pending)
+        conn_write_done(c);
+}
+
 int conn_write(conn_t *c, uv_buf_t *bufs, unsigned n)
 {
-    int r = stream_write((uv_stream_t *)&c->tcp, &c->wreq, bufs, n, on_client_written);
+    int r;
+    if (c->tls != NULL) {
+        memcpy(c->tls_pend, bufs, n * sizeof(*bufs));
+        c->n_tls_pend = n;
+        c->tls_done = 0;
+        r = tls_pump(c);
+    } else {
+        r = stream_write((uv_stream_t *)&c->tcp, &c->wreq, bufs, n, on_client_written);
+    }
     if (r == 0) {
         c->write_pending = 1;
         conn_arm_timer(c);
     }
     return r;
+}
+
+void conn_shutdown_write(conn_t *c)
+{
+    if (c->sreq.handle != NULL || uv_is_closing((uv_handle_t *)&c->tcp))
+        return;
+    if (c->tls != NULL) {
+        tls_conn_close_notify(c->tls);
+        if (tls_pump(c) < 0) {
+            conn_close(c);
+            return;
+        }
+    }
+    /* libuv shuts down once the queued writes are out */
+    if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) < 0)
+        conn_close(c);
 }
 
 /* ---- reading ------------------------------------------------------------ */
@@ -206,8 +307,9 @@ void conn_update_reading(conn_t *c)
 {
     /* a request in flight keeps reading too: pipelined requests queue in the
      * buffer, and an early EOF tells us the client went away */
-    int want = c->state != CONN_S_CLOSING && !c->eof &&
-               (c->rbuf == NULL || c->rlen < c->w->bufs.size);
+    int room = c->tls != NULL ? !tls_conn_in_full(c->tls)
+                              : c->rbuf == NULL || c->rlen < c->w->bufs.size;
+    int want = c->state != CONN_S_CLOSING && !c->eof && !(c->tls && c->tls->sock_eof) && room;
     int reading = c->tcp.read_cb != NULL;
     if (want && !reading)
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
@@ -218,6 +320,10 @@ void conn_update_reading(conn_t *c)
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     conn_t *c = h->data;
+    if (c->tls != NULL) {
+        *buf = tls_conn_in_space(c->tls); /* ciphertext; plaintext comes in conn_fill */
+        return;
+    }
     if (c->rbuf == NULL)
         c->rbuf = buf_get(&c->w->bufs);
     *buf = uv_buf_init(c->rbuf + c->rlen, (unsigned)(c->w->bufs.size - c->rlen));
@@ -230,6 +336,8 @@ static void release_idle_buffer(conn_t *c)
         buf_put(&c->w->bufs, c->rbuf);
         c->rbuf = NULL;
     }
+    if (c->tls != NULL && !c->tls_writing && c->state == CONN_S_READ_HEAD)
+        tls_conn_release_idle(c->tls);
 }
 
 static void conn_linger(conn_t *c);
@@ -261,6 +369,71 @@ static void on_client_eof(conn_t *c)
     }
 }
 
+size_t conn_fill(conn_t *c)
+{
+    tls_conn_t *t = c->tls;
+    size_t added = 0;
+    if (t == NULL || c->state == CONN_S_HANDSHAKE || c->state == CONN_S_CLOSING || c->tls_eof)
+        return 0;
+    for (;;) {
+        if (c->rbuf == NULL)
+            c->rbuf = buf_get(&c->w->bufs);
+        size_t room = c->w->bufs.size - c->rlen;
+        if (room == 0)
+            break;
+        ssize_t n = tls_conn_read(t, c->rbuf + c->rlen, room);
+        if (n > 0) {
+            c->rlen += (size_t)n;
+            added += (size_t)n;
+            continue;
+        }
+        if (n == UV_EOF)
+            c->tls_eof = 1; /* acted on once the plaintext before it is used */
+        else if (n < 0)
+            conn_close(c);
+        break;
+    }
+    /* reading may have produced records to send (alerts, key updates) */
+    if (c->state != CONN_S_CLOSING && tls_conn_out(t).len > 0 && tls_pump(c) < 0)
+        conn_close(c);
+    return added;
+}
+
+/* TLS: ciphertext arrived (or the socket ended): handshake, then plaintext. */
+static void on_tls_input(conn_t *c)
+{
+    tls_conn_t *t = c->tls;
+    if (c->state == CONN_S_HANDSHAKE) {
+        int r = tls_conn_handshake(t);
+        int w = tls_pump(c); /* the server's flight, or the alert */
+        if (r < 0 || w < 0 || (r == 0 && t->sock_eof)) {
+            conn_close(c);
+            return;
+        }
+        if (r == 0)
+            return;
+        if (log_enabled(LOG_DEBUG)) {
+            char d[128];
+            log_debug("conn %llu %s: %s", (unsigned long long)c->id, c->peer_ip,
+                      tls_conn_describe(t, d, sizeof(d)));
+        }
+        conn_set_state(c, CONN_S_READ_HEAD);
+    }
+    switch (c->state) {
+    case CONN_S_LINGER:
+        t->in_start = t->in_len = 0; /* drained and dropped */
+        if (t->sock_eof)
+            conn_close(c);
+        break;
+    case CONN_S_TUNNEL:
+        proxy_tunnel_from_client(c);
+        break;
+    default:
+        conn_process(c);
+        break;
+    }
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     conn_t *c = s->data;
@@ -268,25 +441,33 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         release_idle_buffer(c);
         return;
     }
-    if (nread < 0) {
-        release_idle_buffer(c);
-        if (nread == UV_EOF)
-            on_client_eof(c);
-        else
-            conn_close(c);
+    if (nread < 0 && nread != UV_EOF) {
+        conn_close(c);
         return;
     }
-    c->rlen += (size_t)nread;
-    switch (c->state) {
-    case CONN_S_LINGER:
-        c->rstart = c->rlen = 0; /* drained and dropped */
-        break;
-    case CONN_S_TUNNEL:
-        proxy_tunnel_from_client(c);
-        break;
-    default:
-        conn_process(c);
-        return; /* it updates reading and the timer */
+    if (c->tls != NULL) {
+        if (nread == UV_EOF)
+            c->tls->sock_eof = 1;
+        else
+            tls_conn_received(c->tls, (size_t)nread);
+        on_tls_input(c);
+    } else if (nread == UV_EOF) {
+        release_idle_buffer(c);
+        on_client_eof(c);
+        return;
+    } else {
+        c->rlen += (size_t)nread;
+        switch (c->state) {
+        case CONN_S_LINGER:
+            c->rstart = c->rlen = 0; /* drained and dropped */
+            break;
+        case CONN_S_TUNNEL:
+            proxy_tunnel_from_client(c);
+            break;
+        default:
+            conn_process(c);
+            return; /* it updates reading and the timer */
+        }
     }
     if (c->state != CONN_S_CLOSING) {
         conn_update_reading(c);
@@ -388,11 +569,10 @@ static void conn_linger(conn_t *c)
     conn_set_state(c, CONN_S_LINGER);
     release_request_bufs(c);
     c->rstart = c->rlen = 0;
-    if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
-        conn_close(c);
-        return;
-    }
     uv_timer_stop(&c->timer);
+    conn_shutdown_write(c);
+    if (c->state == CONN_S_CLOSING)
+        return;
     conn_update_reading(c);
     conn_arm_timer(c);
 }
@@ -474,6 +654,48 @@ static const cfg_site_t *route_site(conn_t *c)
     return any;
 }
 
+/* Whether an HTTPS site serves HOST (automatic HTTPS redirects only those). */
+static int https_host(const cfg_t *cfg, uv_buf_t host)
+{
+    for (size_t i = 0; i < cfg->n_sites; i++)
+        for (size_t a = 0; a < cfg->sites[i].n_addrs; a++) {
+            const cfg_addr_t *addr = &cfg->sites[i].addrs[a];
+            if (addr->scheme == CFG_SCHEME_HTTPS && addr->host[0] != '\0' &&
+                cfg_match_host(addr->host, host.base, host.len))
+                return 1;
+        }
+    return 0;
+}
+
+#define ACME_CHALLENGE_PREFIX "/.well-known/acme-challenge/"
+
+/* http_port under automatic HTTPS: 308 to the same URI over https, as
+ * Caddy, except the ACME HTTP-01 challenges. Returns 0 when it answered. */
+static int redirect_to_https(conn_t *c)
+{
+    uv_buf_t host = http_host_without_port(c->req.host);
+    if (!c->listener->redirect_https || host.len == 0 || !https_host(c->cfg, host))
+        return -1;
+    if (c->vars.path.len >= sizeof(ACME_CHALLENGE_PREFIX) - 1 &&
+        memcmp(c->vars.path.base, ACME_CHALLENGE_PREFIX, sizeof(ACME_CHALLENGE_PREFIX) - 1) == 0) {
+        conn_respond(c, 404, NULL, NULL, 0); /* no challenge is pending without ACME (#5) */
+        return 0;
+    }
+    char port[16] = "";
+    if (c->cfg->https_port != 443)
+        snprintf(port, sizeof(port), ":%d", c->cfg->https_port);
+    int v6 = memchr(host.base, ':', host.len) != NULL;
+    c->obuf = buf_get(&c->w->bufs);
+    int n = snprintf(c->obuf, c->w->bufs.size, "Location: https://%s%.*s%s%s%.*s\r\n",
+                     v6 ? "[" : "", (int)host.len, host.base, v6 ? "]" : "", port,
+                     (int)c->req.target.len, c->req.target.base);
+    if (n < 0 || (size_t)n >= c->w->bufs.size)
+        conn_respond(c, 414, NULL, NULL, 0);
+    else
+        conn_respond(c, 308, c->obuf, NULL, 0);
+    return 0;
+}
+
 static void answer_local(conn_t *c, const cfg_handler_t *h)
 {
     char *extra = NULL;
@@ -524,6 +746,7 @@ static void conn_on_head(conn_t *c)
     c->head_done = 1;
     c->head_clock = 0;
     c->head_started = 0;
+    c->n_requests++;
     c->head_end = c->rstart;
     int st = http_head_analyze(&c->req);
     if (st != 0) {
@@ -541,6 +764,8 @@ static void conn_on_head(conn_t *c)
     http_vars_from_request(&c->vars, &c->req, c->https, c->peer_ip, c->peer_port);
 
     c->site = route_site(c);
+    if (c->site == NULL && redirect_to_https(c) == 0)
+        return;
     c->bytes_in = c->bytes_out = 0;
     c->body_limit = 0;
     if (c->site != NULL && c->site->log.enabled)
@@ -590,6 +815,7 @@ void conn_process(conn_t *c)
         return; /* the caller up the stack goes on looping */
     c->in_process = 1;
     while (c->state != CONN_S_CLOSING) {
+        size_t got = conn_fill(c); /* TLS: decrypt what the buffer has room for */
         if (c->state == CONN_S_READ_HEAD) {
             if (c->write_pending || c->rstart == c->rlen)
                 break;
@@ -621,14 +847,24 @@ void conn_process(conn_t *c)
             continue;
         }
         if (c->state == CONN_S_PROXY) {
+            size_t rstart = c->rstart, rlen = c->rlen;
             proxy_pump_request(c);
-            if (c->state == CONN_S_PROXY)
+            /* TLS: while this makes progress, go round again: what was sent
+             * made room, and OpenSSL may hold more that no socket event
+             * would announce */
+            if (c->state == CONN_S_PROXY && got == 0 && c->rstart == rstart && c->rlen == rlen)
                 break;
             continue;
         }
         break;
     }
     c->in_process = 0;
+    /* TLS: the close_notify (or EOF) counts once the plaintext before it is used */
+    if (c->tls_eof && !c->eof && c->state != CONN_S_CLOSING)
+        on_client_eof(c);
+    /* half-closed: every whole request buffered before the EOF was answered */
+    if (c->eof && c->state == CONN_S_READ_HEAD && !c->write_pending)
+        conn_close(c);
     if (c->state != CONN_S_CLOSING) {
         if (c->rstart == c->rlen && c->state == CONN_S_READ_HEAD && !c->write_pending &&
             !c->head_started) {
@@ -680,7 +916,7 @@ void conn_request_done(conn_t *c)
     c->n_resp_ops = 0;
     c->status = 0;
     conn_set_state(c, CONN_S_READ_HEAD);
-    if (c->eof) {
+    if (c->eof && c->rstart == c->rlen) {
         conn_close(c);
         return;
     }
@@ -743,7 +979,19 @@ void conn_accept(listener_t *l)
             snprintf(c->peer_port, sizeof(c->peer_port), "%u", ntohs(s4->sin_port));
         }
     }
-    conn_set_state(c, CONN_S_READ_HEAD);
+    if (c->https) {
+        c->tls = malloc(sizeof(*c->tls));
+        if (c->tls == NULL || tls_conn_init(c->tls, w->tls, &w->bufs) != 0) {
+            free(c->tls);
+            c->tls = NULL;
+            log_err("conn %llu %s: cannot start TLS", (unsigned long long)c->id, c->peer_ip);
+            conn_close(c);
+            return;
+        }
+        c->state = CONN_S_HANDSHAKE;
+    } else {
+        conn_set_state(c, CONN_S_READ_HEAD);
+    }
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     /* a new connection must send its first head within read_header */
     c->head_clock = 1;

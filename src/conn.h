@@ -11,11 +11,13 @@
 #include "config.h"
 #include "http.h"
 #include "server.h"
+#include "tls.h"
 #include "upstream.h"
 
 #define CONN_MAX_HEADER_OPS 16
 
 enum conn_state {
+    CONN_S_HANDSHAKE,  /* TLS: the handshake is under way; no plaintext yet */
     CONN_S_READ_HEAD,  /* no request in flight: idle, or reading a head from offset 0 */
     CONN_S_CONNECT_UP, /* head parsed, parser paused; getting an upstream connection */
     CONN_S_PROXY,      /* upstream attached: request body up, response down */
@@ -39,6 +41,7 @@ struct conn {
     char peer_ip[INET6_ADDRSTRLEN];
     char peer_port[8];
     int https;
+    tls_conn_t *tls;     /* NULL on plain HTTP */
     /* private */
     conn_t *prev, *next; /* the worker's list */
     int state;           /* enum conn_state */
@@ -71,6 +74,14 @@ struct conn {
     unsigned resp_started : 1;  /* bytes of the response went to the client */
     unsigned head_clock : 1;    /* the read_header timer runs for the head being read */
     unsigned head_started : 1;  /* llhttp began a head and has not finished it */
+    unsigned tls_eof : 1;       /* TLS: the peer closed; act once the plaintext is used */
+    unsigned tls_writing : 1;   /* TLS: ciphertext is in flight on wreq */
+
+    /* TLS: the plaintext of the write in progress, encrypted as room allows */
+    uv_buf_t tls_pend[8];
+    unsigned n_tls_pend;
+    size_t tls_done;     /* plaintext bytes of tls_pend encrypted so far */
+    size_t tls_inflight; /* ciphertext bytes on wreq */
 
     /* proxying (proxy.c) */
     up_conn_t *up;
@@ -96,6 +107,7 @@ struct conn {
     uint64_t bytes_in;         /* request body bytes read */
     uint64_t bytes_out;        /* response body bytes sent */
     uint64_t body_limit;       /* request_body max_size; 0 = none */
+    uint32_t n_requests;       /* heads read on this connection */
 };
 
 /* Accepts a connection from the listener. */
@@ -113,6 +125,13 @@ int conn_write(conn_t *c, uv_buf_t *bufs, unsigned n);
 
 /* Runs llhttp over the buffered bytes; gathers body bytes in c->body. */
 llhttp_errno_t conn_parse(conn_t *c);
+
+/* TLS: decrypts what fits into the read buffer; returns the plaintext
+ * bytes added (0 on plain HTTP). */
+size_t conn_fill(conn_t *c);
+
+/* Ends our side of the stream (after a close_notify on TLS). */
+void conn_shutdown_write(conn_t *c);
 
 /* Parses what is buffered and acts on it; safe to call again any time. */
 void conn_process(conn_t *c);

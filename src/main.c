@@ -12,6 +12,7 @@
 #include "config.h"
 #include "log.h"
 #include "server.h"
+#include "tls.h"
 
 static const char usage[] =
     "usage: psproxy [-c FILE]            run with the Caddyfile FILE (default ./Caddyfile)\n"
@@ -22,15 +23,34 @@ static const char usage[] =
     "Logs go to stderr; PSPROXY_LOG_LEVEL=debug for more.\n";
 
 static srv_t server;
-static uv_signal_t sig_term, sig_int;
+static uv_signal_t sig_term, sig_int, sig_hup;
+static uv_timer_t ticket_timer;
+
+static void close_control_handles(void)
+{
+    uv_close((uv_handle_t *)&sig_term, NULL);
+    uv_close((uv_handle_t *)&sig_int, NULL);
+    uv_close((uv_handle_t *)&sig_hup, NULL);
+    uv_close((uv_handle_t *)&ticket_timer, NULL);
+}
 
 static void on_signal(uv_signal_t *s, int signum)
 {
+    if (signum == SIGHUP) {
+        /* the certificates on disk are re-read; a bad one keeps the old serving */
+        log_info("received SIGHUP, reloading certificates");
+        if (server.certs != NULL && srv_load_certs(&server, server.cfg) != 0)
+            log_err("reload: kept the certificates that were serving");
+        return;
+    }
     log_info("received %s, stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
-    uv_signal_stop(&sig_term);
-    uv_signal_stop(&sig_int);
-    uv_close((uv_handle_t *)&sig_term, NULL);
-    uv_close((uv_handle_t *)&sig_int, NULL);
+    close_control_handles();
+}
+
+static void on_ticket_timer(uv_timer_t *t)
+{
+    if (server.tls != NULL)
+        tls_server_rotate_tickets(server.tls);
 }
 
 static int load(const char *path, cfg_t **cfg)
@@ -92,6 +112,15 @@ int main(int argc, char **argv)
     if (load(path, &cfg) != 0)
         return 1;
     if (validate) {
+        /* the certificates must load too, as at start (nginx -t does the same) */
+        srv_t check = {0};
+        check.certs = certs_new();
+        int bad = srv_load_certs(&check, cfg);
+        certs_free(check.certs);
+        if (bad) {
+            cfg_unref(cfg);
+            return 1;
+        }
         if (dump)
             cfg_dump_json(cfg, stdout);
         else
@@ -99,34 +128,25 @@ int main(int argc, char **argv)
         cfg_unref(cfg);
         return 0;
     }
-    for (size_t i = 0; i < cfg->n_listeners; i++) {
-        if (cfg->listeners[i].scheme == CFG_SCHEME_HTTPS) {
-            const cfg_site_t *s = cfg->listeners[i].sites[0];
-            fprintf(stderr,
-                    "psproxy: %s:%d: site is served over HTTPS on :%d, and TLS termination "
-                    "is not built yet (issue #4): use an http:// address for now\n",
-                    s->file, s->line, cfg->listeners[i].port);
-            cfg_unref(cfg);
-            return 1;
-        }
-    }
-
     signal(SIGPIPE, SIG_IGN);
     uv_loop_t *loop = uv_default_loop();
     uv_signal_init(loop, &sig_term);
     uv_signal_init(loop, &sig_int);
+    uv_signal_init(loop, &sig_hup);
+    uv_timer_init(loop, &ticket_timer);
     uv_signal_start(&sig_term, on_signal, SIGTERM);
     uv_signal_start(&sig_int, on_signal, SIGINT);
+    uv_signal_start(&sig_hup, on_signal, SIGHUP);
 
     int err = srv_start(&server, cfg);
-    cfg_unref(cfg); /* the workers hold their references */
+    cfg_unref(cfg); /* the server holds its references */
     if (err != 0) {
-        uv_close((uv_handle_t *)&sig_term, NULL);
-        uv_close((uv_handle_t *)&sig_int, NULL);
+        close_control_handles();
         uv_run(loop, UV_RUN_DEFAULT);
         uv_loop_close(loop);
         return 1;
     }
+    uv_timer_start(&ticket_timer, on_ticket_timer, TLS_TICKET_ROTATE_MS, TLS_TICKET_ROTATE_MS);
     uv_run(loop, UV_RUN_DEFAULT);
     srv_stop(&server);
     uv_loop_close(loop);

@@ -447,10 +447,13 @@ static void on_up_written(uv_write_t *req, int status)
     }
     if (c->rstart == c->rlen)
         c->rstart = c->rlen = c->head_end; /* sent: the body area is free again */
-    if (c->state == CONN_S_TUNNEL)
+    up_arm_timer(c);
+    if (c->state == CONN_S_TUNNEL) {
         proxy_tunnel_from_client(c);
-    else
-        proxy_pump_request(c);
+    } else {
+        conn_process(c); /* decrypts (TLS) and parses what waited, sends it up */
+        return;
+    }
     if (c->state != CONN_S_CLOSING) {
         conn_update_reading(c);
         conn_arm_timer(c);
@@ -637,8 +640,10 @@ static void tunnel_check_end(conn_t *c)
     if (c->eof && c->rstart == c->rlen && !u->write_pending && !uv_is_closing((uv_handle_t *)&u->tcp) &&
         u->sreq.handle == NULL)
         uv_shutdown(&u->sreq, (uv_stream_t *)&u->tcp, tunnel_shutdown_done);
-    if (u->eof && u->rstart == u->rlen && !c->write_pending && c->sreq.handle == NULL)
-        uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, tunnel_shutdown_done);
+    if (u->eof && u->rstart == u->rlen && !c->write_pending)
+        conn_shutdown_write(c);
+    if (c->state == CONN_S_CLOSING)
+        return;
     if (c->eof && u->eof && !c->write_pending && !u->write_pending)
         conn_close(c);
 }
@@ -650,7 +655,14 @@ void proxy_tunnel_from_client(conn_t *c)
         conn_close(c);
         return;
     }
-    if (!u->write_pending && c->rstart < c->rlen) {
+    for (;;) {
+        conn_fill(c); /* TLS: more may be decrypted now that there is room */
+        if (c->tls_eof && !c->eof) {
+            c->eof = 1; /* the client's close_notify: pass the end on */
+            uv_read_stop((uv_stream_t *)&c->tcp);
+        }
+        if (c->state == CONN_S_CLOSING || u->write_pending || c->rstart == c->rlen)
+            break;
         uv_buf_t b = uv_buf_init(c->rbuf + c->rstart, (unsigned)(c->rlen - c->rstart));
         int r = stream_write((uv_stream_t *)&u->tcp, &u->wreq, &b, 1, on_up_written);
         if (r < 0) {
@@ -658,12 +670,14 @@ void proxy_tunnel_from_client(conn_t *c)
             return;
         }
         c->rstart = c->rlen;
-        if (r == 0)
+        if (r == 0) {
             u->write_pending = 1;
-        else
-            c->rstart = c->rlen = 0;
+            break;
+        }
+        c->rstart = c->rlen = 0;
     }
-    tunnel_check_end(c);
+    if (c->state != CONN_S_CLOSING)
+        tunnel_check_end(c);
 }
 
 static void tunnel_from_upstream(conn_t *c)

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -136,9 +137,74 @@ static void srv_free_shared(srv_t *s)
     free(s->workers);
     s->workers = NULL;
     s->n_workers = 0;
+    tls_server_free(s->tls);
+    s->tls = NULL;
+    certs_free(s->certs);
+    s->certs = NULL;
+    cfg_unref(s->cfg);
+    s->cfg = NULL;
     up_targets_free(s->targets);
     s->targets = NULL;
     alog_close(&s->alog);
+}
+
+int srv_load_certs(srv_t *s, const cfg_t *cfg)
+{
+    int rc = 0;
+    for (size_t i = 0; i < cfg->n_sites; i++) {
+        const cfg_site_t *site = &cfg->sites[i];
+        int https = 0;
+        for (size_t a = 0; a < site->n_addrs; a++)
+            https |= site->addrs[a].scheme == CFG_SCHEME_HTTPS;
+        if (!https)
+            continue;
+        if (site->tls.cert_file == NULL) {
+            /* automatic certificates arrive with the ACME client (#5) */
+            log_err("%s:%d: this site is served over HTTPS and has no certificate: psproxy "
+                    "needs \"tls CERT_FILE KEY_FILE\" here until its ACME client lands",
+                    site->file, site->line);
+            rc = -1;
+            continue;
+        }
+        char err[512];
+        certs_entry_t *e = NULL;
+        if (certs_entry_load(site->tls.cert_file, site->tls.key_file, &e, err, sizeof(err)) !=
+            0) {
+            log_err("%s:%d: tls: %s", site->file, site->tls.line, err);
+            rc = -1;
+            continue;
+        }
+        for (size_t a = 0; a < site->n_addrs; a++)
+            if (site->addrs[a].scheme == CFG_SCHEME_HTTPS)
+                certs_put(s->certs, site->addrs[a].host[0] ? site->addrs[a].host : "*", e);
+        log_info("tls: %s serves %s (expires in %lld days)", site->addrs[0].host,
+                 site->tls.cert_file, (long long)(e->not_after - time(NULL)) / 86400);
+        certs_entry_unref(e);
+    }
+    return rc;
+}
+
+/* The certificate for clients without SNI: default_sni, else the only
+ * HTTPS host there is, else a catch-all HTTPS site's. */
+static const char *default_cert_name(const cfg_t *cfg)
+{
+    if (cfg->default_sni != NULL)
+        return cfg->default_sni;
+    const char *only = NULL;
+    int n = 0;
+    for (size_t i = 0; i < cfg->n_sites; i++)
+        for (size_t a = 0; a < cfg->sites[i].n_addrs; a++) {
+            const cfg_addr_t *addr = &cfg->sites[i].addrs[a];
+            if (addr->scheme != CFG_SCHEME_HTTPS)
+                continue;
+            if (addr->host[0] == '\0')
+                return "*"; /* a catch-all HTTPS site */
+            if (only == NULL || strcmp(only, addr->host) != 0) {
+                only = addr->host;
+                n++;
+            }
+        }
+    return n == 1 ? only : NULL;
 }
 
 int srv_start(srv_t *s, cfg_t *cfg)
@@ -146,11 +212,26 @@ int srv_start(srv_t *s, cfg_t *cfg)
     int n = cfg->workers > 0 ? cfg->workers : (int)uv_available_parallelism();
     if (n < 1)
         n = 1;
-    s->cfg = cfg;
+    s->cfg = cfg_ref(cfg);
     char msg[1024];
     if (alog_open(&s->alog, cfg, msg, sizeof(msg)) != 0) {
         log_err("%s", msg);
+        cfg_unref(s->cfg);
+        s->cfg = NULL;
         return PS_ECONFIG;
+    }
+    int https = 0;
+    for (size_t k = 0; k < cfg->n_listeners; k++)
+        https |= cfg->listeners[k].scheme == CFG_SCHEME_HTTPS;
+    if (https) {
+        s->certs = certs_new();
+        s->tls = tls_server_new(s->certs, default_cert_name(cfg), msg, sizeof(msg));
+        if (s->tls == NULL || srv_load_certs(s, cfg) != 0) {
+            if (s->tls == NULL)
+                log_err("%s", msg);
+            srv_free_shared(s);
+            return PS_ECONFIG;
+        }
     }
     s->targets = up_targets_new(cfg);
     s->workers = calloc((size_t)n, sizeof(worker_t));
@@ -163,6 +244,7 @@ int srv_start(srv_t *s, cfg_t *cfg)
         w->cfg = cfg_ref(cfg);
         w->targets = s->targets;
         w->alog = &s->alog;
+        w->tls = s->tls;
         w->rand_state = (uint32_t)(uv_hrtime() ^ ((uint64_t)i * 2654435761u)) | 1;
         atomic_init(&w->stop, 0);
         uv_loop_init(&w->loop);

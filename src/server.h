@@ -8,6 +8,8 @@
 
 #include "access_log.h"
 #include "buf.h"
+#include "certs.h"
+#include "tls.h"
 #include "config.h"
 
 typedef struct conn conn_t;
@@ -29,6 +31,7 @@ typedef struct worker {
     cfg_t *cfg;        /* the snapshot new connections get */
     up_targets_t *targets;
     const alog_t *alog;
+    tls_server_t *tls; /* NULL without HTTPS listeners */
     buf_pool_t bufs;
     listener_t *listeners;
     size_t n_listeners;
@@ -42,6 +45,8 @@ typedef struct worker {
 typedef struct srv {
     cfg_t *cfg;
     alog_t alog;
+    certs_t *certs;
+    tls_server_t *tls;
     up_targets_t *targets;
     worker_t *workers;
     int n_workers;
@@ -50,6 +55,11 @@ typedef struct srv {
 /* Binds every listener of CFG in every worker and starts the worker
  * threads. Returns 0, or an error after logging what could not be bound. */
 int srv_start(srv_t *s, cfg_t *cfg);
+
+/* Loads the manual certificates (tls CERT KEY) of CFG's HTTPS sites into
+ * the store. Returns 0, or -1 after logging what failed: at start that
+ * stops psproxy; on SIGHUP the certificates already served stay. */
+int srv_load_certs(srv_t *s, const cfg_t *cfg);
 
 /* Stops every worker (closing listeners and connections) and joins them. */
 void srv_stop(srv_t *s);

@@ -1,0 +1,82 @@
+/* TLS termination with OpenSSL 3 over libuv: the server context (protocols,
+ * ciphers, SNI from the certificate store, ALPN, session tickets with
+ * rotating keys, a session cache) and per-connection state that moves
+ * records through our own buffers instead of a socket. */
+#ifndef PS_TLS_H
+#define PS_TLS_H
+
+#include <openssl/ssl.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "buf.h"
+#include "certs.h"
+
+typedef struct tls_server tls_server_t;
+
+/* One context for every HTTPS listener. DEFAULT_NAME (may be NULL) is the
+ * certificate name for clients that send no SNI. Returns NULL with the
+ * reason in ERR. */
+tls_server_t *tls_server_new(certs_t *store, const char *default_name, char *err, size_t errlen);
+void tls_server_free(tls_server_t *s);
+
+/* A new session ticket key; the previous one still decrypts (and its
+ * tickets are renewed). Call from a timer, any thread. */
+void tls_server_rotate_tickets(tls_server_t *s);
+
+#define TLS_TICKET_ROTATE_MS (12 * 3600 * 1000)
+
+typedef struct tls_conn {
+    SSL *ssl;
+    buf_pool_t *bufs;
+    /* ciphertext from the socket, not yet consumed by OpenSSL */
+    char *in;
+    size_t in_start, in_len;
+    /* ciphertext for the socket: [out_sent, out_len) not yet written */
+    char *out;
+    size_t out_sent, out_len;
+    unsigned handshake_done : 1;
+    unsigned sock_eof : 1; /* the socket read EOF */
+    unsigned peer_closed : 1; /* close_notify received */
+} tls_conn_t;
+
+/* Returns 0, or -1 when OpenSSL cannot make a connection object. */
+int tls_conn_init(tls_conn_t *t, tls_server_t *s, buf_pool_t *bufs);
+void tls_conn_dispose(tls_conn_t *t);
+
+/* Room for the socket to read ciphertext into (taking a buffer from the
+ * pool when needed); len 0 when full. Then tls_conn_received(). */
+uv_buf_t tls_conn_in_space(tls_conn_t *t);
+void tls_conn_received(tls_conn_t *t, size_t n);
+int tls_conn_in_full(const tls_conn_t *t);
+
+/* Drives the handshake with what has arrived: 1 done, 0 needs more
+ * input, <0 failed (PS_EPROTO). Output to send may be waiting after any. */
+int tls_conn_handshake(tls_conn_t *t);
+
+/* Decrypts into DST: the count, 0 when more input is needed, UV_EOF when
+ * the peer closed, <0 on a protocol error. */
+ssize_t tls_conn_read(tls_conn_t *t, char *dst, size_t cap);
+
+/* True when plaintext or ciphertext is waiting to be read. */
+int tls_conn_readable(const tls_conn_t *t);
+
+/* Encrypts from the N plaintext buffers, skipping the first *DONE bytes,
+ * as much as the output buffer takes; advances *DONE. <0 on error. */
+int tls_conn_encrypt(tls_conn_t *t, const uv_buf_t *bufs, unsigned n, size_t *done);
+
+/* Queues a close_notify alert. */
+void tls_conn_close_notify(tls_conn_t *t);
+
+/* Ciphertext waiting for the socket; after writing some, mark it sent. */
+uv_buf_t tls_conn_out(const tls_conn_t *t);
+void tls_conn_out_sent(tls_conn_t *t, size_t n);
+
+/* Gives idle buffers back to the pool (keep-alive connections hold none). */
+void tls_conn_release_idle(tls_conn_t *t);
+
+/* The negotiated protocol and ALPN, for logs and tests. */
+const char *tls_conn_describe(const tls_conn_t *t, char *buf, size_t len);
+
+#endif
