@@ -210,6 +210,7 @@ static void on_client_written(uv_write_t *req, int status)
 }
 
 static void on_tls_written(uv_write_t *req, int status);
+static void release_idle_buffer(conn_t *c);
 
 /* TLS: encrypts the pending plaintext and writes the records until the
  * socket pushes back. 1: everything is out; 0: a write is in flight and
@@ -265,6 +266,8 @@ static void on_tls_written(uv_write_t *req, int status)
     }
     if (c->write_pending)
         conn_write_done(c);
+    else
+        release_idle_buffer(c); /* a flush of our own (a ticket, an alert) ended */
 }
 
 int conn_write(conn_t *c, uv_buf_t *bufs, unsigned n)

@@ -542,11 +542,9 @@ static void on_up_ready(conn_t *c)
     c->resp_sent = 0;
     conn_set_state(c, CONN_S_PROXY);
     update_up_reading(c);
-    proxy_pump_request(c);
-    if (c->state == CONN_S_PROXY) {
-        conn_update_reading(c);
-        conn_arm_timer(c);
-    }
+    /* send the head and what is buffered of the body; on TLS that loop
+     * also decrypts what waited while we connected */
+    conn_process(c);
 }
 
 static void on_up_connected(up_conn_t *u, int status)

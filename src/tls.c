@@ -303,6 +303,12 @@ uv_buf_t tls_conn_in_space(tls_conn_t *t)
 {
     if (t->in == NULL)
         t->in = buf_get(t->bufs);
+    if (t->in_start > 0) {
+        /* a record's tail may wait for the rest of it: make room behind it */
+        memmove(t->in, t->in + t->in_start, t->in_len - t->in_start);
+        t->in_len -= t->in_start;
+        t->in_start = 0;
+    }
     return uv_buf_init(t->in + t->in_len, (unsigned)(t->bufs->size - t->in_len));
 }
 
@@ -313,7 +319,7 @@ void tls_conn_received(tls_conn_t *t, size_t n)
 
 int tls_conn_in_full(const tls_conn_t *t)
 {
-    return t->in != NULL && t->in_len == t->bufs->size;
+    return t->in != NULL && t->in_len - t->in_start == t->bufs->size;
 }
 
 /* Logs why OpenSSL failed (at debug: a bad client is not our error). */
