@@ -44,6 +44,7 @@ static void on_closed(uv_handle_t *h)
     if (--c->pending_closes > 0)
         return;
     buf_put(&c->w->bufs, c->rbuf);
+    buf_put(&c->w->tables, (char *)c->req.hdrs);
     if (c->tls != NULL) {
         tls_conn_dispose(c->tls);
         free(c->tls);
@@ -541,6 +542,8 @@ llhttp_errno_t conn_parse(conn_t *c)
         return llhttp_get_errno(p);
     if (llhttp_get_errno(p) == HPE_PAUSED)
         llhttp_resume(p); /* paused on the head; now the body */
+    if (c->req.hdrs == NULL)
+        c->req.hdrs = (http_hdr_t *)buf_get(&c->w->tables);
     const char *start = c->rbuf + c->rstart;
     llhttp_errno_t err = llhttp_execute(p, start, c->rlen - c->rstart);
     if (err == HPE_OK)
@@ -902,6 +905,8 @@ void conn_request_done(conn_t *c)
     if (c->state != CONN_S_TUNNEL)
         conn_access_log(c);
     release_request_bufs(c);
+    buf_put(&c->w->tables, (char *)c->req.hdrs); /* lent again at the next head */
+    c->req.hdrs = NULL;
     if (!c->keep_alive) {
         conn_linger(c);
         return;

@@ -2,6 +2,7 @@
  * what llhttp leaves to us, and rewriting them for the other side. */
 #include "http.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -42,6 +43,7 @@ static int on_status(llhttp_t *p, const char *at, size_t len)
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     http_head_t *h = container_of(p, http_head_t, parser);
+    assert(h->hdrs != NULL); /* the owner lends the table before parsing */
     if (h->field_state != 1) {
         if (h->n_hdrs == HTTP_MAX_HEADERS) {
             h->err_status = 431;

@@ -14,6 +14,7 @@
 #define HTTP_MAX_HEADERS 100
 #define HTTP_MAX_CONN_TOKENS 16
 #define HTTP_MAX_URI 8192
+#define HTTP_HDR_TABLE_SIZE (HTTP_MAX_HEADERS * sizeof(http_hdr_t))
 
 typedef struct http_hdr {
     uv_buf_t name;
@@ -36,7 +37,9 @@ typedef struct http_head {
     /* public, valid while the read buffer holding the head is */
     uv_buf_t url;    /* request-target as received */
     uv_buf_t reason; /* response reason phrase */
-    http_hdr_t hdrs[HTTP_MAX_HEADERS];
+    /* HTTP_MAX_HEADERS fields, a table the owner lends while a head is in
+     * use and takes back when idle (idle connections stay small) */
+    http_hdr_t *hdrs;
     unsigned n_hdrs;
     int err_status; /* the 4xx/5xx a failed callback chose; 0 = 400 */
 
@@ -56,7 +59,8 @@ typedef struct http_head {
  * itself with container_of() from the http_head_t. */
 void http_settings_init(llhttp_settings_t *s);
 
-/* Starts a head: llhttp_init on first use; clears the recorded fields. */
+/* Starts a head: llhttp_init; clears the recorded fields. h->hdrs must
+ * point to a table before llhttp parses a head (see http_head_t). */
 void http_head_init(http_head_t *h, llhttp_type_t type, const llhttp_settings_t *s);
 void http_head_reset(http_head_t *h);
 

@@ -517,6 +517,8 @@ static void on_up_ready(conn_t *c)
     http_head_init(&u->resp, HTTP_RESPONSE, &resp_settings);
     if (u->rbuf == NULL)
         u->rbuf = buf_get(&c->w->bufs);
+    if (u->resp.hdrs == NULL)
+        u->resp.hdrs = (http_hdr_t *)buf_get(&c->w->tables);
     u->rstart = u->rlen = 0;
     u->on_read = on_up_read;
     if (c->obuf == NULL)

@@ -127,6 +127,7 @@ static void worker_dispose(worker_t *w)
     up_pools_free(w);
     uv_loop_close(&w->loop);
     buf_pool_dispose(&w->bufs);
+    buf_pool_dispose(&w->tables);
     free(w->listeners);
     cfg_unref(w->cfg);
 }
@@ -249,6 +250,7 @@ int srv_start(srv_t *s, cfg_t *cfg)
         atomic_init(&w->stop, 0);
         uv_loop_init(&w->loop);
         buf_pool_init(&w->bufs, io_buffer_size(cfg), SRV_MAX_FREE_BUFS);
+        buf_pool_init(&w->tables, HTTP_HDR_TABLE_SIZE, SRV_MAX_FREE_BUFS);
         uv_async_init(&w->loop, &w->wakeup, on_wakeup);
         w->wakeup.data = w;
         w->listeners = calloc(cfg->n_listeners > 0 ? cfg->n_listeners : 1, sizeof(listener_t));

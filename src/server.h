@@ -33,6 +33,7 @@ typedef struct worker {
     const alog_t *alog;
     tls_server_t *tls; /* NULL without HTTPS listeners */
     buf_pool_t bufs;
+    buf_pool_t tables; /* header tables for heads being parsed */
     listener_t *listeners;
     size_t n_listeners;
     conn_t *conns;     /* every open client connection, for shutdown */

@@ -120,6 +120,7 @@ static void on_closed(uv_handle_t *h)
     if (--u->pending_closes > 0)
         return;
     buf_put(&u->pool->w->bufs, u->rbuf);
+    buf_put(&u->pool->w->tables, (char *)u->resp.hdrs);
     free(u);
 }
 
@@ -200,6 +201,8 @@ void up_release(up_conn_t *u, uint64_t keepalive_ms, int max_idle)
     u->reused = 1;
     buf_put(&p->w->bufs, u->rbuf);
     u->rbuf = NULL;
+    buf_put(&p->w->tables, (char *)u->resp.hdrs);
+    u->resp.hdrs = NULL;
     u->rstart = u->rlen = 0;
     u->next_idle = p->idle;
     u->prev_idle = NULL;

@@ -16,14 +16,15 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 
 import pytest
 
 from conftest import (CURL_ENV, PSPROXY, SANITIZER_MARKS, STOP_TIMEOUT, Proxy, Reader,
                       curl, free_port, proxy_block, wait_port)
-from tls_util import (Pki, cert_info, client_context, client_hello, https_curl, s_client,
-                      served_cert, tls_config, tls_connect, wait_for)
+from tls_util import (Pki, SlowReadingUpstream, cert_info, client_context, client_hello,
+                      https_curl, s_client, served_cert, tls_config, tls_connect, wait_for)
 from upstream import pattern
 
 RELOAD_TIMEOUT = 5.0
@@ -380,18 +381,82 @@ def test_10mb_chunked_response_arrives_intact(one_site, tmp_path):
     assert hashlib.sha256(r.body).hexdigest() == hashlib.sha256(pattern(n)).hexdigest()
 
 
-def test_8mib_upload_arrives_intact(one_site, tmp_path):
-    rnd = random.Random(4)
-    data = rnd.randbytes(8 << 20)
+def _raw_upload(port, ca, body, expect=False, timeout=10):
+    """POSTs BODY to /echo on a new TLS connection (head and body in one
+    write unless EXPECT); returns the echo document."""
+    s = tls_connect(port, "a.test", client_context(ca), timeout=timeout)
+    try:
+        head = b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: %d\r\n" % len(body)
+        rd = Reader(s)
+        if expect:
+            s.sendall(head + b"Expect: 100-continue\r\n\r\n")
+            r = rd.response(keep_1xx=True)
+            assert r.status == 100, r
+            s.sendall(body)
+        else:
+            s.sendall(head + b"\r\n" + body)
+        r = rd.response()
+        assert r.status == 200, r
+        return r.json()
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("how", ["curl", "curl-no-expect", "raw-one-write", "raw-expect"])
+def test_8mib_upload_arrives_intact(one_site, tmp_path, how):
+    """Four uploads each, on new connections: the stalls seen so far were
+    intermittent."""
+    data = random.Random(4).randbytes(8 << 20)
+    digest = hashlib.sha256(data).hexdigest()
     f = tmp_path / "upload.bin"
     f.write_bytes(data)
-    r = https_curl("a.test", one_site.https_port, "/echo", one_site.ca,
-                   "--data-binary", "@%s" % f, "-H", "Content-Type: application/octet-stream",
-                   tmp=tmp_path, timeout=60)
-    assert r.rc == 0 and r.status == 200, r
-    doc = r.json()
-    assert doc["body_len"] == len(data), doc
-    assert doc["body_sha256"] == hashlib.sha256(data).hexdigest()
+    for i in range(4):
+        if how.startswith("curl"):
+            extra = ["-H", "Expect:"] if how == "curl-no-expect" else []
+            r = https_curl("a.test", one_site.https_port, "/echo", one_site.ca,
+                           "--data-binary", "@%s" % f,
+                           "-H", "Content-Type: application/octet-stream", *extra,
+                           tmp=tmp_path, timeout=20)
+            assert r.rc == 0 and r.status == 200, "upload %d: %r" % (i, r)
+            doc = r.json()
+        else:
+            doc = _raw_upload(one_site.https_port, one_site.ca, data,
+                              expect=how == "raw-expect")
+        assert doc["body_len"] == len(data), (i, doc)
+        assert doc["body_sha256"] == digest, i
+
+
+def test_100kb_uploads_arrive_intact(one_site):
+    data = random.Random(5).randbytes(100_000)
+    for i in range(10):
+        doc = _raw_upload(one_site.https_port, one_site.ca, data)
+        assert doc["body_len"] == len(data) and doc[
+            "body_sha256"] == hashlib.sha256(data).hexdigest(), (i, doc)
+
+
+@pytest.mark.parametrize("how", ["raw-one-write", "curl"])
+def test_upload_to_slow_reading_upstream_arrives_intact(pki, tls_factory, tmp_path, how):
+    """psproxy must stop reading the client while the upstream is slow and
+    resume later, including records OpenSSL already holds decrypted."""
+    slow = SlowReadingUpstream()
+    try:
+        leaf = pki.leaf("a.test")
+        p = tls_factory([site("a.test", leaf, slow, response_header_timeout="30s")])
+        data = random.Random(6).randbytes(2 << 20)
+        digest = hashlib.sha256(data).hexdigest()
+        for i in range(2):
+            if how == "curl":
+                f = tmp_path / "upload.bin"
+                f.write_bytes(data)
+                r = https_curl("a.test", p.https_port, "/echo", pki.ca, "--data-binary",
+                               "@%s" % f, "-H", "Expect:", tmp=tmp_path, timeout=40)
+                assert r.rc == 0 and r.status == 200, "upload %d: %r" % (i, r)
+                doc = r.json()
+            else:
+                doc = _raw_upload(p.https_port, pki.ca, data, timeout=30)
+            assert doc == {"body_len": len(data), "body_sha256": digest}, (i, doc)
+    finally:
+        slow.stop()
 
 
 def test_keepalive_requests_reuse_one_tls_connection(one_site):
@@ -592,7 +657,6 @@ def test_handshaken_but_silent_client_is_cut_too(pki, upstream, tls_factory):
 
 def test_many_concurrent_handshakes(one_site):
     """50 connections opened at once, handshakes interleaved."""
-    import threading
     errors = []
 
     def one(i):

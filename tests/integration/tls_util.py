@@ -300,3 +300,82 @@ def client_hello(server_hostname="a.test"):
     data = outg.read()
     assert data[:1] == b"\x16" and len(data) > 100, data[:20]
     return data
+
+
+class SlowReadingUpstream:
+    """An upstream in a thread of the test process that reads request bodies
+    slowly through a small receive buffer, so that psproxy has to stop
+    reading its client and resume later (backpressure). Answers each request
+    with JSON {body_len, body_sha256}; HTTP/1.1 with Content-Length only."""
+
+    def __init__(self, pause=0.5, chunk=16384, delay=0.002):
+        import threading
+        self.pause, self.chunk, self.delay = pause, chunk, delay
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.stopping = False
+        self.errors = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.port
+
+    def _serve(self):
+        import threading
+        while not self.stopping:
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._conn, args=(c,), daemon=True).start()
+
+    def _conn(self, c):
+        import hashlib
+        import json
+        c.settimeout(20)
+        buf = b""
+        try:
+            while not self.stopping:
+                while b"\r\n\r\n" not in buf:
+                    data = c.recv(4096)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                n = 0
+                for line in head.split(b"\r\n")[1:]:
+                    k, _, v = line.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        n = int(v)
+                time.sleep(self.pause)
+                h = hashlib.sha256()
+                body, buf = buf[:n], buf[n:]
+                h.update(body)
+                got = len(body)
+                while got < n:
+                    data = c.recv(min(self.chunk, n - got))
+                    if not data:
+                        return
+                    h.update(data)
+                    got += len(data)
+                    time.sleep(self.delay)
+                doc = json.dumps({"body_len": got, "body_sha256": h.hexdigest()}).encode()
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n" % len(doc) + doc)
+        except OSError as e:
+            self.errors.append(repr(e))
+        finally:
+            c.close()
+
+    def stop(self):
+        self.stopping = True
+        self.sock.close()
+        self.thread.join(5)

@@ -8,6 +8,7 @@
 
 static llhttp_settings_t settings;
 static int complete;
+static http_hdr_t table[HTTP_MAX_HEADERS];
 
 static int on_headers_complete(llhttp_t *p)
 {
@@ -22,6 +23,7 @@ static llhttp_errno_t parse(http_head_t *h, llhttp_type_t type, char *buf, const
     http_settings_init(&settings);
     settings.on_headers_complete = on_headers_complete;
     http_head_init(h, type, &settings);
+    h->hdrs = table;
     strcpy(buf, text);
     complete = 0;
     return llhttp_execute(&h->parser, buf, strlen(buf));
@@ -33,6 +35,7 @@ static llhttp_errno_t parse_split(http_head_t *h, char *buf, const char *text, s
     http_settings_init(&settings);
     settings.on_headers_complete = on_headers_complete;
     http_head_init(h, HTTP_REQUEST, &settings);
+    h->hdrs = table;
     strcpy(buf, text);
     size_t len = strlen(buf);
     llhttp_errno_t err = HPE_OK;
