@@ -490,6 +490,19 @@ static int parse_global(ctx_t *c, const cf_block_t *b)
             rc = arg_string(c, l, n, &cfg->email);
         } else if (strcmp(n, "default_sni") == 0) {
             rc = arg_string(c, l, n, &cfg->default_sni);
+        } else if (strcmp(n, "acme_challenges") == 0) {
+            /* psproxy's own: which ACME challenge types to answer */
+            rc = want_args(c, l, n, 1, 2, 0);
+            for (size_t k = 1; rc == 0 && k < l->n_toks; k++) {
+                if (strcmp(l->toks[k].text, "http-01") == 0)
+                    cfg->acme_challenges |= 1;
+                else if (strcmp(l->toks[k].text, "tls-alpn-01") == 0)
+                    cfg->acme_challenges |= 2;
+                else
+                    rc = errf(c, &l->toks[k],
+                              "acme_challenges: expected http-01 or tls-alpn-01, got \"%s\"",
+                              l->toks[k].text);
+            }
         } else if (strcmp(n, "acme_ca") == 0) {
             rc = arg_string(c, l, n, &cfg->acme_ca);
         } else if (strcmp(n, "acme_ca_root") == 0) {

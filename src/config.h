@@ -206,6 +206,7 @@ typedef struct cfg {
     int https_port;         /* 443 */
     const char *email;
     const char *default_sni; /* the certificate for clients that send no SNI */
+    int acme_challenges;     /* psproxy's own: bit 1 http-01, bit 2 tls-alpn-01; 0 both */
     const char *acme_ca;
     const char *acme_ca_root;
     const char *storage_root; /* NULL: the default */

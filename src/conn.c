@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "access_log.h"
+#include "chal.h"
 #include "common.h"
 #include "log.h"
 
@@ -422,6 +423,12 @@ static void on_tls_input(conn_t *c)
                       tls_conn_describe(t, d, sizeof(d)));
         }
         conn_set_state(c, CONN_S_READ_HEAD);
+        if (tls_conn_is_acme(t)) {
+            /* RFC 8737 3: the handshake was the answer; nothing follows */
+            c->keep_alive = 0;
+            conn_linger(c);
+            return;
+        }
     }
     switch (c->state) {
     case CONN_S_LINGER:
@@ -675,6 +682,24 @@ static int https_host(const cfg_t *cfg, uv_buf_t host)
 
 #define ACME_CHALLENGE_PREFIX "/.well-known/acme-challenge/"
 
+/* HTTP-01 on http_port: the key authorization of a pending challenge.
+ * Returns 0 when it answered. */
+static int answer_acme_challenge(conn_t *c)
+{
+    const size_t plen = sizeof(ACME_CHALLENGE_PREFIX) - 1;
+    uv_buf_t path = c->vars.path;
+    if (c->listener->port != c->cfg->http_port || c->https || path.len <= plen ||
+        memcmp(path.base, ACME_CHALLENGE_PREFIX, plen) != 0)
+        return -1;
+    char ka[512];
+    if (chal_http_get(path.base + plen, path.len - plen, ka, sizeof(ka)) != 0)
+        return -1;
+    log_info("acme: answered the http-01 challenge for %.*s from %s", (int)c->vars.host.len,
+             c->vars.host.base, c->peer_ip);
+    conn_respond(c, 200, NULL, ka, strlen(ka));
+    return 0;
+}
+
 /* http_port under automatic HTTPS: 308 to the same URI over https, as
  * Caddy, except the ACME HTTP-01 challenges. Returns 0 when it answered. */
 static int redirect_to_https(conn_t *c)
@@ -684,7 +709,7 @@ static int redirect_to_https(conn_t *c)
         return -1;
     if (c->vars.path.len >= sizeof(ACME_CHALLENGE_PREFIX) - 1 &&
         memcmp(c->vars.path.base, ACME_CHALLENGE_PREFIX, sizeof(ACME_CHALLENGE_PREFIX) - 1) == 0) {
-        conn_respond(c, 404, NULL, NULL, 0); /* no challenge is pending without ACME (#5) */
+        conn_respond(c, 404, NULL, NULL, 0); /* no such challenge is pending */
         return 0;
     }
     char port[16] = "";
@@ -769,6 +794,8 @@ static void conn_on_head(conn_t *c)
     }
     http_vars_from_request(&c->vars, &c->req, c->https, c->peer_ip, c->peer_port);
 
+    if (answer_acme_challenge(c) == 0)
+        return;
     c->site = route_site(c);
     if (c->site == NULL && redirect_to_https(c) == 0)
         return;

@@ -1,4 +1,5 @@
 /* psproxy: command line, configuration, signals; the workers do the rest. */
+#include <curl/curl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -44,6 +45,7 @@ static void on_signal(uv_signal_t *s, int signum)
         return;
     }
     log_info("received %s, stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    srv_stop_acme(&server);
     close_control_handles();
 }
 
@@ -132,6 +134,7 @@ int main(int argc, char **argv)
         return 0;
     }
     signal(SIGPIPE, SIG_IGN);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
     uv_loop_t *loop = uv_default_loop();
     uv_signal_init(loop, &sig_term);
     uv_signal_init(loop, &sig_int);
@@ -150,6 +153,13 @@ int main(int argc, char **argv)
         return 1;
     }
     uv_timer_start(&ticket_timer, on_ticket_timer, TLS_TICKET_ROTATE_MS, TLS_TICKET_ROTATE_MS);
+    if (srv_start_acme(&server, loop) != 0) {
+        close_control_handles();
+        uv_run(loop, UV_RUN_DEFAULT);
+        srv_stop(&server);
+        uv_loop_close(loop);
+        return 1;
+    }
     uv_run(loop, UV_RUN_DEFAULT);
     srv_stop(&server);
     uv_loop_close(loop);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "acme.h"
 #include "conn.h"
 #include "log.h"
 #include "upstream.h"
@@ -160,11 +161,27 @@ int srv_load_certs(srv_t *s, const cfg_t *cfg)
         if (!https)
             continue;
         if (site->tls.cert_file == NULL) {
-            /* automatic certificates arrive with the ACME client (#5) */
-            log_err("%s:%d: this site is served over HTTPS and has no certificate: psproxy "
-                    "needs \"tls CERT_FILE KEY_FILE\" here until its ACME client lands",
-                    site->file, site->line);
-            rc = -1;
+            /* its names are the ACME client's (srv_start_acme), if it can have them */
+            for (size_t a = 0; a < site->n_addrs; a++) {
+                const cfg_addr_t *addr = &site->addrs[a];
+                const char *why = NULL;
+                if (addr->scheme != CFG_SCHEME_HTTPS)
+                    continue;
+                if (site->tls.internal)
+                    why = "tls internal is not supported by psproxy yet: use tls CERT_FILE KEY_FILE "
+                          "or leave tls out for an ACME certificate";
+                else if (addr->host[0] == '\0')
+                    why = "a site for any host name cannot get an ACME certificate: give it "
+                          "tls CERT_FILE KEY_FILE";
+                else if (strchr(addr->host, '*') != NULL)
+                    why = "wildcard names need the DNS-01 challenge, which psproxy does not "
+                          "support: give the site tls CERT_FILE KEY_FILE";
+                if (why != NULL) {
+                    log_err("%s:%d: %s: %s", site->file, addr->line, addr->host, why);
+                    rc = -1;
+                    break;
+                }
+            }
             continue;
         }
         char err[512];
@@ -183,6 +200,80 @@ int srv_load_certs(srv_t *s, const cfg_t *cfg)
         certs_entry_unref(e);
     }
     return rc;
+}
+
+static const char *default_storage(void)
+{
+    static char path[4096];
+    const char *state = getenv("STATE_DIRECTORY"); /* systemd's StateDirectory= */
+    const char *home = getenv("HOME");
+    if (state != NULL && state[0] != '\0')
+        snprintf(path, sizeof(path), "%.*s", (int)strcspn(state, ":"), state);
+    else if (geteuid() == 0 || home == NULL)
+        snprintf(path, sizeof(path), "/var/lib/psproxy");
+    else
+        snprintf(path, sizeof(path), "%s/.local/share/psproxy", home);
+    return path;
+}
+
+int srv_start_acme(srv_t *s, uv_loop_t *loop)
+{
+    const cfg_t *cfg = s->cfg;
+    if (s->certs == NULL)
+        return 0;
+    const char *email = cfg->email;
+    int n_names = 0;
+    for (size_t i = 0; i < cfg->n_sites; i++) {
+        const cfg_site_t *site = &cfg->sites[i];
+        if (site->tls.cert_file != NULL)
+            continue;
+        if (email == NULL)
+            email = site->tls.email; /* tls EMAIL in a site, as Caddy */
+        for (size_t a = 0; a < site->n_addrs; a++)
+            n_names += site->addrs[a].scheme == CFG_SCHEME_HTTPS;
+    }
+    if (n_names == 0)
+        return 0;
+    acme_config_t ac;
+    memset(&ac, 0, sizeof(ac));
+    ac.directory = cfg->acme_ca != NULL ? cfg->acme_ca : ACME_LETSENCRYPT;
+    ac.ca_root = cfg->acme_ca_root;
+    ac.email = email;
+    ac.storage = cfg->storage_root != NULL ? cfg->storage_root : default_storage();
+    ac.challenges = cfg->acme_challenges != 0 ? cfg->acme_challenges
+                                              : ACME_HTTP_01 | ACME_TLS_ALPN_01;
+    int http_listener = 0;
+    for (size_t k = 0; k < cfg->n_listeners; k++)
+        http_listener |= cfg->listeners[k].port == cfg->http_port &&
+                         cfg->listeners[k].scheme == CFG_SCHEME_HTTP;
+    if (!http_listener)
+        ac.challenges &= ~ACME_HTTP_01; /* nothing answers on http_port */
+    if (ac.challenges == 0) {
+        log_err("acme: no challenge type is possible: http-01 needs a listener on http_port "
+                "(:%d)", cfg->http_port);
+        return -1;
+    }
+    char err[1024];
+    s->acme = acme_new(loop, &ac, s->certs, err, sizeof(err));
+    if (s->acme == NULL) {
+        log_err("acme: %s", err);
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->n_sites; i++) {
+        const cfg_site_t *site = &cfg->sites[i];
+        if (site->tls.cert_file != NULL)
+            continue;
+        for (size_t a = 0; a < site->n_addrs; a++)
+            if (site->addrs[a].scheme == CFG_SCHEME_HTTPS)
+                acme_manage(s->acme, site->addrs[a].host);
+    }
+    return 0;
+}
+
+void srv_stop_acme(srv_t *s)
+{
+    acme_free(s->acme);
+    s->acme = NULL;
 }
 
 /* The certificate for clients without SNI: default_sni, else the only

@@ -48,6 +48,7 @@ typedef struct srv {
     alog_t alog;
     certs_t *certs;
     tls_server_t *tls;
+    struct acme *acme; /* NULL when no name is managed */
     up_targets_t *targets;
     worker_t *workers;
     int n_workers;
@@ -61,6 +62,12 @@ int srv_start(srv_t *s, cfg_t *cfg);
  * the store. Returns 0, or -1 after logging what failed: at start that
  * stops psproxy; on SIGHUP the certificates already served stay. */
 int srv_load_certs(srv_t *s, const cfg_t *cfg);
+
+/* Starts the ACME client for the HTTPS names without a manual certificate
+ * (on LOOP, the control loop). 0, or -1 after logging why. */
+int srv_start_acme(srv_t *s, uv_loop_t *loop);
+/* Stops it; its handles close on LOOP. */
+void srv_stop_acme(srv_t *s);
 
 /* Stops every worker (closing listeners and connections) and joins them. */
 void srv_stop(srv_t *s);

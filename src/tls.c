@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chal.h"
 #include "common.h"
 #include "log.h"
 
@@ -43,6 +44,8 @@ struct tls_server {
 };
 
 static int ex_server_idx = -1;
+static int ex_acme_idx = -1; /* set on SSLs answering a TLS-ALPN-01 validation */
+static const char ACME_TLS_1[] = "acme-tls/1";
 static BIO_METHOD *bio_method;
 static uv_once_t init_once = UV_ONCE_INIT;
 
@@ -109,6 +112,7 @@ static int bio_create(BIO *b)
 static void global_init(void)
 {
     ex_server_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    ex_acme_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
     bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "psproxy");
     if (bio_method == NULL)
         abort();
@@ -125,11 +129,74 @@ static tls_server_t *server_of(SSL *ssl)
     return SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ex_server_idx);
 }
 
+/* Whether a ClientHello extension body of ALPN lists acme-tls/1. */
+static int offers_acme_tls(const unsigned char *ext, size_t len)
+{
+    if (len < 2)
+        return 0;
+    size_t list = ((size_t)ext[0] << 8) | ext[1];
+    const unsigned char *p = ext + 2, *end = ext + 2 + (list < len - 2 ? list : len - 2);
+    while (p < end) {
+        size_t n = *p++;
+        if (n == sizeof(ACME_TLS_1) - 1 && (size_t)(end - p) >= n && memcmp(p, ACME_TLS_1, n) == 0)
+            return 1;
+        p += n;
+    }
+    return 0;
+}
+
+/* The host_name of a server_name extension body, copied into OUT. */
+static int sni_name(const unsigned char *ext, size_t len, char *out, size_t cap)
+{
+    /* list length (2), name type (1) = host_name (0), name length (2), name */
+    if (len < 5 || ext[2] != 0)
+        return -1;
+    size_t n = ((size_t)ext[3] << 8) | ext[4];
+    if (n == 0 || n >= cap || n > len - 5)
+        return -1;
+    memcpy(out, ext + 5, n);
+    out[n] = '\0';
+    return 0;
+}
+
+/* TLS-ALPN-01 (RFC 8737): a validator offering acme-tls/1 gets the
+ * challenge certificate for its SNI. This runs before the SNI and ALPN
+ * callbacks, which then leave such a handshake alone. */
+static int on_client_hello(SSL *ssl, int *alert, void *arg)
+{
+    const unsigned char *ext = NULL;
+    size_t len = 0;
+    if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_application_layer_protocol_negotiation, &ext,
+                                  &len) != 1 ||
+        !offers_acme_tls(ext, len))
+        return SSL_CLIENT_HELLO_SUCCESS;
+    char name[256];
+    X509 *cert = NULL;
+    EVP_PKEY *key = NULL;
+    if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &ext, &len) != 1 ||
+        sni_name(ext, len, name, sizeof(name)) != 0 || chal_alpn_get(name, &cert, &key) != 0) {
+        *alert = SSL_AD_UNRECOGNIZED_NAME; /* no validation pending for it */
+        return SSL_CLIENT_HELLO_ERROR;
+    }
+    int ok = SSL_use_cert_and_key(ssl, cert, key, NULL, 1) == 1;
+    X509_free(cert);
+    EVP_PKEY_free(key);
+    if (!ok) {
+        *alert = SSL_AD_INTERNAL_ERROR;
+        return SSL_CLIENT_HELLO_ERROR;
+    }
+    SSL_set_ex_data(ssl, ex_acme_idx, (void *)1);
+    log_info("acme: answering a tls-alpn-01 validation for %s", name);
+    return SSL_CLIENT_HELLO_SUCCESS;
+}
+
 /* SNI: pick the certificate before OpenSSL picks a cipher suite for it.
  * Called for every ClientHello, with or without a server_name. */
 static int on_servername(SSL *ssl, int *alert, void *arg)
 {
     tls_server_t *s = arg;
+    if (SSL_get_ex_data(ssl, ex_acme_idx) != NULL)
+        return SSL_TLSEXT_ERR_OK; /* the challenge certificate is set */
     const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
     const char *want = name != NULL ? name : s->default_name;
     certs_entry_t *e = want != NULL ? certs_get(s->store, want) : NULL;
@@ -152,8 +219,11 @@ static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                    const unsigned char *in, unsigned int inlen, void *arg)
 {
     static const unsigned char ours[] = "\x08http/1.1";
+    static const unsigned char acme[] = "\x0a" "acme-tls/1";
+    int is_acme = SSL_get_ex_data(ssl, ex_acme_idx) != NULL;
     unsigned char *sel = NULL;
-    if (SSL_select_next_proto(&sel, outlen, ours, sizeof(ours) - 1, in, inlen) !=
+    if (SSL_select_next_proto(&sel, outlen, is_acme ? acme : ours,
+                              (unsigned)(is_acme ? sizeof(acme) : sizeof(ours)) - 1, in, inlen) !=
         OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_ALERT_FATAL; /* RFC 7301 3.2: no_application_protocol */
     *out = sel;
@@ -242,6 +312,7 @@ tls_server_t *tls_server_new(certs_t *store, const char *default_name, char *err
     SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
     SSL_CTX_set_tlsext_servername_arg(ctx, s);
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, s);
+    SSL_CTX_set_client_hello_cb(ctx, on_client_hello, s);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
     SSL_CTX_sess_set_cache_size(ctx, TLS_SESSION_CACHE);
     SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"psproxy", 7);
@@ -449,6 +520,11 @@ void tls_conn_release_idle(tls_conn_t *t)
         buf_put(t->bufs, t->out);
         t->out = NULL;
     }
+}
+
+int tls_conn_is_acme(const tls_conn_t *t)
+{
+    return SSL_get_ex_data(t->ssl, ex_acme_idx) != NULL;
 }
 
 const char *tls_conn_describe(const tls_conn_t *t, char *buf, size_t len)

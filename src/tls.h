@@ -76,6 +76,9 @@ void tls_conn_out_sent(tls_conn_t *t, size_t n);
 /* Gives idle buffers back to the pool (keep-alive connections hold none). */
 void tls_conn_release_idle(tls_conn_t *t);
 
+/* True for a TLS-ALPN-01 validation handshake: nothing follows it. */
+int tls_conn_is_acme(const tls_conn_t *t);
+
 /* The negotiated protocol and ALPN, for logs and tests. */
 const char *tls_conn_describe(const tls_conn_t *t, char *buf, size_t len);
 

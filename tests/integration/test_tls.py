@@ -188,32 +188,28 @@ def test_unknown_sni_with_one_site_is_refused_too(one_site):
     assert "alert number 112" in sc.out, sc
 
 
-def _config_without_tls(pki, upstream, tmp_path):
-    a = pki.leaf("a.test")
-    conf = tmp_path / "notls.conf"
-    conf.write_text(tls_config([site("a.test", a, upstream), site("b.test", None, upstream)],
-                               http_port=free_port(), https_port=free_port()))
+def _config_unmanageable(tmp_path, site_line, body):
+    conf = tmp_path / "unmanageable.conf"
+    conf.write_text("{\n\tadmin off\n\thttp_port %d\n\thttps_port %d\n\tstorage file_system %s\n}\n"
+                    "%s {\n%s\treverse_proxy 127.0.0.1:9\n}\n"
+                    % (free_port(), free_port(), tmp_path / "storage", site_line, body))
     return conf
 
 
-def test_https_site_without_tls_directive_is_refused_by_validate(pki, upstream, tmp_path):
-    """validate should predict start, which refuses it (next test)."""
-    conf = _config_without_tls(pki, upstream, tmp_path)
-    v = subprocess.run([PSPROXY, "validate", "-c", str(conf)], capture_output=True,
-                       timeout=10, stdin=subprocess.DEVNULL)
-    assert v.returncode != 0, "validate accepted a site without tls: %r" % (v,)
-
-
-def test_https_site_without_tls_directive_is_refused_at_start(pki, upstream, tmp_path):
-    """Certificates come only from `tls CERT KEY` for now (no ACME yet)."""
-    conf = _config_without_tls(pki, upstream, tmp_path)
-    p = subprocess.run([PSPROXY, "-c", str(conf)], capture_output=True, timeout=10,
-                       stdin=subprocess.DEVNULL, cwd=str(tmp_path))
-    out = (p.stdout + p.stderr).decode(errors="replace")
-    assert p.returncode != 0, out
-    line = conf.read_text().splitlines().index("b.test {") + 1
-    assert "b.test" in out or "%s:%d:" % (conf, line) in out, (
-        "the error does not point at the site b.test (line %d): %r" % (line, out))
+# A site with no tls directive gets its certificate from ACME (test_acme.py);
+# the ones ACME cannot serve are refused, by validate as at start, naming the line.
+@pytest.mark.parametrize("site_line,body,why", [
+    ("b.test", "\ttls internal\n", "tls internal"),
+    ("*.wild.test", "", "DNS-01"),
+])
+def test_https_site_acme_cannot_serve_is_refused(tmp_path, site_line, body, why):
+    conf = _config_unmanageable(tmp_path, site_line, body)
+    for args in (["validate", "-c", str(conf)], ["-c", str(conf)]):
+        p = subprocess.run([PSPROXY] + args, capture_output=True, timeout=10,
+                           stdin=subprocess.DEVNULL, cwd=str(tmp_path))
+        out = (p.stdout + p.stderr).decode(errors="replace")
+        assert p.returncode != 0, out
+        assert "%s:7:" % conf in out and why in out, out  # the site line
 
 
 # -- protocols ----------------------------------------------------------------------

@@ -1,0 +1,40 @@
+/* The ACME client (RFC 8555): obtains certificates for the managed names,
+ * keeps them in storage, serves them through the certificate store, and
+ * renews them on timers. Runs on the control loop; never blocks it. */
+#ifndef PS_ACME_H
+#define PS_ACME_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#include "certs.h"
+
+#define ACME_LETSENCRYPT "https://acme-v02.api.letsencrypt.org/directory"
+
+enum acme_challenge {
+    ACME_HTTP_01 = 1,
+    ACME_TLS_ALPN_01 = 2,
+};
+
+typedef struct acme_config {
+    const char *directory; /* the CA's directory URL */
+    const char *ca_root;   /* PEM file the CA's HTTPS is checked against; NULL: system */
+    const char *email;     /* account contact; may be NULL */
+    const char *storage;   /* storage root */
+    int challenges;        /* enum acme_challenge bits; 0 = both */
+} acme_config_t;
+
+typedef struct acme acme_t;
+
+/* Opens the storage and prepares the client. NULL with ERR on failure. */
+acme_t *acme_new(uv_loop_t *loop, const acme_config_t *cfg, certs_t *certs, char *err,
+                 size_t errlen);
+
+/* Takes NAME under management: a valid stored certificate is served at
+ * once (and renewed when due); without one, an order starts. */
+int acme_manage(acme_t *a, const char *name);
+
+/* Stops timers and requests; frees A once libuv has closed its handles. */
+void acme_free(acme_t *a);
+
+#endif

@@ -1,0 +1,882 @@
+/* The ACME client: one order at a time, as an explicit state machine driven
+ * by fetch callbacks and timers on the control loop.
+ *
+ *   DIRECTORY -> ACCOUNT -> ORDER -> AUTHZ (per authorization: CHALLENGE,
+ *   POLL_AUTHZ) -> FINALIZE -> POLL_ORDER -> CERT -> installed
+ *
+ * Every signed request takes the last Replay-Nonce (HEAD newNonce when there
+ * is none) and is re-signed on badNonce. A failed order backs off per name
+ * and the certificate already served stays. */
+#include "acme.h"
+
+#include <cjson/cJSON.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "chal.h"
+#include "csr.h"
+#include "fetch.h"
+#include "jws.h"
+#include "log.h"
+#include "renew.h"
+#include "store.h"
+
+#define ACME_MAX_NONCE_RETRIES 10
+#define ACME_MAX_POLLS 120
+#define ACME_POLL_MS 250 /* when the CA gives no Retry-After */
+
+enum step {
+    S_IDLE,
+    S_DIRECTORY,
+    S_NONCE,
+    S_ACCOUNT,
+    S_ORDER,
+    S_AUTHZ,
+    S_CHALLENGE,
+    S_POLL_AUTHZ,
+    S_FINALIZE,
+    S_POLL_ORDER,
+    S_CERT,
+};
+
+static const char *const step_names[] = {
+    "idle",       "directory", "nonce",    "account",    "order", "authorization",
+    "challenge",  "poll authorization", "finalize", "poll order", "certificate",
+};
+
+/* A managed name and its renewal clock. */
+struct name {
+    char *name;
+    uv_timer_t timer;
+    acme_t *a;
+    int failures;
+    int queued;
+    int64_t not_after; /* of the certificate served, 0 when none */
+    struct name *next;
+};
+
+struct acme {
+    uv_loop_t *loop;
+    fetch_t *fetch;
+    store_t *store;
+    certs_t *certs;
+    char *directory, *email;
+    int challenges;
+    /* from the directory */
+    char *new_nonce, *new_account, *new_order;
+    char *nonce;
+    EVP_PKEY *account_key;
+    char *kid;
+    struct name *names;
+    /* the order under way */
+    struct name *cur;
+    int step;
+    int pending_step;        /* the step a nonce fetch was made for */
+    char *req_url;           /* the signed request in flight, kept for badNonce */
+    char *req_payload;       /* NULL: POST-as-GET */
+    const char *req_accept;
+    int nonce_retries;
+    int polls;
+    int chal_type;           /* ACME_HTTP_01 or ACME_TLS_ALPN_01 */
+    int tried;               /* challenge types that failed for this name */
+    char *order_url, *finalize_url, *cert_url;
+    cJSON *authzs;           /* the order's authorization URLs */
+    int authz_i;
+    char *chal_token;
+    char *chal_url;
+    EVP_PKEY *cert_key;
+    int lock_fd;
+    uv_timer_t poll_timer;
+    int closing;
+};
+
+static void next_order(acme_t *a);
+static void run_step(acme_t *a);
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static char *dup_or_null(const char *s)
+{
+    return s != NULL ? strdup(s) : NULL;
+}
+
+static void set_str(char **dst, const char *v)
+{
+    free(*dst);
+    *dst = dup_or_null(v);
+}
+
+static const char *json_str(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static int64_t not_before(const certs_entry_t *e)
+{
+    const ASN1_TIME *t = X509_get0_notBefore(e->leaf);
+    struct tm tm;
+    return t != NULL && ASN1_TIME_to_tm(t, &tm) == 1 ? (int64_t)timegm(&tm) : (int64_t)time(NULL);
+}
+
+static uint32_t rnd32(void)
+{
+    uint32_t r = 0;
+    if (RAND_bytes((unsigned char *)&r, sizeof(r)) != 1)
+        r = (uint32_t)time(NULL);
+    return r;
+}
+
+/* The problem document (RFC 7807) of a failed response, as one line. */
+static void problem_text(const fetch_resp_t *r, char *out, size_t cap)
+{
+    if (r->status == 0) {
+        snprintf(out, cap, "%s", r->error != NULL ? r->error : "request failed");
+        return;
+    }
+    cJSON *p = cJSON_Parse(r->body);
+    const char *type = json_str(p, "type"), *detail = json_str(p, "detail");
+    if (type != NULL || detail != NULL)
+        snprintf(out, cap, "HTTP %ld %s: %s", r->status, type != NULL ? type : "",
+                 detail != NULL ? detail : "");
+    else
+        snprintf(out, cap, "HTTP %ld", r->status);
+    cJSON_Delete(p);
+}
+
+static int is_problem(const fetch_resp_t *r, const char *type)
+{
+    cJSON *p = cJSON_Parse(r->body);
+    const char *t = json_str(p, "type");
+    int yes = t != NULL && strcmp(t, type) == 0;
+    cJSON_Delete(p);
+    return yes;
+}
+
+/* ---- the order's end ----------------------------------------------------- */
+
+static void clear_challenge(acme_t *a)
+{
+    if (a->chal_token != NULL)
+        chal_http_del(a->chal_token);
+    if (a->cur != NULL)
+        chal_alpn_del(a->cur->name);
+    set_str(&a->chal_token, NULL);
+    set_str(&a->chal_url, NULL);
+}
+
+static void clear_order(acme_t *a)
+{
+    clear_challenge(a);
+    set_str(&a->order_url, NULL);
+    set_str(&a->finalize_url, NULL);
+    set_str(&a->cert_url, NULL);
+    set_str(&a->req_url, NULL);
+    set_str(&a->req_payload, NULL);
+    cJSON_Delete(a->authzs);
+    a->authzs = NULL;
+    EVP_PKEY_free(a->cert_key);
+    a->cert_key = NULL;
+    if (a->lock_fd >= 0)
+        store_unlock(a->lock_fd);
+    a->lock_fd = -1;
+    uv_timer_stop(&a->poll_timer);
+}
+
+static void on_name_timer(uv_timer_t *t);
+
+static void schedule(struct name *n, int64_t at)
+{
+    int64_t now = time(NULL);
+    uint64_t ms = at > now ? (uint64_t)(at - now) * 1000 : 0;
+    uv_timer_start(&n->timer, on_name_timer, ms, 0);
+}
+
+static void save_meta(acme_t *a, struct name *n, const char *last_error, int64_t next)
+{
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddNumberToObject(m, "failures", n->failures);
+    cJSON_AddNumberToObject(m, "next_attempt", (double)next);
+    if (n->not_after != 0)
+        cJSON_AddNumberToObject(m, "not_after", (double)n->not_after);
+    if (last_error != NULL)
+        cJSON_AddStringToObject(m, "last_error", last_error);
+    char err[512];
+    if (store_save_meta(a->store, a->directory, n->name, m, err, sizeof(err)) != 0)
+        log_err("acme: %s", err);
+    cJSON_Delete(m);
+}
+
+/* The order failed: log why once, back off, keep serving what we have. */
+static void fail(acme_t *a, const char *why, const char *retry_after)
+{
+    struct name *n = a->cur;
+    int64_t now = time(NULL);
+    int64_t ra = retry_after != NULL ? renew_parse_retry_after(retry_after, now) : -1;
+    n->failures++;
+    int64_t delay = renew_backoff(n->failures, ra, rnd32());
+    log_err("acme: %s: %s failed: %s; retry in %llds (failure %d)%s", n->name,
+            step_names[a->step], why, (long long)delay, n->failures,
+            n->not_after != 0 ? "; the current certificate keeps serving" : "");
+    save_meta(a, n, why, now + delay);
+    clear_order(a);
+    a->cur = NULL;
+    a->step = S_IDLE;
+    schedule(n, now + delay);
+    next_order(a);
+}
+
+/* ---- requests ------------------------------------------------------------ */
+
+static void on_response(void *arg, const fetch_resp_t *r);
+
+static void send_signed(acme_t *a)
+{
+    char *jws = jws_sign(a->account_key, a->step == S_ACCOUNT ? NULL : a->kid, a->nonce,
+                         a->req_url, a->req_payload);
+    set_str(&a->nonce, NULL); /* a nonce is good for one request */
+    if (jws == NULL || fetch_start(a->fetch, "POST", a->req_url, jws, a->req_accept, on_response,
+                                   a) != 0) {
+        free(jws);
+        fail(a, "cannot sign or send the request", NULL);
+        return;
+    }
+    free(jws);
+}
+
+/* A signed POST for the current step; PAYLOAD NULL is POST-as-GET. */
+static void post(acme_t *a, const char *url, const char *payload, const char *accept)
+{
+    log_debug("acme: %s: %s: POST %s", a->cur->name, step_names[a->step], url);
+    set_str(&a->req_url, url);
+    set_str(&a->req_payload, payload);
+    a->req_accept = accept;
+    a->nonce_retries = 0;
+    if (a->nonce == NULL) {
+        a->pending_step = a->step;
+        a->step = S_NONCE;
+        if (fetch_start(a->fetch, "HEAD", a->new_nonce, NULL, NULL, on_response, a) != 0)
+            fail(a, "cannot request a nonce", NULL);
+        return;
+    }
+    send_signed(a);
+}
+
+static void on_poll_timer(uv_timer_t *t)
+{
+    acme_t *a = t->data;
+    run_step(a);
+}
+
+/* Polls again after Retry-After (clamped) or a short pause. */
+static void poll_later(acme_t *a, const fetch_resp_t *r)
+{
+    if (++a->polls > ACME_MAX_POLLS) {
+        fail(a, "the CA kept it pending too long", NULL);
+        return;
+    }
+    int64_t ms = ACME_POLL_MS;
+    if (r->retry_after != NULL) {
+        int64_t ra = renew_parse_retry_after(r->retry_after, time(NULL));
+        if (ra >= 0)
+            ms = (ra > 60 ? 60 : ra) * 1000;
+    }
+    uv_timer_start(&a->poll_timer, on_poll_timer, (uint64_t)ms, 0);
+}
+
+/* ---- steps ---------------------------------------------------------------- */
+
+static int next_challenge_type(acme_t *a)
+{
+    static const int order[] = {ACME_HTTP_01, ACME_TLS_ALPN_01};
+    for (int i = 0; i < 2; i++)
+        if ((a->challenges & order[i]) && !(a->tried & order[i]))
+            return order[i];
+    return 0;
+}
+
+static void install(acme_t *a, const fetch_resp_t *r)
+{
+    struct name *n = a->cur;
+    char err[512];
+    size_t key_len = 0;
+    char *key_pem = csr_key_to_pem(a->cert_key, &key_len);
+    certs_entry_t *e = NULL;
+    if (key_pem == NULL ||
+        certs_entry_from_pem(r->body, r->len, key_pem, key_len, n->name, &e, err, sizeof(err)) !=
+            0) {
+        if (key_pem != NULL)
+            OPENSSL_cleanse(key_pem, key_len);
+        free(key_pem);
+        fail(a, "the CA's certificate does not load", NULL);
+        return;
+    }
+    /* storage first: a certificate we serve must survive a restart */
+    cJSON *meta = cJSON_CreateObject();
+    cJSON_AddStringToObject(meta, "name", n->name);
+    cJSON_AddStringToObject(meta, "ca", a->directory);
+    cJSON_AddNumberToObject(meta, "not_after", (double)e->not_after);
+    cJSON_AddNumberToObject(meta, "obtained", (double)time(NULL));
+    cJSON_AddNumberToObject(meta, "failures", 0);
+    int rc = store_save_cert(a->store, a->directory, n->name, r->body, r->len, key_pem, key_len,
+                             meta, err, sizeof(err));
+    cJSON_Delete(meta);
+    OPENSSL_cleanse(key_pem, key_len);
+    free(key_pem);
+    if (rc != 0) {
+        certs_entry_unref(e);
+        fail(a, err, NULL);
+        return;
+    }
+    certs_put(a->certs, n->name, e);
+    n->failures = 0;
+    n->not_after = e->not_after;
+    int64_t due = renew_due_by_lifetime(not_before(e), e->not_after);
+    log_info("acme: %s: certificate obtained (expires %lld, renewal due in %llds)", n->name,
+             (long long)e->not_after, (long long)(due - time(NULL)));
+    certs_entry_unref(e);
+    clear_order(a);
+    a->cur = NULL;
+    a->step = S_IDLE;
+    schedule(n, due);
+    next_order(a);
+}
+
+/* The order object: where it stands decides the next step. */
+static void on_order(acme_t *a, const fetch_resp_t *r)
+{
+    cJSON *o = cJSON_Parse(r->body);
+    char status[16] = "";
+    const char *st = json_str(o, "status");
+    if (st != NULL)
+        snprintf(status, sizeof(status), "%s", st); /* it outlives O */
+    log_debug("acme: %s: order %s", a->cur->name, status);
+    if (st == NULL) {
+        cJSON_Delete(o);
+        fail(a, "the order is not JSON with a status", NULL);
+        return;
+    }
+    if (a->step == S_ORDER) {
+        set_str(&a->order_url, r->location);
+        set_str(&a->finalize_url, json_str(o, "finalize"));
+        cJSON *az = cJSON_GetObjectItemCaseSensitive(o, "authorizations");
+        a->authzs = cJSON_Duplicate(az, 1);
+        a->authz_i = 0;
+        if (a->order_url == NULL || a->finalize_url == NULL || !cJSON_IsArray(az)) {
+            cJSON_Delete(o);
+            fail(a, "the order lacks its URL, finalize or authorizations", NULL);
+            return;
+        }
+    }
+    if (strcmp(status, "invalid") == 0) {
+        cJSON_Delete(o);
+        fail(a, "the order became invalid", NULL);
+        return;
+    }
+    if (strcmp(status, "valid") == 0) {
+        set_str(&a->cert_url, json_str(o, "certificate"));
+        cJSON_Delete(o);
+        a->step = S_CERT;
+        run_step(a);
+        return;
+    }
+    if (strcmp(status, "processing") == 0) {
+        cJSON_Delete(o);
+        a->step = S_POLL_ORDER;
+        poll_later(a, r);
+        return;
+    }
+    cJSON_Delete(o);
+    if (strcmp(status, "ready") == 0) {
+        a->step = S_FINALIZE;
+        a->polls = 0;
+        run_step(a);
+    } else if (a->authz_i >= cJSON_GetArraySize(a->authzs)) {
+        /* every authorization is valid; the order catches up */
+        a->step = S_POLL_ORDER;
+        poll_later(a, r);
+    } else {
+        a->step = S_AUTHZ;
+        a->polls = 0;
+        run_step(a);
+    }
+}
+
+/* An authorization: valid ones are skipped, pending ones get a challenge. */
+static void on_authz(acme_t *a, const fetch_resp_t *r)
+{
+    cJSON *z = cJSON_Parse(r->body);
+    char status[16] = "";
+    const char *st = json_str(z, "status");
+    if (st != NULL)
+        snprintf(status, sizeof(status), "%s", st); /* it outlives Z */
+    if (st == NULL) {
+        cJSON_Delete(z);
+        fail(a, "the authorization is not JSON with a status", NULL);
+        return;
+    }
+    if (strcmp(status, "valid") == 0) {
+        cJSON_Delete(z);
+        clear_challenge(a);
+        a->authz_i++;
+        a->step = S_AUTHZ;
+        a->polls = 0;
+        run_step(a);
+        return;
+    }
+    if (strcmp(status, "pending") != 0) {
+        /* invalid: that challenge type failed for this name; try the other
+         * in a new order (an invalid authorization ends this one) */
+        char why[512] = "the authorization failed";
+        cJSON *chs = cJSON_GetObjectItemCaseSensitive(z, "challenges");
+        const cJSON *ch;
+        cJSON_ArrayForEach(ch, chs)
+        {
+            const cJSON *e = cJSON_GetObjectItemCaseSensitive(ch, "error");
+            if (cJSON_IsObject(e))
+                snprintf(why, sizeof(why), "%s: %s", json_str(ch, "type") ? json_str(ch, "type") : "",
+                         json_str(e, "detail") ? json_str(e, "detail") : "");
+        }
+        cJSON_Delete(z);
+        log_warn("acme: %s: challenge failed: %s", a->cur->name, why);
+        a->tried |= a->chal_type;
+        if (next_challenge_type(a) != 0) {
+            clear_order(a);
+            a->step = S_ORDER;
+            run_step(a);
+        } else {
+            fail(a, why, NULL);
+        }
+        return;
+    }
+    if (a->step == S_POLL_AUTHZ) {
+        cJSON_Delete(z);
+        poll_later(a, r);
+        return;
+    }
+    /* pending and not answered yet: publish the response, then tell the CA */
+    a->chal_type = next_challenge_type(a);
+    const char *want = a->chal_type == ACME_HTTP_01 ? "http-01" : "tls-alpn-01";
+    const cJSON *ch, *chosen = NULL;
+    cJSON_ArrayForEach(ch, cJSON_GetObjectItemCaseSensitive(z, "challenges"))
+    {
+        const char *type = json_str(ch, "type");
+        if (type != NULL && strcmp(type, want) == 0)
+            chosen = ch;
+    }
+    const char *token = chosen != NULL ? json_str(chosen, "token") : NULL;
+    const char *url = chosen != NULL ? json_str(chosen, "url") : NULL;
+    char *ka = token != NULL ? jws_key_authorization(a->account_key, token) : NULL;
+    if (ka == NULL || url == NULL) {
+        free(ka);
+        cJSON_Delete(z);
+        a->tried |= a->chal_type;
+        if (next_challenge_type(a) != 0) {
+            clear_order(a);
+            a->step = S_ORDER;
+            run_step(a);
+        } else {
+            fail(a, "the CA offers no challenge psproxy can answer", NULL);
+        }
+        return;
+    }
+    set_str(&a->chal_token, token);
+    set_str(&a->chal_url, url);
+    if (a->chal_type == ACME_HTTP_01) {
+        chal_http_put(token, ka);
+    } else {
+        X509 *cert = NULL;
+        EVP_PKEY *key = NULL;
+        if (csr_alpn_challenge_cert(a->cur->name, ka, &cert, &key) != 0) {
+            free(ka);
+            cJSON_Delete(z);
+            fail(a, "cannot make the TLS-ALPN-01 certificate", NULL);
+            return;
+        }
+        chal_alpn_put(a->cur->name, cert, key);
+        X509_free(cert);
+        EVP_PKEY_free(key);
+    }
+    log_info("acme: %s: answering %s", a->cur->name, want);
+    free(ka);
+    cJSON_Delete(z);
+    a->step = S_CHALLENGE;
+    post(a, a->chal_url, "{}", NULL);
+}
+
+/* Runs the current step: the request it needs. */
+static void run_step(acme_t *a)
+{
+    switch (a->step) {
+    case S_DIRECTORY:
+        if (fetch_start(a->fetch, "GET", a->directory, NULL, NULL, on_response, a) != 0)
+            fail(a, "cannot request the directory", NULL);
+        return;
+    case S_ACCOUNT: {
+        cJSON *p = cJSON_CreateObject();
+        cJSON_AddBoolToObject(p, "termsOfServiceAgreed", 1);
+        if (a->email != NULL) {
+            char contact[320];
+            snprintf(contact, sizeof(contact), "mailto:%s", a->email);
+            cJSON *arr = cJSON_AddArrayToObject(p, "contact");
+            cJSON_AddItemToArray(arr, cJSON_CreateString(contact));
+        }
+        char *body = cJSON_PrintUnformatted(p);
+        cJSON_Delete(p);
+        post(a, a->new_account, body, NULL);
+        free(body);
+        return;
+    }
+    case S_ORDER: {
+        char err[256];
+        if (a->lock_fd < 0 && store_lock(a->store, a->cur->name, &a->lock_fd, err, sizeof(err)) != 0) {
+            a->lock_fd = -1;
+            fail(a, "another psproxy is ordering this name (storage lock held)", "60");
+            return;
+        }
+        cJSON *p = cJSON_CreateObject();
+        cJSON *ids = cJSON_AddArrayToObject(p, "identifiers");
+        cJSON *id = cJSON_CreateObject();
+        cJSON_AddStringToObject(id, "type", "dns");
+        cJSON_AddStringToObject(id, "value", a->cur->name);
+        cJSON_AddItemToArray(ids, id);
+        char *body = cJSON_PrintUnformatted(p);
+        cJSON_Delete(p);
+        if (a->cur->not_after != 0)
+            log_info("acme: %s: renewing the certificate (expires %lld) with %s", a->cur->name,
+                     (long long)a->cur->not_after, a->directory);
+        else
+            log_info("acme: %s: ordering a certificate from %s", a->cur->name, a->directory);
+        post(a, a->new_order, body, NULL);
+        free(body);
+        return;
+    }
+    case S_AUTHZ:
+    case S_POLL_AUTHZ: {
+        const cJSON *u = cJSON_GetArrayItem(a->authzs, a->authz_i);
+        if (u == NULL) { /* all valid: the order should be ready */
+            a->step = S_POLL_ORDER;
+            post(a, a->order_url, NULL, NULL);
+            return;
+        }
+        if (!cJSON_IsString(u)) {
+            fail(a, "an authorization URL is not a string", NULL);
+            return;
+        }
+        post(a, u->valuestring, NULL, NULL);
+        return;
+    }
+    case S_FINALIZE: {
+        a->cert_key = csr_key_new();
+        const char *names[1] = {a->cur->name};
+        unsigned char *der = NULL;
+        size_t len = 0;
+        if (a->cert_key == NULL || csr_make(a->cert_key, names, 1, &der, &len) != 0) {
+            fail(a, "cannot make the CSR", NULL);
+            return;
+        }
+        char *b64 = jws_b64url(der, len);
+        free(der);
+        cJSON *p = cJSON_CreateObject();
+        cJSON_AddStringToObject(p, "csr", b64);
+        char *body = cJSON_PrintUnformatted(p);
+        cJSON_Delete(p);
+        free(b64);
+        post(a, a->finalize_url, body, NULL);
+        free(body);
+        return;
+    }
+    case S_POLL_ORDER:
+        post(a, a->order_url, NULL, NULL);
+        return;
+    case S_CERT:
+        if (a->cert_url == NULL) {
+            fail(a, "the valid order has no certificate URL", NULL);
+            return;
+        }
+        post(a, a->cert_url, NULL, "application/pem-certificate-chain");
+        return;
+    default:
+        return;
+    }
+}
+
+static void on_response(void *arg, const fetch_resp_t *r)
+{
+    acme_t *a = arg;
+    if (a->closing || a->cur == NULL)
+        return;
+    log_debug("acme: %s: %s: HTTP %ld%s%s", a->cur->name, step_names[a->step], r->status,
+              r->error != NULL ? " " : "", r->error != NULL ? r->error : "");
+    if (r->nonce != NULL)
+        set_str(&a->nonce, r->nonce);
+    if (a->step == S_NONCE) {
+        a->step = a->pending_step;
+        if (a->nonce == NULL) {
+            char why[512];
+            problem_text(r, why, sizeof(why));
+            fail(a, why, r->retry_after);
+            return;
+        }
+        send_signed(a);
+        return;
+    }
+    if (r->status == 400 && is_problem(r, "urn:ietf:params:acme:error:badNonce") &&
+        a->nonce_retries < ACME_MAX_NONCE_RETRIES) {
+        /* RFC 8555 6.5: the rejection carries a fresh nonce; sign again */
+        a->nonce_retries++;
+        if (a->nonce == NULL) {
+            a->pending_step = a->step;
+            a->step = S_NONCE;
+            if (fetch_start(a->fetch, "HEAD", a->new_nonce, NULL, NULL, on_response, a) != 0)
+                fail(a, "cannot request a nonce", NULL);
+            return;
+        }
+        send_signed(a);
+        return;
+    }
+    if (r->status < 200 || r->status >= 300) {
+        char why[512];
+        problem_text(r, why, sizeof(why));
+        fail(a, why, r->retry_after);
+        return;
+    }
+    switch (a->step) {
+    case S_DIRECTORY: {
+        cJSON *d = cJSON_Parse(r->body);
+        set_str(&a->new_nonce, json_str(d, "newNonce"));
+        set_str(&a->new_account, json_str(d, "newAccount"));
+        set_str(&a->new_order, json_str(d, "newOrder"));
+        cJSON_Delete(d);
+        if (a->new_nonce == NULL || a->new_account == NULL || a->new_order == NULL) {
+            fail(a, "the directory lacks newNonce, newAccount or newOrder", NULL);
+            return;
+        }
+        a->step = a->kid != NULL ? S_ORDER : S_ACCOUNT;
+        run_step(a);
+        return;
+    }
+    case S_ACCOUNT: {
+        if (r->location == NULL) {
+            fail(a, "newAccount answered without the account URL", NULL);
+            return;
+        }
+        set_str(&a->kid, r->location);
+        size_t len = 0;
+        char *pem = csr_key_to_pem(a->account_key, &len);
+        char err[512];
+        int rc = pem != NULL ? store_save_account(a->store, a->directory, pem, len, a->kid, err,
+                                                  sizeof(err))
+                             : -1;
+        if (pem != NULL) {
+            OPENSSL_cleanse(pem, len);
+            free(pem);
+        }
+        if (rc != 0) {
+            fail(a, pem != NULL ? err : "cannot encode the account key", NULL);
+            return;
+        }
+        log_info("acme: account %s", a->kid);
+        a->step = S_ORDER;
+        run_step(a);
+        return;
+    }
+    case S_ORDER:
+    case S_POLL_ORDER:
+    case S_FINALIZE:
+        on_order(a, r);
+        return;
+    case S_AUTHZ:
+    case S_POLL_AUTHZ:
+        on_authz(a, r);
+        return;
+    case S_CHALLENGE:
+        /* the CA validates now; watch the authorization */
+        a->step = S_POLL_AUTHZ;
+        a->polls = 0;
+        poll_later(a, r);
+        return;
+    case S_CERT:
+        install(a, r);
+        return;
+    default:
+        return;
+    }
+}
+
+/* ---- names and their timers --------------------------------------------- */
+
+static void next_order(acme_t *a)
+{
+    if (a->cur != NULL || a->closing)
+        return;
+    for (struct name *n = a->names; n != NULL; n = n->next) {
+        if (!n->queued)
+            continue;
+        n->queued = 0;
+        a->cur = n;
+        a->tried = 0;
+        a->polls = 0;
+        a->lock_fd = -1;
+        a->step = a->new_order != NULL ? (a->kid != NULL ? S_ORDER : S_ACCOUNT) : S_DIRECTORY;
+        run_step(a);
+        return;
+    }
+}
+
+static void on_name_timer(uv_timer_t *t)
+{
+    struct name *n = t->data;
+    n->queued = 1;
+    next_order(n->a);
+}
+
+/* A stored certificate that loads and is not expired serves at once. */
+static int load_stored(acme_t *a, struct name *n)
+{
+    char *chain = NULL, *key = NULL, err[512];
+    size_t chain_len = 0, key_len = 0;
+    cJSON *meta = NULL;
+    int rc = store_load_cert(a->store, a->directory, n->name, &chain, &chain_len, &key, &key_len,
+                             &meta, err, sizeof(err));
+    if (rc != 0) {
+        if (rc != UV_ENOENT)
+            log_err("acme: %s: stored certificate: %s", n->name, err);
+        return -1;
+    }
+    certs_entry_t *e = NULL;
+    rc = certs_entry_from_pem(chain, chain_len, key, key_len, n->name, &e, err, sizeof(err));
+    OPENSSL_cleanse(key, key_len);
+    free(key);
+    free(chain);
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(meta, "failures");
+    const cJSON *next = cJSON_GetObjectItemCaseSensitive(meta, "next_attempt");
+    if (cJSON_IsNumber(f))
+        n->failures = f->valueint; /* back-off survives restarts */
+    int64_t next_attempt = cJSON_IsNumber(next) ? (int64_t)next->valuedouble : 0;
+    cJSON_Delete(meta);
+    if (rc != 0) {
+        log_err("acme: %s: stored certificate does not load: %s", n->name, err);
+        return -1;
+    }
+    if (e->not_after <= time(NULL)) {
+        log_warn("acme: %s: the stored certificate has expired", n->name);
+        certs_entry_unref(e);
+        return -1;
+    }
+    certs_put(a->certs, n->name, e);
+    n->not_after = e->not_after;
+    int64_t due = renew_due_by_lifetime(not_before(e), e->not_after);
+    if (n->failures > 0 && next_attempt > due)
+        due = next_attempt;
+    log_info("acme: %s: serving the stored certificate (expires %lld, renewal due in %llds)",
+             n->name, (long long)e->not_after, (long long)(due - time(NULL)));
+    certs_entry_unref(e);
+    schedule(n, due);
+    return 0;
+}
+
+int acme_manage(acme_t *a, const char *name)
+{
+    struct name *n = calloc(1, sizeof(*n));
+    if (n == NULL)
+        return -1;
+    n->name = strdup(name);
+    n->a = a;
+    uv_timer_init(a->loop, &n->timer);
+    n->timer.data = n;
+    n->next = a->names;
+    a->names = n;
+    if (load_stored(a, n) != 0) {
+        n->queued = 1;
+        next_order(a);
+    }
+    return 0;
+}
+
+acme_t *acme_new(uv_loop_t *loop, const acme_config_t *cfg, certs_t *certs, char *err,
+                 size_t errlen)
+{
+    acme_t *a = calloc(1, sizeof(*a));
+    if (a == NULL)
+        return NULL;
+    a->loop = loop;
+    a->certs = certs;
+    a->lock_fd = -1;
+    a->directory = strdup(cfg->directory != NULL ? cfg->directory : ACME_LETSENCRYPT);
+    a->email = dup_or_null(cfg->email);
+    a->challenges = cfg->challenges != 0 ? cfg->challenges : ACME_HTTP_01 | ACME_TLS_ALPN_01;
+    uv_timer_init(loop, &a->poll_timer);
+    a->poll_timer.data = a;
+    if (store_open(cfg->storage, &a->store, err, errlen) != 0)
+        goto fail;
+    a->fetch = fetch_new(loop, cfg->ca_root);
+    if (a->fetch == NULL) {
+        snprintf(err, errlen, "acme: cannot start libcurl");
+        goto fail;
+    }
+    /* the account: the stored one, else a new key registered at the first order */
+    char *pem = NULL;
+    size_t len = 0;
+    int rc = store_load_account(a->store, a->directory, &pem, &len, &a->kid, err, errlen);
+    if (rc == 0) {
+        a->account_key = csr_key_from_pem(pem, len);
+        OPENSSL_cleanse(pem, len);
+        free(pem);
+        if (a->account_key == NULL) {
+            snprintf(err, errlen, "%s: the stored ACME account key does not load",
+                     store_root(a->store));
+            goto fail;
+        }
+    } else if (rc == UV_ENOENT) {
+        free(a->kid);
+        a->kid = NULL;
+        a->account_key = jws_key_new();
+    } else {
+        goto fail;
+    }
+    return a;
+fail:
+    acme_free(a);
+    return NULL;
+}
+
+static void on_name_closed(uv_handle_t *h)
+{
+    struct name *n = h->data;
+    free(n->name);
+    free(n);
+}
+
+static void on_poll_closed(uv_handle_t *h)
+{
+    acme_t *a = h->data;
+    free(a);
+}
+
+void acme_free(acme_t *a)
+{
+    if (a == NULL)
+        return;
+    a->closing = 1;
+    clear_order(a);
+    fetch_free(a->fetch);
+    while (a->names != NULL) {
+        struct name *n = a->names;
+        a->names = n->next;
+        uv_close((uv_handle_t *)&n->timer, on_name_closed);
+    }
+    store_close(a->store);
+    EVP_PKEY_free(a->account_key);
+    free(a->directory);
+    free(a->email);
+    free(a->new_nonce);
+    free(a->new_account);
+    free(a->new_order);
+    free(a->nonce);
+    free(a->kid);
+    uv_close((uv_handle_t *)&a->poll_timer, on_poll_closed);
+}

@@ -1,0 +1,40 @@
+/* HTTP requests for the ACME client: libcurl's multi interface driven by a
+ * libuv loop (uv_poll per socket, one uv_timer), so no call ever blocks the
+ * loop. One fetch_t per loop; requests run concurrently. */
+#ifndef PS_FETCH_H
+#define PS_FETCH_H
+
+#include <stddef.h>
+#include <uv.h>
+
+typedef struct fetch fetch_t;
+
+typedef struct fetch_resp {
+    long status;        /* HTTP status; 0 when the transfer failed */
+    const char *error;  /* curl's reason when status is 0 */
+    char *body;         /* NUL-terminated */
+    size_t len;
+    /* the response fields the ACME client needs, NULL when absent */
+    const char *nonce;        /* Replay-Nonce */
+    const char *location;     /* Location */
+    const char *retry_after;  /* Retry-After */
+    const char *content_type; /* Content-Type */
+} fetch_resp_t;
+
+/* RESP is valid during the call only. */
+typedef void (*fetch_cb)(void *arg, const fetch_resp_t *resp);
+
+/* CA_FILE (may be NULL: the system's roots) is what HTTPS peers are checked
+ * against. Returns NULL when libcurl cannot start. */
+fetch_t *fetch_new(uv_loop_t *loop, const char *ca_file);
+/* Cancels the requests under way (their callbacks do not run) and frees F
+ * once libuv has closed its handles. */
+void fetch_free(fetch_t *f);
+
+/* METHOD is "GET", "HEAD" or "POST" (with BODY as application/jose+json).
+ * ACCEPT may be NULL. CB runs exactly once, from the loop, never from
+ * inside this call. Returns 0 or -1 when the request cannot be made. */
+int fetch_start(fetch_t *f, const char *method, const char *url, const char *body,
+                const char *accept, fetch_cb cb, void *arg);
+
+#endif
