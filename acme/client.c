@@ -55,6 +55,11 @@ struct name {
     int failures;
     int queued;
     int64_t not_after; /* of the certificate served, 0 when none */
+    char *ari_id;      /* RFC 9773 CertID of the certificate served */
+    int64_t renew_at;  /* when to order again: ARI pick, lifetime rule or back-off */
+    const char *renew_why;
+    int64_t ari_next;  /* the next renewalInfo fetch; 0: none */
+    int ari_waiting;   /* a renewalInfo fetch waits for the directory */
     struct name *next;
 };
 
@@ -67,6 +72,8 @@ struct acme {
     int challenges;
     /* from the directory */
     char *new_nonce, *new_account, *new_order;
+    char *renewal_info; /* ARI, when the CA offers it */
+    int dir_state;      /* 0 unknown, 1 being fetched, 2 known */
     char *nonce;
     EVP_PKEY *account_key;
     char *kid;
@@ -187,24 +194,78 @@ static void clear_order(acme_t *a)
 }
 
 static void on_name_timer(uv_timer_t *t);
+static void save_meta(acme_t *a, struct name *n, const char *last_error);
 
-static void schedule(struct name *n, int64_t at)
+/* Arms N's timer for the earlier of its renewal and its next ARI check. */
+static void arm(struct name *n)
 {
+    int64_t at = n->renew_at;
+    if (n->ari_next != 0 && n->ari_next < at)
+        at = n->ari_next;
     int64_t now = time(NULL);
     uint64_t ms = at > now ? (uint64_t)(at - now) * 1000 : 0;
     uv_timer_start(&n->timer, on_name_timer, ms, 0);
 }
 
-static void save_meta(acme_t *a, struct name *n, const char *last_error, int64_t next)
+static void ari_fetch(struct name *n);
+
+/* A certificate is served: when to renew it. Without ARI, by its lifetime;
+ * with ARI (once the directory says so) by the CA's window. */
+static void plan_renewal(acme_t *a, struct name *n, const certs_entry_t *e)
 {
-    cJSON *m = cJSON_CreateObject();
-    cJSON_AddNumberToObject(m, "failures", n->failures);
-    cJSON_AddNumberToObject(m, "next_attempt", (double)next);
-    if (n->not_after != 0)
-        cJSON_AddNumberToObject(m, "not_after", (double)n->not_after);
-    if (last_error != NULL)
-        cJSON_AddStringToObject(m, "last_error", last_error);
+    n->not_after = e->not_after;
+    n->renew_at = renew_due_by_lifetime(not_before(e), e->not_after);
+    n->renew_why = "by lifetime";
+    if (n->failures > 0) {
+        /* a renewal that failed before this restart keeps its back-off */
+        char err[256];
+        cJSON *m = NULL;
+        if (store_load_meta(a->store, a->directory, n->name, &m, err, sizeof(err)) == 0) {
+            const cJSON *next = cJSON_GetObjectItemCaseSensitive(m, "next_attempt");
+            if (cJSON_IsNumber(next) && (int64_t)next->valuedouble > n->renew_at) {
+                n->renew_at = (int64_t)next->valuedouble;
+                n->renew_why = "retry after a failure";
+            }
+        }
+        cJSON_Delete(m);
+    }
+    free(n->ari_id);
+    n->ari_id = csr_ari_cert_id(e->leaf);
+    n->ari_next = n->ari_id != NULL && (a->dir_state != 2 || a->renewal_info != NULL)
+                      ? (int64_t)time(NULL)
+                      : 0;
+    save_meta(a, n, NULL);
+    arm(n);
+}
+
+static void meta_set_num(cJSON *m, const char *key, double v)
+{
+    cJSON_DeleteItemFromObjectCaseSensitive(m, key);
+    cJSON_AddNumberToObject(m, key, v);
+}
+
+static void meta_set_str(cJSON *m, const char *key, const char *v)
+{
+    cJSON_DeleteItemFromObjectCaseSensitive(m, key);
+    if (v != NULL)
+        cJSON_AddStringToObject(m, key, v);
+}
+
+/* Renewal bookkeeping, merged into what the metadata already holds (what
+ * was saved with the certificate stays). LAST_ERROR NULL clears it. */
+static void save_meta(acme_t *a, struct name *n, const char *last_error)
+{
     char err[512];
+    cJSON *m = NULL;
+    if (store_load_meta(a->store, a->directory, n->name, &m, err, sizeof(err)) != 0 || m == NULL)
+        m = cJSON_CreateObject();
+    meta_set_num(m, "failures", n->failures);
+    meta_set_num(m, "next_attempt", (double)n->renew_at);
+    meta_set_str(m, "next_attempt_why", n->renew_why);
+    if (n->not_after != 0)
+        meta_set_num(m, "not_after", (double)n->not_after);
+    meta_set_str(m, "ari_id", n->ari_id);
+    meta_set_str(m, "last_error", last_error);
     if (store_save_meta(a->store, a->directory, n->name, m, err, sizeof(err)) != 0)
         log_err("acme: %s", err);
     cJSON_Delete(m);
@@ -221,11 +282,13 @@ static void fail(acme_t *a, const char *why, const char *retry_after)
     log_err("acme: %s: %s failed: %s; retry in %llds (failure %d)%s", n->name,
             step_names[a->step], why, (long long)delay, n->failures,
             n->not_after != 0 ? "; the current certificate keeps serving" : "");
-    save_meta(a, n, why, now + delay);
+    n->renew_at = now + delay;
+    n->renew_why = "retry after a failure";
+    save_meta(a, n, why);
     clear_order(a);
     a->cur = NULL;
     a->step = S_IDLE;
-    schedule(n, now + delay);
+    arm(n);
     next_order(a);
 }
 
@@ -333,15 +396,13 @@ static void install(acme_t *a, const fetch_resp_t *r)
     }
     certs_put(a->certs, n->name, e);
     n->failures = 0;
-    n->not_after = e->not_after;
-    int64_t due = renew_due_by_lifetime(not_before(e), e->not_after);
-    log_info("acme: %s: certificate obtained (expires %lld, renewal due in %llds)", n->name,
-             (long long)e->not_after, (long long)(due - time(NULL)));
-    certs_entry_unref(e);
     clear_order(a);
     a->cur = NULL;
     a->step = S_IDLE;
-    schedule(n, due);
+    plan_renewal(a, n, e);
+    log_info("acme: %s: certificate obtained (expires %lld, renewal due in %llds %s)", n->name,
+             (long long)e->not_after, (long long)(n->renew_at - time(NULL)), n->renew_why);
+    certs_entry_unref(e);
     next_order(a);
 }
 
@@ -543,6 +604,9 @@ static void run_step(acme_t *a)
         cJSON_AddStringToObject(id, "type", "dns");
         cJSON_AddStringToObject(id, "value", a->cur->name);
         cJSON_AddItemToArray(ids, id);
+        /* RFC 9773 5: name the certificate this one replaces */
+        if (a->renewal_info != NULL && a->cur->ari_id != NULL && a->cur->not_after > time(NULL))
+            cJSON_AddStringToObject(p, "replaces", a->cur->ari_id);
         char *body = cJSON_PrintUnformatted(p);
         cJSON_Delete(p);
         if (a->cur->not_after != 0)
@@ -604,6 +668,49 @@ static void run_step(acme_t *a)
     }
 }
 
+/* Keeps the directory's URLs; names waiting for ARI go on. 0 or -1. */
+static int parse_directory(acme_t *a, const fetch_resp_t *r)
+{
+    cJSON *d = r->status == 200 ? cJSON_Parse(r->body) : NULL;
+    if (d == NULL)
+        return -1;
+    set_str(&a->new_nonce, json_str(d, "newNonce"));
+    set_str(&a->new_account, json_str(d, "newAccount"));
+    set_str(&a->new_order, json_str(d, "newOrder"));
+    set_str(&a->renewal_info, json_str(d, "renewalInfo"));
+    cJSON_Delete(d);
+    if (a->new_nonce == NULL || a->new_account == NULL || a->new_order == NULL)
+        return -1;
+    a->dir_state = 2;
+    for (struct name *n = a->names; n != NULL; n = n->next) {
+        if (n->ari_waiting) {
+            n->ari_waiting = 0;
+            ari_fetch(n);
+        }
+    }
+    return 0;
+}
+
+/* The directory fetched for ARI outside an order. */
+static void on_directory(void *arg, const fetch_resp_t *r)
+{
+    acme_t *a = arg;
+    if (parse_directory(a, r) != 0) {
+        char why[256];
+        problem_text(r, why, sizeof(why));
+        log_warn("acme: directory %s: %s; renewal by lifetime until it answers", a->directory,
+                 why);
+        a->dir_state = 0;
+        for (struct name *n = a->names; n != NULL; n = n->next) {
+            if (n->ari_waiting) {
+                n->ari_waiting = 0;
+                n->ari_next = time(NULL) + 3600;
+                arm(n);
+            }
+        }
+    }
+}
+
 static void on_response(void *arg, const fetch_resp_t *r)
 {
     acme_t *a = arg;
@@ -611,8 +718,8 @@ static void on_response(void *arg, const fetch_resp_t *r)
         return;
     log_debug("acme: %s: %s: HTTP %ld%s%s", a->cur->name, step_names[a->step], r->status,
               r->error != NULL ? " " : "", r->error != NULL ? r->error : "");
-    if (r->nonce != NULL)
-        set_str(&a->nonce, r->nonce);
+    if (r->nonce != NULL && jws_is_b64url(r->nonce))
+        set_str(&a->nonce, r->nonce); /* RFC 8555 6.5.1: ignore malformed nonces */
     if (a->step == S_NONCE) {
         a->step = a->pending_step;
         if (a->nonce == NULL) {
@@ -646,12 +753,7 @@ static void on_response(void *arg, const fetch_resp_t *r)
     }
     switch (a->step) {
     case S_DIRECTORY: {
-        cJSON *d = cJSON_Parse(r->body);
-        set_str(&a->new_nonce, json_str(d, "newNonce"));
-        set_str(&a->new_account, json_str(d, "newAccount"));
-        set_str(&a->new_order, json_str(d, "newOrder"));
-        cJSON_Delete(d);
-        if (a->new_nonce == NULL || a->new_account == NULL || a->new_order == NULL) {
+        if (parse_directory(a, r) != 0) {
             fail(a, "the directory lacks newNonce, newAccount or newOrder", NULL);
             return;
         }
@@ -730,8 +832,75 @@ static void next_order(acme_t *a)
 static void on_name_timer(uv_timer_t *t)
 {
     struct name *n = t->data;
-    n->queued = 1;
-    next_order(n->a);
+    int64_t now = time(NULL);
+    if (now >= n->renew_at) {
+        n->queued = 1;
+        next_order(n->a);
+    } else if (n->ari_next != 0 && now >= n->ari_next) {
+        ari_fetch(n);
+    } else {
+        arm(n);
+    }
+}
+
+/* ---- ARI (RFC 9773) ------------------------------------------------------- */
+
+static void on_ari(void *arg, const fetch_resp_t *r)
+{
+    struct name *n = arg;
+    acme_t *a = n->a;
+    int64_t now = time(NULL);
+    int64_t ra = r->retry_after != NULL ? renew_parse_retry_after(r->retry_after, now) : -1;
+    n->ari_next = renew_ari_refetch(now, ra);
+    cJSON *j = r->status == 200 ? cJSON_Parse(r->body) : NULL;
+    const cJSON *w = cJSON_GetObjectItemCaseSensitive(j, "suggestedWindow");
+    int64_t start = renew_parse_rfc3339(json_str(w, "start") ? json_str(w, "start") : "");
+    int64_t end = renew_parse_rfc3339(json_str(w, "end") ? json_str(w, "end") : "");
+    if (start < 0 || end < start) {
+        char why[256];
+        problem_text(r, why, sizeof(why));
+        log_warn("acme: %s: renewal info unusable (%s); renewing by lifetime", n->name, why);
+    } else if (!(n->failures > 0 && n->renew_at > now)) {
+        int64_t at = renew_pick_in_window(start, end, rnd32());
+        if (n->renew_at != at)
+            log_info("acme: %s: ARI window %lld..%lld: renewal at %lld (in %llds)", n->name,
+                     (long long)start, (long long)end, (long long)at, (long long)(at - now));
+        n->renew_at = at;
+        n->renew_why = "in the CA's ARI window";
+    }
+    cJSON_Delete(j);
+    save_meta(a, n, NULL);
+    arm(n);
+}
+
+static void on_directory(void *arg, const fetch_resp_t *r);
+
+static void ari_fetch(struct name *n)
+{
+    acme_t *a = n->a;
+    if (a->dir_state != 2) {
+        n->ari_waiting = 1;
+        if (a->dir_state == 0) {
+            a->dir_state = 1;
+            if (fetch_start(a->fetch, "GET", a->directory, NULL, NULL, on_directory, a) != 0)
+                a->dir_state = 0;
+        }
+        return;
+    }
+    if (a->renewal_info == NULL || n->ari_id == NULL) {
+        n->ari_next = 0; /* the CA has no ARI: the lifetime rule stands */
+        arm(n);
+        return;
+    }
+    char url[2048];
+    size_t l = strlen(a->renewal_info);
+    snprintf(url, sizeof(url), "%s%s%s", a->renewal_info,
+             l > 0 && a->renewal_info[l - 1] == '/' ? "" : "/", n->ari_id);
+    n->ari_next = 0;
+    if (fetch_start(a->fetch, "GET", url, NULL, NULL, on_ari, n) != 0) {
+        n->ari_next = time(NULL) + 3600;
+        arm(n);
+    }
 }
 
 /* A stored certificate that loads and is not expired serves at once. */
@@ -740,8 +909,21 @@ static int load_stored(acme_t *a, struct name *n)
     char *chain = NULL, *key = NULL, err[512];
     size_t chain_len = 0, key_len = 0;
     cJSON *meta = NULL;
+    /* the back-off survives restarts, certificate or not */
+    if (store_load_meta(a->store, a->directory, n->name, &meta, err, sizeof(err)) == 0) {
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(meta, "failures");
+        const cJSON *next = cJSON_GetObjectItemCaseSensitive(meta, "next_attempt");
+        if (cJSON_IsNumber(f) && f->valueint > 0 && cJSON_IsNumber(next)) {
+            n->failures = f->valueint;
+            n->renew_at = (int64_t)next->valuedouble;
+            n->renew_why = "retry after a failure";
+        }
+    }
+    cJSON_Delete(meta);
+    meta = NULL;
     int rc = store_load_cert(a->store, a->directory, n->name, &chain, &chain_len, &key, &key_len,
                              &meta, err, sizeof(err));
+    cJSON_Delete(meta);
     if (rc != 0) {
         if (rc != UV_ENOENT)
             log_err("acme: %s: stored certificate: %s", n->name, err);
@@ -752,12 +934,6 @@ static int load_stored(acme_t *a, struct name *n)
     OPENSSL_cleanse(key, key_len);
     free(key);
     free(chain);
-    const cJSON *f = cJSON_GetObjectItemCaseSensitive(meta, "failures");
-    const cJSON *next = cJSON_GetObjectItemCaseSensitive(meta, "next_attempt");
-    if (cJSON_IsNumber(f))
-        n->failures = f->valueint; /* back-off survives restarts */
-    int64_t next_attempt = cJSON_IsNumber(next) ? (int64_t)next->valuedouble : 0;
-    cJSON_Delete(meta);
     if (rc != 0) {
         log_err("acme: %s: stored certificate does not load: %s", n->name, err);
         return -1;
@@ -768,14 +944,11 @@ static int load_stored(acme_t *a, struct name *n)
         return -1;
     }
     certs_put(a->certs, n->name, e);
-    n->not_after = e->not_after;
-    int64_t due = renew_due_by_lifetime(not_before(e), e->not_after);
-    if (n->failures > 0 && next_attempt > due)
-        due = next_attempt;
-    log_info("acme: %s: serving the stored certificate (expires %lld, renewal due in %llds)",
-             n->name, (long long)e->not_after, (long long)(due - time(NULL)));
+    plan_renewal(a, n, e);
+    log_info("acme: %s: serving the stored certificate (expires %lld, renewal due in %llds %s)",
+             n->name, (long long)e->not_after, (long long)(n->renew_at - time(NULL)),
+             n->renew_why);
     certs_entry_unref(e);
-    schedule(n, due);
     return 0;
 }
 
@@ -791,8 +964,14 @@ int acme_manage(acme_t *a, const char *name)
     n->next = a->names;
     a->names = n;
     if (load_stored(a, n) != 0) {
-        n->queued = 1;
-        next_order(a);
+        if (n->renew_at > time(NULL)) {
+            log_info("acme: %s: no certificate yet; the last order failed, next try in %llds",
+                     n->name, (long long)(n->renew_at - time(NULL)));
+            arm(n);
+        } else {
+            n->queued = 1;
+            next_order(a);
+        }
     }
     return 0;
 }
@@ -847,6 +1026,7 @@ fail:
 static void on_name_closed(uv_handle_t *h)
 {
     struct name *n = h->data;
+    free(n->ari_id);
     free(n->name);
     free(n);
 }
@@ -876,6 +1056,7 @@ void acme_free(acme_t *a)
     free(a->new_nonce);
     free(a->new_account);
     free(a->new_order);
+    free(a->renewal_info);
     free(a->nonce);
     free(a->kid);
     uv_close((uv_handle_t *)&a->poll_timer, on_poll_closed);
