@@ -5,6 +5,7 @@
 #define PS_ACME_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <uv.h>
 
 #include "certs.h"
@@ -33,6 +34,10 @@ acme_t *acme_new(uv_loop_t *loop, const acme_config_t *cfg, certs_t *certs, char
 /* Takes NAME under management: a valid stored certificate is served at
  * once (and renewed when due); without one, an order starts. */
 int acme_manage(acme_t *a, const char *name);
+
+/* psproxy certs: prints what storage knows of the N names (no network).
+ * 0, or -1 when the storage cannot be opened. */
+int acme_print_status(const acme_config_t *cfg, const char *const *names, size_t n, FILE *out);
 
 /* Stops timers and requests; frees A once libuv has closed its handles. */
 void acme_free(acme_t *a);

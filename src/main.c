@@ -9,6 +9,7 @@
 #include <openssl/opensslv.h>
 #include <uv.h>
 
+#include "acme.h"
 #include "common.h"
 #include "config.h"
 #include "log.h"
@@ -18,6 +19,7 @@
 static const char usage[] =
     "usage: psproxy [-c FILE]            run with the Caddyfile FILE (default ./Caddyfile)\n"
     "       psproxy validate [-c FILE]   check FILE and exit (0: valid)\n"
+    "       psproxy certs [-c FILE]      the ACME certificates in storage: expiry, next renewal\n"
     "       psproxy --version | --help\n"
     "\n"
     "psproxy is an HTTP reverse proxy that reads Caddy's Caddyfile syntax.\n"
@@ -68,7 +70,7 @@ static int load(const char *path, cfg_t **cfg)
 int main(int argc, char **argv)
 {
     const char *path = "Caddyfile";
-    int validate = 0, dump = 0;
+    int validate = 0, dump = 0, certs = 0;
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'}, {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},         {"dump", no_argument, NULL, 'd'},
@@ -76,6 +78,10 @@ int main(int argc, char **argv)
     };
     if (argc > 1 && strcmp(argv[1], "validate") == 0) {
         validate = 1;
+        argv++;
+        argc--;
+    } else if (argc > 1 && strcmp(argv[1], "certs") == 0) {
+        certs = 1;
         argv++;
         argc--;
     } else if (argc > 1 && strcmp(argv[1], "run") == 0) {
@@ -113,6 +119,15 @@ int main(int argc, char **argv)
     cfg_t *cfg = NULL;
     if (load(path, &cfg) != 0)
         return 1;
+    if (certs) {
+        const char *names[256];
+        size_t n = srv_managed_names(cfg, names, PS_ARRAY_SIZE(names));
+        acme_config_t ac;
+        srv_acme_config(cfg, &ac);
+        int rc = acme_print_status(&ac, names, n, stdout);
+        cfg_unref(cfg);
+        return rc == 0 ? 0 : 1;
+    }
     if (validate) {
         /* the certificates must load too, as at start (nginx -t does the same) */
         int bad = 0;

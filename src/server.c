@@ -216,38 +216,49 @@ static const char *default_storage(void)
     return path;
 }
 
-int srv_start_acme(srv_t *s, uv_loop_t *loop)
+size_t srv_managed_names(const cfg_t *cfg, const char **names, size_t max)
 {
-    const cfg_t *cfg = s->cfg;
-    if (s->certs == NULL)
-        return 0;
-    const char *email = cfg->email;
-    int n_names = 0;
+    size_t n = 0;
     for (size_t i = 0; i < cfg->n_sites; i++) {
         const cfg_site_t *site = &cfg->sites[i];
         if (site->tls.cert_file != NULL)
             continue;
-        if (email == NULL)
-            email = site->tls.email; /* tls EMAIL in a site, as Caddy */
         for (size_t a = 0; a < site->n_addrs; a++)
-            n_names += site->addrs[a].scheme == CFG_SCHEME_HTTPS;
+            if (site->addrs[a].scheme == CFG_SCHEME_HTTPS && site->addrs[a].host[0] != '\0' &&
+                n < max)
+                names[n++] = site->addrs[a].host;
     }
-    if (n_names == 0)
-        return 0;
-    acme_config_t ac;
-    memset(&ac, 0, sizeof(ac));
-    ac.directory = cfg->acme_ca != NULL ? cfg->acme_ca : ACME_LETSENCRYPT;
-    ac.ca_root = cfg->acme_ca_root;
-    ac.email = email;
-    ac.storage = cfg->storage_root != NULL ? cfg->storage_root : default_storage();
-    ac.challenges = cfg->acme_challenges != 0 ? cfg->acme_challenges
-                                              : ACME_HTTP_01 | ACME_TLS_ALPN_01;
+    return n;
+}
+
+void srv_acme_config(const cfg_t *cfg, acme_config_t *ac)
+{
+    memset(ac, 0, sizeof(*ac));
+    ac->directory = cfg->acme_ca != NULL ? cfg->acme_ca : ACME_LETSENCRYPT;
+    ac->ca_root = cfg->acme_ca_root;
+    ac->email = cfg->email;
+    for (size_t i = 0; i < cfg->n_sites && ac->email == NULL; i++)
+        ac->email = cfg->sites[i].tls.email; /* tls EMAIL in a site, as Caddy */
+    ac->storage = cfg->storage_root != NULL ? cfg->storage_root : default_storage();
+    ac->challenges = cfg->acme_challenges != 0 ? cfg->acme_challenges
+                                               : ACME_HTTP_01 | ACME_TLS_ALPN_01;
     int http_listener = 0;
     for (size_t k = 0; k < cfg->n_listeners; k++)
         http_listener |= cfg->listeners[k].port == cfg->http_port &&
                          cfg->listeners[k].scheme == CFG_SCHEME_HTTP;
     if (!http_listener)
-        ac.challenges &= ~ACME_HTTP_01; /* nothing answers on http_port */
+        ac->challenges &= ~ACME_HTTP_01; /* nothing answers on http_port */
+}
+
+int srv_start_acme(srv_t *s, uv_loop_t *loop)
+{
+    const cfg_t *cfg = s->cfg;
+    const char *names[256];
+    size_t n = s->certs != NULL ? srv_managed_names(cfg, names, PS_ARRAY_SIZE(names)) : 0;
+    if (n == 0)
+        return 0;
+    acme_config_t ac;
+    srv_acme_config(cfg, &ac);
     if (ac.challenges == 0) {
         log_err("acme: no challenge type is possible: http-01 needs a listener on http_port "
                 "(:%d)", cfg->http_port);
@@ -259,14 +270,8 @@ int srv_start_acme(srv_t *s, uv_loop_t *loop)
         log_err("acme: %s", err);
         return -1;
     }
-    for (size_t i = 0; i < cfg->n_sites; i++) {
-        const cfg_site_t *site = &cfg->sites[i];
-        if (site->tls.cert_file != NULL)
-            continue;
-        for (size_t a = 0; a < site->n_addrs; a++)
-            if (site->addrs[a].scheme == CFG_SCHEME_HTTPS)
-                acme_manage(s->acme, site->addrs[a].host);
-    }
+    for (size_t i = 0; i < n; i++)
+        acme_manage(s->acme, names[i]);
     return 0;
 }
 

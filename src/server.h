@@ -66,6 +66,12 @@ int srv_load_certs(srv_t *s, const cfg_t *cfg);
 /* Starts the ACME client for the HTTPS names without a manual certificate
  * (on LOOP, the control loop). 0, or -1 after logging why. */
 int srv_start_acme(srv_t *s, uv_loop_t *loop);
+/* The ACME settings of CFG, and the names ACME manages (HTTPS hosts of
+ * sites without tls CERT KEY), at most MAX. */
+struct acme_config;
+void srv_acme_config(const cfg_t *cfg, struct acme_config *ac);
+size_t srv_managed_names(const cfg_t *cfg, const char **names, size_t max);
+
 /* Stops it; its handles close on LOOP. */
 void srv_stop_acme(srv_t *s);
 

@@ -151,3 +151,21 @@ def test_ari_window_in_the_past_renews_at_once_after_a_restart(ari):
     second = cert_id(a.cert_dir(srv.url) / ("%s.crt" % NAME))
     assert second != first
     assert first in srv.seen
+
+
+def test_certs_command_shows_expiry_next_renewal_and_why(ari):
+    a, srv = ari
+    p = a.start(ca_url=srv.url)
+    secs, r = first_success(a, p, FIRST_CERT_TIMEOUT)
+    assert r.status == 200, r
+    assert wait_log(p, "ARI window", 10), logs_of(a)
+    out = subprocess.run([pb_psproxy(), "certs", "-c", str(p.conf)], capture_output=True,
+                         text=True, timeout=10)
+    assert out.returncode == 0, out
+    assert NAME in out.stdout and "Pebble Intermediate" in out.stdout, out.stdout
+    assert "not after:" in out.stdout and "in the CA's ARI window" in out.stdout, out.stdout
+
+
+def pb_psproxy():
+    from conftest import PSPROXY
+    return PSPROXY
