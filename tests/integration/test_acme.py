@@ -10,13 +10,13 @@ Every wait is bounded; PSPROXY_FAST=1 skips the renewal test (~20 s).
 """
 
 import http.client
+import json
 import os
 import re
 import socket
 import ssl
 import stat
 import subprocess
-import json
 import time
 
 import pytest
@@ -53,8 +53,9 @@ class Acme:
     Pebble validating on psproxy's ports, and psproxy runs (each in its own
     directory, so logs of earlier runs are kept)."""
 
-    def __init__(self, tmp_path, upstream, pebble_factory):
+    def __init__(self, tmp_path, upstream, pebble_factory, https_ca):
         self.tmp = tmp_path
+        self.https_ca = https_ca
         self.upstream = upstream
         self._pebble_factory = pebble_factory
         self.http_port = free_port()
@@ -78,14 +79,11 @@ class Acme:
              "\thttp_port %d" % self.http_port, "\thttps_port %d" % self.https_port,
              "\temail %s" % EMAIL,
              "\tacme_ca %s" % ca_url,
-             "\tacme_ca_root %s" % self.pebble_https_ca(),
+             "\tacme_ca_root %s" % self.https_ca.ca,
              "\tstorage file_system %s" % self.storage]
         if challenges:
             g.append("\tacme_challenges %s" % challenges)
         return "{\n%s\n}\n\n%s {\n%s\n}\n" % ("\n".join(g), NAME, proxy_block(self.upstream))
-
-    def pebble_https_ca(self):
-        return self._https_ca.ca
 
     def start(self, **config_kw):
         """Starts a psproxy run; .t0 is the monotonic time just before exec."""
@@ -115,8 +113,7 @@ class Acme:
 
 @pytest.fixture
 def acme(tmp_path, upstream, pebble_factory, https_ca):  # noqa: F811 - fixtures
-    a = Acme(tmp_path, upstream, pebble_factory)
-    a._https_ca = https_ca
+    a = Acme(tmp_path, upstream, pebble_factory, https_ca)
     yield a
     problems = []
     for p in a.runs:

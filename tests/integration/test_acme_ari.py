@@ -103,8 +103,7 @@ class AriServer:
 
 @pytest.fixture
 def ari(tmp_path, upstream, pebble_factory, https_ca):  # noqa: F811
-    a = Acme(tmp_path, upstream, pebble_factory)
-    a._https_ca = https_ca
+    a = Acme(tmp_path, upstream, pebble_factory, https_ca)
     a.start_pebble()
     srv = AriServer(https_ca, a.pebble.directory_url)
     yield a, srv
