@@ -12,6 +12,7 @@
 #include "acme.h"
 #include "common.h"
 #include "config.h"
+#include "import_caddy.h"
 #include "log.h"
 #include "server.h"
 #include "tls.h"
@@ -20,6 +21,9 @@ static const char usage[] =
     "usage: psproxy [-c FILE]            run with the Caddyfile FILE (default ./Caddyfile)\n"
     "       psproxy validate [-c FILE]   check FILE and exit (0: valid)\n"
     "       psproxy certs [-c FILE]      the ACME certificates in storage: expiry, next renewal\n"
+    "       psproxy import-caddy DIR [-c FILE]\n"
+    "                                    copy Caddy's certificates and ACME account from its\n"
+    "                                    data directory DIR into FILE's storage\n"
     "       psproxy --version | --help\n"
     "\n"
     "psproxy is an HTTP reverse proxy that reads Caddy's Caddyfile syntax.\n"
@@ -70,7 +74,7 @@ static int load(const char *path, cfg_t **cfg)
 int main(int argc, char **argv)
 {
     const char *path = "Caddyfile";
-    int validate = 0, dump = 0, certs = 0;
+    int validate = 0, dump = 0, certs = 0, import = 0;
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'}, {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},         {"dump", no_argument, NULL, 'd'},
@@ -82,6 +86,10 @@ int main(int argc, char **argv)
         argc--;
     } else if (argc > 1 && strcmp(argv[1], "certs") == 0) {
         certs = 1;
+        argv++;
+        argc--;
+    } else if (argc > 1 && strcmp(argv[1], "import-caddy") == 0) {
+        import = 1;
         argv++;
         argc--;
     } else if (argc > 1 && strcmp(argv[1], "run") == 0) {
@@ -110,6 +118,14 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    const char *caddy_dir = NULL;
+    if (import) {
+        if (optind >= argc) {
+            fprintf(stderr, "psproxy: import-caddy: expected Caddy's data directory\n%s", usage);
+            return 2;
+        }
+        caddy_dir = argv[optind++];
+    }
     if (optind < argc) {
         fprintf(stderr, "psproxy: unexpected argument \"%s\"\n%s", argv[optind], usage);
         return 2;
@@ -119,6 +135,13 @@ int main(int argc, char **argv)
     cfg_t *cfg = NULL;
     if (load(path, &cfg) != 0)
         return 1;
+    if (import) {
+        acme_config_t ac;
+        srv_acme_config(cfg, &ac);
+        int rc = import_caddy(caddy_dir, ac.storage, ac.directory, stdout);
+        cfg_unref(cfg);
+        return rc == 0 ? 0 : 1;
+    }
     if (certs) {
         const char *names[256];
         size_t n = srv_managed_names(cfg, names, PS_ARRAY_SIZE(names));

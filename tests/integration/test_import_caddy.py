@@ -12,9 +12,8 @@ a new order.
   expire earlier or later, accounts with a P-256 and an RSA key, and a
   storage inside Caddy's directory.
 
-Until main.c wires the subcommand, the import runs through
-tests/unit/import_caddy_cli.c, compiled here with cc (or IMPORT_CADDY_CLI=path
-to a built one). Every wait is bounded; every child is reaped.
+The import runs as `psproxy import-caddy DIR -c CONF`. Every wait is
+bounded; every child is reaped.
 """
 
 import datetime
@@ -60,33 +59,13 @@ def _cli_wired():
 
 
 @pytest.fixture(scope="session")
-def importer(tmp_path_factory):
-    """run(caddy_dir, storage, ca_url, conf) -> CompletedProcess (text).
-    `psproxy import-caddy DIR -c CONF` once main.c has it, else the test
-    driver with the storage and CA the config names."""
-    if _cli_wired():
-        def run(caddy_dir, storage, ca_url, conf):
-            return _run([PSPROXY, "import-caddy", str(caddy_dir), "-c", str(conf)])
-        return run
-    exe = os.environ.get("IMPORT_CADDY_CLI")
-    if not exe:
-        cc = shutil.which("cc") or shutil.which("gcc")
-        if cc is None:
-            pytest.skip("psproxy has no import-caddy yet and there is no cc for the driver")
-        exe = str(tmp_path_factory.mktemp("import-cli") / "import_caddy_cli")
-        srcs = ["tests/unit/import_caddy_cli.c", "acme/import_caddy.c", "acme/store.c",
-                "acme/csr.c", "acme/jws.c", "src/certs.c"]
-        cmd = [cc, "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wshadow",
-               "-Wmissing-prototypes", "-Wformat=2", "-Wvla", "-Wno-unused-parameter",
-               "-D_GNU_SOURCE", "-g", "-fsanitize=address,undefined", "-Iacme", "-Isrc",
-               *srcs, "-lssl", "-lcrypto", "-lcjson", "-luv", "-o", exe]
-        p = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, timeout=120,
-                           stdin=subprocess.DEVNULL)
-        assert p.returncode == 0, "building the import driver failed:\n%s" % (
-            p.stderr.decode(errors="replace")[-4000:])
+def importer():
+    """run(caddy_dir, storage, ca_url, conf) -> CompletedProcess (text):
+    `psproxy import-caddy DIR -c CONF` (the config names storage and CA)."""
+    assert _cli_wired(), "psproxy --help does not list import-caddy"
 
     def run(caddy_dir, storage, ca_url, conf):
-        return _run([exe, str(caddy_dir), str(storage), ca_url])
+        return _run([PSPROXY, "import-caddy", str(caddy_dir), "-c", str(conf)])
     return run
 
 
