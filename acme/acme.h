@@ -23,6 +23,11 @@ typedef struct acme_config {
     const char *email;     /* account contact; may be NULL */
     const char *storage;   /* storage root */
     int challenges;        /* enum acme_challenge bits; 0 = both */
+    const char *profile;   /* the CA's certificate profile (meta.profiles); NULL: the CA's default */
+    /* called (from the loop, never inside an acme call) when the setup cannot
+     * work at all, e.g. the CA does not offer PROFILE: psproxy should stop */
+    void (*on_fatal)(void *arg, const char *why);
+    void *fatal_arg;
 } acme_config_t;
 
 typedef struct acme acme_t;

@@ -73,6 +73,10 @@ struct acme {
     /* from the directory */
     char *new_nonce, *new_account, *new_order;
     char *renewal_info; /* ARI, when the CA offers it */
+    char *profile;
+    void (*on_fatal)(void *arg, const char *why);
+    void *fatal_arg;
+    int fatal;
     int dir_state;      /* 0 unknown, 1 being fetched, 2 known */
     char *nonce;
     EVP_PKEY *account_key;
@@ -607,6 +611,8 @@ static void run_step(acme_t *a)
         /* RFC 9773 5: name the certificate this one replaces */
         if (a->renewal_info != NULL && a->cur->ari_id != NULL && a->cur->not_after > time(NULL))
             cJSON_AddStringToObject(p, "replaces", a->cur->ari_id);
+        if (a->profile != NULL)
+            cJSON_AddStringToObject(p, "profile", a->profile);
         char *body = cJSON_PrintUnformatted(p);
         cJSON_Delete(p);
         if (a->cur->not_after != 0)
@@ -678,6 +684,29 @@ static int parse_directory(acme_t *a, const fetch_resp_t *r)
     set_str(&a->new_account, json_str(d, "newAccount"));
     set_str(&a->new_order, json_str(d, "newOrder"));
     set_str(&a->renewal_info, json_str(d, "renewalInfo"));
+    if (a->profile != NULL) {
+        /* a profile the CA does not list is a configuration error, not a retry */
+        const cJSON *profiles = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(d, "meta"), "profiles");
+        if (cJSON_GetObjectItemCaseSensitive(profiles, a->profile) == NULL && !a->fatal) {
+            char offered[512] = "";
+            const cJSON *p;
+            cJSON_ArrayForEach(p, profiles)
+            {
+                size_t l = strlen(offered);
+                snprintf(offered + l, sizeof(offered) - l, "%s%s", l ? ", " : "", p->string);
+            }
+            char why[1024];
+            snprintf(why, sizeof(why), "acme_profile: the CA at %s does not offer \"%s\" (%s%s)",
+                     a->directory, a->profile, offered[0] ? "it offers: " : "it lists no profiles",
+                     offered);
+            a->fatal = 1;
+            if (a->on_fatal != NULL)
+                a->on_fatal(a->fatal_arg, why);
+            cJSON_Delete(d);
+            return -1;
+        }
+    }
     cJSON_Delete(d);
     if (a->new_nonce == NULL || a->new_account == NULL || a->new_order == NULL)
         return -1;
@@ -695,7 +724,11 @@ static int parse_directory(acme_t *a, const fetch_resp_t *r)
 static void on_directory(void *arg, const fetch_resp_t *r)
 {
     acme_t *a = arg;
+    if (a->closing || a->fatal)
+        return;
     if (parse_directory(a, r) != 0) {
+        if (a->fatal)
+            return;
         char why[256];
         problem_text(r, why, sizeof(why));
         log_warn("acme: directory %s: %s; renewal by lifetime until it answers", a->directory,
@@ -754,6 +787,12 @@ static void on_response(void *arg, const fetch_resp_t *r)
     switch (a->step) {
     case S_DIRECTORY: {
         if (parse_directory(a, r) != 0) {
+            if (a->fatal) {
+                clear_order(a);
+                a->cur = NULL;
+                a->step = S_IDLE;
+                return;
+            }
             fail(a, "the directory lacks newNonce, newAccount or newOrder", NULL);
             return;
         }
@@ -813,7 +852,7 @@ static void on_response(void *arg, const fetch_resp_t *r)
 
 static void next_order(acme_t *a)
 {
-    if (a->cur != NULL || a->closing)
+    if (a->cur != NULL || a->closing || a->fatal)
         return;
     for (struct name *n = a->names; n != NULL; n = n->next) {
         if (!n->queued)
@@ -988,6 +1027,9 @@ acme_t *acme_new(uv_loop_t *loop, const acme_config_t *cfg, certs_t *certs, char
     a->directory = strdup(cfg->directory != NULL ? cfg->directory : ACME_LETSENCRYPT);
     a->email = dup_or_null(cfg->email);
     a->challenges = cfg->challenges != 0 ? cfg->challenges : ACME_HTTP_01 | ACME_TLS_ALPN_01;
+    a->profile = dup_or_null(cfg->profile);
+    a->on_fatal = cfg->on_fatal;
+    a->fatal_arg = cfg->fatal_arg;
     uv_timer_init(loop, &a->poll_timer);
     a->poll_timer.data = a;
     if (store_open(cfg->storage, &a->store, err, errlen) != 0)
@@ -1016,6 +1058,12 @@ acme_t *acme_new(uv_loop_t *loop, const acme_config_t *cfg, certs_t *certs, char
         a->account_key = jws_key_new();
     } else {
         goto fail;
+    }
+    if (a->profile != NULL) {
+        /* check the profile now, not at the first renewal months away */
+        a->dir_state = 1;
+        if (fetch_start(a->fetch, "GET", a->directory, NULL, NULL, on_directory, a) != 0)
+            a->dir_state = 0;
     }
     return a;
 fail:
@@ -1057,6 +1105,7 @@ void acme_free(acme_t *a)
     free(a->new_account);
     free(a->new_order);
     free(a->renewal_info);
+    free(a->profile);
     free(a->nonce);
     free(a->kid);
     uv_close((uv_handle_t *)&a->poll_timer, on_poll_closed);

@@ -490,6 +490,9 @@ static int parse_global(ctx_t *c, const cf_block_t *b)
             rc = arg_string(c, l, n, &cfg->email);
         } else if (strcmp(n, "default_sni") == 0) {
             rc = arg_string(c, l, n, &cfg->default_sni);
+        } else if (strcmp(n, "acme_profile") == 0) {
+            /* psproxy's own: a profile from the directory's meta.profiles */
+            rc = arg_string(c, l, n, &cfg->acme_profile);
         } else if (strcmp(n, "acme_challenges") == 0) {
             /* psproxy's own: which ACME challenge types to answer */
             rc = want_args(c, l, n, 1, 2, 0);

@@ -207,6 +207,7 @@ typedef struct cfg {
     const char *email;
     const char *default_sni; /* the certificate for clients that send no SNI */
     int acme_challenges;     /* psproxy's own: bit 1 http-01, bit 2 tls-alpn-01; 0 both */
+    const char *acme_profile; /* psproxy's own: the CA's certificate profile to ask for */
     const char *acme_ca;
     const char *acme_ca_root;
     const char *storage_root; /* NULL: the default */

@@ -31,7 +31,8 @@ static const char usage[] =
 
 static srv_t server;
 static uv_signal_t sig_term, sig_int, sig_hup;
-static uv_timer_t ticket_timer;
+static uv_timer_t ticket_timer, fatal_timer;
+static int exit_code;
 
 static void close_control_handles(void)
 {
@@ -39,6 +40,7 @@ static void close_control_handles(void)
     uv_close((uv_handle_t *)&sig_int, NULL);
     uv_close((uv_handle_t *)&sig_hup, NULL);
     uv_close((uv_handle_t *)&ticket_timer, NULL);
+    uv_close((uv_handle_t *)&fatal_timer, NULL);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
@@ -53,6 +55,21 @@ static void on_signal(uv_signal_t *s, int signum)
     log_info("received %s, stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
     srv_stop_acme(&server);
     close_control_handles();
+}
+
+static void on_fatal_timer(uv_timer_t *t)
+{
+    srv_stop_acme(&server);
+    close_control_handles();
+}
+
+/* The ACME setup cannot work (a profile the CA does not offer): stop with
+ * an error, from the next loop turn (not inside the client's callback). */
+static void on_acme_fatal(void *arg, const char *why)
+{
+    log_err("%s; stopping", why);
+    exit_code = 1;
+    uv_timer_start(&fatal_timer, on_fatal_timer, 0, 0);
 }
 
 static void on_ticket_timer(uv_timer_t *t)
@@ -178,6 +195,8 @@ int main(int argc, char **argv)
     uv_signal_init(loop, &sig_int);
     uv_signal_init(loop, &sig_hup);
     uv_timer_init(loop, &ticket_timer);
+    uv_timer_init(loop, &fatal_timer);
+    server.on_fatal = on_acme_fatal;
     uv_signal_start(&sig_term, on_signal, SIGTERM);
     uv_signal_start(&sig_int, on_signal, SIGINT);
     uv_signal_start(&sig_hup, on_signal, SIGHUP);
@@ -202,5 +221,5 @@ int main(int argc, char **argv)
     srv_stop(&server);
     uv_loop_close(loop);
     log_info("stopped");
-    return 0;
+    return exit_code;
 }

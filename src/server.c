@@ -237,6 +237,7 @@ void srv_acme_config(const cfg_t *cfg, acme_config_t *ac)
     ac->directory = cfg->acme_ca != NULL ? cfg->acme_ca : ACME_LETSENCRYPT;
     ac->ca_root = cfg->acme_ca_root;
     ac->email = cfg->email;
+    ac->profile = cfg->acme_profile;
     for (size_t i = 0; i < cfg->n_sites && ac->email == NULL; i++)
         ac->email = cfg->sites[i].tls.email; /* tls EMAIL in a site, as Caddy */
     ac->storage = cfg->storage_root != NULL ? cfg->storage_root : default_storage();
@@ -264,6 +265,8 @@ int srv_start_acme(srv_t *s, uv_loop_t *loop)
                 "(:%d)", cfg->http_port);
         return -1;
     }
+    ac.on_fatal = s->on_fatal;
+    ac.fatal_arg = s->fatal_arg;
     char err[1024];
     s->acme = acme_new(loop, &ac, s->certs, err, sizeof(err));
     if (s->acme == NULL) {

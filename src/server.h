@@ -49,6 +49,8 @@ typedef struct srv {
     certs_t *certs;
     tls_server_t *tls;
     struct acme *acme; /* NULL when no name is managed */
+    void (*on_fatal)(void *arg, const char *why); /* the ACME setup cannot work: stop */
+    void *fatal_arg;
     up_targets_t *targets;
     worker_t *workers;
     int n_workers;

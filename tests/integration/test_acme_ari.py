@@ -55,6 +55,7 @@ class AriServer:
     def __init__(self, ca, pebble_dir_url):
         self.window = (time.time() + 86400, time.time() + 2 * 86400)
         self.seen = []
+        self.profiles = None
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -67,6 +68,8 @@ class AriServer:
                     with urllib.request.urlopen(pebble_dir_url, context=ctx, timeout=5) as r:
                         d = json.load(r)
                     d["renewalInfo"] = "https://127.0.0.1:%d/ari" % outer.port
+                    if outer.profiles is not None:
+                        d.setdefault("meta", {})["profiles"] = outer.profiles
                     body = json.dumps(d).encode()
                     self.send_response(200)
                 elif self.path.startswith("/ari/"):
@@ -168,3 +171,40 @@ def test_certs_command_shows_expiry_next_renewal_and_why(ari):
 def pb_psproxy():
     from conftest import PSPROXY
     return PSPROXY
+
+
+def start_with(a, extra, ca_url):
+    """A psproxy run whose global options get EXTRA lines."""
+    from conftest import Proxy
+    d = a.tmp / ("run-%d" % (len(a.runs) + 1))
+    d.mkdir()
+    cfg = a.config(ca_url=ca_url).replace("\tadmin off", "\tadmin off\n" + extra, 1)
+    p = Proxy(d, cfg, a.https_port)
+    p.t0 = time.monotonic()
+    p.https_port, p.http_port = a.https_port, a.http_port
+    a.runs.append(p)
+    return p
+
+
+def test_profile_the_ca_does_not_offer_stops_psproxy_at_start(tmp_path, upstream,
+                                                             pebble_factory, https_ca):  # noqa
+    from conftest import PSPROXY
+    a = Acme(tmp_path, upstream, pebble_factory, https_ca)
+    a.start_pebble()  # Pebble 2.4 lists no profiles
+    conf = tmp_path / "profile.conf"
+    conf.write_text(a.config().replace("\tadmin off", "\tadmin off\n\tacme_profile shortlived",
+                                       1))
+    p = subprocess.run([PSPROXY, "-c", str(conf)], capture_output=True, text=True, timeout=20,
+                       stdin=subprocess.DEVNULL, cwd=str(tmp_path))
+    assert p.returncode != 0, p.stderr
+    assert 'does not offer "shortlived"' in p.stderr, p.stderr
+    assert "ordering a certificate" not in p.stderr, p.stderr
+
+
+def test_profile_the_ca_offers_is_used(ari):
+    a, srv = ari
+    srv.profiles = {"classic": "90 days", "shortlived": "160 hours"}
+    p = start_with(a, "\tacme_profile shortlived", srv.url)
+    secs, r = first_success(a, p, FIRST_CERT_TIMEOUT)
+    assert r.status == 200, r
+    assert "does not offer" not in p.log_text(), logs_of(a)

@@ -1682,4 +1682,17 @@ TEST(default_sni_option)
     cfg_unref(c);
 }
 
+TEST(acme_options)
+{
+    cfg_t *c = parse("{\n\tacme_profile shortlived\n\tacme_challenges tls-alpn-01\n}\n"
+                     "a.com {\n\trespond hi\n}\n");
+    if (!c)
+        return;
+    CHECK_STR(c->acme_profile, "shortlived");
+    CHECK_INT(c->acme_challenges, 2);
+    cfg_unref(c);
+    CHECK_ERR("{\n\tacme_challenges dns-01\n}\n",
+              "t.conf:2: acme_challenges: expected http-01 or tls-alpn-01, got \"dns-01\"");
+}
+
 TEST_MAIN()
