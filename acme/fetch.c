@@ -275,6 +275,12 @@ void fetch_free(fetch_t *f)
 int fetch_start(fetch_t *f, const char *method, const char *url, const char *body,
                 const char *accept, fetch_cb cb, void *arg)
 {
+    return fetch_start_timeout(f, method, url, body, accept, FETCH_TIMEOUT_MS, cb, arg);
+}
+
+int fetch_start_timeout(fetch_t *f, const char *method, const char *url, const char *body,
+                        const char *accept, long timeout_ms, fetch_cb cb, void *arg)
+{
     struct req *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return -1;
@@ -292,8 +298,8 @@ int fetch_start(fetch_t *f, const char *method, const char *url, const char *bod
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_USERAGENT, FETCH_USER_AGENT);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, FETCH_TIMEOUT_MS);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms < 10000L ? timeout_ms : 10000L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https,http");
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, r);

@@ -37,4 +37,8 @@ void fetch_free(fetch_t *f);
 int fetch_start(fetch_t *f, const char *method, const char *url, const char *body,
                 const char *accept, fetch_cb cb, void *arg);
 
+/* The same with a whole-request time limit (fetch_start: 30 s). */
+int fetch_start_timeout(fetch_t *f, const char *method, const char *url, const char *body,
+                        const char *accept, long timeout_ms, fetch_cb cb, void *arg);
+
 #endif

@@ -1074,12 +1074,88 @@ int cfg_cidr_contains(const cfg_cidr_t *ranges, size_t n, const struct sockaddr 
     return 0;
 }
 
-static const char *const health_subs[] = {
-    "health_uri",    "health_port",      "health_interval",   "health_timeout",
-    "health_status", "health_body",      "health_headers",    "fail_duration",
-    "max_fails",     "unhealthy_status", "unhealthy_latency", "unhealthy_request_count",
-    "health_path",
-};
+/* "200" or "2xx" (Caddy's health_status / unhealthy_status) */
+static int parse_status_match(const char *s, cfg_status_t *out)
+{
+    if (strlen(s) == 3 && s[0] >= '1' && s[0] <= '5' && s[1] == 'x' && s[2] == 'x') {
+        out->code = s[0] - '0';
+        out->is_class = 1;
+        return 0;
+    }
+    long v = 0;
+    if (parse_uint(s, 599, &v) != 0 || v < 100)
+        return -1;
+    out->code = (int)v;
+    out->is_class = 0;
+    return 0;
+}
+
+static int arg_status(ctx_t *c, const cf_line_t *s, const char *n, cfg_status_t *out)
+{
+    int rc = want_args(c, s, n, 1, 1, 0);
+    if (rc == 0 && parse_status_match(s->toks[1].text, out) != 0)
+        rc = errf(c, &s->toks[1], "%s: expected a status like 200 or 2xx, got \"%s\"", n,
+                  s->toks[1].text);
+    return rc;
+}
+
+static int arg_count(ctx_t *c, const cf_line_t *s, const char *n, int min, int *out)
+{
+    long v = 0;
+    int rc = want_args(c, s, n, 1, 1, 0);
+    if (rc == 0 && (parse_uint(s->toks[1].text, 1000000, &v) != 0 || v < min))
+        rc = errf(c, &s->toks[1], "%s: expected a number of at least %d, got \"%s\"", n, min,
+                  s->toks[1].text);
+    if (rc == 0)
+        *out = (int)v;
+    return rc;
+}
+
+/* The health-check sub-directives; 1 when N was one of them (RC set). */
+static int parse_health(ctx_t *c, const cf_line_t *s, const char *n, cfg_proxy_t *px, int *rc)
+{
+    if (strcmp(n, "health_uri") == 0 || strcmp(n, "health_path") == 0) {
+        *rc = arg_string(c, s, n, &px->health_uri);
+        if (*rc == 0 && px->health_uri[0] != '/')
+            *rc = errf(c, &s->toks[1], "%s: expected a path starting with /, got \"%s\"", n,
+                       px->health_uri);
+    } else if (strcmp(n, "health_port") == 0) {
+        *rc = want_args(c, s, n, 1, 1, 0);
+        if (*rc == 0 && parse_port(s->toks[1].text, &px->health_port) != 0)
+            *rc = errf(c, &s->toks[1], "health_port: expected a port number, got \"%s\"",
+                       s->toks[1].text);
+    } else if (strcmp(n, "health_interval") == 0) {
+        *rc = arg_duration(c, s, n, &px->health_interval);
+    } else if (strcmp(n, "health_timeout") == 0) {
+        *rc = arg_duration(c, s, n, &px->health_timeout);
+    } else if (strcmp(n, "health_status") == 0) {
+        *rc = arg_status(c, s, n, &px->health_status);
+    } else if (strcmp(n, "health_body") == 0) {
+        *rc = arg_string(c, s, n, &px->health_body);
+    } else if (strcmp(n, "health_passes") == 0) {
+        *rc = arg_count(c, s, n, 1, &px->health_passes);
+    } else if (strcmp(n, "health_fails") == 0) {
+        *rc = arg_count(c, s, n, 1, &px->health_fails);
+    } else if (strcmp(n, "health_fail_closed") == 0) {
+        *rc = want_args(c, s, n, 0, 0, 0);
+        px->health_fail_closed = 1;
+    } else if (strcmp(n, "fail_duration") == 0) {
+        *rc = arg_duration(c, s, n, &px->fail_duration);
+    } else if (strcmp(n, "max_fails") == 0) {
+        *rc = arg_count(c, s, n, 1, &px->max_fails);
+    } else if (strcmp(n, "unhealthy_status") == 0) {
+        *rc = arg_status(c, s, n, &px->unhealthy_status);
+    } else if (strcmp(n, "unhealthy_latency") == 0) {
+        *rc = arg_duration(c, s, n, &px->unhealthy_latency);
+    } else if (strcmp(n, "lb_retries") == 0) {
+        *rc = arg_count(c, s, n, 0, &px->lb_retries);
+    } else if (strcmp(n, "health_headers") == 0 || strcmp(n, "unhealthy_request_count") == 0) {
+        *rc = errf(c, &s->toks[0], "%s: not supported by psproxy yet", n);
+    } else {
+        return 0;
+    }
+    return 1;
+}
 
 static int parse_proxy(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
 {
@@ -1089,8 +1165,17 @@ static int parse_proxy(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
         return rc;
     h->kind = CFG_H_PROXY;
     cfg_proxy_t *px = &h->u.proxy;
-    px->lb_policy = CFG_LB_RANDOM;
+    px->lb_policy = CFG_LB_ROUND_ROBIN;
+    px->lb_retries = -1;
     px->lb_try_interval = 250;
+    px->health_interval = 30000;
+    px->health_timeout = 5000;
+    px->health_status.code = 2;
+    px->health_status.is_class = 1;
+    px->health_passes = 1;
+    px->health_fails = 1;
+    px->fail_duration = 10000;
+    px->max_fails = 1;
     px->dial_timeout = 3000;
     px->response_header_timeout = 60000;
     px->read_timeout = 60000;
@@ -1108,7 +1193,8 @@ static int parse_proxy(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
             if (rc == 0)
                 rc = add_upstreams(c, px, &ucap, &s->toks[1], s->n_toks - 1);
         } else if (strcmp(n, "lb_policy") == 0) {
-            static const char *const names[] = {"random", "round_robin", "first", "least_conn"};
+            static const char *const names[] = {"random", "round_robin", "first", "least_conn",
+                                                "ip_hash"};
             rc = want_args(c, s, n, 1, 1, 0);
             px->lb_policy = -1;
             for (size_t k = 0; rc == 0 && k < PS_ARRAY_SIZE(names); k++)
@@ -1142,12 +1228,7 @@ static int parse_proxy(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
             rc = parse_transport(c, s, px);
         } else if (strcmp(n, "trusted_proxies") == 0) {
             rc = parse_trusted(c, s, px, &tcap);
-        } else {
-            for (size_t k = 0; k < PS_ARRAY_SIZE(health_subs); k++) {
-                /* active and passive health checks come with issue #6 */
-                if (strcmp(n, health_subs[k]) == 0)
-                    return errf(c, &s->toks[0], "%s: not supported by psproxy yet", n);
-            }
+        } else if (!parse_health(c, s, n, px, &rc)) {
             rc = errf(c, &s->toks[0], "reverse_proxy: %s: not supported by psproxy", n);
         }
         if (rc != 0)
@@ -1775,7 +1856,7 @@ static cJSON *hdr_ops_json(const cfg_hdr_ops_t *ops)
 
 static cJSON *handler_json(const cfg_handler_t *h)
 {
-    static const char *const lb[] = {"random", "round_robin", "first", "least_conn"};
+    static const char *const lb[] = {"random", "round_robin", "first", "least_conn", "ip_hash"};
     cJSON *o = cJSON_CreateObject();
     switch (h->kind) {
     case CFG_H_REQUEST_BODY:

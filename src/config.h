@@ -73,11 +73,18 @@ typedef struct cfg_hdr_ops {
 } cfg_hdr_ops_t;
 
 enum cfg_lb_policy {
-    CFG_LB_RANDOM = 0, /* Caddy's default */
-    CFG_LB_ROUND_ROBIN,
+    CFG_LB_RANDOM = 0,
+    CFG_LB_ROUND_ROBIN, /* psproxy's default (Caddy's is random) */
     CFG_LB_FIRST,
     CFG_LB_LEAST_CONN,
+    CFG_LB_IP_HASH,
 };
+
+/* A status matcher: an exact code (200) or a class (2xx: code 2, class 1). */
+typedef struct cfg_status {
+    int code;
+    int is_class;
+} cfg_status_t;
 
 typedef struct cfg_upstream {
     const char *host;    /* "localhost", "127.0.0.1", "::1" (no brackets) */
@@ -97,6 +104,7 @@ typedef struct cfg_proxy {
     cfg_upstream_t *ups;
     size_t n_ups;
     int lb_policy;            /* enum cfg_lb_policy */
+    int lb_retries;           /* extra upstreams a request may try; -1: every one */
     uint64_t lb_try_duration; /* ms; 0 = one try (plus the dial-error retry) */
     uint64_t lb_try_interval; /* ms; default 250 */
     cfg_hdr_ops_t header_up;   /* request headers to the upstream */
@@ -113,6 +121,21 @@ typedef struct cfg_proxy {
     uint64_t keepalive;               /* ms an idle pooled conn lives; default 120000 */
     int keepalive_idle_conns;         /* idle conns kept per upstream per worker; default 32 */
     int keepalive_off;                /* "keepalive off": no pooling */
+    /* active health checks (health_uri set), run on the control loop */
+    const char *health_uri;
+    int health_port;           /* 0: the upstream's own */
+    uint64_t health_interval;  /* ms; default 30000 */
+    uint64_t health_timeout;   /* ms; default 5000 */
+    cfg_status_t health_status; /* default 2xx */
+    const char *health_body;   /* a substring the body must contain */
+    int health_passes;         /* consecutive passes to come back; default 1 */
+    int health_fails;          /* consecutive failures to go out; default 1 */
+    int health_fail_closed;    /* psproxy's own: no fail-open, 503 instead */
+    /* passive health checks */
+    uint64_t fail_duration;    /* ms a failure is remembered; default 10000 */
+    int max_fails;             /* failures within fail_duration to go out; default 1 */
+    cfg_status_t unhealthy_status; /* a response with it counts as a failure; code 0: none */
+    uint64_t unhealthy_latency; /* ms to the response head that counts as a failure; 0: none */
     /* runtime state, the one mutable field of a snapshot: round_robin's
      * next index, shared by the workers (relaxed atomic) */
     atomic_uint rr_next;

@@ -90,6 +90,11 @@ struct conn {
     size_t olen;
     char *hbuf;     /* the response head for the client */
     uint64_t tried; /* bit i: upstream i was tried for this request */
+    int attempts;   /* upstreams dialled or taken for this request (lb_retries) */
+    int replayable; /* the whole request is still at hand: it may go again */
+    char *replay;   /* its body, in rbuf, when replayable */
+    size_t replay_len;
+    uint64_t t_head_sent; /* uv_now() when the head went up (unhealthy_latency) */
     uint64_t try_deadline;
     int fail_status;
     unsigned head_sent : 1;    /* the request head went upstream */

@@ -53,13 +53,13 @@ static void on_signal(uv_signal_t *s, int signum)
         return;
     }
     log_info("received %s, stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
-    srv_stop_acme(&server);
+    srv_stop_control(&server);
     close_control_handles();
 }
 
 static void on_fatal_timer(uv_timer_t *t)
 {
-    srv_stop_acme(&server);
+    srv_stop_control(&server);
     close_control_handles();
 }
 
@@ -210,7 +210,7 @@ int main(int argc, char **argv)
         return 1;
     }
     uv_timer_start(&ticket_timer, on_ticket_timer, TLS_TICKET_ROTATE_MS, TLS_TICKET_ROTATE_MS);
-    if (srv_start_acme(&server, loop) != 0) {
+    if (srv_start_control(&server, loop) != 0) {
         close_control_handles();
         uv_run(loop, UV_RUN_DEFAULT);
         srv_stop(&server);

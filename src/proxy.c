@@ -50,6 +50,17 @@ static void on_up_connected(up_conn_t *u, int status);
 static void pump_response(conn_t *c);
 static void tunnel_from_upstream(conn_t *c);
 
+static up_target_t *target_of(const conn_t *c)
+{
+    return (up_target_t *)c->pool->target; /* its health fields are atomics, shared */
+}
+
+static int idempotent(int method)
+{
+    return method == HTTP_GET || method == HTTP_HEAD || method == HTTP_OPTIONS ||
+           method == HTTP_PUT || method == HTTP_DELETE || method == HTTP_TRACE;
+}
+
 /* ---- failures ----------------------------------------------------------- */
 
 void proxy_abort(conn_t *c)
@@ -71,9 +82,12 @@ static void up_failed(conn_t *c, int err)
      * never reached it, so try once more on a fresh one (as Go does) */
     int stale = u->reused && !c->resp_bytes && c->req_framing == HTTP_BODY_NONE &&
                 (err == UV_EOF || err == UV_ECONNRESET || err == UV_EPIPE);
-    if (!stale)
+    if (!stale) {
         log_warn("conn %llu %s: upstream %s: %s (state %s)", (unsigned long long)c->id,
                  c->peer_ip, u->pool->target->hostport, why, conn_state_name(c->state));
+        /* a reset is the upstream going away: out at once; the rest counts */
+        up_target_failed(target_of(c), proxy_cfg(c), err == UV_ECONNRESET, why);
+    }
     proxy_abort(c);
     if (c->state == CONN_S_CLOSING)
         return;
@@ -82,6 +96,16 @@ static void up_failed(conn_t *c, int err)
         c->up = up_dial(c->pool, c, proxy_cfg(c)->dial_timeout, on_up_connected);
         if (c->up != NULL)
             return;
+    }
+    /* nothing came back and the request can be sent again unchanged: an
+     * idempotent one without a body goes to another upstream; anything else
+     * might run twice (a POST whose upstream died after reading it) */
+    if (!c->resp_bytes && !c->write_pending && c->replayable &&
+        idempotent(c->req.parser.method) && err != UV_ETIMEDOUT) {
+        conn_set_state(c, CONN_S_CONNECT_UP);
+        c->fail_status = 502;
+        proxy_try(c);
+        return;
     }
     if (c->resp_started || c->write_pending) {
         conn_close(c);
@@ -94,10 +118,20 @@ static void up_failed(conn_t *c, int err)
 
 static void fail_request(conn_t *c, int status)
 {
+    const cfg_proxy_t *p = proxy_cfg(c);
     log_warn("conn %llu %s: no upstream answered: %d", (unsigned long long)c->id, c->peer_ip,
              status);
+    if (status == 503) {
+        /* no upstream available: tell the client when it is worth coming back */
+        char ra[48];
+        uint64_t secs = p->lb_try_duration > 1000 ? (p->lb_try_duration + 999) / 1000 : 1;
+        snprintf(ra, sizeof(ra), "Retry-After: %llu\r\n", (unsigned long long)secs);
+        conn_respond(c, 503, ra, NULL, 0);
+        return;
+    }
     conn_respond(c, status, NULL, NULL, 0);
 }
+
 
 /* ---- timers ------------------------------------------------------------- */
 
@@ -293,6 +327,16 @@ static int relay_head(conn_t *c, uv_buf_t *iov, unsigned *n)
         /* the client is still sending: after this response we must close */
         if (!c->req_done || c->resp_framing == HTTP_BODY_EOF)
             c->keep_alive = 0;
+        const cfg_proxy_t *px = proxy_cfg(c);
+        const cfg_status_t *us = &px->unhealthy_status;
+        if (us->code != 0 && (us->is_class ? status / 100 == us->code : status == us->code)) {
+            char why[32];
+            snprintf(why, sizeof(why), "status %d", status);
+            up_target_failed(target_of(c), px, 0, why);
+        }
+        if (px->unhealthy_latency != 0 &&
+            uv_now(&c->w->loop) - c->t_head_sent > px->unhealthy_latency)
+            up_target_failed(target_of(c), px, 0, "slow response head");
         r.keep_alive = c->keep_alive;
         r.framing = c->resp_framing;
         c->status = status;
@@ -445,7 +489,7 @@ static void on_up_written(uv_write_t *req, int status)
         up_failed(c, status);
         return;
     }
-    if (c->rstart == c->rlen)
+    if (c->rstart == c->rlen && !(c->req_done && c->replayable))
         c->rstart = c->rlen = c->head_end; /* sent: the body area is free again */
     up_arm_timer(c);
     if (c->state == CONN_S_TUNNEL) {
@@ -468,9 +512,12 @@ void proxy_pump_request(conn_t *c)
         return;
     uv_buf_t iov[6];
     unsigned n = 0;
+    int resend = 0; /* the head goes again, to another upstream (a retry) */
     if (!c->head_sent) {
         iov[n++] = uv_buf_init(c->obuf, (unsigned)c->olen);
         c->head_sent = 1;
+        c->t_head_sent = uv_now(&c->w->loop);
+        resend = c->req_done;
     }
     /* a paused parser may complete a bodiless request without new bytes */
     if (!c->req_done &&
@@ -490,6 +537,15 @@ void proxy_pump_request(conn_t *c)
         }
         if (c->body_len > 0)
             add_body(iov, &n, c->req_framing, c->up_chunk, c->body, c->body_len);
+        /* a body that arrived whole in one pass stays in the buffer, so the
+         * request can go to another upstream if this one dies without a word */
+        c->replayable = resend == 0 && c->req_done && c->bytes_in == c->body_len;
+        if (c->replayable) {
+            c->replay = c->body;
+            c->replay_len = c->body_len;
+        }
+    } else if (resend && c->req_done && c->replayable && c->replay_len > 0) {
+        add_body(iov, &n, c->req_framing, c->up_chunk, c->replay, c->replay_len);
     }
     if (c->req_done && !c->req_sent) {
         add_end(iov, &n, c->req_framing);
@@ -504,8 +560,8 @@ void proxy_pump_request(conn_t *c)
     }
     if (r == 0)
         u->write_pending = 1;
-    else if (c->rstart == c->rlen)
-        c->rstart = c->rlen = c->head_end;
+    else if (c->rstart == c->rlen && !(c->req_done && c->replayable))
+        c->rstart = c->rlen = c->head_end; /* free for more body (a replay keeps it) */
     up_arm_timer(c);
 }
 
@@ -555,6 +611,8 @@ static void on_up_connected(up_conn_t *u, int status)
     if (status < 0) {
         log_warn("conn %llu %s: upstream %s: dial failed: %s", (unsigned long long)c->id,
                  c->peer_ip, u->pool->target->hostport, uv_strerror(status));
+        /* refused or unreachable: out at once; a timeout counts towards max_fails */
+        up_target_failed(target_of(c), proxy_cfg(c), status != UV_ETIMEDOUT, uv_strerror(status));
         proxy_abort(c);
         c->fail_status = status == UV_ETIMEDOUT ? 504 : 502;
         proxy_try(c);
@@ -568,18 +626,29 @@ static void proxy_try(conn_t *c)
     const cfg_proxy_t *p = proxy_cfg(c);
     worker_t *w = c->w;
     for (;;) {
-        int i = up_select(w, p, w->targets, c->tried);
+        int closed = 0;
+        int i = -1;
+        if (p->lb_retries < 0 || c->attempts <= p->lb_retries)
+            i = up_select(w, p, w->targets, c->tried, c->peer_ip, &closed);
         if (i < 0) {
             /* lb_try_duration: keep trying every lb_try_interval until it runs out */
             uint64_t now = uv_now(&w->loop);
-            if (c->try_deadline != 0 && now + p->lb_try_interval < c->try_deadline) {
+            if (c->try_deadline != 0 && now < c->try_deadline) {
+                uint64_t left = c->try_deadline - now;
                 c->tried = 0;
-                conn_start_timer(c, p->lb_try_interval);
+                conn_start_timer(c, left < p->lb_try_interval ? left : p->lb_try_interval);
                 return;
             }
-            fail_request(c, c->fail_status);
+            if (closed) {
+                log_warn("conn %llu: every upstream fails its health check "
+                         "(health_fail_closed)", (unsigned long long)c->id);
+                fail_request(c, 503);
+            } else {
+                fail_request(c, p->lb_try_duration > 0 ? 503 : c->fail_status);
+            }
             return;
         }
+        c->attempts++;
         c->tried |= 1ull << i;
         const up_target_t *tg = up_target_find(w->targets, p->ups[i].hostport);
         c->pool = up_pool_get(w, tg);
@@ -615,7 +684,11 @@ void proxy_start(conn_t *c)
     else
         c->req_framing = HTTP_BODY_NONE;
     c->tried = 0;
+    c->attempts = 0;
     c->fail_status = 502;
+    c->replayable = c->req_framing == HTTP_BODY_NONE; /* a body must arrive whole first */
+    c->replay = NULL;
+    c->replay_len = 0;
     c->try_deadline = p->lb_try_duration > 0 ? uv_now(&c->w->loop) + p->lb_try_duration : 0;
     proxy_try(c);
 }

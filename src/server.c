@@ -15,6 +15,7 @@
 #include "common.h"
 #include "acme.h"
 #include "conn.h"
+#include "health.h"
 #include "log.h"
 #include "upstream.h"
 
@@ -161,7 +162,7 @@ int srv_load_certs(srv_t *s, const cfg_t *cfg)
         if (!https)
             continue;
         if (site->tls.cert_file == NULL) {
-            /* its names are the ACME client's (srv_start_acme), if it can have them */
+            /* its names are the ACME client's (srv_start_control), if it can have them */
             for (size_t a = 0; a < site->n_addrs; a++) {
                 const cfg_addr_t *addr = &site->addrs[a];
                 const char *why = NULL;
@@ -251,9 +252,10 @@ void srv_acme_config(const cfg_t *cfg, acme_config_t *ac)
         ac->challenges &= ~ACME_HTTP_01; /* nothing answers on http_port */
 }
 
-int srv_start_acme(srv_t *s, uv_loop_t *loop)
+int srv_start_control(srv_t *s, uv_loop_t *loop)
 {
     const cfg_t *cfg = s->cfg;
+    s->health = health_start(loop, cfg, s->targets);
     const char *names[256];
     size_t n = s->certs != NULL ? srv_managed_names(cfg, names, PS_ARRAY_SIZE(names)) : 0;
     if (n == 0)
@@ -278,10 +280,12 @@ int srv_start_acme(srv_t *s, uv_loop_t *loop)
     return 0;
 }
 
-void srv_stop_acme(srv_t *s)
+void srv_stop_control(srv_t *s)
 {
     acme_free(s->acme);
     s->acme = NULL;
+    health_stop(s->health);
+    s->health = NULL;
 }
 
 /* The certificate for clients without SNI: default_sni, else the only

@@ -49,6 +49,7 @@ typedef struct srv {
     certs_t *certs;
     tls_server_t *tls;
     struct acme *acme; /* NULL when no name is managed */
+    struct health *health; /* active checks; NULL when none */
     void (*on_fatal)(void *arg, const char *why); /* the ACME setup cannot work: stop */
     void *fatal_arg;
     up_targets_t *targets;
@@ -65,9 +66,10 @@ int srv_start(srv_t *s, cfg_t *cfg);
  * stops psproxy; on SIGHUP the certificates already served stay. */
 int srv_load_certs(srv_t *s, const cfg_t *cfg);
 
-/* Starts the ACME client for the HTTPS names without a manual certificate
- * (on LOOP, the control loop). 0, or -1 after logging why. */
-int srv_start_acme(srv_t *s, uv_loop_t *loop);
+/* Starts the control loop's services on LOOP: active health checks, and the
+ * ACME client for the HTTPS names without a manual certificate. 0, or -1
+ * after logging why. */
+int srv_start_control(srv_t *s, uv_loop_t *loop);
 /* The ACME settings of CFG, and the names ACME manages (HTTPS hosts of
  * sites without tls CERT KEY), at most MAX. */
 struct acme_config;
@@ -75,7 +77,7 @@ void srv_acme_config(const cfg_t *cfg, struct acme_config *ac);
 size_t srv_managed_names(const cfg_t *cfg, const char **names, size_t max);
 
 /* Stops it; its handles close on LOOP. */
-void srv_stop_acme(srv_t *s);
+void srv_stop_control(srv_t *s);
 
 /* Stops every worker (closing listeners and connections) and joins them. */
 void srv_stop(srv_t *s);

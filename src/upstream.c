@@ -65,11 +65,16 @@ up_targets_t *up_targets_new(const cfg_t *cfg)
                 continue;
             const cfg_proxy_t *p = &site->handlers[h].u.proxy;
             for (size_t i = 0; i < p->n_ups; i++) {
-                if (up_target_find(t, p->ups[i].hostport) != NULL)
-                    continue;
-                up_target_t *tg = &t->items[t->n++];
-                tg->hostport = p->ups[i].hostport;
-                resolve(tg, p->ups[i].host, p->ups[i].port);
+                up_target_t *tg = up_target_find(t, p->ups[i].hostport);
+                if (tg == NULL) {
+                    tg = &t->items[t->n++];
+                    tg->hostport = p->ups[i].hostport;
+                    tg->host = p->ups[i].host;
+                    tg->port = p->ups[i].port;
+                    resolve(tg, p->ups[i].host, p->ups[i].port);
+                }
+                if (tg->checks == NULL && p->health_uri != NULL)
+                    tg->checks = p;
             }
         }
     }
@@ -318,23 +323,84 @@ up_conn_t *up_dial(up_pool_t *p, void *owner, uint64_t timeout_ms, up_connect_cb
     return u;
 }
 
+/* ---- passive health ------------------------------------------------------ */
+
+int64_t up_now_ms(void)
+{
+    return (int64_t)(uv_hrtime() / 1000000);
+}
+
+void up_target_failed(up_target_t *t, const cfg_proxy_t *p, int immediate, const char *why)
+{
+    up_target_failed_at(t, p, immediate, why, up_now_ms());
+}
+
+int up_target_out_at(const up_target_t *t, int64_t now)
+{
+    return atomic_load(&t->passive_until) > now;
+}
+
+void up_target_failed_at(up_target_t *t, const cfg_proxy_t *p, int immediate, const char *why,
+                         int64_t now)
+{
+    if (p->fail_duration == 0)
+        return; /* passive checks off */
+    int out = immediate;
+    if (!out) {
+        /* max_fails within fail_duration (a window, not a sliding count) */
+        int64_t start = atomic_load(&t->fail_window);
+        if (now - start > (int64_t)p->fail_duration) {
+            atomic_store(&t->fail_window, now);
+            atomic_store(&t->passive_fails, 0);
+        }
+        out = atomic_fetch_add(&t->passive_fails, 1) + 1 >= p->max_fails;
+    }
+    if (!out)
+        return;
+    int64_t until = now + (int64_t)p->fail_duration;
+    int64_t was = atomic_exchange(&t->passive_until, until);
+    atomic_store(&t->passive_fails, 0);
+    if (was <= now) /* once per episode, not per request */
+        log_warn("upstream %s: unhealthy for %llums (passive: %s)", t->hostport,
+                 (unsigned long long)p->fail_duration, why);
+}
+
 /* ---- balancing ---------------------------------------------------------- */
 
-int up_select(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t tried)
+enum { UP_OK, UP_ACTIVE_DOWN, UP_PASSIVE_DOWN };
+
+static int target_state(const up_target_t *tg, int64_t now)
 {
-    int n = (int)p->n_ups;
-    if (n > 64)
-        n = 64;
+    if (tg == NULL)
+        return UP_PASSIVE_DOWN;
+    if (atomic_load(&tg->passive_until) > now)
+        return UP_PASSIVE_DOWN;
+    if (atomic_load(&tg->active_down))
+        return UP_ACTIVE_DOWN;
+    return UP_OK;
+}
+
+static uint32_t fnv1a(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+/* The policy's pick among the upstreams whose bit is set in CAND. */
+static int pick(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t cand, int n,
+                const char *client_ip)
+{
     int avail = 0;
     for (int i = 0; i < n; i++)
-        avail += !(tried & (1ull << i));
+        avail += (cand >> i) & 1;
     if (avail == 0)
         return -1;
-
     switch (p->lb_policy) {
     case CFG_LB_FIRST:
         for (int i = 0; i < n; i++)
-            if (!(tried & (1ull << i)))
+            if (cand & (1ull << i))
                 return i;
         return -1;
     case CFG_LB_ROUND_ROBIN: {
@@ -343,7 +409,7 @@ int up_select(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t tried
                                                    memory_order_relaxed);
         for (int k = 0; k < n; k++) {
             int i = (int)((start + (unsigned)k) % (unsigned)n);
-            if (!(tried & (1ull << i)))
+            if (cand & (1ull << i))
                 return i;
         }
         return -1;
@@ -351,7 +417,7 @@ int up_select(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t tried
     case CFG_LB_LEAST_CONN: {
         int best = -1, best_active = 0, ties = 0;
         for (int i = 0; i < n; i++) {
-            if (tried & (1ull << i))
+            if (!(cand & (1ull << i)))
                 continue;
             const up_target_t *tg = up_target_find(t, p->ups[i].hostport);
             int active = tg != NULL ? up_pool_get(w, tg)->n_active : 0;
@@ -365,12 +431,53 @@ int up_select(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t tried
         }
         return best;
     }
+    case CFG_LB_IP_HASH: {
+        /* the same client to the same upstream while the set stays the same */
+        int k = (int)(fnv1a(client_ip != NULL ? client_ip : "") % (unsigned)avail);
+        for (int i = 0; i < n; i++)
+            if ((cand & (1ull << i)) && k-- == 0)
+                return i;
+        return -1;
+    }
     default: { /* random */
         int k = (int)(srv_rand(w) % (unsigned)avail);
         for (int i = 0; i < n; i++)
-            if (!(tried & (1ull << i)) && k-- == 0)
+            if ((cand & (1ull << i)) && k-- == 0)
                 return i;
         return -1;
     }
     }
+}
+
+int up_select(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t tried,
+              const char *client_ip, int *closed)
+{
+    int n = (int)p->n_ups;
+    if (n > 64)
+        n = 64;
+    int64_t now = up_now_ms();
+    uint64_t ok = 0, active_down = 0, passive_down = 0;
+    for (int i = 0; i < n; i++) {
+        if (tried & (1ull << i))
+            continue;
+        int st = target_state(up_target_find(t, p->ups[i].hostport), now);
+        if (st == UP_OK)
+            ok |= 1ull << i;
+        else if (st == UP_ACTIVE_DOWN)
+            active_down |= 1ull << i;
+        else
+            passive_down |= 1ull << i;
+    }
+    *closed = 0;
+    if (ok != 0)
+        return pick(w, p, t, ok, n, client_ip);
+    if (active_down != 0) {
+        if (p->health_fail_closed) {
+            *closed = 1;
+            return -1;
+        }
+        /* fail open: a health endpoint that fails alone is not an outage */
+        return pick(w, p, t, active_down, n, client_ip);
+    }
+    return pick(w, p, t, passive_down, n, client_ip);
 }

@@ -17,10 +17,30 @@
  * read it without locks. */
 typedef struct up_target {
     const char *hostport;
+    const char *host, *port;
     struct sockaddr_storage addrs[UP_MAX_ADDRS];
     int n_addrs;
     int resolve_err; /* the getaddrinfo error when n_addrs == 0 */
+    /* health, shared by every worker without locks: the active check's
+     * verdict (control loop) and passive failures (any worker) */
+    const cfg_proxy_t *checks; /* the first reverse_proxy with health_uri for it */
+    atomic_int active_down;
+    atomic_llong passive_until; /* up_now_ms() until which it is out */
+    atomic_llong fail_window;   /* start of the window counting failures */
+    atomic_int passive_fails;
 } up_target_t;
+
+/* A monotonic clock in ms, the same in every thread. */
+int64_t up_now_ms(void);
+
+/* A failure seen by a request (refused, reset, bad status, too slow):
+ * IMMEDIATE takes the target out at once for fail_duration, else it counts
+ * towards max_fails within fail_duration. WHY is logged when it goes out. */
+void up_target_failed(up_target_t *t, const cfg_proxy_t *p, int immediate, const char *why);
+/* The same at a given up_now_ms() (tests), and whether T is out at NOW. */
+void up_target_failed_at(up_target_t *t, const cfg_proxy_t *p, int immediate, const char *why,
+                         int64_t now);
+int up_target_out_at(const up_target_t *t, int64_t now);
 
 struct up_targets {
     up_target_t *items;
@@ -113,7 +133,12 @@ void up_pools_close_idle(worker_t *w);
 void up_pools_free(worker_t *w);
 
 /* Picks an upstream index from P not in TRIED (bit i = index i tried), by
- * the policy; -1 when all were tried. */
-int up_select(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t tried);
+ * the policy, among the healthy ones; when none is, fail open to those
+ * only the active check rejects (unless health_fail_closed), then to those
+ * passive checks took out (a dial is the best probe then). -1 when none is
+ * left; *CLOSED is set when health_fail_closed is what refused. CLIENT_IP
+ * feeds ip_hash. */
+int up_select(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t tried,
+              const char *client_ip, int *closed);
 
 #endif

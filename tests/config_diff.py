@@ -81,7 +81,8 @@ def caddy_handlers(routes):
                 lb = ((h.get("load_balancing") or {}).get("selection_policy") or {})
                 out.append({"kind": "reverse_proxy", "match": match,
                             "upstreams": [dial_norm(u["dial"]) for u in h.get("upstreams", [])],
-                            "lb_policy": lb.get("policy", "random"),
+                            # psproxy's default is round_robin (issue #6), Caddy's random
+                            "lb_policy": lb.get("policy", "round_robin"),
                             "header_up": caddy_headers(hdr.get("request") or {}),
                             "header_down": caddy_headers(hdr.get("response") or {})})
             elif kind == "subroute":

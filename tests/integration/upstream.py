@@ -22,6 +22,18 @@ port on stdout once listening. Endpoints (any method unless noted):
   /malformed/1       a response that is not HTTP
   /malformed/2       a response with an invalid Content-Length
   /hangup            reads the request, then closes without answering
+  /hangup-after-body reads the whole request, body included, records it (see
+                     /control/received), then closes without answering
+  /whoami            text/plain: the upstream's own port, nothing else
+  /health            the health endpoint: answers with the status and body set
+                     by /control/health (default 200 "UP"), after the delay set
+                     by /control/slow (default none)
+  /control/health?status=S&body=B
+                     sets what /health answers; an omitted status means 200,
+                     an omitted body "UP"; answers JSON of the health state
+  /control/slow?ms=N makes /health wait N ms before answering (0: no wait)
+  /control/received  JSON: [method, target, body length, body sha256] of each
+                     request /hangup-after-body read
 
 HEAD gets the GET headers without a body. Requests may be pipelined, have
 chunked bodies (with extensions and trailers) and Expect: 100-continue, which
@@ -342,6 +354,26 @@ class Conn:
             return False
         elif seg[0] == "hangup":
             return False
+        elif path == "/hangup-after-body":
+            self.server.health.record(req)
+            return False
+        elif path == "/whoami":
+            self.respond(req, 200, [("Content-Type", "text/plain")],
+                         str(self.server.port).encode())
+        elif path == "/health":
+            status, body, delay_ms = self.server.health.get()
+            if delay_ms:
+                time.sleep(delay_ms / 1000.0)
+            self.respond(req, status, [("Content-Type", "text/plain")], body)
+        elif path == "/control/health":
+            q = dict(req["query_pairs"])
+            self.server.health.set(int(q.get("status", "200")), q.get("body", "UP").encode())
+            self.send_json(req, self.server.health.doc())
+        elif path == "/control/slow":
+            self.server.health.set_delay(int(dict(req["query_pairs"]).get("ms", "0")))
+            self.send_json(req, self.server.health.doc())
+        elif path == "/control/received":
+            self.send_json(req, self.server.health.received())
         else:
             self.respond(req, 404, [("Content-Type", "text/plain")], b"not found\n")
         return True
@@ -418,10 +450,49 @@ def ws_frame(opcode, payload, fin=True, mask=None):
     return head + payload
 
 
+class Health:
+    """What /health answers (switchable through /control/...) and what
+    /hangup-after-body read; shared by the connection threads."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.status = 200
+        self.body = b"UP"
+        self.delay_ms = 0
+        self.hangups = []
+
+    def get(self):
+        with self.lock:
+            return self.status, self.body, self.delay_ms
+
+    def set(self, status, body):
+        with self.lock:
+            self.status, self.body = status, body
+
+    def set_delay(self, ms):
+        with self.lock:
+            self.delay_ms = max(0, ms)
+
+    def doc(self):
+        with self.lock:
+            return {"status": self.status, "body": self.body.decode("latin-1"),
+                    "delay_ms": self.delay_ms}
+
+    def record(self, req):
+        with self.lock:
+            self.hangups.append([req["method"], req["target"], len(req["body"]),
+                                 hashlib.sha256(req["body"]).hexdigest()])
+
+    def received(self):
+        with self.lock:
+            return [list(h) for h in self.hangups]
+
+
 class Server:
     def __init__(self, port, mode):
         self.mode = mode
         self.stats = Stats()
+        self.health = Health()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port))

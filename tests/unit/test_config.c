@@ -935,7 +935,10 @@ TEST(reverse_proxy_defaults)
     CHECK_STR(px->ups[0].host, "localhost");
     CHECK_STR(px->ups[0].port, "8080");
     CHECK_STR(px->ups[0].hostport, "localhost:8080");
-    CHECK_INT(px->lb_policy, CFG_LB_RANDOM);
+    CHECK_INT(px->lb_policy, CFG_LB_ROUND_ROBIN); /* issue #6: not Caddy's random */
+    CHECK_INT(px->fail_duration, 10000);
+    CHECK_INT(px->max_fails, 1);
+    CHECK(px->health_uri == NULL);
     CHECK_INT(px->lb_try_duration, 0);
     CHECK_INT(px->lb_try_interval, 250);
     CHECK_INT(px->dial_timeout, 3000);
@@ -1071,8 +1074,8 @@ TEST(reverse_proxy_keepalive_off)
 
 TEST(reverse_proxy_sub_directive_errors)
 {
-    CHECK_ERR(":80 {\n\treverse_proxy a:1 {\n\t\tlb_policy ip_hash\n\t}\n}\n",
-              "t.conf:3: lb_policy: ip_hash: not supported by psproxy");
+    CHECK_ERR(":80 {\n\treverse_proxy a:1 {\n\t\tlb_policy cookie\n\t}\n}\n",
+              "t.conf:3: lb_policy: cookie: not supported by psproxy");
     CHECK_ERR(":80 {\n\treverse_proxy a:1 {\n\t\tlb_policy header X\n\t}\n}\n",
               "t.conf:3: lb_policy: unexpected argument \"X\"");
     CHECK_ERR(":80 {\n\treverse_proxy a:1 {\n\t\tlb_try_duration 5\n\t}\n}\n",
@@ -1101,21 +1104,47 @@ TEST(reverse_proxy_sub_directive_errors)
               "t.conf:3: reverse_proxy: to: expected an argument");
 }
 
-TEST(reverse_proxy_health_checks_not_yet)
+TEST(reverse_proxy_health_checks)
 {
-    static const char *const subs[] = {
-        "health_uri /h",        "health_port 81",       "health_interval 5s",
-        "health_timeout 1s",    "health_status 2xx",    "health_body ok",
-        "health_headers",       "fail_duration 30s",    "max_fails 3",
-        "unhealthy_status 5xx", "unhealthy_latency 1s", "unhealthy_request_count 10",
-    };
-    for (size_t i = 0; i < PS_ARRAY_SIZE(subs); i++) {
-        char text[160], want[128], name[40];
-        snprintf(text, sizeof(text), ":80 {\n\treverse_proxy a:1 {\n\t\t%s\n\t}\n}\n", subs[i]);
-        sscanf(subs[i], "%39s", name);
-        snprintf(want, sizeof(want), "t.conf:3: %s: not supported by psproxy yet", name);
-        CHECK_ERR(text, want);
-    }
+    cfg_t *c = parse(":80 {\n\treverse_proxy a:1 b:2 {\n\t\tlb_policy ip_hash\n"
+                     "\t\tlb_retries 2\n\t\thealth_uri /actuator/health\n\t\thealth_port 81\n"
+                     "\t\thealth_interval 2s\n\t\thealth_timeout 500ms\n\t\thealth_status 200\n"
+                     "\t\thealth_body UP\n\t\thealth_passes 2\n\t\thealth_fails 3\n"
+                     "\t\thealth_fail_closed\n\t\tfail_duration 30s\n\t\tmax_fails 4\n"
+                     "\t\tunhealthy_status 5xx\n\t\tunhealthy_latency 1s\n\t}\n}\n");
+    if (!c)
+        return;
+    const cfg_proxy_t *px = &c->sites[0].handlers[0].u.proxy;
+    CHECK_INT(px->lb_policy, CFG_LB_IP_HASH);
+    CHECK_INT(px->lb_retries, 2);
+    CHECK_STR(px->health_uri, "/actuator/health");
+    CHECK_INT(px->health_port, 81);
+    CHECK_INT(px->health_interval, 2000);
+    CHECK_INT(px->health_timeout, 500);
+    CHECK_INT(px->health_status.code, 200);
+    CHECK_INT(px->health_status.is_class, 0);
+    CHECK_STR(px->health_body, "UP");
+    CHECK_INT(px->health_passes, 2);
+    CHECK_INT(px->health_fails, 3);
+    CHECK_INT(px->health_fail_closed, 1);
+    CHECK_INT(px->fail_duration, 30000);
+    CHECK_INT(px->max_fails, 4);
+    CHECK_INT(px->unhealthy_status.code, 5);
+    CHECK_INT(px->unhealthy_status.is_class, 1);
+    CHECK_INT(px->unhealthy_latency, 1000);
+    cfg_unref(c);
+}
+
+TEST(reverse_proxy_health_errors)
+{
+    CHECK_ERR(":80 {\n\treverse_proxy a:1 {\n\t\thealth_status 2yy\n\t}\n}\n",
+              "t.conf:3: health_status: expected a status like 200 or 2xx, got \"2yy\"");
+    CHECK_ERR(":80 {\n\treverse_proxy a:1 {\n\t\thealth_uri health\n\t}\n}\n",
+              "t.conf:3: health_uri: expected a path starting with /, got \"health\"");
+    CHECK_ERR(":80 {\n\treverse_proxy a:1 {\n\t\thealth_fails 0\n\t}\n}\n",
+              "t.conf:3: health_fails: expected a number of at least 1, got \"0\"");
+    CHECK_ERR(":80 {\n\treverse_proxy a:1 {\n\t\thealth_headers\n\t}\n}\n",
+              "t.conf:3: health_headers: not supported by psproxy yet");
 }
 
 TEST(header_forms)
