@@ -7,6 +7,7 @@
 #include <cjson/cJSON.h>
 #include <ctype.h>
 #include <errno.h>
+#include <regex.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1132,6 +1133,12 @@ static int parse_health(ctx_t *c, const cf_line_t *s, const char *n, cfg_proxy_t
         *rc = arg_status(c, s, n, &px->health_status);
     } else if (strcmp(n, "health_body") == 0) {
         *rc = arg_string(c, s, n, &px->health_body);
+        regex_t re; /* a regular expression, as Caddy's: check it here */
+        if (*rc == 0 && regcomp(&re, px->health_body, REG_EXTENDED | REG_NOSUB) != 0)
+            *rc = errf(c, &s->toks[1], "health_body: not a valid regular expression: \"%s\"",
+                       px->health_body);
+        else if (*rc == 0)
+            regfree(&re);
     } else if (strcmp(n, "health_passes") == 0) {
         *rc = arg_count(c, s, n, 1, &px->health_passes);
     } else if (strcmp(n, "health_fails") == 0) {

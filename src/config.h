@@ -127,7 +127,7 @@ typedef struct cfg_proxy {
     uint64_t health_interval;  /* ms; default 30000 */
     uint64_t health_timeout;   /* ms; default 5000 */
     cfg_status_t health_status; /* default 2xx */
-    const char *health_body;   /* a substring the body must contain */
+    const char *health_body;   /* a regular expression (POSIX ERE) the body must match */
     int health_passes;         /* consecutive passes to come back; default 1 */
     int health_fails;          /* consecutive failures to go out; default 1 */
     int health_fail_closed;    /* psproxy's own: no fail-open, 503 instead */

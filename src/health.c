@@ -3,6 +3,7 @@
  * before a verdict changes, every change logged once with its reason. */
 #include "health.h"
 
+#include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,8 @@ struct check {
     const cfg_proxy_t *p; /* whose health_* settings apply */
     uv_timer_t timer;
     health_counts_t counts;
+    regex_t body_re; /* health_body, a regular expression as in Caddy */
+    int has_re;
     char url[512];
 };
 
@@ -90,8 +93,8 @@ static void on_check(void *arg, const fetch_resp_t *r)
         snprintf(why, sizeof(why), "%s", r->error != NULL ? r->error : "no answer");
     else if (!status_matches(&p->health_status, r->status))
         snprintf(why, sizeof(why), "status %ld", r->status);
-    else if (p->health_body != NULL && strstr(r->body, p->health_body) == NULL)
-        snprintf(why, sizeof(why), "body does not contain \"%s\"", p->health_body);
+    else if (c->has_re && regexec(&c->body_re, r->body, 0, NULL, 0) != 0)
+        snprintf(why, sizeof(why), "body does not match \"%s\"", p->health_body);
     int down = atomic_load(&c->t->active_down);
     int now_down = health_verdict(&c->counts, why[0] == '\0', down, p);
     if (now_down != down) {
@@ -147,6 +150,9 @@ health_t *health_start(uv_loop_t *loop, const cfg_t *cfg, up_targets_t *targets)
         int v6 = strchr(t->host, ':') != NULL;
         snprintf(c->url, sizeof(c->url), "http://%s%s%s:%s%s", v6 ? "[" : "", t->host,
                  v6 ? "]" : "", c->p->health_port != 0 ? port : t->port, c->p->health_uri);
+        /* config.c compiled it once already: it is valid */
+        c->has_re = c->p->health_body != NULL &&
+                    regcomp(&c->body_re, c->p->health_body, REG_EXTENDED | REG_NOSUB) == 0;
         uv_timer_init(loop, &c->timer);
         c->timer.data = c;
         /* the first check at once: start healthy, learn the truth quickly */
@@ -163,7 +169,10 @@ health_t *health_start(uv_loop_t *loop, const cfg_t *cfg, up_targets_t *targets)
 
 static void on_timer_closed(uv_handle_t *handle)
 {
-    health_t *h = ((struct check *)handle->data)->h;
+    struct check *c = handle->data;
+    health_t *h = c->h;
+    if (c->has_re)
+        regfree(&c->body_re);
     if (--h->pending_closes > 0)
         return;
     free(h->checks);

@@ -1143,6 +1143,8 @@ TEST(reverse_proxy_health_errors)
               "t.conf:3: health_uri: expected a path starting with /, got \"health\"");
     CHECK_ERR(":80 {\n\treverse_proxy a:1 {\n\t\thealth_fails 0\n\t}\n}\n",
               "t.conf:3: health_fails: expected a number of at least 1, got \"0\"");
+    CHECK_ERR(":80 {\n\treverse_proxy a:1 {\n\t\thealth_body \"(UP\"\n\t}\n}\n",
+              "t.conf:3: health_body: not a valid regular expression: \"(UP\"");
     CHECK_ERR(":80 {\n\treverse_proxy a:1 {\n\t\thealth_headers\n\t}\n}\n",
               "t.conf:3: health_headers: not supported by psproxy yet");
 }
