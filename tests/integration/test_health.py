@@ -302,6 +302,18 @@ def test_health_body_mismatch_marks_unhealthy(proxy_factory, upstream_factory):
     assert back_in(p, a, time.monotonic() + 0.3 * 2 + SLACK) is not None
 
 
+def test_health_body_is_a_regular_expression(proxy_factory, upstream_factory):
+    a, b = upstream_factory(), upstream_factory()
+    set_health(a, 200, "OK")  # matches ^(UP|OK)$ though it holds no "UP"
+    p = proxy_factory(proxy_block(a, b, lb="round_robin",
+                                  extra=health_cfg(extra=['health_body "^(UP|OK)$"'])))
+    assert wait_until(lambda: health_hits(a) >= 2, 0.3 * 2 + SLACK)
+    assert set(served_by(p, 6)) == {a.port, b.port}, "A answers 'OK' for ^(UP|OK)$"
+    set_health(a, 200, "NOT-OK")  # contains OK, but not anchored
+    assert drained_of(p, a, b, time.monotonic() + 0.3 * 2 + SLACK) is not None, \
+        "A answers 'NOT-OK' for ^(UP|OK)$ and still gets traffic"
+
+
 def test_health_timeout_with_a_slow_health_endpoint_marks_unhealthy(proxy_factory,
                                                                      upstream_factory):
     a, b = upstream_factory(), upstream_factory()
@@ -510,14 +522,20 @@ def test_dial_failure_is_retried_for_a_post(proxy_factory, upstream, tmp_path):
 
 
 @pytest.mark.parametrize("method,retried", [
-    ("POST", False), ("PATCH", False), ("GET", True), ("PUT", True), ("DELETE", True),
+    ("POST", False), ("PATCH", False), ("GET", True), ("HEAD", True), ("PUT", True),
+    ("DELETE", True), ("OPTIONS", True),
 ])
 def test_upstream_dying_after_the_request_was_sent_retries_only_idempotent_methods(
         proxy_factory, upstream_factory, tmp_path, method, retried):
     a, b = upstream_factory(), upstream_factory()
     p = proxy_factory(proxy_block(a, b, lb="round_robin", try_duration="2s"))
     marker = "m=%s-after-body" % method.lower()
-    args = ["-X", method] + (["--data-binary", "x" * 1000] if method != "GET" else [])
+    if method == "HEAD":
+        args = ["-I"]
+    elif method in ("GET", "OPTIONS"):
+        args = ["-X", method]
+    else:
+        args = ["-X", method, "--data-binary", "x" * 1000]
     r = curl(p.url + "/hangup-after-body?" + marker, *args, tmp=tmp_path)
     got = [up for up in (a, b)
            if any(marker in rec[1] for rec in control(up, "received"))]
@@ -531,6 +549,20 @@ def test_upstream_dying_after_the_request_was_sent_retries_only_idempotent_metho
         assert r.status == 502, r
         rec = [x for x in control(got[0], "received") if marker in x[1]]
         assert rec[0][0] == method and rec[0][2] == 1000, rec
+
+
+@pytest.mark.parametrize("retries", [0, 1, 2])
+def test_lb_retries_bounds_how_many_upstreams_a_request_tries(proxy_factory,
+                                                              upstream_factory, tmp_path,
+                                                              retries):
+    ups = [upstream_factory() for _ in range(3)]
+    p = proxy_factory(proxy_block(*ups, lb="round_robin",
+                                  extra="\t\tlb_retries %d" % retries))
+    r = curl(p.url + "/hangup-after-body?m=retries", tmp=tmp_path)
+    assert r.status == 502, r
+    tries = [rec for up in ups for rec in control(up, "received") if "m=retries" in rec[1]]
+    assert len(tries) == 1 + retries, "lb_retries %d: %d attempts: %r" % (
+        retries, len(tries), tries)
 
 
 def test_request_waits_for_a_down_upstream_within_lb_try_duration(proxy_factory, pinned,
@@ -608,9 +640,10 @@ def test_validate_accepts_every_health_and_lb_sub_directive(tmp_path, lb):
 
 @pytest.mark.parametrize("line", [
     "lb_policy nonsense", "lb_policy", "health_status banana", "health_status 2xxx",
-    "health_interval soon", "health_fails zero",
+    "health_interval soon", "health_fails zero", 'health_body "(UP"',
 ], ids=["unknown_lb_policy", "lb_policy_without_value", "health_status_word",
-        "health_status_2xxx", "health_interval_not_a_duration", "health_fails_not_a_number"])
+        "health_status_2xxx", "health_interval_not_a_duration", "health_fails_not_a_number",
+        "health_body_bad_regex"])
 def test_validate_refuses_a_bad_sub_directive_naming_the_line(tmp_path, line):
     text = ("http://127.0.0.1:8080 {\n\treverse_proxy 127.0.0.1:9000 127.0.0.1:9001 {\n"
             "\t\thealth_uri /health\n\t\t%s\n\t}\n}\n" % line)
@@ -619,3 +652,26 @@ def test_validate_refuses_a_bad_sub_directive_naming_the_line(tmp_path, line):
     assert p.returncode != 0, err
     assert re.search(r"(^|\s|/)health\.conf:4: \S", err, re.M), err
     assert line.split()[0] in err, err
+
+
+# -- passive checks by response ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra,path,why", [
+    (["unhealthy_status 5xx", "fail_duration 3s", "max_fails 1"], "/status/503", "status 503"),
+    (["unhealthy_latency 200ms", "fail_duration 3s", "max_fails 1"], "/slow/500", "slow"),
+])
+def test_unhealthy_response_takes_the_upstream_out_for_fail_duration(
+        proxy_factory, upstream_factory, extra, path, why):
+    a, b = upstream_factory(), upstream_factory()
+    body = "\n".join("\t\t" + x for x in extra)
+    p = proxy_factory(proxy_block(a, b, lb="first", extra=body))
+    assert served_by(p, 2) == [a.port] * 2  # first: A while it is healthy
+    r = request(p, path)
+    assert r is not None, "no answer to %s" % path
+    # the answer that made A unhealthy still reached the client as it was
+    assert (r.status == 503) == (path == "/status/503"), r
+    assert log_lines(p, a.addr, why), p.log_text()
+    assert served_by(p, 4) == [b.port] * 4  # A is out for fail_duration
+    time.sleep(3.3)
+    assert served_by(p, 2) == [a.port] * 2  # and back after it
