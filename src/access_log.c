@@ -11,12 +11,14 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "log.h"
 
 int alog_open(alog_t *a, const cfg_t *cfg, char *err, size_t errlen)
 {
     a->n = cfg->n_sites;
     a->fds = calloc(a->n > 0 ? a->n : 1, sizeof(int));
-    if (a->fds == NULL)
+    a->paths = calloc(a->n > 0 ? a->n : 1, sizeof(char *));
+    if (a->fds == NULL || a->paths == NULL)
         abort();
     a->stderr_tty = isatty(STDERR_FILENO);
     for (size_t i = 0; i < a->n; i++) {
@@ -33,6 +35,7 @@ int alog_open(alog_t *a, const cfg_t *cfg, char *err, size_t errlen)
             return PS_ECONFIG;
         }
         a->fds[i] = fd;
+        a->paths[i] = s->log.file;
     }
     return 0;
 }
@@ -43,8 +46,23 @@ void alog_close(alog_t *a)
         if (a->fds[i] != STDERR_FILENO)
             close(a->fds[i]);
     free(a->fds);
+    free(a->paths);
     a->fds = NULL;
+    a->paths = NULL;
     a->n = 0;
+}
+
+void alog_reopen(alog_t *a)
+{
+    for (size_t i = 0; i < a->n; i++) {
+        if (a->fds[i] == STDERR_FILENO || a->paths[i] == NULL)
+            continue;
+        int fd = open(a->paths[i], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        if (fd < 0 || dup3(fd, a->fds[i], O_CLOEXEC) < 0)
+            log_err("access log %s: cannot reopen: %s", a->paths[i], strerror(errno));
+        if (fd >= 0)
+            close(fd);
+    }
 }
 
 typedef struct line {
@@ -129,6 +147,10 @@ void alog_write(const alog_t *a, const cfg_site_t *site, size_t site_index,
     add_field(&l, "uri", e->uri);
     addf(&l, "},\"bytes_read\":%llu,\"duration\":%.6f,\"size\":%llu,\"status\":%d",
          (unsigned long long)e->bytes_read, e->duration, (unsigned long long)e->size, e->status);
+    if (e->upstream != NULL) {
+        addf(&l, ",\"upstream\":");
+        add_str(&l, e->upstream, strlen(e->upstream));
+    }
     l.buf[l.len++] = '}';
     l.buf[l.len++] = '\n';
     ssize_t w = write(a->fds[site_index], l.buf, l.len);

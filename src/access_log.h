@@ -14,6 +14,7 @@ typedef struct alog_entry {
     const char *remote_ip;
     const char *remote_port;
     uv_buf_t method, host, uri;
+    const char *upstream; /* hostport that served it; NULL when answered here */
     int http_minor;      /* HTTP/1.x */
     int status;
     uint64_t bytes_read; /* request body bytes */
@@ -24,6 +25,7 @@ typedef struct alog_entry {
 /* The open outputs of one config: fds[i] serves cfg->sites[i]. */
 typedef struct alog {
     int *fds;
+    const char **paths; /* the file of each fd, for alog_reopen; NULL for stderr */
     size_t n;
     int stderr_tty; /* CFG_LOG_AUTO picks console on a terminal, as Caddy */
 } alog_t;
@@ -32,6 +34,11 @@ typedef struct alog {
  * log: cannot open PATH: reason" in ERR. */
 int alog_open(alog_t *a, const cfg_t *cfg, char *err, size_t errlen);
 void alog_close(alog_t *a);
+
+/* Reopens every file (for logrotate): each new file takes its old fd's
+ * number with dup2, so workers writing at that moment are not disturbed.
+ * A file that cannot be opened keeps the old one, logged. */
+void alog_reopen(alog_t *a);
 
 /* Formats E as one line (at most 4 KiB, longer fields are cut) and writes
  * it with one write(2). */

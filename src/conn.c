@@ -71,6 +71,17 @@ void conn_close(conn_t *c)
     c->pending_closes = 2;
     uv_close((uv_handle_t *)&c->tcp, on_closed);
     uv_close((uv_handle_t *)&c->timer, on_closed);
+    srv_worker_drained(c->w);
+}
+
+void conn_drain(conn_t *c)
+{
+    c->keep_alive = 0;
+    int idle = (c->state == CONN_S_READ_HEAD && !c->head_started && c->rlen == 0 &&
+                !c->write_pending) ||
+               c->state == CONN_S_HANDSHAKE || c->state == CONN_S_LINGER;
+    if (idle)
+        conn_close(c);
 }
 
 /* ---- timers ------------------------------------------------------------- */
@@ -924,6 +935,9 @@ void conn_access_log(conn_t *c)
     e.bytes_read = c->bytes_in;
     e.size = c->bytes_out;
     e.duration = (double)(uv_hrtime() - c->t_start) / 1e9;
+    e.upstream = c->handler != NULL && c->handler->kind == CFG_H_PROXY && c->pool != NULL
+                     ? c->pool->target->hostport
+                     : NULL;
     alog_write(c->w->alog, c->site, (size_t)(c->site - c->cfg->sites), &e);
 }
 
@@ -932,6 +946,8 @@ void conn_request_done(conn_t *c)
     if (c->state != CONN_S_TUNNEL)
         conn_access_log(c);
     release_request_bufs(c);
+    if (c->w->draining)
+        c->keep_alive = 0; /* stopping: this was its last response */
     buf_put(&c->w->tables, (char *)c->req.hdrs); /* lent again at the next head */
     c->req.hdrs = NULL;
     if (!c->keep_alive) {

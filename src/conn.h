@@ -121,6 +121,9 @@ void conn_accept(listener_t *l);
 /* The one door out: idempotent; closes the upstream it holds too. */
 void conn_close(conn_t *c);
 
+/* The worker stops: close C if it is idle, else after its response. */
+void conn_drain(conn_t *c);
+
 void conn_set_state(conn_t *c, int state);
 const char *conn_state_name(int state);
 

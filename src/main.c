@@ -14,6 +14,7 @@
 #include "config.h"
 #include "import_caddy.h"
 #include "log.h"
+#include "notify.h"
 #include "server.h"
 #include "tls.h"
 
@@ -30,7 +31,7 @@ static const char usage[] =
     "Logs go to stderr; PSPROXY_LOG_LEVEL=debug for more.\n";
 
 static srv_t server;
-static uv_signal_t sig_term, sig_int, sig_hup;
+static uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
 static uv_timer_t ticket_timer, fatal_timer;
 static int exit_code;
 
@@ -39,6 +40,7 @@ static void close_control_handles(void)
     uv_close((uv_handle_t *)&sig_term, NULL);
     uv_close((uv_handle_t *)&sig_int, NULL);
     uv_close((uv_handle_t *)&sig_hup, NULL);
+    uv_close((uv_handle_t *)&sig_usr1, NULL);
     uv_close((uv_handle_t *)&ticket_timer, NULL);
     uv_close((uv_handle_t *)&fatal_timer, NULL);
 }
@@ -47,11 +49,23 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     if (signum == SIGHUP) {
         /* the certificates on disk are re-read; a bad one keeps the old serving */
+        char msg[64];
+        snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
+                 (unsigned long long)(uv_hrtime() / 1000));
+        notify_send(msg);
         log_info("received SIGHUP, reloading certificates");
         if (server.certs != NULL && srv_load_certs(&server, server.cfg) != 0)
             log_err("reload: kept the certificates that were serving");
+        notify_send("READY=1");
         return;
     }
+    if (signum == SIGUSR1) {
+        /* logrotate moved the access logs away: write to new files */
+        log_info("received SIGUSR1, reopening access log files");
+        alog_reopen(&server.alog);
+        return;
+    }
+    notify_send("STOPPING=1");
     log_info("received %s, stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
     srv_stop_control(&server);
     close_control_handles();
@@ -194,12 +208,14 @@ int main(int argc, char **argv)
     uv_signal_init(loop, &sig_term);
     uv_signal_init(loop, &sig_int);
     uv_signal_init(loop, &sig_hup);
+    uv_signal_init(loop, &sig_usr1);
     uv_timer_init(loop, &ticket_timer);
     uv_timer_init(loop, &fatal_timer);
     server.on_fatal = on_acme_fatal;
     uv_signal_start(&sig_term, on_signal, SIGTERM);
     uv_signal_start(&sig_int, on_signal, SIGINT);
     uv_signal_start(&sig_hup, on_signal, SIGHUP);
+    uv_signal_start(&sig_usr1, on_signal, SIGUSR1);
 
     int err = srv_start(&server, cfg);
     cfg_unref(cfg); /* the server holds its references */
@@ -217,6 +233,8 @@ int main(int argc, char **argv)
         uv_loop_close(loop);
         return 1;
     }
+    /* listening, and the certificates in storage are served */
+    notify_send("READY=1");
     uv_run(loop, UV_RUN_DEFAULT);
     srv_stop(&server);
     uv_loop_close(loop);

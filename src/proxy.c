@@ -685,6 +685,7 @@ void proxy_start(conn_t *c)
         c->req_framing = HTTP_BODY_NONE;
     c->tried = 0;
     c->attempts = 0;
+    c->pool = NULL;
     c->fail_status = 502;
     c->replayable = c->req_framing == HTTP_BODY_NONE; /* a body must arrive whole first */
     c->replay = NULL;

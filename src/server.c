@@ -21,6 +21,7 @@
 
 #define SRV_BACKLOG 1024
 #define SRV_MAX_FREE_BUFS 256
+#define SRV_GRACE_MS 5000 /* grace_period's default: in-flight requests may finish */
 
 uint32_t srv_rand(worker_t *w)
 {
@@ -93,19 +94,59 @@ static void on_listener_closed(uv_handle_t *h)
     (void)h;
 }
 
-/* Runs on the worker's own thread: close everything so the loop ends. */
+/* The loop ends once these last handles (and the connections') close. */
+static void worker_finish(worker_t *w)
+{
+    if (w->finished)
+        return;
+    w->finished = 1;
+    up_pools_close_idle(w);
+    uv_close((uv_handle_t *)&w->grace, NULL);
+    uv_close((uv_handle_t *)&w->wakeup, NULL);
+}
+
+void srv_worker_drained(worker_t *w)
+{
+    if (w->draining && w->conns == NULL)
+        worker_finish(w);
+}
+
+static void on_grace_over(uv_timer_t *t)
+{
+    worker_t *w = t->data;
+    int n = 0;
+    for (conn_t *c = w->conns; c != NULL; c = c->next)
+        n++;
+    log_warn("worker %d: grace period over: closing %d connection%s still busy", w->index, n,
+             n == 1 ? "" : "s");
+    while (w->conns != NULL)
+        conn_close(w->conns);
+    worker_finish(w);
+}
+
+/* Runs on the worker's own thread: a graceful stop. No new connections;
+ * idle keep-alives close now; requests in flight finish (their connections
+ * close after the response) until grace_period, then everything closes. */
 static void on_wakeup(uv_async_t *a)
 {
     worker_t *w = a->data;
-    if (!atomic_load(&w->stop))
+    if (!atomic_load(&w->stop) || w->draining)
         return;
+    w->draining = 1;
     for (size_t i = 0; i < w->n_listeners; i++)
         if (!uv_is_closing((uv_handle_t *)&w->listeners[i].tcp))
             uv_close((uv_handle_t *)&w->listeners[i].tcp, on_listener_closed);
-    while (w->conns != NULL)
-        conn_close(w->conns);
+    for (conn_t *c = w->conns, *next; c != NULL; c = next) {
+        next = c->next;
+        conn_drain(c);
+    }
     up_pools_close_idle(w);
-    uv_close((uv_handle_t *)&w->wakeup, NULL);
+    if (w->conns == NULL) {
+        worker_finish(w);
+        return;
+    }
+    uint64_t grace = w->cfg->grace_period != 0 ? w->cfg->grace_period : SRV_GRACE_MS;
+    uv_timer_start(&w->grace, on_grace_over, grace, 0);
 }
 
 static void worker_main(void *arg)
@@ -356,6 +397,8 @@ int srv_start(srv_t *s, cfg_t *cfg)
         buf_pool_init(&w->tables, HTTP_HDR_TABLE_SIZE, SRV_MAX_FREE_BUFS);
         uv_async_init(&w->loop, &w->wakeup, on_wakeup);
         w->wakeup.data = w;
+        uv_timer_init(&w->loop, &w->grace);
+        w->grace.data = w;
         w->listeners = calloc(cfg->n_listeners > 0 ? cfg->n_listeners : 1, sizeof(listener_t));
         if (w->listeners == NULL)
             abort();

@@ -27,6 +27,9 @@ typedef struct worker {
     uv_loop_t loop;
     uv_thread_t thread;
     uv_async_t wakeup; /* the control thread asks the worker to stop */
+    uv_timer_t grace;  /* a graceful stop's deadline */
+    int draining;      /* stopping: no new connections, none kept alive */
+    int finished;      /* its last handles are closing */
     int index;
     cfg_t *cfg;        /* the snapshot new connections get */
     up_targets_t *targets;
@@ -81,6 +84,9 @@ void srv_stop_control(srv_t *s);
 
 /* Stops every worker (closing listeners and connections) and joins them. */
 void srv_stop(srv_t *s);
+
+/* The worker's last connection closed while it drains: let it end. */
+void srv_worker_drained(worker_t *w);
 
 /* A pseudo-random number for load balancing, per worker. */
 uint32_t srv_rand(worker_t *w);

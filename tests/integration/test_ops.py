@@ -1,0 +1,144 @@
+"""Operations: sd_notify, graceful stop, access log reopening and fields."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+from conftest import PSPROXY, curl, free_port, make_config, proxy_block, wait_port
+
+
+def start(tmp_path, body, env=None, **opts):
+    port = free_port()
+    conf = tmp_path / "ops.conf"
+    conf.write_text(make_config(port, body, **opts))
+    log = open(tmp_path / "ops.log", "w")
+    p = subprocess.Popen([PSPROXY, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL, env=dict(os.environ, **(env or {})))
+    p.port, p.conf, p.logpath = port, conf, tmp_path / "ops.log"
+    return p
+
+
+def stop(p, timeout=10):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+    try:
+        return p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(5)
+        return None
+
+
+def test_sd_notify_ready_reloading_stopping(tmp_path, upstream):
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    p = start(tmp_path, proxy_block(upstream), env={"NOTIFY_SOCKET": path})
+    try:
+        assert sock.recv(256) == b"READY=1"
+        # READY comes once it listens: a request works at once
+        assert curl("http://127.0.0.1:%d/echo" % p.port, tmp=tmp_path).status == 200
+        p.send_signal(signal.SIGHUP)
+        msg = sock.recv(256).decode()
+        assert msg.startswith("RELOADING=1\nMONOTONIC_USEC="), msg
+        assert sock.recv(256) == b"READY=1"
+        p.send_signal(signal.SIGTERM)
+        assert sock.recv(256) == b"STOPPING=1"
+        assert p.wait(10) == 0
+    finally:
+        stop(p)
+        sock.close()
+
+
+def test_sigterm_lets_a_request_in_flight_finish(tmp_path, upstream):
+    p = start(tmp_path, proxy_block(upstream, response_header_timeout="5s"))
+    try:
+        wait_port(p.port, p, 10, "psproxy", p.logpath)
+        res = {}
+        t = threading.Thread(target=lambda: res.update(
+            r=curl("http://127.0.0.1:%d/slow/2000" % p.port, tmp=tmp_path)))
+        t.start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        # no new connections while it drains
+        refused = False
+        try:
+            socket.create_connection(("127.0.0.1", p.port), 1).close()
+        except OSError:
+            refused = True
+        assert refused, "psproxy still accepts connections after SIGTERM"
+        t.join(10)
+        assert res["r"].status == 200, res["r"]
+        assert p.wait(10) == 0
+        assert time.monotonic() - t0 < 3.0
+    finally:
+        stop(p)
+
+
+def test_sigterm_closes_idle_keepalives_at_once(tmp_path, upstream):
+    p = start(tmp_path, proxy_block(upstream))
+    try:
+        wait_port(p.port, p, 10, "psproxy", p.logpath)
+        s = socket.create_connection(("127.0.0.1", p.port), 5)
+        s.sendall(b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        s.settimeout(5)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(5) == 0
+        assert time.monotonic() - t0 < 1.0, "an idle keep-alive held the stop"
+        s.close()
+    finally:
+        stop(p)
+
+
+def test_grace_period_bounds_the_stop(tmp_path, upstream):
+    p = start(tmp_path, proxy_block(upstream, response_header_timeout="10s"),
+              global_extra="\tgrace_period 1s\n")
+    try:
+        wait_port(p.port, p, 10, "psproxy", p.logpath)
+        t = threading.Thread(target=lambda: curl("http://127.0.0.1:%d/slow/6000" % p.port,
+                                                 tmp=tmp_path), daemon=True)
+        t.start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(5) == 0
+        took = time.monotonic() - t0
+        assert 0.8 <= took < 2.5, "stopped after %.2f s (grace_period 1s)" % took
+        assert "grace period over" in p.logpath.read_text()
+    finally:
+        stop(p)
+
+
+def test_access_log_names_the_upstream_and_reopens_on_sigusr1(tmp_path, upstream):
+    log = tmp_path / "access.log"
+    body = "\tlog {\n\t\toutput file %s\n\t\tformat json\n\t}\n%s" % (log, proxy_block(upstream))
+    p = start(tmp_path, body)
+    try:
+        wait_port(p.port, p, 10, "psproxy", p.logpath)
+        assert curl("http://127.0.0.1:%d/echo?one" % p.port, tmp=tmp_path).status == 200
+        deadline = time.monotonic() + 3
+        while (not log.exists() or not log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        e = json.loads(log.read_text().splitlines()[0])
+        assert e["upstream"] == upstream.addr, e
+        os.rename(log, tmp_path / "access.log.1")  # what logrotate does
+        p.send_signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        assert curl("http://127.0.0.1:%d/echo?two" % p.port, tmp=tmp_path).status == 200
+        deadline = time.monotonic() + 3
+        while not log.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert log.exists(), "no new access log after SIGUSR1"
+        time.sleep(0.2)
+        assert "?two" in log.read_text() and "?two" not in (tmp_path / "access.log.1").read_text()
+    finally:
+        stop(p)
