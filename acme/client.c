@@ -993,6 +993,9 @@ static int load_stored(acme_t *a, struct name *n)
 
 int acme_manage(acme_t *a, const char *name)
 {
+    for (struct name *m = a->names; m != NULL; m = m->next)
+        if (strcmp(m->name, name) == 0)
+            return 0; /* a reload names it again */
     struct name *n = calloc(1, sizeof(*n));
     if (n == NULL)
         return -1;

@@ -13,53 +13,70 @@
 #include "common.h"
 #include "log.h"
 
-int alog_open(alog_t *a, const cfg_t *cfg, char *err, size_t errlen)
+static int find_or_open(alog_t *a, const char *path, int *fd)
 {
-    a->n = cfg->n_sites;
-    a->fds = calloc(a->n > 0 ? a->n : 1, sizeof(int));
-    a->paths = calloc(a->n > 0 ? a->n : 1, sizeof(char *));
-    if (a->fds == NULL || a->paths == NULL)
-        abort();
-    a->stderr_tty = isatty(STDERR_FILENO);
     for (size_t i = 0; i < a->n; i++) {
+        if (strcmp(a->files[i].path, path) == 0) {
+            *fd = a->files[i].fd;
+            return 0;
+        }
+    }
+    int f = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (f < 0)
+        return -errno;
+    if (a->n == a->cap) {
+        a->cap = a->cap ? a->cap * 2 : 4;
+        a->files = realloc(a->files, a->cap * sizeof(*a->files));
+        if (a->files == NULL)
+            abort();
+    }
+    a->files[a->n].path = strdup(path);
+    a->files[a->n].fd = f;
+    a->n++;
+    *fd = f;
+    return 0;
+}
+
+int alog_open(alog_t *a, cfg_t *cfg, char *err, size_t errlen)
+{
+    a->stderr_tty = isatty(STDERR_FILENO);
+    /* open first, assign after: a failure leaves CFG as it was */
+    for (size_t i = 0; i < cfg->n_sites; i++) {
         const cfg_site_t *s = &cfg->sites[i];
-        a->fds[i] = STDERR_FILENO;
-        if (!s->log.enabled || s->log.file == NULL)
-            continue;
-        int fd = open(s->log.file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-        if (fd < 0) {
+        int fd;
+        int rc = s->log.enabled && s->log.file != NULL ? find_or_open(a, s->log.file, &fd) : 0;
+        if (rc != 0) {
             snprintf(err, errlen, "%s:%d: log: cannot open %s: %s", s->file, s->line,
-                     s->log.file, strerror(errno));
-            a->n = i;
-            alog_close(a);
+                     s->log.file, strerror(-rc));
             return PS_ECONFIG;
         }
-        a->fds[i] = fd;
-        a->paths[i] = s->log.file;
+    }
+    for (size_t i = 0; i < cfg->n_sites; i++) {
+        cfg_site_t *s = &cfg->sites[i];
+        s->log.fd = STDERR_FILENO;
+        if (s->log.enabled && s->log.file != NULL)
+            find_or_open(a, s->log.file, &s->log.fd);
     }
     return 0;
 }
 
 void alog_close(alog_t *a)
 {
-    for (size_t i = 0; i < a->n; i++)
-        if (a->fds[i] != STDERR_FILENO)
-            close(a->fds[i]);
-    free(a->fds);
-    free(a->paths);
-    a->fds = NULL;
-    a->paths = NULL;
-    a->n = 0;
+    for (size_t i = 0; i < a->n; i++) {
+        close(a->files[i].fd);
+        free(a->files[i].path);
+    }
+    free(a->files);
+    a->files = NULL;
+    a->n = a->cap = 0;
 }
 
 void alog_reopen(alog_t *a)
 {
     for (size_t i = 0; i < a->n; i++) {
-        if (a->fds[i] == STDERR_FILENO || a->paths[i] == NULL)
-            continue;
-        int fd = open(a->paths[i], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-        if (fd < 0 || dup3(fd, a->fds[i], O_CLOEXEC) < 0)
-            log_err("access log %s: cannot reopen: %s", a->paths[i], strerror(errno));
+        int fd = open(a->files[i].path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        if (fd < 0 || dup3(fd, a->files[i].fd, O_CLOEXEC) < 0)
+            log_err("access log %s: cannot reopen: %s", a->files[i].path, strerror(errno));
         if (fd >= 0)
             close(fd);
     }
@@ -115,11 +132,8 @@ static void add_field(line_t *l, const char *name, uv_buf_t v)
     add_str(l, v.base != NULL ? v.base : "", v.len);
 }
 
-void alog_write(const alog_t *a, const cfg_site_t *site, size_t site_index,
-                const alog_entry_t *e)
+void alog_write(const alog_t *a, const cfg_site_t *site, const alog_entry_t *e)
 {
-    if (site_index >= a->n)
-        return;
     int json = site->log.format == CFG_LOG_JSON ||
                (site->log.format == CFG_LOG_AUTO && !a->stderr_tty);
     struct timespec ts;
@@ -153,6 +167,6 @@ void alog_write(const alog_t *a, const cfg_site_t *site, size_t site_index,
     }
     l.buf[l.len++] = '}';
     l.buf[l.len++] = '\n';
-    ssize_t w = write(a->fds[site_index], l.buf, l.len);
+    ssize_t w = write(site->log.fd, l.buf, l.len);
     (void)w; /* a full disk must not stop the proxy */
 }

@@ -22,27 +22,29 @@ typedef struct alog_entry {
     double duration;     /* seconds from the end of the request head */
 } alog_entry_t;
 
-/* The open outputs of one config: fds[i] serves cfg->sites[i]. */
+/* The open access log files, by path, kept across reloads. */
 typedef struct alog {
-    int *fds;
-    const char **paths; /* the file of each fd, for alog_reopen; NULL for stderr */
-    size_t n;
+    struct alog_file {
+        char *path;
+        int fd;
+    } *files;
+    size_t n, cap;
     int stderr_tty; /* CFG_LOG_AUTO picks console on a terminal, as Caddy */
 } alog_t;
 
-/* Opens every site's log output. Returns 0, or an error with "file:line:
- * log: cannot open PATH: reason" in ERR. */
-int alog_open(alog_t *a, const cfg_t *cfg, char *err, size_t errlen);
+/* Sets every site's log.fd of CFG, opening the files not open yet. Returns
+ * 0, or an error with "file:line: log: cannot open PATH: reason" in ERR
+ * (and nothing of CFG changed). */
+int alog_open(alog_t *a, cfg_t *cfg, char *err, size_t errlen);
 void alog_close(alog_t *a);
 
 /* Reopens every file (for logrotate): each new file takes its old fd's
- * number with dup2, so workers writing at that moment are not disturbed.
+ * number with dup3, so workers writing at that moment are not disturbed.
  * A file that cannot be opened keeps the old one, logged. */
 void alog_reopen(alog_t *a);
 
 /* Formats E as one line (at most 4 KiB, longer fields are cut) and writes
  * it with one write(2). */
-void alog_write(const alog_t *a, const cfg_site_t *site, size_t site_index,
-                const alog_entry_t *e);
+void alog_write(const alog_t *a, const cfg_site_t *site, const alog_entry_t *e);
 
 #endif

@@ -199,6 +199,7 @@ typedef struct cfg_site {
         int enabled;       /* a log directive is present */
         const char *file;  /* output file PATH; NULL = stderr */
         int format;        /* enum cfg_log_format */
+        int fd;            /* runtime: set by the server before the snapshot is used */
     } log;
     const char *file;
     int line;

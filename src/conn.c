@@ -938,7 +938,7 @@ void conn_access_log(conn_t *c)
     e.upstream = c->handler != NULL && c->handler->kind == CFG_H_PROXY && c->pool != NULL
                      ? c->pool->target->hostport
                      : NULL;
-    alog_write(c->w->alog, c->site, (size_t)(c->site - c->cfg->sites), &e);
+    alog_write(c->w->alog, c->site, &e);
 }
 
 void conn_request_done(conn_t *c)
@@ -999,6 +999,7 @@ void conn_accept(listener_t *l)
     c->tcp.data = c;
     c->timer.data = c;
     c->cfg = cfg_ref(w->cfg);
+    c->targets = w->targets; /* with the config: a reload does not change them */
     c->listener = l->cl;
     c->https = l->cl->scheme == CFG_SCHEME_HTTPS;
     c->keep_alive = 1;

@@ -86,6 +86,7 @@ struct conn {
     /* proxying (proxy.c) */
     up_conn_t *up;
     up_pool_t *pool;
+    up_targets_t *targets; /* of the config this request started with */
     char *obuf;     /* the upstream request head, kept for a retry */
     size_t olen;
     char *hbuf;     /* the response head for the client */

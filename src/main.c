@@ -31,6 +31,7 @@ static const char usage[] =
     "Logs go to stderr; PSPROXY_LOG_LEVEL=debug for more.\n";
 
 static srv_t server;
+static const char *config_path;
 static uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
 static uv_timer_t ticket_timer, fatal_timer;
 static int exit_code;
@@ -48,14 +49,14 @@ static void close_control_handles(void)
 static void on_signal(uv_signal_t *s, int signum)
 {
     if (signum == SIGHUP) {
-        /* the certificates on disk are re-read; a bad one keeps the old serving */
+        /* the config and the certificates on disk are read again; a bad one
+         * keeps what was serving */
         char msg[64];
         snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
                  (unsigned long long)(uv_hrtime() / 1000));
         notify_send(msg);
-        log_info("received SIGHUP, reloading certificates");
-        if (server.certs != NULL && srv_load_certs(&server, server.cfg) != 0)
-            log_err("reload: kept the certificates that were serving");
+        log_info("received SIGHUP, reloading %s", config_path);
+        srv_reload(&server, config_path, s->loop);
         notify_send("READY=1");
         return;
     }
@@ -164,6 +165,7 @@ int main(int argc, char **argv)
     log_init();
 
     cfg_t *cfg = NULL;
+    config_path = path;
     if (load(path, &cfg) != 0)
         return 1;
     if (import) {

@@ -629,7 +629,7 @@ static void proxy_try(conn_t *c)
         int closed = 0;
         int i = -1;
         if (p->lb_retries < 0 || c->attempts <= p->lb_retries)
-            i = up_select(w, p, w->targets, c->tried, c->peer_ip, &closed);
+            i = up_select(w, p, c->targets, c->tried, c->peer_ip, &closed);
         if (i < 0) {
             /* lb_try_duration: keep trying every lb_try_interval until it runs out */
             uint64_t now = uv_now(&w->loop);
@@ -650,7 +650,7 @@ static void proxy_try(conn_t *c)
         }
         c->attempts++;
         c->tried |= 1ull << i;
-        const up_target_t *tg = up_target_find(w->targets, p->ups[i].hostport);
+        const up_target_t *tg = up_target_find(c->targets, p->ups[i].hostport);
         c->pool = up_pool_get(w, tg);
         c->vars.upstream_hostport =
             uv_buf_init((char *)p->ups[i].hostport, strlen(p->ups[i].hostport));

@@ -91,7 +91,67 @@ static int open_listener(worker_t *w, listener_t *l, const cfg_listener_t *cl)
 
 static void on_listener_closed(uv_handle_t *h)
 {
-    (void)h;
+    free(h->data);
+}
+
+static void close_listener(listener_t *l)
+{
+    if (l->w == NULL) /* never opened: no handle */
+        free(l);
+    else if (!uv_is_closing((uv_handle_t *)&l->tcp))
+        uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
+}
+
+/* On the worker's thread: take the new config. Listeners on the same port
+ * and scheme stay (they serve the new sites from now on); others close or
+ * open. Connections keep the config they were accepted with. */
+static void take_reload(worker_t *w, struct reload *r)
+{
+    cfg_t *cfg = r->cfg;
+    listener_t **next = calloc(cfg->n_listeners + 1, sizeof(*next));
+    if (next == NULL)
+        abort();
+    for (size_t k = 0; k < cfg->n_listeners; k++) {
+        const cfg_listener_t *cl = &cfg->listeners[k];
+        for (size_t i = 0; i < w->n_listeners && next[k] == NULL; i++) {
+            listener_t *l = w->listeners[i];
+            if (l != NULL && l->cl->port == cl->port && l->cl->scheme == cl->scheme) {
+                l->cl = cl;
+                next[k] = l;
+                w->listeners[i] = NULL;
+            }
+        }
+        if (next[k] == NULL) {
+            listener_t *l = calloc(1, sizeof(*l));
+            int err = l != NULL ? open_listener(w, l, cl) : UV_ENOMEM;
+            if (err < 0) {
+                if (w->index == 0)
+                    log_err("reload: cannot listen on :%d: %s", cl->port, uv_strerror(err));
+                close_listener(l);
+                continue;
+            }
+            next[k] = l;
+            if (w->index == 0)
+                log_info("listening on :%d (%s)", cl->port,
+                         cl->scheme == CFG_SCHEME_HTTPS ? "https" : "http");
+        }
+    }
+    for (size_t i = 0; i < w->n_listeners; i++)
+        if (w->listeners[i] != NULL)
+            close_listener(w->listeners[i]); /* a port the new config does not use */
+    free(w->listeners);
+    /* compact: listeners that failed to open leave holes */
+    size_t n = 0;
+    for (size_t k = 0; k < cfg->n_listeners; k++)
+        if (next[k] != NULL)
+            next[n++] = next[k];
+    w->listeners = next;
+    w->n_listeners = n;
+    cfg_unref(w->cfg);
+    w->cfg = cfg; /* the reference comes with R */
+    w->targets = r->targets;
+    w->tls = r->tls;
+    free(r);
 }
 
 /* The loop ends once these last handles (and the connections') close. */
@@ -130,12 +190,21 @@ static void on_grace_over(uv_timer_t *t)
 static void on_wakeup(uv_async_t *a)
 {
     worker_t *w = a->data;
+    struct reload *r = atomic_exchange(&w->reload, NULL);
+    if (r != NULL) {
+        if (w->draining) {
+            cfg_unref(r->cfg);
+            free(r);
+        } else {
+            take_reload(w, r);
+        }
+    }
     if (!atomic_load(&w->stop) || w->draining)
         return;
     w->draining = 1;
     for (size_t i = 0; i < w->n_listeners; i++)
-        if (!uv_is_closing((uv_handle_t *)&w->listeners[i].tcp))
-            uv_close((uv_handle_t *)&w->listeners[i].tcp, on_listener_closed);
+        close_listener(w->listeners[i]);
+    w->n_listeners = 0;
     for (conn_t *c = w->conns, *next; c != NULL; c = next) {
         next = c->next;
         conn_drain(c);
@@ -172,6 +241,11 @@ static void worker_dispose(worker_t *w)
     buf_pool_dispose(&w->bufs);
     buf_pool_dispose(&w->tables);
     free(w->listeners);
+    struct reload *r = atomic_exchange(&w->reload, NULL);
+    if (r != NULL) {
+        cfg_unref(r->cfg);
+        free(r);
+    }
     cfg_unref(w->cfg);
 }
 
@@ -189,6 +263,11 @@ static void srv_free_shared(srv_t *s)
     s->cfg = NULL;
     up_targets_free(s->targets);
     s->targets = NULL;
+    for (size_t i = 0; i < s->n_old_targets; i++)
+        up_targets_free(s->old_targets[i]);
+    free(s->old_targets);
+    s->old_targets = NULL;
+    s->n_old_targets = 0;
     alog_close(&s->alog);
 }
 
@@ -321,6 +400,82 @@ int srv_start_control(srv_t *s, uv_loop_t *loop)
     return 0;
 }
 
+static const char *default_cert_name(const cfg_t *cfg);
+
+int srv_reload(srv_t *s, const char *path, uv_loop_t *loop)
+{
+    char err[1024];
+    cfg_t *cfg = NULL;
+    if (cfg_load(path, &cfg, err, sizeof(err)) != 0) {
+        log_err("reload: %s; the running configuration stays", err);
+        return -1;
+    }
+    if (alog_open(&s->alog, cfg, err, sizeof(err)) != 0) {
+        log_err("reload: %s; the running configuration stays", err);
+        cfg_unref(cfg);
+        return -1;
+    }
+    int https = 0;
+    for (size_t k = 0; k < cfg->n_listeners; k++)
+        https |= cfg->listeners[k].scheme == CFG_SCHEME_HTTPS;
+    if (https && s->certs == NULL) {
+        s->certs = certs_new();
+        s->tls = tls_server_new(s->certs, default_cert_name(cfg), err, sizeof(err));
+        if (s->tls == NULL) {
+            log_err("reload: %s; the running configuration stays", err);
+            cfg_unref(cfg);
+            return -1;
+        }
+    }
+    if (https && srv_load_certs(s, cfg) != 0) {
+        log_err("reload: the running configuration stays");
+        cfg_unref(cfg);
+        return -1;
+    }
+    /* the old targets stay: connections accepted before use them until they close */
+    up_targets_t **old = realloc(s->old_targets, (s->n_old_targets + 1) * sizeof(*old));
+    if (old == NULL)
+        abort();
+    s->old_targets = old;
+    s->old_targets[s->n_old_targets++] = s->targets;
+    s->targets = up_targets_new(cfg);
+    for (int i = 0; i < s->n_workers; i++) {
+        worker_t *w = &s->workers[i];
+        struct reload *r = malloc(sizeof(*r));
+        if (r == NULL)
+            abort();
+        r->cfg = cfg_ref(cfg);
+        r->targets = s->targets;
+        r->tls = s->tls;
+        struct reload *prev = atomic_exchange(&w->reload, r);
+        if (prev != NULL) { /* two reloads before the worker woke: the last wins */
+            cfg_unref(prev->cfg);
+            free(prev);
+        }
+        uv_async_send(&w->wakeup);
+    }
+    cfg_unref(s->cfg);
+    s->cfg = cfg;
+    /* the control loop's services follow: checks of the new upstreams, and
+     * certificates for names new to ACME */
+    health_stop(s->health);
+    s->health = health_start(loop, cfg, s->targets);
+    const char *names[256];
+    size_t n = srv_managed_names(cfg, names, PS_ARRAY_SIZE(names));
+    if (n > 0 && s->acme == NULL) {
+        health_t *h = s->health;
+        s->health = NULL; /* srv_start_control starts them again */
+        health_stop(h);
+        if (srv_start_control(s, loop) != 0)
+            log_err("reload: the ACME client did not start; its names get no certificate");
+    } else {
+        for (size_t i = 0; i < n; i++)
+            acme_manage(s->acme, names[i]);
+    }
+    log_info("reload: %s is serving", path);
+    return 0;
+}
+
 void srv_stop_control(srv_t *s)
 {
     acme_free(s->acme);
@@ -399,19 +554,22 @@ int srv_start(srv_t *s, cfg_t *cfg)
         w->wakeup.data = w;
         uv_timer_init(&w->loop, &w->grace);
         w->grace.data = w;
-        w->listeners = calloc(cfg->n_listeners > 0 ? cfg->n_listeners : 1, sizeof(listener_t));
+        w->listeners = calloc(cfg->n_listeners + 1, sizeof(*w->listeners));
         if (w->listeners == NULL)
             abort();
+        atomic_init(&w->reload, NULL);
         s->n_workers = i + 1;
         for (size_t k = 0; k < cfg->n_listeners; k++) {
-            err = open_listener(w, &w->listeners[k], &cfg->listeners[k]);
+            listener_t *l = calloc(1, sizeof(*l));
+            if (l == NULL)
+                abort();
+            w->listeners[k] = l;
+            w->n_listeners = k + 1;
+            err = open_listener(w, l, &cfg->listeners[k]);
             if (err < 0) {
                 log_err("cannot listen on :%d: %s", cfg->listeners[k].port, uv_strerror(err));
-                if (w->listeners[k].w != NULL) /* its handle exists: close it */
-                    w->n_listeners = k + 1;
                 goto fail;
             }
-            w->n_listeners = k + 1;
         }
     }
     for (size_t k = 0; k < cfg->n_listeners; k++)

@@ -37,8 +37,9 @@ typedef struct worker {
     tls_server_t *tls; /* NULL without HTTPS listeners */
     buf_pool_t bufs;
     buf_pool_t tables; /* header tables for heads being parsed */
-    listener_t *listeners;
+    listener_t **listeners; /* each its own allocation: a reload adds and removes */
     size_t n_listeners;
+    _Atomic(struct reload *) reload; /* a new config for the worker to take */
     conn_t *conns;     /* every open client connection, for shutdown */
     up_pool_t *pools;  /* one per upstream address */
     uint64_t next_conn_id;
@@ -46,8 +47,16 @@ typedef struct worker {
     atomic_int stop;
 } worker_t;
 
+struct reload {
+    cfg_t *cfg;
+    up_targets_t *targets;
+    tls_server_t *tls;
+};
+
 typedef struct srv {
     cfg_t *cfg;
+    up_targets_t **old_targets; /* earlier reloads': connections may still use them */
+    size_t n_old_targets;
     alog_t alog;
     certs_t *certs;
     tls_server_t *tls;
@@ -63,6 +72,12 @@ typedef struct srv {
 /* Binds every listener of CFG in every worker and starts the worker
  * threads. Returns 0, or an error after logging what could not be bound. */
 int srv_start(srv_t *s, cfg_t *cfg);
+
+/* SIGHUP: loads PATH again; a bad config is logged with file:line and the
+ * running one stays. A good one is swapped in: new connections get it,
+ * connections already open finish on theirs, unchanged listeners stay
+ * open. Returns 0 when the new config serves. */
+int srv_reload(srv_t *s, const char *path, uv_loop_t *loop);
 
 /* Loads the manual certificates (tls CERT KEY) of CFG's HTTPS sites into
  * the store. Returns 0, or -1 after logging what failed: at start that

@@ -93,9 +93,13 @@ void up_targets_free(up_targets_t *t)
 
 up_pool_t *up_pool_get(worker_t *w, const up_target_t *target)
 {
-    for (up_pool_t *p = w->pools; p != NULL; p = p->next)
-        if (p->target == target)
+    /* by name: a reload brings new target objects for the same upstreams */
+    for (up_pool_t *p = w->pools; p != NULL; p = p->next) {
+        if (strcmp(p->target->hostport, target->hostport) == 0) {
+            p->target = target;
             return p;
+        }
+    }
     up_pool_t *p = calloc(1, sizeof(*p));
     if (p == NULL)
         abort();

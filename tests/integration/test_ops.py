@@ -142,3 +142,54 @@ def test_access_log_names_the_upstream_and_reopens_on_sigusr1(tmp_path, upstream
         assert "?two" in log.read_text() and "?two" not in (tmp_path / "access.log.1").read_text()
     finally:
         stop(p)
+
+
+def test_sighup_reload_switches_upstream_and_a_bad_config_keeps_serving(tmp_path,
+                                                                       upstream_factory):
+    a, b = upstream_factory(), upstream_factory()
+    p = start(tmp_path, proxy_block(a))
+    try:
+        wait_port(p.port, p, 10, "psproxy", p.logpath)
+        url = "http://127.0.0.1:%d/echo" % p.port
+        assert curl(url, tmp=tmp_path).json()["server_port"] == a.port
+        good = p.conf.read_text().replace(a.addr, b.addr)
+        p.conf.write_text(good)
+        p.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while "is serving" not in p.logpath.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert curl(url, tmp=tmp_path).json()["server_port"] == b.port
+        # a bad config: logged with file:line, the running one stays
+        p.conf.write_text(good.replace("reverse_proxy", "reverse_prxy", 1))
+        p.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while "stays" not in p.logpath.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = p.logpath.read_text()
+        assert "%s:" % p.conf in log and "reverse_prxy" in log, log
+        assert curl(url, tmp=tmp_path).json()["server_port"] == b.port
+        assert p.poll() is None
+    finally:
+        stop(p)
+
+
+def test_reload_opens_new_listeners_and_closes_removed_ones(tmp_path, upstream):
+    p = start(tmp_path, proxy_block(upstream))
+    try:
+        wait_port(p.port, p, 10, "psproxy", p.logpath)
+        port2 = free_port()
+        text = p.conf.read_text()
+        site = "http://127.0.0.1:%d {" % p.port
+        p.conf.write_text(text.replace(site, "http://127.0.0.1:%d {" % port2))
+        p.send_signal(signal.SIGHUP)
+        wait_port(port2, p, 5, "psproxy", p.logpath)
+        assert curl("http://127.0.0.1:%d/echo" % port2, tmp=tmp_path).status == 200
+        time.sleep(0.3)
+        refused = False
+        try:
+            socket.create_connection(("127.0.0.1", p.port), 1).close()
+        except OSError:
+            refused = True
+        assert refused, "the old port still listens after the reload"
+    finally:
+        stop(p)
