@@ -5,6 +5,7 @@
 #define PS_ACME_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <uv.h>
 
@@ -43,6 +44,9 @@ int acme_manage(acme_t *a, const char *name);
 /* psproxy certs: prints what storage knows of the N names (no network).
  * 0, or -1 when the storage cannot be opened. */
 int acme_print_status(const acme_config_t *cfg, const char *const *names, size_t n, FILE *out);
+
+/* Orders that ended with a certificate, and that failed, since start. */
+void acme_counts(const acme_t *a, uint64_t *ok, uint64_t *failed);
 
 /* Stops timers and requests; frees A once libuv has closed its handles. */
 void acme_free(acme_t *a);

@@ -77,6 +77,7 @@ struct acme {
     void (*on_fatal)(void *arg, const char *why);
     void *fatal_arg;
     int fatal;
+    uint64_t orders_ok, orders_failed; /* for /metrics */
     int dir_state;      /* 0 unknown, 1 being fetched, 2 known */
     char *nonce;
     EVP_PKEY *account_key;
@@ -282,6 +283,7 @@ static void fail(acme_t *a, const char *why, const char *retry_after)
     int64_t now = time(NULL);
     int64_t ra = retry_after != NULL ? renew_parse_retry_after(retry_after, now) : -1;
     n->failures++;
+    a->orders_failed++;
     int64_t delay = renew_backoff(n->failures, ra, rnd32());
     log_err("acme: %s: %s failed: %s; retry in %llds (failure %d)%s", n->name,
             step_names[a->step], why, (long long)delay, n->failures,
@@ -400,6 +402,7 @@ static void install(acme_t *a, const fetch_resp_t *r)
     }
     certs_put(a->certs, n->name, e);
     n->failures = 0;
+    a->orders_ok++;
     clear_order(a);
     a->cur = NULL;
     a->step = S_IDLE;
@@ -1072,6 +1075,12 @@ acme_t *acme_new(uv_loop_t *loop, const acme_config_t *cfg, certs_t *certs, char
 fail:
     acme_free(a);
     return NULL;
+}
+
+void acme_counts(const acme_t *a, uint64_t *ok, uint64_t *failed)
+{
+    *ok = a != NULL ? a->orders_ok : 0;
+    *failed = a != NULL ? a->orders_failed : 0;
 }
 
 static void on_name_closed(uv_handle_t *h)

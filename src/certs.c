@@ -185,6 +185,15 @@ static certs_entry_t *lookup(certs_t *s, const char *key)
     return NULL;
 }
 
+void certs_each(certs_t *s, void (*fn)(void *arg, const char *name, const certs_entry_t *e),
+                void *arg)
+{
+    uv_rwlock_rdlock(&s->lock);
+    for (size_t i = 0; i < s->n; i++)
+        fn(arg, s->slots[i].name, s->slots[i].entry);
+    uv_rwlock_rdunlock(&s->lock);
+}
+
 certs_entry_t *certs_get(certs_t *s, const char *name)
 {
     char key[256];

@@ -50,4 +50,9 @@ void certs_put(certs_t *s, const char *name, certs_entry_t *e);
  * caller drops, or NULL. */
 certs_entry_t *certs_get(certs_t *s, const char *name);
 
+/* Calls FN for every name and its entry, under the read lock (FN must not
+ * call back into the store). */
+void certs_each(certs_t *s, void (*fn)(void *arg, const char *name, const certs_entry_t *e),
+                void *arg);
+
 #endif

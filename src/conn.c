@@ -68,6 +68,7 @@ void conn_close(conn_t *c)
         c->w->conns = c->next;
     if (c->next != NULL)
         c->next->prev = c->prev;
+    atomic_fetch_sub_explicit(&c->w->metrics.open_conns, 1, memory_order_relaxed);
     c->pending_closes = 2;
     uv_close((uv_handle_t *)&c->tcp, on_closed);
     uv_close((uv_handle_t *)&c->timer, on_closed);
@@ -423,11 +424,13 @@ static void on_tls_input(conn_t *c)
         int r = tls_conn_handshake(t);
         int w = tls_pump(c); /* the server's flight, or the alert */
         if (r < 0 || w < 0 || (r == 0 && t->sock_eof)) {
+            atomic_fetch_add_explicit(&c->w->metrics.tls_failures, 1, memory_order_relaxed);
             conn_close(c);
             return;
         }
         if (r == 0)
             return;
+        atomic_fetch_add_explicit(&c->w->metrics.tls_handshakes, 1, memory_order_relaxed);
         if (log_enabled(LOG_DEBUG)) {
             char d[128];
             log_debug("conn %llu %s: %s", (unsigned long long)c->id, c->peer_ip,
@@ -504,6 +507,8 @@ static int on_message_begin(llhttp_t *p)
     conn_t *c = container_of(p, conn_t, req.parser);
     http_head_reset(&c->req);
     c->head_started = 1;
+    c->t_start = uv_hrtime(); /* a vDSO clock read: for the log and /metrics */
+    c->counted = 0;
     return 0;
 }
 
@@ -590,6 +595,7 @@ static void conn_linger(conn_t *c)
         conn_close(c);
         return;
     }
+    conn_access_log(c); /* an answer that ends the connection counts too */
     conn_set_state(c, CONN_S_LINGER);
     release_request_bufs(c);
     c->rstart = c->rlen = 0;
@@ -812,8 +818,6 @@ static void conn_on_head(conn_t *c)
         return;
     c->bytes_in = c->bytes_out = 0;
     c->body_limit = 0;
-    if (c->site != NULL && c->site->log.enabled)
-        c->t_start = uv_hrtime();
     c->handler = NULL;
     c->resp_ops[0] = NULL; /* header_down, once a proxy handles it */
     c->n_resp_ops = 1;
@@ -922,6 +926,16 @@ void conn_process(conn_t *c)
 
 void conn_access_log(conn_t *c)
 {
+    if (c->counted || c->status == 0)
+        return;
+    c->counted = 1;
+    const char *upstream = c->handler != NULL && c->handler->kind == CFG_H_PROXY &&
+                                   c->pool != NULL
+                               ? c->pool->target->hostport
+                               : NULL;
+    const char *site = c->site != NULL && c->site->n_addrs > 0 ? c->site->addrs[0].host : NULL;
+    metrics_request(&c->w->metrics, site != NULL && site[0] ? site : "*", c->status, upstream,
+                    (uv_hrtime() - c->t_start) / 1000);
     if (c->site == NULL || !c->site->log.enabled)
         return;
     alog_entry_t e;
@@ -935,9 +949,7 @@ void conn_access_log(conn_t *c)
     e.bytes_read = c->bytes_in;
     e.size = c->bytes_out;
     e.duration = (double)(uv_hrtime() - c->t_start) / 1e9;
-    e.upstream = c->handler != NULL && c->handler->kind == CFG_H_PROXY && c->pool != NULL
-                     ? c->pool->target->hostport
-                     : NULL;
+    e.upstream = upstream;
     alog_write(c->w->alog, c->site, &e);
 }
 
@@ -1007,6 +1019,7 @@ void conn_accept(listener_t *l)
     if (w->conns != NULL)
         w->conns->prev = c;
     w->conns = c;
+    atomic_fetch_add_explicit(&w->metrics.open_conns, 1, memory_order_relaxed);
     http_head_init(&c->req, HTTP_REQUEST, &req_settings);
 
     if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) < 0) {

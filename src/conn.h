@@ -76,6 +76,7 @@ struct conn {
     unsigned head_started : 1;  /* llhttp began a head and has not finished it */
     unsigned tls_eof : 1;       /* TLS: the peer closed; act once the plaintext is used */
     unsigned tls_writing : 1;   /* TLS: ciphertext is in flight on wreq */
+    unsigned counted : 1;       /* this request is in /metrics and the access log */
 
     /* TLS: the plaintext of the write in progress, encrypted as room allows */
     uv_buf_t tls_pend[8];

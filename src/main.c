@@ -1,6 +1,10 @@
 /* psproxy: command line, configuration, signals; the workers do the rest. */
 #include <curl/curl.h>
+#include <errno.h>
 #include <getopt.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +14,7 @@
 #include <uv.h>
 
 #include "acme.h"
+#include "admin.h"
 #include "common.h"
 #include "config.h"
 #include "import_caddy.h"
@@ -22,6 +27,7 @@ static const char usage[] =
     "usage: psproxy [-c FILE]            run with the Caddyfile FILE (default ./Caddyfile)\n"
     "       psproxy validate [-c FILE]   check FILE and exit (0: valid)\n"
     "       psproxy certs [-c FILE]      the ACME certificates in storage: expiry, next renewal\n"
+    "       psproxy reload [-c FILE]     check FILE, then ask the running psproxy to load it\n"
     "       psproxy import-caddy DIR [-c FILE]\n"
     "                                    copy Caddy's certificates and ACME account from its\n"
     "                                    data directory DIR into FILE's storage\n"
@@ -32,6 +38,7 @@ static const char usage[] =
 
 static srv_t server;
 static const char *config_path;
+static admin_t *admin;
 static uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
 static uv_timer_t ticket_timer, fatal_timer;
 static int exit_code;
@@ -68,12 +75,16 @@ static void on_signal(uv_signal_t *s, int signum)
     }
     notify_send("STOPPING=1");
     log_info("received %s, stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    admin_stop(admin);
+    admin = NULL;
     srv_stop_control(&server);
     close_control_handles();
 }
 
 static void on_fatal_timer(uv_timer_t *t)
 {
+    admin_stop(admin);
+    admin = NULL;
     srv_stop_control(&server);
     close_control_handles();
 }
@@ -103,10 +114,48 @@ static int load(const char *path, cfg_t **cfg)
     return 0;
 }
 
+/* psproxy reload: the file is good (it loaded), so ask the running
+ * instance, through its admin listener, to load it. */
+static int ask_reload(const cfg_t *cfg)
+{
+    char host[256];
+    int port = 0;
+    if (cfg->admin_off || admin_address(cfg->admin_addr, host, sizeof(host), &port) != 0) {
+        fprintf(stderr, "psproxy: reload: admin is off in %s: send SIGHUP to the running psproxy "
+                        "(systemctl reload psproxy)\n",
+                cfg->path);
+        return 1;
+    }
+    struct sockaddr_in sa;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (uv_ip4_addr(host, port, &sa) != 0 || fd < 0 ||
+        connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        fprintf(stderr, "psproxy: reload: no psproxy answers on %s:%d: %s\n", host, port,
+                strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return 1;
+    }
+    const char req[] = "POST /reload HTTP/1.1\r\nHost: psproxy\r\nContent-Length: 0\r\n"
+                       "Connection: close\r\n\r\n";
+    char resp[2048];
+    size_t len = 0;
+    ssize_t n = write(fd, req, sizeof(req) - 1);
+    while (n >= 0 && len < sizeof(resp) - 1 &&
+           (n = read(fd, resp + len, sizeof(resp) - 1 - len)) > 0)
+        len += (size_t)n;
+    close(fd);
+    resp[len] = '\0';
+    const char *body = strstr(resp, "\r\n\r\n");
+    int ok = strncmp(resp, "HTTP/1.1 200", 12) == 0;
+    fprintf(ok ? stdout : stderr, "psproxy: reload: %s", body != NULL ? body + 4 : "no answer\n");
+    return ok ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     const char *path = "Caddyfile";
-    int validate = 0, dump = 0, certs = 0, import = 0;
+    int validate = 0, dump = 0, certs = 0, import = 0, reload = 0;
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'}, {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},         {"dump", no_argument, NULL, 'd'},
@@ -118,6 +167,10 @@ int main(int argc, char **argv)
         argc--;
     } else if (argc > 1 && strcmp(argv[1], "certs") == 0) {
         certs = 1;
+        argv++;
+        argc--;
+    } else if (argc > 1 && strcmp(argv[1], "reload") == 0) {
+        reload = 1;
         argv++;
         argc--;
     } else if (argc > 1 && strcmp(argv[1], "import-caddy") == 0) {
@@ -168,6 +221,11 @@ int main(int argc, char **argv)
     config_path = path;
     if (load(path, &cfg) != 0)
         return 1;
+    if (reload) {
+        int rc = ask_reload(cfg);
+        cfg_unref(cfg);
+        return rc;
+    }
     if (import) {
         acme_config_t ac;
         srv_acme_config(cfg, &ac);
@@ -219,6 +277,7 @@ int main(int argc, char **argv)
     uv_signal_start(&sig_hup, on_signal, SIGHUP);
     uv_signal_start(&sig_usr1, on_signal, SIGUSR1);
 
+    int cfg_admin_off = cfg->admin_off;
     int err = srv_start(&server, cfg);
     cfg_unref(cfg); /* the server holds its references */
     if (err != 0) {
@@ -234,6 +293,12 @@ int main(int argc, char **argv)
         srv_stop(&server);
         uv_loop_close(loop);
         return 1;
+    }
+    if (!cfg_admin_off) {
+        char why[512];
+        admin = admin_start(loop, &server, server.cfg->admin_addr, config_path, why, sizeof(why));
+        if (admin == NULL) /* the proxy matters more than its admin listener */
+            log_err("%s; running without it", why);
     }
     /* listening, and the certificates in storage are served */
     notify_send("READY=1");

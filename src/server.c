@@ -240,6 +240,7 @@ static void worker_dispose(worker_t *w)
     uv_loop_close(&w->loop);
     buf_pool_dispose(&w->bufs);
     buf_pool_dispose(&w->tables);
+    metrics_dispose(&w->metrics);
     free(w->listeners);
     struct reload *r = atomic_exchange(&w->reload, NULL);
     if (r != NULL) {
@@ -550,6 +551,7 @@ int srv_start(srv_t *s, cfg_t *cfg)
         uv_loop_init(&w->loop);
         buf_pool_init(&w->bufs, io_buffer_size(cfg), SRV_MAX_FREE_BUFS);
         buf_pool_init(&w->tables, HTTP_HDR_TABLE_SIZE, SRV_MAX_FREE_BUFS);
+        metrics_init(&w->metrics);
         uv_async_init(&w->loop, &w->wakeup, on_wakeup);
         w->wakeup.data = w;
         uv_timer_init(&w->loop, &w->grace);

@@ -11,6 +11,7 @@
 #include "certs.h"
 #include "tls.h"
 #include "config.h"
+#include "metrics.h"
 
 typedef struct conn conn_t;
 typedef struct up_pool up_pool_t;
@@ -37,6 +38,7 @@ typedef struct worker {
     tls_server_t *tls; /* NULL without HTTPS listeners */
     buf_pool_t bufs;
     buf_pool_t tables; /* header tables for heads being parsed */
+    metrics_t metrics;
     listener_t **listeners; /* each its own allocation: a reload adds and removes */
     size_t n_listeners;
     _Atomic(struct reload *) reload; /* a new config for the worker to take */

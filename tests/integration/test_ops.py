@@ -193,3 +193,86 @@ def test_reload_opens_new_listeners_and_closes_removed_ones(tmp_path, upstream):
         assert refused, "the old port still listens after the reload"
     finally:
         stop(p)
+
+
+def admin_get(port, path, method="GET"):
+    s = socket.create_connection(("127.0.0.1", port), 5)
+    s.sendall(("%s %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % (method, path))
+              .encode())
+    s.settimeout(5)
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+def parse_exposition(text):
+    """A small check of the Prometheus text format: every sample line is
+    `name{labels} value`, every name has a TYPE, values are numbers."""
+    types, samples = {}, {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            types[name] = kind
+        elif line.startswith("#") or not line:
+            continue
+        else:
+            key, _, value = line.rpartition(" ")
+            float(value)
+            name = key.split("{", 1)[0]
+            base = name
+            for suffix in ("_bucket", "_sum", "_count"):
+                if name.endswith(suffix) and name[:-len(suffix)] in types:
+                    base = name[:-len(suffix)]
+            assert base in types, "no TYPE for %s" % name
+            samples[key] = float(value)
+    return samples
+
+
+def test_admin_metrics_healthz_and_reload(tmp_path, upstream_factory):
+    a, b = upstream_factory(), upstream_factory()
+    admin_port = free_port()
+    p = start(tmp_path, proxy_block(a),
+              global_extra="")
+    stop(p)
+    # the same, with an admin listener instead of admin off
+    conf_text = p.conf.read_text().replace("\tadmin off", "\tadmin 127.0.0.1:%d" % admin_port)
+    p.conf.write_text(conf_text)
+    log = open(tmp_path / "ops2.log", "w")
+    q = subprocess.Popen([PSPROXY, "-c", str(p.conf)], stdout=log, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL)
+    try:
+        wait_port(admin_port, q, 10, "admin", tmp_path / "ops2.log")
+        wait_port(p.port, q, 10, "psproxy", tmp_path / "ops2.log")
+        assert admin_get(admin_port, "/healthz") == (200, "ok\n")
+        before = parse_exposition(admin_get(admin_port, "/metrics")[1])
+        for _ in range(3):
+            assert curl("http://127.0.0.1:%d/echo" % p.port, tmp=tmp_path).status == 200
+        status, text = admin_get(admin_port, "/metrics")
+        assert status == 200
+        after = parse_exposition(text)
+        key = 'psproxy_requests_total{site="127.0.0.1",code="2xx",upstream="%s"}' % a.addr
+        assert after.get(key, 0) - before.get(key, 0) == 3, text
+        assert after['psproxy_request_duration_seconds_count'] >= 3
+        assert 'psproxy_upstream_healthy{upstream="%s"}' % a.addr in after
+        assert "psproxy_open_connections" in after
+        # psproxy reload through the admin listener
+        p.conf.write_text(conf_text.replace(a.addr, b.addr))
+        r = subprocess.run([PSPROXY, "reload", "-c", str(p.conf)], capture_output=True,
+                           text=True, timeout=10)
+        assert r.returncode == 0 and "reloaded" in r.stdout, r
+        assert curl("http://127.0.0.1:%d/echo" % p.port,
+                    tmp=tmp_path).json()["server_port"] == b.port
+        # a bad file never reaches it: validated first
+        p.conf.write_text(conf_text.replace("reverse_proxy", "reverse_prxy", 1))
+        r = subprocess.run([PSPROXY, "reload", "-c", str(p.conf)], capture_output=True,
+                           text=True, timeout=10)
+        assert r.returncode != 0 and "reverse_prxy" in r.stderr, r
+        assert admin_get(admin_port, "/nothing")[0] == 404
+    finally:
+        stop(q)

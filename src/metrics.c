@@ -1,0 +1,56 @@
+/* Per-worker counters. The series table takes a lock that only a scrape
+ * ever contends; the rest are relaxed atomics. */
+#include "metrics.h"
+
+#include <stdio.h>
+#include <string.h>
+
+const double metrics_le[METRICS_BUCKETS] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                            0.25,  0.5,   1,    2.5,   10,   -1};
+
+void metrics_init(metrics_t *m)
+{
+    memset(m, 0, sizeof(*m));
+    uv_mutex_init(&m->lock);
+}
+
+void metrics_dispose(metrics_t *m)
+{
+    uv_mutex_destroy(&m->lock);
+}
+
+void metrics_request(metrics_t *m, const char *site, int status, const char *upstream,
+                     uint64_t duration_us)
+{
+    int cls = status / 100;
+    if (cls < 1 || cls > 5)
+        cls = 5;
+    if (site == NULL)
+        site = "";
+    if (upstream == NULL)
+        upstream = "";
+    uv_mutex_lock(&m->lock);
+    size_t i = 0;
+    while (i < m->n_series &&
+           !(m->series[i].code_class == cls && strcmp(m->series[i].site, site) == 0 &&
+             strcmp(m->series[i].upstream, upstream) == 0))
+        i++;
+    if (i == m->n_series && m->n_series < METRICS_SERIES) {
+        struct metrics_series *s = &m->series[m->n_series++];
+        snprintf(s->site, sizeof(s->site), "%s", site);
+        snprintf(s->upstream, sizeof(s->upstream), "%s", upstream);
+        s->code_class = cls;
+    }
+    if (i < m->n_series)
+        m->series[i].count++;
+    uv_mutex_unlock(&m->lock);
+    double secs = (double)duration_us / 1e6;
+    for (int b = 0; b < METRICS_BUCKETS; b++) {
+        if (metrics_le[b] < 0 || secs <= metrics_le[b]) {
+            atomic_fetch_add_explicit(&m->buckets[b], 1, memory_order_relaxed);
+            break;
+        }
+    }
+    atomic_fetch_add_explicit(&m->duration_sum_us, duration_us, memory_order_relaxed);
+    atomic_fetch_add_explicit(&m->duration_count, 1, memory_order_relaxed);
+}
