@@ -77,8 +77,11 @@ static void on_signal(uv_signal_t *s, int signum)
     log_info("received %s, stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
     admin_stop(admin);
     admin = NULL;
-    srv_stop_control(&server);
     close_control_handles();
+    /* a second signal during the grace period must not kill the drain */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    srv_stop_control(&server);
 }
 
 static void on_fatal_timer(uv_timer_t *t)

@@ -1586,6 +1586,9 @@ TEST(photospots_production_file)
     CHECK_INT(api->handlers[1].kind, CFG_H_PROXY);
     CHECK_STR(api->handlers[1].u.proxy.ups[0].hostport, "localhost:8080");
     CHECK_INT(api->handlers[1].u.proxy.dial_timeout, 5000);
+    CHECK_STR(api->handlers[1].u.proxy.health_uri, "/actuator/health");
+    CHECK_INT(api->handlers[1].u.proxy.health_interval, 10000);
+    CHECK_INT(api->handlers[1].u.proxy.lb_try_duration, 30000);
     cfg_unref(c);
 }
 
