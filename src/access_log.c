@@ -45,6 +45,10 @@ int alog_open(alog_t *a, cfg_t *cfg, char *err, size_t errlen)
         const cfg_site_t *s = &cfg->sites[i];
         int fd;
         int rc = s->log.enabled && s->log.file != NULL ? find_or_open(a, s->log.file, &fd) : 0;
+        if (rc == 0 && s->log.roll_line != 0)
+            log_warn("%s:%d: log: psproxy does not roll %s itself: rotate it with logrotate and "
+                     "send SIGUSR1 (psproxy reopens the file)",
+                     s->file, s->log.roll_line, s->log.file);
         if (rc != 0) {
             snprintf(err, errlen, "%s:%d: log: cannot open %s: %s", s->file, s->line,
                      s->log.file, strerror(-rc));

@@ -1303,6 +1303,25 @@ static int parse_tls(ctx_t *c, const cf_line_t *l, cfg_site_t *site)
     return 0;
 }
 
+/* Caddy's roll_* options of `output file`: psproxy leaves rolling to
+ * logrotate (SIGUSR1 reopens), and says so once rather than pretend. */
+static int parse_roll(ctx_t *c, const cf_line_t *s, cfg_site_t *site)
+{
+    static const char *const rolls[] = {"roll_size",     "roll_keep",        "roll_keep_for",
+                                        "roll_disabled", "roll_local_time", "roll_uncompressed"};
+    for (size_t i = 0; i < s->n_block; i++) {
+        const cf_line_t *r = &s->block[i];
+        const char *n = name_of(r);
+        int known = 0;
+        for (size_t k = 0; k < PS_ARRAY_SIZE(rolls); k++)
+            known |= strcmp(n, rolls[k]) == 0;
+        if (!known)
+            return errf(c, &r->toks[0], "log: output file: %s: not supported by psproxy", n);
+        site->log.roll_line = r->toks[0].line;
+    }
+    return 0;
+}
+
 static int parse_log(ctx_t *c, const cf_line_t *l, cfg_site_t *site)
 {
     if (site->log.enabled)
@@ -1315,7 +1334,8 @@ static int parse_log(ctx_t *c, const cf_line_t *l, cfg_site_t *site)
         const cf_line_t *s = &l->block[i];
         const char *n = name_of(s);
         if (strcmp(n, "output") == 0) {
-            rc = want_args(c, s, "log: output", 1, 2, 0);
+            int is_file = s->n_toks >= 2 && strcmp(s->toks[1].text, "file") == 0;
+            rc = want_args(c, s, "log: output", 1, 2, is_file);
             const char *o = rc == 0 ? s->toks[1].text : "";
             if (rc != 0) {
             } else if (strcmp(o, "file") == 0) {
@@ -1323,6 +1343,7 @@ static int parse_log(ctx_t *c, const cf_line_t *l, cfg_site_t *site)
                     rc = errf(c, &s->toks[1], "log: output file: expected a path");
                 else
                     site->log.file = arena_strdup(c->a, s->toks[2].text);
+                rc = rc != 0 ? rc : parse_roll(c, s, site);
             } else if (strcmp(o, "stderr") == 0 || strcmp(o, "stdout") == 0) {
                 /* stdout and stderr both reach the journal under systemd */
                 rc = want_args(c, s, "log: output", 1, 1, 0);

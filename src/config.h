@@ -200,6 +200,7 @@ typedef struct cfg_site {
         const char *file;  /* output file PATH; NULL = stderr */
         int format;        /* enum cfg_log_format */
         int fd;            /* runtime: set by the server before the snapshot is used */
+        int roll_line;     /* a roll_* option's line: psproxy does not roll, logrotate does */
     } log;
     const char *file;
     int line;

@@ -1729,4 +1729,17 @@ TEST(acme_options)
               "t.conf:2: acme_challenges: expected http-01 or tls-alpn-01, got \"dns-01\"");
 }
 
+TEST(log_output_file_roll_options_are_accepted)
+{
+    cfg_t *c = parse(":80 {\n\tlog {\n\t\toutput file /var/log/a.log {\n\t\t\troll_size 10mb\n"
+                     "\t\t\troll_keep 5\n\t\t}\n\t}\n}\n");
+    if (!c)
+        return;
+    CHECK_STR(c->sites[0].log.file, "/var/log/a.log");
+    CHECK_INT(c->sites[0].log.roll_line, 5);
+    cfg_unref(c);
+    CHECK_ERR(":80 {\n\tlog {\n\t\toutput file /a {\n\t\t\troll_bogus 1\n\t\t}\n\t}\n}\n",
+              "t.conf:4: log: output file: roll_bogus: not supported by psproxy");
+}
+
 TEST_MAIN()
