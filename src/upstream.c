@@ -36,6 +36,14 @@ static void resolve(up_target_t *t, const char *host, const char *port)
     freeaddrinfo(res);
 }
 
+static char *xstrdup(const char *s)
+{
+    char *d = strdup(s);
+    if (d == NULL)
+        abort();
+    return d;
+}
+
 up_target_t *up_target_find(up_targets_t *t, const char *hostport)
 {
     for (size_t i = 0; i < t->n; i++)
@@ -67,10 +75,12 @@ up_targets_t *up_targets_new(const cfg_t *cfg)
             for (size_t i = 0; i < p->n_ups; i++) {
                 up_target_t *tg = up_target_find(t, p->ups[i].hostport);
                 if (tg == NULL) {
+                    /* its own copies: a reload frees the config while
+                     * connections accepted before still use these */
                     tg = &t->items[t->n++];
-                    tg->hostport = p->ups[i].hostport;
-                    tg->host = p->ups[i].host;
-                    tg->port = p->ups[i].port;
+                    tg->hostport = xstrdup(p->ups[i].hostport);
+                    tg->host = xstrdup(p->ups[i].host);
+                    tg->port = xstrdup(p->ups[i].port);
                     resolve(tg, p->ups[i].host, p->ups[i].port);
                 }
                 if (tg->checks == NULL && p->health_uri != NULL)
@@ -85,6 +95,11 @@ void up_targets_free(up_targets_t *t)
 {
     if (t == NULL)
         return;
+    for (size_t i = 0; i < t->n; i++) {
+        free((char *)t->items[i].hostport);
+        free((char *)t->items[i].host);
+        free((char *)t->items[i].port);
+    }
     free(t->items);
     free(t);
 }

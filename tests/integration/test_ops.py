@@ -158,7 +158,9 @@ def test_sighup_reload_switches_upstream_and_a_bad_config_keeps_serving(tmp_path
         deadline = time.monotonic() + 5
         while "is serving" not in p.logpath.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert curl(url, tmp=tmp_path).json()["server_port"] == b.port
+        r = curl(url, tmp=tmp_path)
+        assert r.status == 200, (r, p.logpath.read_text())
+        assert r.json()["server_port"] == b.port
         # a bad config: logged with file:line, the running one stays
         p.conf.write_text(good.replace("reverse_proxy", "reverse_prxy", 1))
         p.send_signal(signal.SIGHUP)
