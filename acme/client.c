@@ -413,14 +413,22 @@ static void install(acme_t *a, const fetch_resp_t *r)
     next_order(a);
 }
 
+/* An order or authorization object, and its status copied into STATUS
+ * ("" when absent), which outlives the object. */
+static cJSON *parse_with_status(const fetch_resp_t *r, char *status, size_t cap)
+{
+    cJSON *o = cJSON_Parse(r->body);
+    const char *st = json_str(o, "status");
+    snprintf(status, cap, "%s", st != NULL ? st : "");
+    return o;
+}
+
 /* The order object: where it stands decides the next step. */
 static void on_order(acme_t *a, const fetch_resp_t *r)
 {
-    cJSON *o = cJSON_Parse(r->body);
-    char status[16] = "";
-    const char *st = json_str(o, "status");
-    if (st != NULL)
-        snprintf(status, sizeof(status), "%s", st); /* it outlives O */
+    char status[16];
+    cJSON *o = parse_with_status(r, status, sizeof(status));
+    const char *st = status[0] != '\0' ? status : NULL;
     log_debug("acme: %s: order %s", a->cur->name, status);
     if (st == NULL) {
         cJSON_Delete(o);
@@ -476,11 +484,9 @@ static void on_order(acme_t *a, const fetch_resp_t *r)
 /* An authorization: valid ones are skipped, pending ones get a challenge. */
 static void on_authz(acme_t *a, const fetch_resp_t *r)
 {
-    cJSON *z = cJSON_Parse(r->body);
-    char status[16] = "";
-    const char *st = json_str(z, "status");
-    if (st != NULL)
-        snprintf(status, sizeof(status), "%s", st); /* it outlives Z */
+    char status[16];
+    cJSON *z = parse_with_status(r, status, sizeof(status));
+    const char *st = status[0] != '\0' ? status : NULL;
     if (st == NULL) {
         cJSON_Delete(z);
         fail(a, "the authorization is not JSON with a status", NULL);
