@@ -346,6 +346,47 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
     *buf = uv_buf_init(c->rbuf + c->rlen, (unsigned)(c->w->bufs.size - c->rlen));
 }
 
+/* Once per quiet period (no bytes from the client since): a connection that
+ * went quiet twice in a row within CONN_TLS_HOT_MS is sending requests back
+ * to back and keeps OpenSSL's record buffers, the sweep frees them when it
+ * stays quiet; any other gives them back now. A handshake and one request,
+ * the common idle keep-alive, never hold them. */
+static void tls_went_quiet(conn_t *c)
+{
+    if (c->tls_quiet != CONN_TLS_BUSY)
+        return;
+    uint64_t now = uv_now(&c->w->loop);
+    int quick = c->tls_quiet_at != 0 && now - c->tls_quiet_at < CONN_TLS_HOT_MS;
+    c->tls_streak = quick ? (c->tls_streak < 3 ? c->tls_streak + 1 : 3) : 0;
+    c->tls_quiet_at = now;
+    if (c->tls_streak >= 2 && !c->w->finished) {
+        c->tls_quiet = CONN_TLS_HOLDING;
+        if (!uv_is_active((uv_handle_t *)&c->w->tls_sweep))
+            uv_timer_start(&c->w->tls_sweep, conn_tls_sweep, CONN_TLS_SWEEP_MS,
+                           CONN_TLS_SWEEP_MS);
+        return;
+    }
+    tls_conn_free_engine_buffers(c->tls);
+    c->tls_quiet = CONN_TLS_RELEASED;
+}
+
+void conn_tls_sweep(uv_timer_t *t)
+{
+    worker_t *w = t->data;
+    int holding = 0;
+    for (conn_t *c = w->conns; c != NULL; c = c->next) {
+        if (c->tls_quiet == CONN_TLS_HOLDING) {
+            c->tls_quiet = CONN_TLS_SWEPT;
+            holding = 1;
+        } else if (c->tls_quiet == CONN_TLS_SWEPT) {
+            tls_conn_free_engine_buffers(c->tls);
+            c->tls_quiet = CONN_TLS_RELEASED;
+        }
+    }
+    if (!holding)
+        uv_timer_stop(t);
+}
+
 static void release_idle_buffer(conn_t *c)
 {
     /* an idle keep-alive connection holds no buffer */
@@ -353,8 +394,10 @@ static void release_idle_buffer(conn_t *c)
         buf_put(&c->w->bufs, c->rbuf);
         c->rbuf = NULL;
     }
-    if (c->tls != NULL && !c->tls_writing && c->state == CONN_S_READ_HEAD)
+    if (c->tls != NULL && !c->tls_writing && c->state == CONN_S_READ_HEAD) {
         tls_conn_release_idle(c->tls);
+        tls_went_quiet(c);
+    }
 }
 
 static void conn_linger(conn_t *c);
@@ -471,10 +514,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (c->tls != NULL) {
-        if (nread == UV_EOF)
+        if (nread == UV_EOF) {
             c->tls->sock_eof = 1;
-        else
+        } else {
             tls_conn_received(c->tls, (size_t)nread);
+            c->tls_quiet = CONN_TLS_BUSY;
+        }
         on_tls_input(c);
     } else if (nread == UV_EOF) {
         release_idle_buffer(c);

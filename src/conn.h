@@ -27,6 +27,20 @@ enum conn_state {
     CONN_S_CLOSING,    /* uv_close called; freed when the close callbacks ran */
 };
 
+/* A TLS connection between requests, as the buffer sweep sees it. */
+enum conn_tls_quiet {
+    CONN_TLS_BUSY = 0,  /* bytes came since it last went quiet */
+    CONN_TLS_HOLDING,   /* quiet, keeping OpenSSL's buffers for the next request */
+    CONN_TLS_SWEPT,     /* still quiet at one sweep: the next one frees them */
+    CONN_TLS_RELEASED,  /* quiet, buffers given back */
+};
+
+/* A connection whose quiet periods begin within this of each other is busy:
+ * it keeps OpenSSL's record buffers between requests; freed 1-2 sweeps after
+ * it goes quiet. */
+#define CONN_TLS_HOT_MS 1000
+#define CONN_TLS_SWEEP_MS 1000
+
 struct conn {
     uv_tcp_t tcp;
     uv_timer_t timer;
@@ -83,6 +97,11 @@ struct conn {
     unsigned n_tls_pend;
     size_t tls_done;     /* plaintext bytes of tls_pend encrypted so far */
     size_t tls_inflight; /* ciphertext bytes on wreq */
+    /* TLS: OpenSSL's record buffers stay with a connection that keeps
+     * sending requests and go back once it is quiet (see tls_went_quiet) */
+    uint64_t tls_quiet_at;    /* loop time its last quiet period began; 0 never */
+    unsigned tls_quiet : 2;   /* enum conn_tls_quiet */
+    unsigned tls_streak : 2;  /* quiet periods in a row that began quickly */
 
     /* proxying (proxy.c) */
     up_conn_t *up;
@@ -125,6 +144,10 @@ void conn_close(conn_t *c);
 
 /* The worker stops: close C if it is idle, else after its response. */
 void conn_drain(conn_t *c);
+
+/* The worker's periodic timer: frees the record buffers of TLS connections
+ * that stayed quiet; stops itself when no connection holds any. */
+void conn_tls_sweep(uv_timer_t *t);
 
 void conn_set_state(conn_t *c, int state);
 const char *conn_state_name(int state);

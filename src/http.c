@@ -129,12 +129,6 @@ void http_head_init(http_head_t *h, llhttp_type_t type, const llhttp_settings_t 
 
 /* ---- checks ------------------------------------------------------------- */
 
-int http_token_eq(uv_buf_t a, const char *lit)
-{
-    size_t n = strlen(lit);
-    return a.len == n && (n == 0 || strncasecmp(a.base, lit, n) == 0);
-}
-
 const http_hdr_t *http_head_find(const http_head_t *h, const char *name)
 {
     for (unsigned i = 0; i < h->n_hdrs; i++)
@@ -201,10 +195,19 @@ static int check_coding(uv_buf_t el, void *arg)
     return 0;
 }
 
+/* tchar (RFC 9110 5.6.2); a switch, not strchr(): every byte of every
+ * field name passes here on the hot path. */
 static int is_tchar(unsigned char c)
 {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           strchr("!#$%&'*+-.^_`|~", c) != NULL;
+    if ((c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z'))
+        return 1;
+    switch (c) {
+    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
+    case '-': case '.': case '^': case '_': case '`': case '|': case '~':
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 /* Host = uri-host [ ":" port ] (RFC 9110 7.2): reg-name, IPv4 or [IPv6]. */
@@ -428,11 +431,16 @@ static void put_buf(out_t *o, uv_buf_t b)
     put(o, b.base, b.len);
 }
 
+/* Decimal digits by hand: snprintf cost more than the rest of a head. */
 static void put_uint(out_t *o, unsigned long long n)
 {
     char tmp[24];
-    int k = snprintf(tmp, sizeof(tmp), "%llu", n);
-    put(o, tmp, (size_t)k);
+    size_t i = sizeof(tmp);
+    do {
+        tmp[--i] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n > 0);
+    put(o, tmp + i, sizeof(tmp) - i);
 }
 
 static void put_field(out_t *o, const http_hdr_t *hdr)
@@ -488,14 +496,13 @@ int http_tmpl_expand(const cfg_tmpl_t *t, const http_vars_t *v, char *buf, size_
  * also drops. Upgrade is handled by the caller. */
 static int is_hop_by_hop(uv_buf_t name)
 {
-    static const char *const hop[] = {
-        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-        "upgrade", "proxy-authenticate", "proxy-authorization",
-    };
-    for (size_t i = 0; i < PS_ARRAY_SIZE(hop); i++)
-        if (http_token_eq(name, hop[i]))
-            return 1;
-    return 0;
+    /* literals, not a table: their lengths are constants, so a name of
+     * another length costs one compare each */
+    return http_token_eq(name, "connection") || http_token_eq(name, "keep-alive") ||
+           http_token_eq(name, "proxy-connection") || http_token_eq(name, "te") ||
+           http_token_eq(name, "trailer") || http_token_eq(name, "transfer-encoding") ||
+           http_token_eq(name, "upgrade") || http_token_eq(name, "proxy-authenticate") ||
+           http_token_eq(name, "proxy-authorization");
 }
 
 static int is_conn_token(const http_head_t *h, uv_buf_t name)

@@ -7,6 +7,7 @@
 
 #include <llhttp.h>
 #include <stddef.h>
+#include <strings.h>
 #include <uv.h>
 
 #include "config.h"
@@ -72,7 +73,14 @@ int http_head_analyze(http_head_t *h);
 /* Returns the first header named NAME (case-insensitive) or NULL. */
 const http_hdr_t *http_head_find(const http_head_t *h, const char *name);
 
-int http_token_eq(uv_buf_t a, const char *lit);
+/* True when A equals the literal LIT, ignoring case. Inline so that the
+ * length of a literal is a constant and most mismatches cost one compare:
+ * the hot path classifies every header name with it. */
+static inline int http_token_eq(uv_buf_t a, const char *lit)
+{
+    size_t n = __builtin_strlen(lit);
+    return a.len == n && (n == 0 || strncasecmp(a.base, lit, n) == 0);
+}
 
 /* The status an llhttp error maps to for a request: 400, or err_status. */
 int http_request_error_status(const http_head_t *h, llhttp_errno_t err);

@@ -162,6 +162,7 @@ static void worker_finish(worker_t *w)
     w->finished = 1;
     up_pools_close_idle(w);
     uv_close((uv_handle_t *)&w->grace, NULL);
+    uv_close((uv_handle_t *)&w->tls_sweep, NULL);
     uv_close((uv_handle_t *)&w->wakeup, NULL);
 }
 
@@ -556,6 +557,8 @@ int srv_start(srv_t *s, cfg_t *cfg)
         w->wakeup.data = w;
         uv_timer_init(&w->loop, &w->grace);
         w->grace.data = w;
+        uv_timer_init(&w->loop, &w->tls_sweep);
+        w->tls_sweep.data = w;
         w->listeners = calloc(cfg->n_listeners + 1, sizeof(*w->listeners));
         if (w->listeners == NULL)
             abort();

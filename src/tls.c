@@ -307,8 +307,10 @@ tls_server_t *tls_server_new(certs_t *store, const char *default_name, char *err
         goto fail;
     /* OpenSSL 3 refuses client-initiated renegotiation unless allowed */
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
-    /* idle connections give OpenSSL's record buffers back */
-    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    /* No SSL_MODE_RELEASE_BUFFERS: it frees and mallocs OpenSSL's record
+     * buffers around every record (~3,000 instructions a request); conn.c
+     * gives them back with tls_conn_free_engine_buffers() once a connection
+     * goes quiet. */
     SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
     SSL_CTX_set_tlsext_servername_arg(ctx, s);
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, s);
@@ -520,6 +522,12 @@ void tls_conn_release_idle(tls_conn_t *t)
         buf_put(t->bufs, t->out);
         t->out = NULL;
     }
+}
+
+void tls_conn_free_engine_buffers(tls_conn_t *t)
+{
+    /* refused (and harmless) while a record is half read or written */
+    SSL_free_buffers(t->ssl);
 }
 
 int tls_conn_is_acme(const tls_conn_t *t)

@@ -76,6 +76,10 @@ void tls_conn_out_sent(tls_conn_t *t, size_t n);
 /* Gives idle buffers back to the pool (keep-alive connections hold none). */
 void tls_conn_release_idle(tls_conn_t *t);
 
+/* Frees OpenSSL's own record buffers (~34 KiB) unless a record is in
+ * them; OpenSSL allocates them again when the connection next moves. */
+void tls_conn_free_engine_buffers(tls_conn_t *t);
+
 /* True for a TLS-ALPN-01 validation handshake: nothing follows it. */
 int tls_conn_is_acme(const tls_conn_t *t);
 

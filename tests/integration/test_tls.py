@@ -494,6 +494,25 @@ def test_raw_tls_socket_keepalive_and_pipelining(one_site):
         s.close()
 
 
+def test_busy_connection_serves_after_its_buffers_are_given_back(one_site):
+    """Back-to-back requests keep OpenSSL's record buffers on the connection;
+    quiet for two sweeps (CONN_TLS_SWEEP_MS, 1 s each) it gives them back.
+    Either way every request, small or large, must arrive intact."""
+    s = tls_connect(one_site.https_port, "a.test", client_context(one_site.ca))
+    try:
+        rd = Reader(s)
+        for rnd in range(3):
+            for i in range(10):
+                r = tls_request(s, rd, "a.test", "/echo?r=%d&i=%d" % (rnd, i))
+                assert r.status == 200 and r.json()["query"] == "r=%d&i=%d" % (rnd, i), r
+            r = tls_request(s, rd, "a.test", "/bytes/300000")
+            assert r.status == 200 and r.body == pattern(300000), r.status
+            time.sleep(2.5)
+    finally:
+        s.close()
+    assert_alive(one_site)
+
+
 # -- HTTP -> HTTPS redirect -----------------------------------------------------------
 
 
