@@ -535,6 +535,15 @@ static int parse_global(ctx_t *c, const cf_block_t *b)
                           l->toks[1].text);
             if (rc == 0)
                 cfg->workers = (int)v;
+        } else if (strcmp(n, "max_connections") == 0) {
+            long v = 0;
+            rc = want_args(c, l, n, 1, 1, 0);
+            if (rc == 0 && (parse_uint(l->toks[1].text, 10000000, &v) != 0 || v < 1))
+                rc = errf(c, &l->toks[1],
+                          "max_connections: expected a number from 1 to 10000000, got \"%s\"",
+                          l->toks[1].text);
+            if (rc == 0)
+                cfg->max_connections = v;
         } else {
             rc = errf(c, &l->toks[0], "%s: global option not supported by psproxy", n);
         }
@@ -1966,6 +1975,7 @@ int cfg_dump_json(const cfg_t *cfg, FILE *out)
     cJSON_AddNumberToObject(g, "grace_period_ms", (double)cfg->grace_period);
     cJSON_AddStringToObject(g, "auto_https", ah[cfg->auto_https]);
     cJSON_AddNumberToObject(g, "workers", cfg->workers);
+    cJSON_AddNumberToObject(g, "max_connections", (double)cfg->max_connections);
     cJSON_AddNumberToObject(g, "read_header_timeout_ms", (double)cfg->timeouts.read_header);
     cJSON_AddNumberToObject(g, "read_body_timeout_ms", (double)cfg->timeouts.read_body);
     cJSON_AddNumberToObject(g, "write_timeout_ms", (double)cfg->timeouts.write);

@@ -239,6 +239,7 @@ typedef struct cfg {
     uint64_t grace_period;    /* ms; 0 = none */
     int auto_https;           /* enum cfg_auto_https */
     int workers;              /* psproxy's own option; 0 = one per online CPU */
+    long max_connections;     /* psproxy's own option; 0 = from the open-file limit */
     struct {
         uint64_t read_header; /* ms; default 30000 */
         uint64_t read_body;   /* ms between body reads; default 60000 */

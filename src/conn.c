@@ -51,7 +51,9 @@ static void on_closed(uv_handle_t *h)
         free(c->tls);
     }
     cfg_unref(c->cfg);
+    worker_t *w = c->w;
     free(c);
+    srv_conn_closed(w);
 }
 
 void conn_close(conn_t *c)

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <signal.h>
@@ -105,6 +106,18 @@ static void on_ticket_timer(uv_timer_t *t)
 {
     if (server.tls != NULL)
         tls_server_rotate_tickets(server.tls);
+}
+
+/* Up to the hard limit, as Go (and so Caddy) does: systemd's soft 1024
+ * would cap a proxy at a few hundred clients. max_connections' default
+ * follows the result. */
+static void raise_open_file_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
 }
 
 static int load(const char *path, cfg_t **cfg)
@@ -281,6 +294,7 @@ int main(int argc, char **argv)
     uv_signal_start(&sig_usr1, on_signal, SIGUSR1);
 
     int cfg_admin_off = cfg->admin_off;
+    raise_open_file_limit();
     int err = srv_start(&server, cfg);
     cfg_unref(cfg); /* the server holds its references */
     if (err != 0) {

@@ -5,9 +5,12 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -21,6 +24,9 @@
 
 #define SRV_BACKLOG 1024
 #define SRV_MAX_FREE_BUFS 256
+/* descriptors max_connections' default leaves for listeners, logs, ACME */
+#define SRV_FD_RESERVE 64
+#define SRV_ACCEPT_WARN_MS 10000 /* accept trouble is logged at most this often */
 #define SRV_GRACE_MS 5000 /* grace_period's default: in-flight requests may finish */
 
 uint32_t srv_rand(worker_t *w)
@@ -34,14 +40,81 @@ uint32_t srv_rand(worker_t *w)
     return x;
 }
 
+/* A worker's share of max_connections; by default the open-file limit
+ * less a reserve, halved because a client connection may hold an upstream
+ * one too. Past it the worker stops accepting rather than run out of
+ * descriptors (nginx's worker_connections). */
+static unsigned conn_cap(const cfg_t *cfg, int n_workers)
+{
+    long total = cfg->max_connections;
+    if (total == 0) {
+        struct rlimit rl;
+        rlim_t nofile = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
+        if (nofile == RLIM_INFINITY || nofile > 10000000)
+            nofile = 10000000;
+        rlim_t reserve = nofile / 4 < SRV_FD_RESERVE ? nofile / 4 : SRV_FD_RESERVE;
+        total = (long)(nofile - reserve) / 2;
+    }
+    long share = total / (n_workers > 0 ? n_workers : 1);
+    return share < 1 ? 1 : (unsigned)share;
+}
+
+static void warn_accept(worker_t *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Overload is logged once per SRV_ACCEPT_WARN_MS, not once per connection. */
+static void warn_accept(worker_t *w, const char *fmt, ...)
+{
+    uint64_t now = uv_now(&w->loop);
+    if (w->accept_warned_at != 0 && now - w->accept_warned_at < SRV_ACCEPT_WARN_MS)
+        return;
+    w->accept_warned_at = now;
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    log_warn("worker %d: %s", w->index, msg);
+}
+
+static void take_connection(listener_t *l)
+{
+    l->w->n_conns++;
+    conn_accept(l); /* a failure there closes it: srv_conn_closed() */
+}
+
 static void on_connection(uv_stream_t *s, int status)
 {
     listener_t *l = container_of((uv_tcp_t *)s, listener_t, tcp);
+    worker_t *w = l->w;
     if (status < 0) {
-        log_warn("accept on :%d: %s", l->cl->port, uv_strerror(status));
+        /* EMFILE: libuv accepted it with a spare descriptor and closed it,
+         * so the backlog drains and nothing spins */
+        warn_accept(w, "accept on :%d: %s", l->cl->port, uv_strerror(status));
         return;
     }
-    conn_accept(l);
+    if (w->n_conns >= w->max_conns) {
+        /* not taken: libuv keeps it and stops polling this listener until
+         * srv_conn_closed() takes it; the rest wait in the kernel's backlog */
+        l->paused = 1;
+        warn_accept(w, "%u connections open, the limit (max_connections): accepting paused",
+                    w->n_conns);
+        return;
+    }
+    take_connection(l);
+}
+
+void srv_conn_closed(worker_t *w)
+{
+    w->n_conns--;
+    if (w->draining)
+        return;
+    for (size_t i = 0; i < w->n_listeners && w->n_conns < w->max_conns; i++) {
+        listener_t *l = w->listeners[i];
+        if (l->paused) {
+            l->paused = 0;
+            take_connection(l);
+        }
+    }
 }
 
 /* A dual-stack socket on every address, SO_REUSEPORT so each worker has one. */
@@ -151,6 +224,7 @@ static void take_reload(worker_t *w, struct reload *r)
     w->cfg = cfg; /* the reference comes with R */
     w->targets = r->targets;
     w->tls = r->tls;
+    w->max_conns = r->max_conns;
     free(r);
 }
 
@@ -447,6 +521,7 @@ int srv_reload(srv_t *s, const char *path, uv_loop_t *loop)
         if (r == NULL)
             abort();
         r->cfg = cfg_ref(cfg);
+        r->max_conns = conn_cap(cfg, s->n_workers);
         r->targets = s->targets;
         r->tls = s->tls;
         struct reload *prev = atomic_exchange(&w->reload, r);
@@ -543,6 +618,7 @@ int srv_start(srv_t *s, cfg_t *cfg)
     for (int i = 0; i < n; i++) {
         worker_t *w = &s->workers[i];
         w->index = i;
+        w->max_conns = conn_cap(cfg, n);
         w->cfg = cfg_ref(cfg);
         w->targets = s->targets;
         w->alog = &s->alog;

@@ -21,6 +21,8 @@ typedef struct listener {
     uv_tcp_t tcp;
     struct worker *w;
     const cfg_listener_t *cl;
+    int paused; /* at the connection limit: an accepted connection waits in
+                 * libuv, which accepts no more here until we take it */
 } listener_t;
 
 typedef struct worker {
@@ -46,12 +48,16 @@ typedef struct worker {
     conn_t *conns;     /* every open client connection, for shutdown */
     up_pool_t *pools;  /* one per upstream address */
     uint64_t next_conn_id;
+    unsigned n_conns;   /* client connections open, closing ones included */
+    unsigned max_conns; /* this worker's share of max_connections */
+    uint64_t accept_warned_at; /* loop time of the last accept warning */
     uint32_t rand_state;
     atomic_int stop;
 } worker_t;
 
 struct reload {
     cfg_t *cfg;
+    unsigned max_conns;
     up_targets_t *targets;
     tls_server_t *tls;
 };
@@ -102,6 +108,10 @@ void srv_stop_control(srv_t *s);
 
 /* Stops every worker (closing listeners and connections) and joins them. */
 void srv_stop(srv_t *s);
+
+/* A client connection's handles have closed (its descriptor is free):
+ * a listener paused at the connection limit may accept again. */
+void srv_conn_closed(worker_t *w);
 
 /* The worker's last connection closed while it drains: let it end. */
 void srv_worker_drained(worker_t *w);

@@ -2,6 +2,8 @@
 pipelining, and the idle and read_header timeouts."""
 
 import json
+import os
+import socket
 import subprocess
 import threading
 import time
@@ -187,3 +189,58 @@ def test_connection_close_from_client_is_honoured(proxy):
     assert r.status == 200, r
     assert rd.closed_within(2.0), "Connection: close not honoured"
     s.close()
+
+
+def _cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _get(sock, port, path):
+    sock.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (path.encode(), port))
+
+
+def test_max_connections_pauses_accepting_and_resumes(proxy_factory, upstream):
+    """At max_connections the worker stops accepting (the next client waits
+    in the backlog, psproxy does not spin); a close lets it in."""
+    p = proxy_factory(proxy_block(upstream), idle="30s", read_header="30s",
+                      global_extra="\tmax_connections 3\n")
+    held = []
+    try:
+        for i in range(3):
+            s = connect(p.port)
+            _get(s, p.port, "/echo?held=%d" % i)
+            assert Reader(s).response().status == 200
+            held.append(s)
+        waiting = connect(p.port)            # the kernel completes the handshake
+        _get(waiting, p.port, "/echo?waiting=1")
+        waiting.settimeout(1.0)
+        cpu0 = _cpu_seconds(p.proc.pid)
+        try:
+            got = waiting.recv(1)
+        except socket.timeout:
+            got = None
+        assert got is None, "a connection past max_connections was served"
+        assert _cpu_seconds(p.proc.pid) - cpu0 < 0.3, "psproxy spins while paused"
+        held.pop(0).close()
+        waiting.settimeout(5.0)
+        r = Reader(waiting).response()
+        assert r.status == 200 and r.json()["query"] == "waiting=1", r
+        held.append(waiting)
+    finally:
+        for s in held:
+            s.close()
+    assert "accepting paused" in p.log_text()
+    r = curl(p.url + "/echo?after=1")
+    assert r.status == 200, r
+
+
+def test_max_connections_must_be_a_positive_number(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text("{\n\tmax_connections lots\n}\n:8080 {\n\trespond ok\n}\n")
+    from conftest import PSPROXY
+    r = subprocess.run([PSPROXY, "validate", "-c", str(conf)], capture_output=True,
+                       text=True, timeout=10)
+    assert r.returncode != 0
+    assert "bad.conf:2: max_connections: expected a number" in r.stderr, r.stderr
