@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 void buf_pool_init(buf_pool_t *p, size_t size, size_t max_free)
 {
@@ -10,6 +11,7 @@ void buf_pool_init(buf_pool_t *p, size_t size, size_t max_free)
     p->max_free = max_free;
     p->n_free = 0;
     p->in_use = 0;
+    p->low_free = 0;
     p->free = calloc(max_free, sizeof(void *));
     if (p->free == NULL)
         abort();
@@ -26,6 +28,8 @@ void buf_pool_dispose(buf_pool_t *p)
 char *buf_get(buf_pool_t *p)
 {
     char *b = p->n_free > 0 ? p->free[--p->n_free] : malloc(p->size);
+    if (p->n_free < p->low_free)
+        p->low_free = p->n_free;
     if (b == NULL) {
         fputs("psproxy: out of memory\n", stderr);
         abort();
@@ -43,4 +47,19 @@ void buf_put(buf_pool_t *p, char *b)
         p->free[p->n_free++] = b;
     else
         free(b);
+}
+
+size_t buf_pool_trim(buf_pool_t *p, size_t keep)
+{
+    /* the low_free buffers at the bottom of the stack were never taken
+     * since the last trim; the ones above came back since and may be hot */
+    size_t idle = p->low_free < p->n_free ? p->low_free : p->n_free;
+    size_t drop = idle > keep ? idle - keep : 0;
+    for (size_t i = 0; i < drop; i++)
+        free(p->free[i]);
+    if (drop > 0)
+        memmove(p->free, p->free + drop, (p->n_free - drop) * sizeof(void *));
+    p->n_free -= drop;
+    p->low_free = p->n_free;
+    return drop;
 }

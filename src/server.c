@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <netinet/in.h>
@@ -24,6 +25,10 @@
 
 #define SRV_BACKLOG 1024
 #define SRV_MAX_FREE_BUFS 256
+/* Pooled buffers unused for a whole SRV_TRIM_MS go back to the system,
+ * but SRV_KEEP_BUFS: after a burst a t3.micro wants its memory back. */
+#define SRV_TRIM_MS 10000
+#define SRV_KEEP_BUFS 4
 /* descriptors max_connections' default leaves for listeners, logs, ACME */
 #define SRV_FD_RESERVE 64
 #define SRV_ACCEPT_WARN_MS 10000 /* accept trouble is logged at most this often */
@@ -237,6 +242,7 @@ static void worker_finish(worker_t *w)
     up_pools_close_idle(w);
     uv_close((uv_handle_t *)&w->grace, NULL);
     uv_close((uv_handle_t *)&w->tls_sweep, NULL);
+    uv_close((uv_handle_t *)&w->trim, NULL);
     uv_close((uv_handle_t *)&w->wakeup, NULL);
 }
 
@@ -291,6 +297,15 @@ static void on_wakeup(uv_async_t *a)
     }
     uint64_t grace = w->cfg->grace_period != 0 ? w->cfg->grace_period : SRV_GRACE_MS;
     uv_timer_start(&w->grace, on_grace_over, grace, 0);
+}
+
+static void on_trim(uv_timer_t *t)
+{
+    worker_t *w = t->data;
+    size_t n = buf_pool_trim(&w->bufs, SRV_KEEP_BUFS) + buf_pool_trim(&w->tables, SRV_KEEP_BUFS);
+    /* free() alone keeps the pages of a thread's arena mapped */
+    if (n > 0)
+        malloc_trim(0);
 }
 
 static void worker_main(void *arg)
@@ -635,6 +650,9 @@ int srv_start(srv_t *s, cfg_t *cfg)
         w->grace.data = w;
         uv_timer_init(&w->loop, &w->tls_sweep);
         w->tls_sweep.data = w;
+        uv_timer_init(&w->loop, &w->trim);
+        w->trim.data = w;
+        uv_timer_start(&w->trim, on_trim, SRV_TRIM_MS, SRV_TRIM_MS);
         w->listeners = calloc(cfg->n_listeners + 1, sizeof(*w->listeners));
         if (w->listeners == NULL)
             abort();

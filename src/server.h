@@ -32,6 +32,7 @@ typedef struct worker {
     uv_async_t wakeup; /* the control thread asks the worker to stop */
     uv_timer_t grace;  /* a graceful stop's deadline */
     uv_timer_t tls_sweep; /* frees quiet TLS connections' buffers (conn.c) */
+    uv_timer_t trim;      /* gives a burst's pooled buffers back */
     int draining;      /* stopping: no new connections, none kept alive */
     int finished;      /* its last handles are closing */
     int index;
