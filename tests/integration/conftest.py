@@ -235,6 +235,12 @@ def proxy_factory(tmp_path):
         return p
 
     yield start
+    stop_and_check(started)
+
+
+def stop_and_check(started):
+    """A fixture's teardown: stops every Proxy in STARTED and fails the test
+    when one crashed, ignored SIGTERM or logged a sanitizer report."""
     problems = []
     for p in started:
         crashed = p.proc.poll() if p.stopped is None else None

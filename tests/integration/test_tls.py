@@ -21,8 +21,8 @@ import time
 
 import pytest
 
-from conftest import (CURL_ENV, PSPROXY, SANITIZER_MARKS, STOP_TIMEOUT, Proxy, Reader,
-                      curl, free_port, proxy_block, wait_port)
+from conftest import (CURL_ENV, PSPROXY, Proxy, Reader, curl, free_port, proxy_block,
+                      stop_and_check, wait_port)
 from tls_util import (Pki, SlowReadingUpstream, cert_info, client_context, client_hello,
                       https_curl, s_client, served_cert, tls_config, tls_connect, wait_for)
 from upstream import pattern
@@ -60,21 +60,7 @@ def tls_factory(tmp_path):
         return p
 
     yield start
-    problems = []
-    for p in started:
-        crashed = p.proc.poll() if p.stopped is None else None
-        rc, killed = p.stop()
-        log = p.log_text()
-        if crashed is not None:
-            problems.append("psproxy exited with %s during the test" % crashed)
-        elif killed:
-            problems.append("psproxy ignored SIGTERM for %.0f s" % STOP_TIMEOUT)
-        for mark in SANITIZER_MARKS:
-            if mark in log:
-                problems.append("sanitizer report (%s)" % mark)
-                break
-        if problems:
-            pytest.fail("; ".join(problems) + "; psproxy log:\n" + log[-6000:])
+    stop_and_check(started)
 
 
 def site(name, leaf, upstream, **block_opts):
