@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "certs.h"
 #include "jws.h"
 
 #define CSR_NAME_MAX 253 /* RFC 1035 2.3.4, in text form without the root dot */
@@ -288,13 +289,6 @@ fail:
     return out;
 }
 
-/* A password callback that refuses: without one, OpenSSL would prompt on
- * the terminal for an encrypted key. */
-static int on_password(char *buf, int size, int rwflag, void *u)
-{
-    return -1;
-}
-
 EVP_PKEY *csr_key_from_pem(const char *pem, size_t len)
 {
     EVP_PKEY *key = NULL;
@@ -305,7 +299,7 @@ EVP_PKEY *csr_key_from_pem(const char *pem, size_t len)
     bio = BIO_new_mem_buf(pem, (int)len);
     if (bio == NULL)
         goto fail;
-    key = PEM_read_bio_PrivateKey(bio, NULL, on_password, NULL);
+    key = PEM_read_bio_PrivateKey(bio, NULL, certs_no_passphrase, NULL);
 
 fail:
     BIO_free(bio);

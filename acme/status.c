@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "acme.h"
+#include "certs.h"
 #include "store.h"
 
 static void fmt_time(int64_t t, char *out, size_t cap)
@@ -32,7 +33,7 @@ static void print_one(store_t *s, const acme_config_t *cfg, const char *name, FI
                              err, sizeof(err));
     if (rc == 0) {
         BIO *b = BIO_new_mem_buf(chain, (int)chain_len);
-        X509 *x = PEM_read_bio_X509(b, NULL, NULL, NULL);
+        X509 *x = PEM_read_bio_X509(b, NULL, certs_no_passphrase, NULL);
         if (x != NULL) {
             X509_NAME_get_text_by_NID(X509_get_issuer_name(x), NID_commonName, issuer,
                                       sizeof(issuer));

@@ -68,6 +68,11 @@ static const char *ssl_reason(void)
     return r != NULL ? r : "unknown error";
 }
 
+int certs_no_passphrase(char *buf, int size, int rwflag, void *arg)
+{
+    return -1;
+}
+
 static int entry_from_bios(BIO *chain_bio, BIO *key_bio, const char *source,
                            certs_entry_t **out, char *err, size_t errlen)
 {
@@ -78,16 +83,16 @@ static int entry_from_bios(BIO *chain_bio, BIO *key_bio, const char *source,
     e->source = strdup(source);
     e->chain = sk_X509_new_null();
     ERR_clear_error();
-    e->leaf = PEM_read_bio_X509(chain_bio, NULL, NULL, NULL);
+    e->leaf = PEM_read_bio_X509(chain_bio, NULL, certs_no_passphrase, NULL);
     if (e->leaf == NULL) {
         snprintf(err, errlen, "%s: no PEM certificate: %s", source, ssl_reason());
         goto fail;
     }
     X509 *ca;
-    while ((ca = PEM_read_bio_X509(chain_bio, NULL, NULL, NULL)) != NULL)
+    while ((ca = PEM_read_bio_X509(chain_bio, NULL, certs_no_passphrase, NULL)) != NULL)
         sk_X509_push(e->chain, ca);
     ERR_clear_error(); /* the end of the PEM stream reads as an error */
-    e->key = PEM_read_bio_PrivateKey(key_bio, NULL, NULL, NULL);
+    e->key = PEM_read_bio_PrivateKey(key_bio, NULL, certs_no_passphrase, NULL);
     if (e->key == NULL) {
         snprintf(err, errlen, "%s: no PEM private key: %s", source, ssl_reason());
         goto fail;

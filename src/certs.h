@@ -23,6 +23,12 @@ typedef struct certs_entry {
 
 typedef struct certs certs_t;
 
+/* A pass phrase callback for every PEM read: OpenSSL's default prompts on
+ * the terminal for an encrypted block (a key, or any block with Proc-Type:
+ * 4,ENCRYPTED), which from a reload (SIGHUP) would block the control loop.
+ * psproxy has no pass phrase to give, so an encrypted block just fails. */
+int certs_no_passphrase(char *buf, int size, int rwflag, void *arg);
+
 certs_t *certs_new(void);
 void certs_free(certs_t *s);
 

@@ -843,7 +843,8 @@ static void conn_on_head(conn_t *c)
     c->head_started = 0;
     c->n_requests++;
     c->head_end = c->rstart;
-    int st = http_head_analyze(&c->req);
+    /* a head that came whole in one read never met conn_process's size check */
+    int st = c->head_end > c->cfg->max_header_size ? 431 : http_head_analyze(&c->req);
     if (st != 0) {
         respond_error(c, st);
         return;

@@ -221,13 +221,67 @@ static int valid_host(uv_buf_t v)
     return 1;
 }
 
+/* Whether the line ending at AT (after optional OWS) ends in CRLF, within
+ * the head that ends at END. */
+static int crlf_at(const char *at, const char *end)
+{
+    while (at < end && (*at == ' ' || *at == '\t'))
+        at++;
+    return end - at >= 2 && at[0] == '\r' && at[1] == '\n';
+}
+
+/* RFC 9112 2.2 lets a recipient take a bare LF for CRLF, and llhttp 8 does
+ * after the request-line and at the end of the head; a proxy must not, or a
+ * front end that insists on CRLF frames the stream differently. Checked on
+ * the paused parser, whose position is just past the head; the head is
+ * contiguous and its slices point into it. */
+static int request_lines_end_in_crlf(const http_head_t *h)
+{
+    const llhttp_t *p = &h->parser;
+    if (llhttp_get_errno(p) != HPE_PAUSED || llhttp_get_error_pos(p) == NULL)
+        return 1; /* not paused on the head: nothing to check against */
+    const char *end = llhttp_get_error_pos(p);
+    /* request-line: the target, then " HTTP/d.d" (llhttp checked it) */
+    if (h->url.base == NULL || end - (h->url.base + h->url.len) < 9 ||
+        !crlf_at(h->url.base + h->url.len + 9, end))
+        return 0;
+    for (unsigned i = 0; i < h->n_hdrs; i++) {
+        const http_hdr_t *hdr = &h->hdrs[i];
+        /* an empty value's slice may start on the next line (llhttp 8
+         * reports it there), so measure from the colon instead */
+        const char *at = hdr->value.len > 0 ? hdr->value.base + hdr->value.len
+                                            : hdr->name.base + hdr->name.len + 1;
+        if (!crlf_at(at, end))
+            return 0;
+    }
+    return end[-2] == '\r' && end[-1] == '\n'; /* the empty line */
+}
+
+/* llhttp 8 (not built strict) lets HTAB and FF through in a
+ * request-target; RFC 9112 3.2 allows neither, and {uri} would carry them
+ * into header_up values, where no parser takes them. */
+static int valid_target(uv_buf_t url)
+{
+    for (size_t i = 0; i < url.len; i++) {
+        unsigned char c = url.base[i];
+        if (c <= ' ' || c == 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
 static int analyze_request(http_head_t *h)
 {
     llhttp_t *p = &h->parser;
     int http11 = p->http_major == 1 && p->http_minor == 1;
 
+    if (!request_lines_end_in_crlf(h))
+        return 400;
+
     /* request-target forms, RFC 9112 3.2 */
     uv_buf_t url = h->url;
+    if (!valid_target(url))
+        return 400;
     uv_buf_t authority = uv_buf_init(NULL, 0);
     if (url.len > 0 && url.base[0] == '/') {
         h->target = url;
@@ -297,6 +351,10 @@ static int analyze_request(http_head_t *h)
 
 static int analyze_response(http_head_t *h)
 {
+    /* status-code is 3DIGIT (RFC 9112 4); llhttp 8 takes "0" too, which
+     * would pass for an interim response and leave the client waiting */
+    if (h->parser.status_code < 100)
+        return 502;
     for (unsigned i = 0; i < h->n_hdrs; i++) {
         const http_hdr_t *hdr = &h->hdrs[i];
         if (http_token_eq(hdr->name, "connection")) {
@@ -311,10 +369,15 @@ static int analyze_response(http_head_t *h)
 
 int http_head_analyze(http_head_t *h)
 {
-    for (unsigned i = 0; i < h->n_hdrs; i++)
+    for (unsigned i = 0; i < h->n_hdrs; i++) {
+        /* llhttp 8 takes ": v" as a field with an empty name; a field-name
+         * is a token, one tchar at least (RFC 9110 5.1) */
+        if (h->hdrs[i].name.len == 0)
+            return h->parser.type == HTTP_REQUEST ? 400 : 502;
         for (size_t j = 0; j < h->hdrs[i].name.len; j++)
             if (!is_tchar((unsigned char)h->hdrs[i].name.base[j]))
                 return h->parser.type == HTTP_REQUEST ? 400 : 502;
+    }
     return h->parser.type == HTTP_REQUEST ? analyze_request(h) : analyze_response(h);
 }
 
@@ -360,6 +423,51 @@ const char *http_reason(int status)
     case 505: return "HTTP Version Not Supported";
     default: return "";
     }
+}
+
+/* ---- framing ------------------------------------------------------------ */
+
+int http_request_framing(const http_head_t *req)
+{
+    const llhttp_t *p = &req->parser;
+    if (req->te_chunked)
+        return HTTP_BODY_CHUNKED;
+    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0)
+        return HTTP_BODY_LENGTH;
+    return HTTP_BODY_NONE;
+}
+
+int http_response_bodiless(int status, int head_method)
+{
+    return head_method || (status >= 100 && status < 200) || status == 204 || status == 304;
+}
+
+int http_response_framing(const http_head_t *resp, int head_method, int http10)
+{
+    const llhttp_t *p = &resp->parser;
+    int status = p->status_code;
+    if (status == 101 || head_method || status == 204 || status == 304)
+        return HTTP_BODY_NONE;
+    if ((p->flags & F_CONTENT_LENGTH) && !(p->flags & F_CHUNKED))
+        return HTTP_BODY_LENGTH;
+    /* chunked or close-delimited upstream: re-chunk for HTTP/1.1 clients
+     * so their connection survives; 1.0 reads to close */
+    return http10 ? HTTP_BODY_EOF : HTTP_BODY_CHUNKED;
+}
+
+void http_body_append(char **body, size_t *body_len, const char *at, size_t len)
+{
+    if (*body == NULL)
+        *body = (char *)at;
+    else if (*body + *body_len != at)
+        memmove(*body + *body_len, at, len);
+    *body_len += len;
+}
+
+size_t http_chunk_line(char *out, size_t len)
+{
+    int k = snprintf(out, HTTP_CHUNK_LINE_MAX, "%zx\r\n", len);
+    return (size_t)k;
 }
 
 /* ---- placeholders ------------------------------------------------------- */
@@ -417,6 +525,8 @@ static void put(out_t *o, const char *s, size_t n)
         o->overflow = 1;
         return;
     }
+    if (n == 0)
+        return; /* an empty placeholder is a NULL slice: no memcpy from NULL (C11 7.24.1) */
     memcpy(o->p + o->len, s, n);
     o->len += n;
 }
@@ -584,7 +694,13 @@ static int kept_header(const struct kept *k, uv_buf_t name)
     /* the Upgrade of a tunnelled exchange passes, though Connection lists it */
     if (k->upgrade && http_token_eq(name, "upgrade"))
         return 1;
-    if (is_conn_token(k->h, name) || is_hop_by_hop(name))
+    if (is_hop_by_hop(name))
+        return 0;
+    /* Connection may not take away what the message needs end to end: its
+     * Content-Length (the body goes on as this head frames it; dropping it
+     * would turn the body into a smuggled request) and Host */
+    if (is_conn_token(k->h, name) && !http_token_eq(name, "content-length") &&
+        !http_token_eq(name, "host"))
         return 0;
     for (unsigned i = 0; i < k->n_ops; i++)
         if (ops_remove(k->ops[i], name))

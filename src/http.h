@@ -142,6 +142,36 @@ int http_build_response(char *out, size_t cap, const http_resp_out_t *r);
 int http_build_simple(char *out, size_t cap, int status, const char *extra, const char *body,
                       size_t body_len, int keep_alive, int head_only);
 
+/* How the body of an analyzed request is framed on its way upstream:
+ * chunked stays chunked (re-chunked), a non-zero Content-Length stays,
+ * anything else has no body (RFC 9112 6.3). */
+int http_request_framing(const http_head_t *req);
+
+/* RFC 9112 6.3 rule 1: a response to HEAD, and any 1xx, 204 or 304, ends
+ * with its head whatever its fields say (a 304 may carry the
+ * Content-Length of the representation). llhttp 8 knows only 100 and 101
+ * itself; the owner sets F_SKIPBODY in on_headers_complete when this is 1. */
+int http_response_bodiless(int status, int head_method);
+
+/* How the body of an analyzed response HEAD is framed for the client:
+ * none for a 101, an answer to HEAD, 204 and 304; Content-Length kept
+ * unless chunked too; else chunked for HTTP/1.1 clients and
+ * close-delimited for HTTP/1.0 ones (HTTP10). */
+int http_response_framing(const http_head_t *resp, int head_method, int http10);
+
+/* Body bytes llhttp hands over in pieces (chunk framing between them):
+ * appends AT..LEN to the slice at *BODY (*LEN bytes), moving it down over
+ * the parsed framing so the slice stays contiguous. AT must lie after the
+ * slice in the same buffer. */
+void http_body_append(char **body, size_t *body_len, const char *at, size_t len);
+
+#define HTTP_CHUNK_LINE_MAX 20
+#define HTTP_LAST_CHUNK "0\r\n\r\n"
+
+/* Writes the size line of a LEN-byte chunk ("1a\r\n") into OUT, which
+ * holds HTTP_CHUNK_LINE_MAX bytes. Returns its length. */
+size_t http_chunk_line(char *out, size_t len);
+
 /* Strips ":port" (and brackets of an IPv6 literal) from a Host value. */
 uv_buf_t http_host_without_port(uv_buf_t hostport);
 

@@ -12,15 +12,19 @@ static llhttp_settings_t resp_settings;
 static uv_once_t settings_once = UV_ONCE_INIT;
 
 static const char CRLF[] = "\r\n";
-static const char LAST_CHUNK[] = "0\r\n\r\n";
+static const char LAST_CHUNK[] = HTTP_LAST_CHUNK;
+
+_Static_assert(sizeof(((conn_t *)0)->up_chunk) >= HTTP_CHUNK_LINE_MAX &&
+                   sizeof(((conn_t *)0)->down_chunk) >= HTTP_CHUNK_LINE_MAX,
+               "a conn holds a whole chunk-size line");
 
 /* Queues LEN body bytes in IOV as FRAMING wants them: as they are, or as
- * one chunk whose size line is written into CHUNK (20 bytes). */
+ * one chunk whose size line is written into CHUNK (HTTP_CHUNK_LINE_MAX). */
 static void add_body(uv_buf_t *iov, unsigned *n, int framing, char *chunk, char *body,
                      size_t len)
 {
     if (framing == HTTP_BODY_CHUNKED) {
-        int k = snprintf(chunk, 20, "%zx\r\n", len);
+        size_t k = http_chunk_line(chunk, len);
         iov[(*n)++] = uv_buf_init(chunk, (unsigned)k);
     }
     iov[(*n)++] = uv_buf_init(body, (unsigned)len);
@@ -244,10 +248,11 @@ static int on_resp_headers(llhttp_t *p)
     up_conn_t *u = container_of(p, up_conn_t, resp.parser);
     conn_t *c = owner(u);
     c->resp_head = 1;
-    /* a response to HEAD has no body whatever its fields say (RFC 9110
-     * 9.3.2); llhttp cannot know the method, so tell it as its "return 1"
+    /* a response to HEAD, a 1xx, 204 or 304 has no body whatever its
+     * fields say (RFC 9112 6.3); llhttp cannot know the method and waits
+     * for a 304's Content-Length bytes, so tell it as its "return 1"
      * would, and pause to relay the head */
-    if (c->head_method)
+    if (http_response_bodiless(p->status_code, c->head_method))
         p->flags |= F_SKIPBODY;
     return HPE_PAUSED;
 }
@@ -255,11 +260,7 @@ static int on_resp_headers(llhttp_t *p)
 static int on_resp_body(llhttp_t *p, const char *at, size_t len)
 {
     up_conn_t *u = container_of(p, up_conn_t, resp.parser);
-    if (u->body == NULL)
-        u->body = (char *)at;
-    else if (u->body + u->body_len != at)
-        memmove(u->body + u->body_len, at, len);
-    u->body_len += len;
+    http_body_append(&u->body, &u->body_len, at, len);
     return 0;
 }
 
@@ -312,18 +313,8 @@ static int relay_head(conn_t *c, uv_buf_t *iov, unsigned *n)
         c->resp_ops[0] = &proxy_cfg(c)->header_down;
         r.ops = c->resp_ops;
         r.n_ops = c->n_resp_ops;
-        if (status == 101) {
-            r.upgrade = 1;
-            c->resp_framing = HTTP_BODY_NONE;
-        } else if (c->head_method || status == 204 || status == 304) {
-            c->resp_framing = HTTP_BODY_NONE;
-        } else if ((p->flags & F_CONTENT_LENGTH) && !(p->flags & F_CHUNKED)) {
-            c->resp_framing = HTTP_BODY_LENGTH;
-        } else {
-            /* chunked or close-delimited upstream: re-chunk for HTTP/1.1
-             * clients so their connection survives; 1.0 reads to close */
-            c->resp_framing = r.http10 ? HTTP_BODY_EOF : HTTP_BODY_CHUNKED;
-        }
+        r.upgrade = status == 101;
+        c->resp_framing = http_response_framing(&u->resp, c->head_method, r.http10);
         /* the client is still sending: after this response we must close */
         if (!c->req_done || c->resp_framing == HTTP_BODY_EOF)
             c->keep_alive = 0;
@@ -505,6 +496,17 @@ static void on_up_written(uv_write_t *req, int status)
     }
 }
 
+/* llhttp 8 ends a chunked body at "0\r\n\n" (or trailers then a bare LF),
+ * where RFC 9112 7.1 wants CRLF; a front end that insists would read on
+ * into the next request. The parser paused just past the message, and
+ * what this pass parsed (from PASS) is still in the buffer; an end split
+ * across reads is not seen here. */
+static int chunked_end_is_crlf(const conn_t *c, size_t pass)
+{
+    return c->rstart < pass + 2 || c->rstart > c->rlen ||
+           (c->rbuf[c->rstart - 2] == '\r' && c->rbuf[c->rstart - 1] == '\n');
+}
+
 void proxy_pump_request(conn_t *c)
 {
     up_conn_t *u = c->up;
@@ -522,7 +524,13 @@ void proxy_pump_request(conn_t *c)
     /* a paused parser may complete a bodiless request without new bytes */
     if (!c->req_done &&
         (c->rstart < c->rlen || llhttp_get_errno(&c->req.parser) == HPE_PAUSED)) {
+        size_t pass = c->rstart;
         llhttp_errno_t err = conn_parse(c);
+        if (err == HPE_PAUSED && c->req_done && c->req_framing == HTTP_BODY_CHUNKED &&
+            !chunked_end_is_crlf(c, pass)) {
+            llhttp_set_error_reason(&c->req.parser, "bare LF ends the chunked body");
+            err = HPE_USER;
+        }
         if (err != HPE_OK && err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE) {
             /* a broken body (bad chunk): the upstream got part of it */
             log_debug("conn %llu: request body: %s", (unsigned long long)c->id,
@@ -674,15 +682,9 @@ void proxy_on_retry_timer(conn_t *c)
 void proxy_start(conn_t *c)
 {
     const cfg_proxy_t *p = proxy_cfg(c);
-    llhttp_t *rp = &c->req.parser;
     uv_once(&settings_once, settings_init);
     uv_timer_stop(&c->timer);
-    if (c->req.te_chunked)
-        c->req_framing = HTTP_BODY_CHUNKED;
-    else if ((rp->flags & F_CONTENT_LENGTH) && rp->content_length > 0)
-        c->req_framing = HTTP_BODY_LENGTH;
-    else
-        c->req_framing = HTTP_BODY_NONE;
+    c->req_framing = http_request_framing(&c->req);
     c->tried = 0;
     c->attempts = 0;
     c->pool = NULL;

@@ -119,6 +119,18 @@ class Upstream:
         st = self.stats()
         return st["connections"] - self.stats_calls
 
+    def raw_conns(self):
+        """[(conn id, still open, bytes received)] of every connection to the
+        upstream except the tests' own /stats and /raw ones."""
+        self.stats_calls += 1
+        s = connect(self.port)
+        try:
+            s.sendall(b"GET /raw HTTP/1.1\r\nHost: up\r\nConnection: close\r\n\r\n")
+            doc = json.loads(Reader(s).response().body)
+        finally:
+            s.close()
+        return [(d["id"], d["open"], d["raw"].encode("latin-1")) for d in doc]
+
     def saw(self, marker):
         """Whether any request target the upstream read contains MARKER."""
         return any(marker in t for t in self.stats()["targets"])

@@ -19,6 +19,16 @@ port on stdout once listening. Endpoints (any method unless noted):
                      response header (repeats kept, order kept)
   /ws                WebSocket (RFC 6455) echo after the 101 handshake
   /stats             JSON: connections accepted, requests read, targets seen
+  /raw               JSON: every connection but the control ones (those that
+                     asked /stats or /raw): id, whether it is still open, and
+                     the bytes it received so far (latin-1, first 1 MiB)
+  /bad/VARIANT       a misbehaving response: cl-te (Content-Length and
+                     Transfer-Encoding), status-line (not a valid one),
+                     extra (5 bytes more than Content-Length, same write),
+                     extra-late (the same 5 bytes 200 ms later), mid-body
+                     (close after 10 of 100 declared bytes), mid-chunk (close
+                     inside the chunked body); the connection stays open after
+                     extra and extra-late, else it closes
   /malformed/1       a response that is not HTTP
   /malformed/2       a response with an invalid Content-Length
   /hangup            reads the request, then closes without answering
@@ -56,6 +66,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HEAD = 1 << 20
+RAW_KEEP = 1 << 20
 _BLOCK = bytes((i * 31 + 7) & 0xFF for i in range(4096))
 
 REASONS = {
@@ -87,11 +98,32 @@ class Stats:
         self.connections = 0
         self.requests = 0
         self.targets = []
+        self.raw = {}  # cid -> [bytearray received, open, control]
 
     def new_conn(self):
         with self.lock:
             self.connections += 1
+            self.raw[self.connections] = [bytearray(), True, False]
             return self.connections
+
+    def received(self, cid, data):
+        with self.lock:
+            rec = self.raw[cid][0]
+            if len(rec) < RAW_KEEP:
+                rec += data[:RAW_KEEP - len(rec)]
+
+    def conn_closed(self, cid):
+        with self.lock:
+            self.raw[cid][1] = False
+
+    def mark_control(self, cid):
+        with self.lock:
+            self.raw[cid][2] = True
+
+    def raw_snapshot(self):
+        with self.lock:
+            return [{"id": cid, "open": op, "raw": bytes(rec).decode("latin-1")}
+                    for cid, (rec, op, control) in sorted(self.raw.items()) if not control]
 
     def new_request(self, target):
         with self.lock:
@@ -123,6 +155,7 @@ class Conn:
         data = self.sock.recv(65536)
         if not data:
             raise Closed()
+        self.server.stats.received(self.cid, data)
         self.buf += data
 
     def read_until(self, delim, limit):
@@ -237,6 +270,7 @@ class Conn:
             except OSError:
                 pass
             self.sock.close()
+            self.server.stats.conn_closed(self.cid)
 
     def read_request(self):
         method, target, version, headers = self.read_head()
@@ -344,7 +378,13 @@ class Conn:
         elif seg[0] == "ws":
             return self.websocket(req)
         elif seg[0] == "stats":
+            self.server.stats.mark_control(self.cid)
             self.send_json(req, self.server.stats.snapshot())
+        elif seg[0] == "raw":
+            self.server.stats.mark_control(self.cid)
+            self.send_json(req, self.server.stats.raw_snapshot())
+        elif seg[0] == "bad" and len(seg) == 2:
+            return self.misbehave(seg[1])
         elif seg[0] == "malformed":
             variant = seg[1] if len(seg) > 1 else "1"
             if variant == "2":
@@ -377,6 +417,30 @@ class Conn:
         else:
             self.respond(req, 404, [("Content-Type", "text/plain")], b"not found\n")
         return True
+
+    def misbehave(self, variant):
+        """The /bad/VARIANT responses; returns False when the connection ends."""
+        if variant == "cl-te":
+            self.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        elif variant == "status-line":
+            self.send(b"HTTP/1.1 2x0 OK\r\nContent-Length: 5\r\n\r\nhello")
+        elif variant == "extra":
+            self.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA")
+            return True
+        elif variant == "extra-late":
+            self.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+            time.sleep(0.2)
+            self.send(b"EXTRA")
+            return True
+        elif variant == "mid-body":
+            self.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+            time.sleep(0.1)
+        elif variant == "mid-chunk":
+            self.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      b"a\r\n0123456789\r\n64\r\n0123")
+            time.sleep(0.1)
+        return False
 
     def send_chunked(self, req, data):
         head = self.head_bytes(200, [("Content-Type", "application/octet-stream"),

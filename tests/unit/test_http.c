@@ -102,6 +102,19 @@ TEST(obs_fold_is_rejected)
     CHECK_INT(analyze("GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n"), 400);
 }
 
+TEST(empty_field_name_is_rejected)
+{
+    CHECK_INT(analyze("GET / HTTP/1.1\r\nHost: a\r\n: b\r\n\r\n"), 400);
+}
+
+TEST(bare_lf_in_a_request_head_is_rejected)
+{
+    CHECK_INT(analyze("GET / HTTP/1.1\nHost: a\r\n\r\n"), 400);
+    CHECK_INT(analyze("GET / HTTP/1.1\r\nHost: a\r\n\n"), 400);
+    CHECK_INT(analyze("GET / HTTP/1.1\r\nHost: a \r\nX:\t\r\n\r\n"), 0);
+    CHECK_INT(analyze("GET / HTTP/1.0\r\n\r\n"), 0);
+}
+
 TEST(http11_request_without_host_is_400)
 {
     CHECK_INT(analyze("GET / HTTP/1.1\r\n\r\n"), 400);
@@ -222,6 +235,16 @@ TEST(trusted_forwarded_for_is_appended_to)
                                     "X-Forwarded-For: 5.6.7.8\r\n\r\n",
                                     1, NULL, HTTP_BODY_NONE);
     CHECK(strstr(out, "X-Forwarded-For: 1.2.3.4, 5.6.7.8, 10.0.0.7\r\n") != NULL);
+}
+
+TEST(connection_cannot_remove_content_length_or_host)
+{
+    /* without its Content-Length the body would reach the upstream as a request */
+    const char *out = build_request("POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length, "
+                                    "Host\r\nContent-Length: 3\r\n\r\n",
+                                    0, NULL, HTTP_BODY_LENGTH);
+    CHECK(strstr(out, "\r\nContent-Length: 3\r\n") != NULL);
+    CHECK(strstr(out, "\r\nHost: a\r\n") != NULL);
 }
 
 TEST(hop_by_hop_and_connection_listed_fields_are_removed)
@@ -381,6 +404,87 @@ TEST(placeholders_expand_from_the_request)
     CHECK_STR(out, "https://site.test/p/q#x=1#GET#192.0.2.1");
     len = 0;
     CHECK_INT(http_tmpl_expand(&t, &v, out, 5, &len), -1);
+}
+
+/* Found by fuzz_request: a placeholder with no value ({query} without a
+ * '?') is a NULL slice, and copying it was memcpy(dst, NULL, 0), which
+ * UBSan rejects. */
+TEST(empty_placeholder_in_header_up_expands_to_nothing)
+{
+    cfg_tmpl_part_t parts[] = {{CFG_VAR_NONE, "q=", 2}, {CFG_VAR_QUERY, NULL, 0}};
+    cfg_hdr_op_t ops[] = {{CFG_HDR_SET, "X-Query", {"q={query}", parts, 2}}};
+    cfg_hdr_ops_t list = {ops, 1};
+    const char *out = build_request("GET /p HTTP/1.1\r\nHost: a\r\n\r\n", 0, &list,
+                                    HTTP_BODY_NONE);
+    CHECK(strstr(out, "X-Query: q=\r\n") != NULL);
+}
+
+/* Found by fuzz_request: llhttp 8 reports an empty value at the start of
+ * the next line, and the CRLF check took that line for the value's end. */
+TEST(empty_value_followed_by_a_field_is_accepted)
+{
+    CHECK_INT(analyze("GET / HTTP/1.1\r\nX-Empty:\r\nHost: a\r\n\r\n"), 0);
+    CHECK_INT(analyze("GET / HTTP/1.1\r\nX-Empty: \r\nAccept: */*\r\nHost: a\r\n\r\n"), 0);
+}
+
+static int resp_complete;
+
+static int on_resp_headers_complete(llhttp_t *p)
+{
+    if (http_response_bodiless(p->status_code, 0))
+        p->flags |= F_SKIPBODY; /* as proxy.c on_resp_headers */
+    return 0;
+}
+
+static int on_resp_message_complete(llhttp_t *p)
+{
+    resp_complete = 1;
+    return 0;
+}
+
+/* Found by fuzz_response: llhttp 8 waits for a 304's Content-Length bytes
+ * (the representation's length, RFC 9110 8.6), so the exchange stalled
+ * until read_timeout and the client connection was cut. */
+TEST(response_304_with_content_length_ends_with_its_head)
+{
+    CHECK_INT(http_response_bodiless(304, 0), 1);
+    CHECK_INT(http_response_bodiless(204, 0), 1);
+    CHECK_INT(http_response_bodiless(103, 0), 1);
+    CHECK_INT(http_response_bodiless(200, 1), 1);
+    CHECK_INT(http_response_bodiless(200, 0), 0);
+    static char buf[] = "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n";
+    llhttp_settings_t s;
+    http_settings_init(&s);
+    s.on_headers_complete = on_resp_headers_complete;
+    s.on_message_complete = on_resp_message_complete;
+    http_head_t h;
+    http_head_init(&h, HTTP_RESPONSE, &s);
+    h.hdrs = table;
+    resp_complete = 0;
+    CHECK_INT(llhttp_execute(&h.parser, buf, strlen(buf)), HPE_OK);
+    CHECK_INT(resp_complete, 1);
+}
+
+/* Found by fuzz_request: llhttp 8 takes FF and HTAB in a request-target,
+ * and header_up's {uri} then put them into a field value no upstream
+ * parses. */
+TEST(control_bytes_in_the_request_target_are_400)
+{
+    CHECK_INT(analyze("GET /a\fb HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+    CHECK_INT(analyze("GET /a\tb HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+    CHECK_INT(analyze("GET /a%09b HTTP/1.1\r\nHost: a\r\n\r\n"), 0);
+}
+
+/* Found by fuzz_response: llhttp 8 takes a one-digit status, and 0 passed
+ * for an interim response that leaves the client waiting for a final one. */
+TEST(response_status_below_100_is_a_bad_response)
+{
+    CHECK_STR(build_response("HTTP/1.1 0 \r\nContent-Length: 0\r\n\r\n", HTTP_BODY_LENGTH, 1, 0),
+              "(bad response)");
+    CHECK_STR(build_response("HTTP/1.1 99 X\r\nContent-Length: 0\r\n\r\n", HTTP_BODY_LENGTH, 1, 0),
+              "(bad response)");
+    CHECK(strncmp(build_response("HTTP/1.1 100 Continue\r\n\r\n", HTTP_BODY_NONE, 1, 0),
+                  "HTTP/1.1 100 ", 13) == 0);
 }
 
 TEST_MAIN()
