@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "acme_json.h"
 #include "chal.h"
 #include "csr.h"
 #include "fetch.h"
@@ -121,12 +122,6 @@ static void set_str(char **dst, const char *v)
     *dst = dup_or_null(v);
 }
 
-static const char *json_str(const cJSON *o, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
 static int64_t not_before(const certs_entry_t *e)
 {
     const ASN1_TIME *t = X509_get0_notBefore(e->leaf);
@@ -140,32 +135,6 @@ static uint32_t rnd32(void)
     if (RAND_bytes((unsigned char *)&r, sizeof(r)) != 1)
         r = (uint32_t)time(NULL);
     return r;
-}
-
-/* The problem document (RFC 7807) of a failed response, as one line. */
-static void problem_text(const fetch_resp_t *r, char *out, size_t cap)
-{
-    if (r->status == 0) {
-        snprintf(out, cap, "%s", r->error != NULL ? r->error : "request failed");
-        return;
-    }
-    cJSON *p = cJSON_Parse(r->body);
-    const char *type = json_str(p, "type"), *detail = json_str(p, "detail");
-    if (type != NULL || detail != NULL)
-        snprintf(out, cap, "HTTP %ld %s: %s", r->status, type != NULL ? type : "",
-                 detail != NULL ? detail : "");
-    else
-        snprintf(out, cap, "HTTP %ld", r->status);
-    cJSON_Delete(p);
-}
-
-static int is_problem(const fetch_resp_t *r, const char *type)
-{
-    cJSON *p = cJSON_Parse(r->body);
-    const char *t = json_str(p, "type");
-    int yes = t != NULL && strcmp(t, type) == 0;
-    cJSON_Delete(p);
-    return yes;
 }
 
 /* ---- the order's end ----------------------------------------------------- */
@@ -226,9 +195,9 @@ static void plan_renewal(acme_t *a, struct name *n, const certs_entry_t *e)
         char err[256];
         cJSON *m = NULL;
         if (store_load_meta(a->store, a->directory, n->name, &m, err, sizeof(err)) == 0) {
-            const cJSON *next = cJSON_GetObjectItemCaseSensitive(m, "next_attempt");
-            if (cJSON_IsNumber(next) && (int64_t)next->valuedouble > n->renew_at) {
-                n->renew_at = (int64_t)next->valuedouble;
+            int64_t next;
+            if (acme_json_time(m, "next_attempt", &next) && next > n->renew_at) {
+                n->renew_at = next;
                 n->renew_why = "retry after a failure";
             }
         }
@@ -413,21 +382,11 @@ static void install(acme_t *a, const fetch_resp_t *r)
     next_order(a);
 }
 
-/* An order or authorization object, and its status copied into STATUS
- * ("" when absent), which outlives the object. */
-static cJSON *parse_with_status(const fetch_resp_t *r, char *status, size_t cap)
-{
-    cJSON *o = cJSON_Parse(r->body);
-    const char *st = json_str(o, "status");
-    snprintf(status, cap, "%s", st != NULL ? st : "");
-    return o;
-}
-
 /* The order object: where it stands decides the next step. */
 static void on_order(acme_t *a, const fetch_resp_t *r)
 {
     char status[16];
-    cJSON *o = parse_with_status(r, status, sizeof(status));
+    cJSON *o = acme_parse_with_status(r->body, status, sizeof(status));
     const char *st = status[0] != '\0' ? status : NULL;
     log_debug("acme: %s: order %s", a->cur->name, status);
     if (st == NULL) {
@@ -437,7 +396,7 @@ static void on_order(acme_t *a, const fetch_resp_t *r)
     }
     if (a->step == S_ORDER) {
         set_str(&a->order_url, r->location);
-        set_str(&a->finalize_url, json_str(o, "finalize"));
+        set_str(&a->finalize_url, acme_json_str(o, "finalize"));
         cJSON *az = cJSON_GetObjectItemCaseSensitive(o, "authorizations");
         a->authzs = cJSON_Duplicate(az, 1);
         a->authz_i = 0;
@@ -453,7 +412,7 @@ static void on_order(acme_t *a, const fetch_resp_t *r)
         return;
     }
     if (strcmp(status, "valid") == 0) {
-        set_str(&a->cert_url, json_str(o, "certificate"));
+        set_str(&a->cert_url, acme_json_str(o, "certificate"));
         cJSON_Delete(o);
         a->step = S_CERT;
         run_step(a);
@@ -485,7 +444,7 @@ static void on_order(acme_t *a, const fetch_resp_t *r)
 static void on_authz(acme_t *a, const fetch_resp_t *r)
 {
     char status[16];
-    cJSON *z = parse_with_status(r, status, sizeof(status));
+    cJSON *z = acme_parse_with_status(r->body, status, sizeof(status));
     const char *st = status[0] != '\0' ? status : NULL;
     if (st == NULL) {
         cJSON_Delete(z);
@@ -504,16 +463,8 @@ static void on_authz(acme_t *a, const fetch_resp_t *r)
     if (strcmp(status, "pending") != 0) {
         /* invalid: that challenge type failed for this name; try the other
          * in a new order (an invalid authorization ends this one) */
-        char why[512] = "the authorization failed";
-        cJSON *chs = cJSON_GetObjectItemCaseSensitive(z, "challenges");
-        const cJSON *ch;
-        cJSON_ArrayForEach(ch, chs)
-        {
-            const cJSON *e = cJSON_GetObjectItemCaseSensitive(ch, "error");
-            if (cJSON_IsObject(e))
-                snprintf(why, sizeof(why), "%s: %s", json_str(ch, "type") ? json_str(ch, "type") : "",
-                         json_str(e, "detail") ? json_str(e, "detail") : "");
-        }
+        char why[512];
+        acme_authz_error(z, why, sizeof(why));
         cJSON_Delete(z);
         log_warn("acme: %s: challenge failed: %s", a->cur->name, why);
         a->tried |= a->chal_type;
@@ -534,15 +485,9 @@ static void on_authz(acme_t *a, const fetch_resp_t *r)
     /* pending and not answered yet: publish the response, then tell the CA */
     a->chal_type = next_challenge_type(a);
     const char *want = a->chal_type == ACME_HTTP_01 ? "http-01" : "tls-alpn-01";
-    const cJSON *ch, *chosen = NULL;
-    cJSON_ArrayForEach(ch, cJSON_GetObjectItemCaseSensitive(z, "challenges"))
-    {
-        const char *type = json_str(ch, "type");
-        if (type != NULL && strcmp(type, want) == 0)
-            chosen = ch;
-    }
-    const char *token = chosen != NULL ? json_str(chosen, "token") : NULL;
-    const char *url = chosen != NULL ? json_str(chosen, "url") : NULL;
+    const cJSON *chosen = acme_authz_challenge(z, want);
+    const char *token = chosen != NULL ? acme_json_str(chosen, "token") : NULL;
+    const char *url = chosen != NULL ? acme_json_str(chosen, "url") : NULL;
     char *ka = token != NULL ? jws_key_authorization(a->account_key, token) : NULL;
     if (ka == NULL || url == NULL) {
         free(ka);
@@ -684,39 +629,35 @@ static void run_step(acme_t *a)
 }
 
 /* Keeps the directory's URLs; names waiting for ARI go on. 0 or -1. */
+static void take_str(char **dst, char **src)
+{
+    free(*dst);
+    *dst = *src;
+    *src = NULL;
+}
+
 static int parse_directory(acme_t *a, const fetch_resp_t *r)
 {
-    cJSON *d = r->status == 200 ? cJSON_Parse(r->body) : NULL;
-    if (d == NULL)
+    acme_dir_t d;
+    if (acme_dir_parse(r->status == 200 ? r->body : NULL, a->profile, &d) != 0)
         return -1;
-    set_str(&a->new_nonce, json_str(d, "newNonce"));
-    set_str(&a->new_account, json_str(d, "newAccount"));
-    set_str(&a->new_order, json_str(d, "newOrder"));
-    set_str(&a->renewal_info, json_str(d, "renewalInfo"));
-    if (a->profile != NULL) {
-        /* a profile the CA does not list is a configuration error, not a retry */
-        const cJSON *profiles = cJSON_GetObjectItemCaseSensitive(
-            cJSON_GetObjectItemCaseSensitive(d, "meta"), "profiles");
-        if (cJSON_GetObjectItemCaseSensitive(profiles, a->profile) == NULL && !a->fatal) {
-            char offered[512] = "";
-            const cJSON *p;
-            cJSON_ArrayForEach(p, profiles)
-            {
-                size_t l = strlen(offered);
-                snprintf(offered + l, sizeof(offered) - l, "%s%s", l ? ", " : "", p->string);
-            }
-            char why[1024];
-            snprintf(why, sizeof(why), "acme_profile: the CA at %s does not offer \"%s\" (%s%s)",
-                     a->directory, a->profile, offered[0] ? "it offers: " : "it lists no profiles",
-                     offered);
-            a->fatal = 1;
-            if (a->on_fatal != NULL)
-                a->on_fatal(a->fatal_arg, why);
-            cJSON_Delete(d);
-            return -1;
-        }
+    take_str(&a->new_nonce, &d.new_nonce);
+    take_str(&a->new_account, &d.new_account);
+    take_str(&a->new_order, &d.new_order);
+    take_str(&a->renewal_info, &d.renewal_info);
+    /* a profile the CA does not list is a configuration error, not a retry */
+    if (a->profile != NULL && !d.profile_offered && !a->fatal) {
+        char why[1024];
+        snprintf(why, sizeof(why), "acme_profile: the CA at %s does not offer \"%s\" (%s%s)",
+                 a->directory, a->profile, d.offered[0] ? "it offers: " : "it lists no profiles",
+                 d.offered);
+        a->fatal = 1;
+        if (a->on_fatal != NULL)
+            a->on_fatal(a->fatal_arg, why);
+        acme_dir_dispose(&d);
+        return -1;
     }
-    cJSON_Delete(d);
+    acme_dir_dispose(&d);
     if (a->new_nonce == NULL || a->new_account == NULL || a->new_order == NULL)
         return -1;
     a->dir_state = 2;
@@ -739,7 +680,7 @@ static void on_directory(void *arg, const fetch_resp_t *r)
         if (a->fatal)
             return;
         char why[256];
-        problem_text(r, why, sizeof(why));
+        acme_problem_text(r, why, sizeof(why));
         log_warn("acme: directory %s: %s; renewal by lifetime until it answers", a->directory,
                  why);
         a->dir_state = 0;
@@ -766,14 +707,14 @@ static void on_response(void *arg, const fetch_resp_t *r)
         a->step = a->pending_step;
         if (a->nonce == NULL) {
             char why[512];
-            problem_text(r, why, sizeof(why));
+            acme_problem_text(r, why, sizeof(why));
             fail(a, why, r->retry_after);
             return;
         }
         send_signed(a);
         return;
     }
-    if (r->status == 400 && is_problem(r, "urn:ietf:params:acme:error:badNonce") &&
+    if (r->status == 400 && acme_is_problem(r, "urn:ietf:params:acme:error:badNonce") &&
         a->nonce_retries < ACME_MAX_NONCE_RETRIES) {
         /* RFC 8555 6.5: the rejection carries a fresh nonce; sign again */
         a->nonce_retries++;
@@ -789,7 +730,7 @@ static void on_response(void *arg, const fetch_resp_t *r)
     }
     if (r->status < 200 || r->status >= 300) {
         char why[512];
-        problem_text(r, why, sizeof(why));
+        acme_problem_text(r, why, sizeof(why));
         fail(a, why, r->retry_after);
         return;
     }
@@ -900,13 +841,10 @@ static void on_ari(void *arg, const fetch_resp_t *r)
     int64_t now = time(NULL);
     int64_t ra = r->retry_after != NULL ? renew_parse_retry_after(r->retry_after, now) : -1;
     n->ari_next = renew_ari_refetch(now, ra);
-    cJSON *j = r->status == 200 ? cJSON_Parse(r->body) : NULL;
-    const cJSON *w = cJSON_GetObjectItemCaseSensitive(j, "suggestedWindow");
-    int64_t start = renew_parse_rfc3339(json_str(w, "start") ? json_str(w, "start") : "");
-    int64_t end = renew_parse_rfc3339(json_str(w, "end") ? json_str(w, "end") : "");
-    if (start < 0 || end < start) {
+    int64_t start, end;
+    if (acme_ari_window(r->status == 200 ? r->body : NULL, &start, &end) != 0) {
         char why[256];
-        problem_text(r, why, sizeof(why));
+        acme_problem_text(r, why, sizeof(why));
         log_warn("acme: %s: renewal info unusable (%s); renewing by lifetime", n->name, why);
     } else if (!(n->failures > 0 && n->renew_at > now)) {
         int64_t at = renew_pick_in_window(start, end, rnd32());
@@ -916,7 +854,6 @@ static void on_ari(void *arg, const fetch_resp_t *r)
         n->renew_at = at;
         n->renew_why = "in the CA's ARI window";
     }
-    cJSON_Delete(j);
     save_meta(a, n, NULL);
     arm(n);
 }
@@ -958,15 +895,9 @@ static int load_stored(acme_t *a, struct name *n)
     size_t chain_len = 0, key_len = 0;
     cJSON *meta = NULL;
     /* the back-off survives restarts, certificate or not */
-    if (store_load_meta(a->store, a->directory, n->name, &meta, err, sizeof(err)) == 0) {
-        const cJSON *f = cJSON_GetObjectItemCaseSensitive(meta, "failures");
-        const cJSON *next = cJSON_GetObjectItemCaseSensitive(meta, "next_attempt");
-        if (cJSON_IsNumber(f) && f->valueint > 0 && cJSON_IsNumber(next)) {
-            n->failures = f->valueint;
-            n->renew_at = (int64_t)next->valuedouble;
-            n->renew_why = "retry after a failure";
-        }
-    }
+    if (store_load_meta(a->store, a->directory, n->name, &meta, err, sizeof(err)) == 0 &&
+        acme_meta_backoff(meta, &n->failures, &n->renew_at))
+        n->renew_why = "retry after a failure";
     cJSON_Delete(meta);
     meta = NULL;
     int rc = store_load_cert(a->store, a->directory, n->name, &chain, &chain_len, &key, &key_len,

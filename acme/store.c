@@ -455,6 +455,7 @@ fail:
 static int read_json(store_t *s, const char *relpath, cJSON **out, char *err, size_t errlen)
 {
     char *text = NULL;
+    const char *why = NULL;
     size_t len;
     cJSON *j = NULL;
     int rc;
@@ -463,21 +464,25 @@ static int read_json(store_t *s, const char *relpath, cJSON **out, char *err, si
     rc = store_read(s, relpath, &text, &len, err, errlen);
     if (rc != 0)
         return rc;
-    j = cJSON_ParseWithLength(text, len);
-    if (j == NULL || !cJSON_IsObject(j)) {
-        rc = UV_EINVAL;
-        set_err(err, errlen, "%s/%s: corrupt: %s", s->root, relpath,
-                j == NULL ? "not valid JSON" : "not a JSON object");
-        goto fail;
-    }
+    rc = store_parse_object(text, len, &j, &why);
+    if (rc != 0)
+        set_err(err, errlen, "%s/%s: corrupt: %s", s->root, relpath, why);
     free(text);
     *out = j;
-    return 0;
-
-fail:
-    cJSON_Delete(j);
-    free(text);
     return rc;
+}
+
+int store_parse_object(const char *text, size_t len, cJSON **out, const char **why)
+{
+    cJSON *j = cJSON_ParseWithLength(text, len);
+    *out = NULL;
+    if (j == NULL || !cJSON_IsObject(j)) {
+        *why = j == NULL ? "not valid JSON" : "not a JSON object";
+        cJSON_Delete(j);
+        return UV_EINVAL;
+    }
+    *out = j;
+    return 0;
 }
 
 static int write_json(store_t *s, const char *relpath, const cJSON *j, char *err, size_t errlen)

@@ -40,6 +40,11 @@ int store_write(store_t *s, const char *relpath, const void *data, size_t len, i
  * other <0 with "path: reason" in ERR. */
 int store_read(store_t *s, const char *relpath, char **data, size_t *len, char *err, size_t errlen);
 
+/* Parses the LEN bytes at TEXT (a file's contents) as a JSON object, the
+ * shape of every JSON file here. Returns 0 and *OUT (the caller deletes
+ * it), or UV_EINVAL with *WHY naming what is wrong ("not valid JSON"). */
+int store_parse_object(const char *text, size_t len, cJSON **out, const char **why);
+
 /* The ACME account for the CA at CA_URL: the account key (PEM) and the
  * account URL (KID). Save writes the key, then account.json; the JSON is
  * what makes an account exist, so load returns UV_ENOENT when it is absent
