@@ -563,6 +563,7 @@ static int on_headers_complete(llhttp_t *p)
 {
     conn_t *c = container_of(p, conn_t, req.parser);
     c->head_done = 1;
+    http_chunk_check_init(&c->chunk_check);
     return HPE_PAUSED; /* route and get an upstream before the body flows */
 }
 
@@ -615,6 +616,14 @@ llhttp_errno_t conn_parse(conn_t *c)
     if (c->req.hdrs == NULL)
         c->req.hdrs = (http_hdr_t *)buf_get(&c->w->tables);
     const char *start = c->rbuf + c->rstart;
+    /* A pass that begins after the head is body up to the message's end,
+     * where the parser pauses. The check reads it before llhttp, whose
+     * on_body compacts the data over the framing, and stops at the end. */
+    if (c->head_done && c->req.te_chunked &&
+        http_chunk_check(&c->chunk_check, start, c->rlen - c->rstart) < 0) {
+        llhttp_set_error_reason(p, "malformed chunked framing");
+        return HPE_USER;
+    }
     llhttp_errno_t err = llhttp_execute(p, start, c->rlen - c->rstart);
     if (err == HPE_OK)
         c->rstart = c->rlen;

@@ -69,6 +69,7 @@ struct conn {
     size_t head_end;
     char *body;          /* body bytes of this parse pass, compacted in place */
     size_t body_len;
+    http_chunk_check_t chunk_check; /* a chunked body's framing, strictly */
 
     /* the request in flight */
     const cfg_site_t *site;

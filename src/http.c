@@ -464,6 +464,123 @@ void http_body_append(char **body, size_t *body_len, const char *at, size_t len)
     *body_len += len;
 }
 
+enum chunk_state {
+    CK_SIZE_FIRST, /* a size line's first hex digit */
+    CK_SIZE,       /* more hex digits, ';' or CR */
+    CK_EXT,        /* a chunk extension, up to CR */
+    CK_SIZE_LF,    /* the LF of a size line */
+    CK_DATA,       /* chunk data */
+    CK_DATA_CR,    /* the CRLF after chunk data */
+    CK_DATA_LF,
+    CK_LINE_START, /* a trailer field line, or the empty line that ends the body */
+    CK_TRAILER,    /* in a trailer field line */
+    CK_TRAILER_LF,
+    CK_END_LF,     /* the LF of the final empty line */
+    CK_DONE,
+};
+
+void http_chunk_check_init(http_chunk_check_t *k)
+{
+    k->state = CK_SIZE_FIRST;
+    k->left = 0;
+}
+
+static int hex_value(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c |= 0x20;
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Bytes a chunk extension or a trailer line may hold: field-vchar, SP,
+ * HTAB (RFC 9110 5.5); llhttp checks the finer grammar. */
+static int line_byte_ok(unsigned char c)
+{
+    return c == '\t' || (c >= ' ' && c != 0x7f);
+}
+
+int http_chunk_check(http_chunk_check_t *k, const char *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)p[i];
+        int hex;
+        switch (k->state) {
+        case CK_SIZE_FIRST:
+        case CK_SIZE:
+            if ((hex = hex_value(c)) >= 0) {
+                if (k->left > (UINT64_MAX >> 4))
+                    return -1;
+                k->left = k->left << 4 | (uint64_t)hex;
+                k->state = CK_SIZE;
+            } else if (k->state == CK_SIZE && c == ';') {
+                k->state = CK_EXT;
+            } else if (k->state == CK_SIZE && c == '\r') {
+                k->state = CK_SIZE_LF;
+            } else {
+                return -1;
+            }
+            break;
+        case CK_EXT:
+            if (c == '\r')
+                k->state = CK_SIZE_LF;
+            else if (!line_byte_ok(c))
+                return -1;
+            break;
+        case CK_SIZE_LF:
+            if (c != '\n')
+                return -1;
+            k->state = k->left == 0 ? CK_LINE_START : CK_DATA;
+            break;
+        case CK_DATA: {
+            size_t take = len - i < k->left ? len - i : (size_t)k->left;
+            k->left -= take;
+            i += take - 1;
+            if (k->left == 0)
+                k->state = CK_DATA_CR;
+            break;
+        }
+        case CK_DATA_CR:
+            if (c != '\r')
+                return -1;
+            k->state = CK_DATA_LF;
+            break;
+        case CK_DATA_LF:
+            if (c != '\n')
+                return -1;
+            k->state = CK_SIZE_FIRST;
+            break;
+        case CK_LINE_START:
+            if (c == '\r')
+                k->state = CK_END_LF;
+            else if (line_byte_ok(c))
+                k->state = CK_TRAILER;
+            else
+                return -1;
+            break;
+        case CK_TRAILER:
+            if (c == '\r')
+                k->state = CK_TRAILER_LF;
+            else if (!line_byte_ok(c))
+                return -1;
+            break;
+        case CK_TRAILER_LF:
+            if (c != '\n')
+                return -1;
+            k->state = CK_LINE_START;
+            break;
+        case CK_END_LF:
+            if (c != '\n')
+                return -1;
+            k->state = CK_DONE;
+            return 1;
+        default: /* CK_DONE */
+            return 1;
+        }
+    }
+    return k->state == CK_DONE ? 1 : 0;
+}
+
 size_t http_chunk_line(char *out, size_t len)
 {
     int k = snprintf(out, HTTP_CHUNK_LINE_MAX, "%zx\r\n", len);

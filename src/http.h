@@ -7,6 +7,7 @@
 
 #include <llhttp.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <strings.h>
 #include <uv.h>
 
@@ -164,6 +165,23 @@ int http_response_framing(const http_head_t *resp, int head_method, int http10);
  * the parsed framing so the slice stays contiguous. AT must lie after the
  * slice in the same buffer. */
 void http_body_append(char **body, size_t *body_len, const char *at, size_t len);
+
+/* RFC 9112 7.1 chunked framing checked byte by byte beside llhttp 8, which
+ * takes any two bytes after chunk data and any byte after a size line's
+ * CR: a front end that insists on CRLF would read such a body differently,
+ * so psproxy refuses it rather than re-frame it. Incremental: bytes may
+ * come in any pieces. */
+typedef struct http_chunk_check {
+    int state;     /* private */
+    uint64_t left; /* private: data bytes left in the current chunk */
+} http_chunk_check_t;
+
+void http_chunk_check_init(http_chunk_check_t *k);
+
+/* Feeds the next LEN bytes of a chunked body. Returns 0 while the framing
+ * is sound so far, 1 once the body ended (the last chunk and trailers),
+ * -1 at the first byte that breaks it. Bytes after the end are not read. */
+int http_chunk_check(http_chunk_check_t *k, const char *p, size_t len);
 
 #define HTTP_CHUNK_LINE_MAX 20
 #define HTTP_LAST_CHUNK "0\r\n\r\n"

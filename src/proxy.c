@@ -496,17 +496,6 @@ static void on_up_written(uv_write_t *req, int status)
     }
 }
 
-/* llhttp 8 ends a chunked body at "0\r\n\n" (or trailers then a bare LF),
- * where RFC 9112 7.1 wants CRLF; a front end that insists would read on
- * into the next request. The parser paused just past the message, and
- * what this pass parsed (from PASS) is still in the buffer; an end split
- * across reads is not seen here. */
-static int chunked_end_is_crlf(const conn_t *c, size_t pass)
-{
-    return c->rstart < pass + 2 || c->rstart > c->rlen ||
-           (c->rbuf[c->rstart - 2] == '\r' && c->rbuf[c->rstart - 1] == '\n');
-}
-
 void proxy_pump_request(conn_t *c)
 {
     up_conn_t *u = c->up;
@@ -524,13 +513,7 @@ void proxy_pump_request(conn_t *c)
     /* a paused parser may complete a bodiless request without new bytes */
     if (!c->req_done &&
         (c->rstart < c->rlen || llhttp_get_errno(&c->req.parser) == HPE_PAUSED)) {
-        size_t pass = c->rstart;
         llhttp_errno_t err = conn_parse(c);
-        if (err == HPE_PAUSED && c->req_done && c->req_framing == HTTP_BODY_CHUNKED &&
-            !chunked_end_is_crlf(c, pass)) {
-            llhttp_set_error_reason(&c->req.parser, "bare LF ends the chunked body");
-            err = HPE_USER;
-        }
         if (err != HPE_OK && err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE) {
             /* a broken body (bad chunk): the upstream got part of it */
             log_debug("conn %llu: request body: %s", (unsigned long long)c->id,

@@ -161,6 +161,10 @@ REFUSED = {
     "lf_ends_chunked_body": CHUNKED + b"5\r\nhello\r\n0\r\n\n",
     "lf_after_trailer": CHUNKED + b"5\r\nhello\r\n0\r\nX-T: 1\n\r\n",
     "lf_ends_trailers": CHUNKED + b"5\r\nhello\r\n0\r\nX-T: 1\r\n\n",
+    # ... what llhttp 8 takes in place of a CRLF in the chunked framing
+    "junk_after_chunk_size_cr": CHUNKED + b"5\rXhello\r\n0\r\n\r\n",
+    "junk_after_chunk_data": CHUNKED + b"5\r\nhelloXY0\r\n\r\n",
+    "cr_junk_after_chunk_data": CHUNKED + b"5\r\nhello\rX0\r\n\r\n",
     # ... and the head
     "lf_after_request_line": b"GET /echo HTTP/1.1\n" + HOST + b"\r\n",
     "lf_after_field_line": b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\nX-A: a\r\n\r\n",

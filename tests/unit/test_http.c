@@ -487,4 +487,62 @@ TEST(response_status_below_100_is_a_bad_response)
                   "HTTP/1.1 100 ", 13) == 0);
 }
 
+static int chunk_check_all(const char *body, size_t piece)
+{
+    http_chunk_check_t k;
+    http_chunk_check_init(&k);
+    size_t len = strlen(body);
+    int r = 0;
+    for (size_t i = 0; i < len && r == 0; i += piece)
+        r = http_chunk_check(&k, body + i, len - i < piece ? len - i : piece);
+    return r;
+}
+
+TEST(chunk_check_takes_strict_framing_in_any_pieces)
+{
+    const char *ok[] = {
+        "0\r\n\r\n",
+        "5\r\nhello\r\n0\r\n\r\n",
+        "A;name=val;x\r\n0123456789\r\n0\r\n\r\n",
+        "00003\r\nabc\r\n0\r\nX-Trailer: 1\r\nY: 2\r\n\r\n",
+        "1\r\n\r\r\n0\r\n\r\n", /* data may hold CR and LF */
+    };
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
+        for (size_t piece = 1; piece <= 7; piece += 3)
+            CHECK_INT(chunk_check_all(ok[i], piece), 1);
+    CHECK_INT(chunk_check_all("5\r\nhel", 2), 0); /* not over yet */
+}
+
+/* What llhttp 8 takes and a strict front end reads differently. */
+TEST(chunk_check_refuses_lenient_framing)
+{
+    const char *bad[] = {
+        "3\rXabc\r\n0\r\n\r\n",  /* any byte after a size line's CR */
+        "3\r\nabcXY0\r\n\r\n",    /* any two bytes after data */
+        "3\r\nabc\rX0\r\n\r\n",
+        "3\r\nabc\n0\r\n\r\n",   /* bare LF after data */
+        "3\nabc\r\n0\r\n\r\n",   /* bare LF after the size */
+        "0\r\n\n",                   /* bare LF ends the body */
+        "0\r\nX: 1\n\r\n",          /* bare LF ends a trailer */
+        "\r\n0\r\n\r\n",          /* no size */
+        "x\r\n",
+        " 3\r\nabc\r\n0\r\n\r\n",
+        "-3\r\nabc\r\n0\r\n\r\n",
+        "11111111111111111\r\n",     /* beyond 64 bits */
+        "3;a\x01b\r\nabc\r\n0\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CHECK_INT(chunk_check_all(bad[i], 1), -1);
+        CHECK_INT(chunk_check_all(bad[i], 64), -1);
+    }
+}
+
+TEST(chunk_check_stops_at_the_end_of_the_body)
+{
+    http_chunk_check_t k;
+    http_chunk_check_init(&k);
+    /* what follows the body is the next request's: not read */
+    CHECK_INT(http_chunk_check(&k, "0\r\n\r\nGET / HTTP/1.1\r\n", 22), 1);
+}
+
 TEST_MAIN()
