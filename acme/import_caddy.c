@@ -105,14 +105,6 @@ static void fail(import_t *im, int rc, const char *fmt, ...)
     va_end(ap);
 }
 
-static void wipe_free(char *p, size_t len)
-{
-    if (p == NULL)
-        return;
-    OPENSSL_cleanse(p, len);
-    free(p);
-}
-
 static const char *fmt_time(time_t t, char *buf, size_t size)
 {
     struct tm tm;
@@ -138,58 +130,7 @@ static int is_dir(const char *path)
  * malloc'd NUL-terminated *DATA, or <0 (UV_ENOENT when absent). */
 static int read_file(const char *path, char **data, size_t *len, struct timespec *mtime)
 {
-    struct stat st;
-    char *buf = NULL;
-    size_t used = 0, cap = 0;
-    int fd, rc;
-
-    *data = NULL;
-    *len = 0;
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-    if (fd < 0)
-        return -errno;
-    if (fstat(fd, &st) != 0) {
-        rc = -errno;
-        goto fail;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        rc = UV_EINVAL;
-        goto fail;
-    }
-    if (st.st_size > IMPORT_MAX_FILE) {
-        rc = UV_EFBIG;
-        goto fail;
-    }
-    if (mtime != NULL)
-        *mtime = st.st_mtim;
-    cap = (size_t)st.st_size + 1;
-    buf = malloc(cap);
-    if (buf == NULL) {
-        rc = UV_ENOMEM;
-        goto fail;
-    }
-    while (used < cap - 1) {
-        ssize_t r = read(fd, buf + used, cap - 1 - used);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            rc = -errno;
-            goto fail;
-        }
-        if (r == 0)
-            break;
-        used += (size_t)r;
-    }
-    close(fd);
-    buf[used] = '\0';
-    *data = buf;
-    *len = used;
-    return 0;
-
-fail:
-    wipe_free(buf, cap);
-    close(fd);
-    return rc;
+    return store_read_path(path, IMPORT_MAX_FILE, data, len, mtime, NULL, 0);
 }
 
 static const char *read_error(int rc)
@@ -498,9 +439,9 @@ out:
     cJSON_Delete(old_meta);
     free(chain);
     free(old_chain);
-    wipe_free(key, key_len);
-    wipe_free(pem, pem_len);
-    wipe_free(old_key, old_key_len);
+    store_wipe_free(key, key_len);
+    store_wipe_free(pem, pem_len);
+    store_wipe_free(old_key, old_key_len);
 }
 
 /* Every entry below certificates/: the CA's issuer key imports, others are
@@ -660,14 +601,14 @@ static int check_account(import_t *im, const char *json, struct account *a)
     goto out;
 
 fail:
-    wipe_free(a->pem, a->pem_len);
+    store_wipe_free(a->pem, a->pem_len);
     a->pem = NULL;
 out:
     free(jwk);
     EVP_PKEY_free(pk);
     cJSON_Delete(j);
     free(text);
-    wipe_free(key, key_len);
+    store_wipe_free(key, key_len);
     return rc;
 }
 
@@ -831,12 +772,12 @@ static void import_account(import_t *im)
 out:
     for (int k = 0; k < n_accts; k++) {
         free(accts[k].kid);
-        wipe_free(accts[k].pem, accts[k].pem_len);
+        store_wipe_free(accts[k].pem, accts[k].pem_len);
     }
     free(accts);
     free_strings(files, n_files);
     free(kid);
-    wipe_free(pem, pem_len);
+    store_wipe_free(pem, pem_len);
 }
 
 /* PATH made absolute with symlinks resolved, also when its last

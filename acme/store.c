@@ -53,14 +53,6 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-static void wipe_free(char *p, size_t len)
-{
-    if (p == NULL)
-        return;
-    explicit_bzero(p, len);
-    free(p);
-}
-
 /* fsync of a directory makes a rename or mkdir in it durable. Some file
  * systems cannot sync directories (EINVAL); there is nothing more to do. */
 static int fsync_dir(const char *dir)
@@ -357,26 +349,31 @@ fail:
     return rc;
 }
 
-int store_read(store_t *s, const char *relpath, char **data, size_t *len, char *err, size_t errlen)
+void store_wipe_free(char *p, size_t len)
 {
-    char path[PATH_MAX];
+    if (p == NULL)
+        return;
+    explicit_bzero(p, len);
+    free(p);
+}
+
+int store_read_path(const char *path, size_t max, char **data, size_t *len,
+                    struct timespec *mtime, char *err, size_t errlen)
+{
     char *buf = NULL;
-    size_t cap, used = 0;
+    size_t cap = 0, used = 0;
     struct stat st;
-    int fd = -1, rc;
+    int rc;
 
     *data = NULL;
     *len = 0;
-    rc = full_path(s, relpath, path, sizeof(path), err, errlen);
-    if (rc != 0)
-        return rc;
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO where a file should be must not hang the open */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         rc = -errno;
-        if (rc == UV_ENOENT)
-            return rc;
-        set_err(err, errlen, "%s: cannot open: %s", path, uv_strerror(rc));
-        goto fail;
+        if (rc != UV_ENOENT)
+            set_err(err, errlen, "%s: cannot open: %s", path, uv_strerror(rc));
+        return rc;
     }
     if (fstat(fd, &st) != 0) {
         rc = -errno;
@@ -388,11 +385,13 @@ int store_read(store_t *s, const char *relpath, char **data, size_t *len, char *
         set_err(err, errlen, "%s: not a regular file", path);
         goto fail;
     }
-    if (st.st_size > STORE_MAX_FILE) {
+    if ((size_t)st.st_size > max) {
         rc = UV_EFBIG;
-        set_err(err, errlen, "%s: larger than %d bytes", path, STORE_MAX_FILE);
+        set_err(err, errlen, "%s: larger than %zu bytes", path, max);
         goto fail;
     }
+    if (mtime != NULL)
+        *mtime = st.st_mtim;
     /* One spare byte for the NUL, and to notice a file that grew. */
     cap = (size_t)st.st_size + 1;
     buf = malloc(cap);
@@ -402,17 +401,13 @@ int store_read(store_t *s, const char *relpath, char **data, size_t *len, char *
         goto fail;
     }
     for (;;) {
-        ssize_t r;
-
         if (used == cap - 1) {
-            char *nbuf;
-
-            if (cap > STORE_MAX_FILE) {
+            if (cap > max) {
                 rc = UV_EFBIG;
-                set_err(err, errlen, "%s: larger than %d bytes", path, STORE_MAX_FILE);
+                set_err(err, errlen, "%s: larger than %zu bytes", path, max);
                 goto fail;
             }
-            nbuf = malloc(cap * 2);
+            char *nbuf = malloc(cap * 2);
             if (nbuf == NULL) {
                 rc = UV_ENOMEM;
                 set_err(err, errlen, "%s: %s", path, uv_strerror(rc));
@@ -420,11 +415,11 @@ int store_read(store_t *s, const char *relpath, char **data, size_t *len, char *
             }
             /* Not realloc: the old block may hold a key and must be wiped. */
             memcpy(nbuf, buf, used);
-            wipe_free(buf, cap);
+            store_wipe_free(buf, cap);
             buf = nbuf;
             cap *= 2;
         }
-        r = read(fd, buf + used, cap - 1 - used);
+        ssize_t r = read(fd, buf + used, cap - 1 - used);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -443,11 +438,20 @@ int store_read(store_t *s, const char *relpath, char **data, size_t *len, char *
     return 0;
 
 fail:
-    if (fd >= 0)
-        close(fd);
-    if (buf != NULL)
-        wipe_free(buf, cap);
+    close(fd);
+    store_wipe_free(buf, cap);
     return rc;
+}
+
+int store_read(store_t *s, const char *relpath, char **data, size_t *len, char *err, size_t errlen)
+{
+    char path[PATH_MAX];
+    *data = NULL;
+    *len = 0;
+    int rc = full_path(s, relpath, path, sizeof(path), err, errlen);
+    if (rc != 0)
+        return rc;
+    return store_read_path(path, STORE_MAX_FILE, data, len, NULL, err, errlen);
 }
 
 /* Reads RELPATH as a JSON object: UV_ENOENT when absent, UV_EINVAL naming
@@ -617,7 +621,7 @@ int store_load_account(store_t *s, const char *ca_url, char **key_pem, size_t *k
     return 0;
 
 fail:
-    wipe_free(key, klen);
+    store_wipe_free(key, klen);
     cJSON_Delete(j);
     return rc;
 }
@@ -749,7 +753,7 @@ int store_load_cert(store_t *s, const char *ca_url, const char *name, char **cha
 
 fail:
     free(chain);
-    wipe_free(key, klen);
+    store_wipe_free(key, klen);
     cJSON_Delete(j);
     return rc;
 }

@@ -6,6 +6,7 @@
 
 #include <cjson/cJSON.h>
 #include <stddef.h>
+#include <time.h>
 
 typedef struct store store_t;
 
@@ -39,6 +40,16 @@ int store_write(store_t *s, const char *relpath, const void *data, size_t len, i
  * the NUL). Returns 0; UV_ENOENT when it does not exist (ERR untouched);
  * other <0 with "path: reason" in ERR. */
 int store_read(store_t *s, const char *relpath, char **data, size_t *len, char *err, size_t errlen);
+
+/* The whole regular file at PATH, at most MAX bytes, NUL-terminated in a
+ * malloc'd *DATA (free it with store_wipe_free: it may hold a key), its
+ * modification time in *MTIME when not NULL. Returns 0, UV_ENOENT (ERR
+ * untouched), or <0 with "path: reason" in ERR (which may be NULL). */
+int store_read_path(const char *path, size_t max, char **data, size_t *len,
+                    struct timespec *mtime, char *err, size_t errlen);
+
+/* Zeroes LEN bytes at P, then frees it (NULL is fine). */
+void store_wipe_free(char *p, size_t len);
 
 /* Parses the LEN bytes at TEXT (a file's contents) as a JSON object, the
  * shape of every JSON file here. Returns 0 and *OUT (the caller deletes
