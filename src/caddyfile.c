@@ -692,10 +692,11 @@ static int parse_addresses(parser_t *p, cf_block_t *b, int *eof)
 {
     size_t cap = 0;
     int expecting = 0;
+    size_t comma_at = 0; /* the token ending in ',' (an index: imports grow the array) */
     for (;;) {
         if (at_end(p)) { /* an import at the very end brought nothing */
             if (expecting)
-                return TOK_ERR(p, &b->keys[b->n_keys - 1], "expected another address after ','");
+                return TOK_ERR(p, &p->t.v[comma_at], "expected another address after ','");
             *eof = 1;
             return 0;
         }
@@ -725,6 +726,7 @@ static int parse_addresses(parser_t *p, cf_block_t *b, int *eof)
             if (t->text[len - 1] == ',') {
                 key.text = arena_strndup(p->a, t->text, len - 1);
                 expecting = 1;
+                comma_at = p->cur;
             } else {
                 expecting = 0;
             }

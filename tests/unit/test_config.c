@@ -450,6 +450,9 @@ TEST(address_errors)
               "after the comma");
     CHECK_ERR("a.com, {\n\trespond hi\n}\n",
               "t.conf:1: expected another address but found '{': check for an extra comma");
+    /* found by fuzz_config: a lone comma, then an import that brings nothing */
+    CHECK_ERR("\n,\nimport nothing-matches-this*\n",
+              "t.conf:2: expected another address after ','");
     CHECK_ERR("a.com{\n\trespond hi\n}\n",
               "t.conf:1: site address \"a.com{\" ends with '{': put a space before the brace");
     CHECK_ERR("ftp://a.com {\n}\n",
