@@ -580,11 +580,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
     }
     /* chunk framing between the pieces is parsed already: close the gaps so
      * one contiguous slice (one chunk upstream) carries this pass's data */
-    if (c->body == NULL)
-        c->body = (char *)at;
-    else if (c->body + c->body_len != at)
-        memmove(c->body + c->body_len, at, len);
-    c->body_len += len;
+    http_body_append(&c->body, &c->body_len, at, len);
     return 0;
 }
 

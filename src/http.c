@@ -445,9 +445,8 @@ int http_response_bodiless(int status, int head_method)
 int http_response_framing(const http_head_t *resp, int head_method, int http10)
 {
     const llhttp_t *p = &resp->parser;
-    int status = p->status_code;
-    if (status == 101 || head_method || status == 204 || status == 304)
-        return HTTP_BODY_NONE;
+    if (http_response_bodiless(p->status_code, head_method))
+        return HTTP_BODY_NONE; /* 101 too: what follows it is the tunnel's */
     if ((p->flags & F_CONTENT_LENGTH) && !(p->flags & F_CHUNKED))
         return HTTP_BODY_LENGTH;
     /* chunked or close-delimited upstream: re-chunk for HTTP/1.1 clients
@@ -583,8 +582,19 @@ int http_chunk_check(http_chunk_check_t *k, const char *p, size_t len)
 
 size_t http_chunk_line(char *out, size_t len)
 {
-    int k = snprintf(out, HTTP_CHUNK_LINE_MAX, "%zx\r\n", len);
-    return (size_t)k;
+    /* hex digits by hand, as put_uint: this runs for every chunk relayed */
+    static const char hex[] = "0123456789abcdef";
+    char tmp[16];
+    size_t n = 0;
+    do {
+        tmp[n++] = hex[len & 0xf];
+        len >>= 4;
+    } while (len > 0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    out[n] = '\r';
+    out[n + 1] = '\n';
+    return n + 2;
 }
 
 /* ---- placeholders ------------------------------------------------------- */

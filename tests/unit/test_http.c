@@ -545,4 +545,15 @@ TEST(chunk_check_stops_at_the_end_of_the_body)
     CHECK_INT(http_chunk_check(&k, "0\r\n\r\nGET / HTTP/1.1\r\n", 22), 1);
 }
 
+TEST(chunk_line_is_lowercase_hex_and_crlf)
+{
+    char out[HTTP_CHUNK_LINE_MAX];
+    CHECK_INT(http_chunk_line(out, 0), 3);
+    CHECK(memcmp(out, "0\r\n", 3) == 0);
+    CHECK_INT(http_chunk_line(out, 0x1a2b), 6);
+    CHECK(memcmp(out, "1a2b\r\n", 6) == 0);
+    CHECK_INT(http_chunk_line(out, SIZE_MAX), 18);
+    CHECK(memcmp(out, "ffffffffffffffff\r\n", 18) == 0);
+}
+
 TEST_MAIN()
