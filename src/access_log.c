@@ -159,7 +159,7 @@ void alog_write(const alog_t *a, const cfg_site_t *site, const alog_entry_t *e)
     addf(&l, "\"request\":{\"remote_ip\":");
     add_str(&l, e->remote_ip, strlen(e->remote_ip));
     add_field(&l, "remote_port", uv_buf_init((char *)e->remote_port, strlen(e->remote_port)));
-    addf(&l, ",\"proto\":\"HTTP/1.%d\"", e->http_minor);
+    addf(&l, ",\"proto\":\"%s\"", e->proto);
     add_field(&l, "method", e->method);
     add_field(&l, "host", e->host);
     add_field(&l, "uri", e->uri);

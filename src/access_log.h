@@ -15,7 +15,7 @@ typedef struct alog_entry {
     const char *remote_port;
     uv_buf_t method, host, uri;
     const char *upstream; /* hostport that served it; NULL when answered here */
-    int http_minor;      /* HTTP/1.x */
+    const char *proto;   /* "HTTP/1.1", "HTTP/2.0" as Caddy logs it */
     int status;
     uint64_t bytes_read; /* request body bytes */
     uint64_t size;       /* response body bytes */

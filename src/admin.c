@@ -88,7 +88,7 @@ static void render_metrics(admin_t *a, text_t *t)
     /* the same series from every worker add up */
     struct metrics_series sum[METRICS_SERIES];
     size_t n = 0;
-    uint64_t buckets[METRICS_BUCKETS] = {0}, dsum = 0, dcount = 0, hs = 0, hf = 0;
+    uint64_t buckets[METRICS_BUCKETS] = {0}, dsum = 0, dcount = 0, hs = 0, hf = 0, rq_h1 = 0, rq_h2 = 0, h2c = 0;
     int64_t open = 0;
     for (int i = 0; i < s->n_workers; i++) {
         metrics_t *m = &s->workers[i].metrics;
@@ -114,6 +114,9 @@ static void render_metrics(admin_t *a, text_t *t)
         open += atomic_load(&m->open_conns);
         hs += atomic_load(&m->tls_handshakes);
         hf += atomic_load(&m->tls_failures);
+        rq_h1 += atomic_load(&m->requests_h1);
+        rq_h2 += atomic_load(&m->requests_h2);
+        h2c += atomic_load(&m->h2_conns);
     }
     for (size_t j = 0; j < n; j++)
         tprintf(t, "psproxy_requests_total{site=\"%s\",code=\"%dxx\",upstream=\"%s\"} %llu\n",
@@ -142,6 +145,13 @@ static void render_metrics(admin_t *a, text_t *t)
                "# TYPE psproxy_tls_handshake_failures_total counter\n"
                "psproxy_tls_handshake_failures_total %llu\n",
             (unsigned long long)hs, (unsigned long long)hf);
+    tprintf(t, "# HELP psproxy_requests_by_protocol_total Requests answered, by HTTP version.\n"
+               "# TYPE psproxy_requests_by_protocol_total counter\n"
+               "psproxy_requests_by_protocol_total{proto=\"h1\"} %llu\n"
+               "psproxy_requests_by_protocol_total{proto=\"h2\"} %llu\n"
+               "# HELP psproxy_h2_connections_total Client connections that chose HTTP/2.\n"
+               "# TYPE psproxy_h2_connections_total counter\npsproxy_h2_connections_total %llu\n",
+            (unsigned long long)rq_h1, (unsigned long long)rq_h2, (unsigned long long)h2c);
     tprintf(t, "# HELP psproxy_upstream_healthy 1 when an upstream gets traffic by its health "
                "checks, 0 when active or passive checks took it out.\n"
                "# TYPE psproxy_upstream_healthy gauge\n");

@@ -405,6 +405,31 @@ static int parse_timeouts(ctx_t *c, const cf_line_t *l)
     return 0;
 }
 
+/* protocols h1 h2: what Caddy calls them; h2c and h3 are not built */
+static int parse_protocols(ctx_t *c, const cf_line_t *s)
+{
+    int rc = want_args(c, s, "protocols", 1, 8, 0);
+    if (rc != 0)
+        return rc;
+    unsigned p = 0;
+    for (size_t i = 1; i < s->n_toks; i++) {
+        const char *v = s->toks[i].text;
+        if (strcmp(v, "h1") == 0)
+            p |= CFG_PROTO_H1;
+        else if (strcmp(v, "h2") == 0)
+            p |= CFG_PROTO_H2;
+        else if (strcmp(v, "h2c") == 0 || strcmp(v, "h3") == 0)
+            return errf(c, &s->toks[i], "protocols: %s is not supported by psproxy (h1, h2)", v);
+        else
+            return errf(c, &s->toks[i], "protocols: expected h1, h2, h2c or h3, got \"%s\"", v);
+    }
+    if (!(p & CFG_PROTO_H1))
+        return errf(c, &s->toks[0],
+                    "protocols: psproxy always serves h1 (HTTP/1.1); list it with h2");
+    c->cfg->protocols = p;
+    return 0;
+}
+
 static int parse_servers(ctx_t *c, const cf_line_t *l)
 {
     if (l->n_toks > 1)
@@ -419,6 +444,8 @@ static int parse_servers(ctx_t *c, const cf_line_t *l)
         int rc;
         if (strcmp(n, "timeouts") == 0) {
             rc = parse_timeouts(c, s);
+        } else if (strcmp(n, "protocols") == 0) {
+            rc = parse_protocols(c, s);
         } else if (strcmp(n, "max_header_size") == 0) {
             uint64_t v = 0;
             rc = want_args(c, s, n, 1, 1, 0);
@@ -1640,6 +1667,7 @@ static void cfg_defaults(cfg_t *cfg)
     cfg->timeouts.write = 60000;
     cfg->timeouts.idle = 300000;
     cfg->max_header_size = 32768;
+    cfg->protocols = CFG_PROTO_H1 | CFG_PROTO_H2;
 }
 
 static int cfg_build(const char *name, const char *text, size_t len, cfg_t **out, char *err,
@@ -1981,6 +2009,10 @@ int cfg_dump_json(const cfg_t *cfg, FILE *out)
     cJSON_AddNumberToObject(g, "write_timeout_ms", (double)cfg->timeouts.write);
     cJSON_AddNumberToObject(g, "idle_timeout_ms", (double)cfg->timeouts.idle);
     cJSON_AddNumberToObject(g, "max_header_size", (double)cfg->max_header_size);
+    cJSON *protos = cJSON_AddArrayToObject(g, "protocols");
+    cJSON_AddItemToArray(protos, cJSON_CreateString("h1"));
+    if (cfg->protocols & CFG_PROTO_H2)
+        cJSON_AddItemToArray(protos, cJSON_CreateString("h2"));
 
     cJSON *lns = cJSON_AddArrayToObject(root, "listeners");
     for (size_t i = 0; i < cfg->n_listeners; i++) {

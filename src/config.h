@@ -14,6 +14,12 @@ enum cfg_scheme {
     CFG_SCHEME_HTTPS = 2,
 };
 
+/* HTTP versions served (Caddy's `servers { protocols }`); h1 is always on. */
+enum cfg_protocol {
+    CFG_PROTO_H1 = 1,
+    CFG_PROTO_H2 = 2,
+};
+
 enum cfg_auto_https {
     CFG_AUTO_HTTPS_ON = 0,
     CFG_AUTO_HTTPS_OFF,
@@ -247,6 +253,7 @@ typedef struct cfg {
         uint64_t idle;        /* ms a keep-alive conn may idle; default 300000 */
     } timeouts;
     size_t max_header_size; /* bytes; default 32768 */
+    unsigned protocols;     /* CFG_PROTO_* (servers { protocols }); default h1 h2 */
 
     cfg_site_t *sites;
     size_t n_sites;

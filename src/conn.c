@@ -18,8 +18,8 @@ static uv_once_t settings_once = UV_ONCE_INIT;
 
 const char *conn_state_name(int state)
 {
-    static const char *const names[] = {"handshake", "read_head", "connect_up", "proxy",
-                                        "respond",   "tunnel",    "linger",     "closing"};
+    static const char *const names[] = {"handshake", "read_head", "connect_up", "proxy", "respond",
+                                        "tunnel",    "h2",        "linger",     "closing"};
     return state >= 0 && state < (int)PS_ARRAY_SIZE(names) ? names[state] : "?";
 }
 
@@ -52,8 +52,12 @@ static void on_closed(uv_handle_t *h)
     }
     cfg_unref(c->cfg);
     worker_t *w = c->w;
+    int stream = c->h2s != NULL;
+    if (stream)
+        h2_stream_free(c);
     free(c);
-    srv_conn_closed(w);
+    if (!stream)
+        srv_conn_closed(w); /* a socket closed: the accept cap counts those */
 }
 
 void conn_close(conn_t *c)
@@ -64,6 +68,14 @@ void conn_close(conn_t *c)
     if (c->up != NULL)
         proxy_abort(c);
     release_request_bufs(c);
+    if (c->h2s != NULL) {
+        /* a stream conn: no socket, not in the worker's list */
+        h2_stream_detach(c);
+        c->pending_closes = 1;
+        uv_close((uv_handle_t *)&c->timer, on_closed);
+        return;
+    }
+    h2_session_close(c);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -80,6 +92,10 @@ void conn_close(conn_t *c)
 void conn_drain(conn_t *c)
 {
     c->keep_alive = 0;
+    if (c->state == CONN_S_H2) {
+        h2_goaway(c); /* it closes once its streams are answered */
+        return;
+    }
     int idle = (c->state == CONN_S_READ_HEAD && !c->head_started && c->rlen == 0 &&
                 !c->write_pending) ||
                c->state == CONN_S_HANDSHAKE || c->state == CONN_S_LINGER;
@@ -103,6 +119,9 @@ static void on_timeout(uv_timer_t *t)
         break;
     case CONN_S_CONNECT_UP:
         proxy_on_retry_timer(c);
+        return;
+    case CONN_S_H2:
+        h2_on_timeout(c);
         return;
     case CONN_S_HANDSHAKE:
         log_debug("conn %llu %s: TLS handshake not done in time", (unsigned long long)c->id,
@@ -158,6 +177,19 @@ void conn_arm_timer(conn_t *c)
         else if (c->state == CONN_S_TUNNEL)
             ms = cfg->timeouts.idle;
         break;
+    case CONN_S_H2:
+        switch (h2_phase(c)) {
+        case H2_ENDING:
+            ms = 1; /* close from the loop, not from under the session */
+            break;
+        case H2_IDLE:
+            ms = c->write_pending ? cfg->timeouts.write : cfg->timeouts.idle;
+            break;
+        default:
+            ms = c->write_pending ? cfg->timeouts.write : 0; /* streams have their own */
+            break;
+        }
+        break;
     case CONN_S_LINGER:
         if (uv_is_active((uv_handle_t *)&c->timer))
             return;
@@ -199,14 +231,15 @@ int stream_write(uv_stream_t *s, uv_write_t *req, uv_buf_t *bufs, unsigned n, uv
 static void respond_maybe_done(conn_t *c);
 static void on_shutdown(uv_shutdown_t *req, int status);
 
-/* A write of the conn's finished: go on with whatever waited for it. */
-static void conn_write_done(conn_t *c)
+void conn_write_done(conn_t *c)
 {
     c->write_pending = 0;
     if (c->state == CONN_S_RESPOND || c->state == CONN_S_READ_HEAD)
         respond_maybe_done(c);
     else if (c->state == CONN_S_PROXY || c->state == CONN_S_TUNNEL)
         proxy_on_client_written(c);
+    else if (c->state == CONN_S_H2)
+        h2_on_written(c);
     if (c->state != CONN_S_CLOSING) {
         conn_update_reading(c);
         conn_arm_timer(c);
@@ -289,7 +322,9 @@ static void on_tls_written(uv_write_t *req, int status)
 int conn_write(conn_t *c, uv_buf_t *bufs, unsigned n)
 {
     int r;
-    if (c->tls != NULL) {
+    if (c->h2s != NULL) {
+        r = h2_stream_write(c, bufs, n);
+    } else if (c->tls != NULL) {
         memcpy(c->tls_pend, bufs, n * sizeof(*bufs));
         c->n_tls_pend = n;
         c->tls_done = 0;
@@ -306,7 +341,7 @@ int conn_write(conn_t *c, uv_buf_t *bufs, unsigned n)
 
 void conn_shutdown_write(conn_t *c)
 {
-    if (c->sreq.handle != NULL || uv_is_closing((uv_handle_t *)&c->tcp))
+    if (c->h2s != NULL || c->sreq.handle != NULL || uv_is_closing((uv_handle_t *)&c->tcp))
         return;
     if (c->tls != NULL) {
         tls_conn_close_notify(c->tls);
@@ -324,6 +359,10 @@ void conn_shutdown_write(conn_t *c)
 
 void conn_update_reading(conn_t *c)
 {
+    if (c->h2s != NULL) {
+        h2_stream_update(c); /* the window is a stream conn's reading */
+        return;
+    }
     /* a request in flight keeps reading too: pipelined requests queue in the
      * buffer, and an early EOF tells us the client went away */
     int room = c->tls != NULL ? !tls_conn_in_full(c->tls)
@@ -391,18 +430,19 @@ void conn_tls_sweep(uv_timer_t *t)
 
 static void release_idle_buffer(conn_t *c)
 {
-    /* an idle keep-alive connection holds no buffer */
-    if (c->rbuf != NULL && c->rlen == 0 && c->state == CONN_S_READ_HEAD) {
+    /* an idle keep-alive connection holds no buffer; an HTTP/2 one has no
+     * stream open */
+    int idle = c->state == CONN_S_READ_HEAD || (c->state == CONN_S_H2 && h2_phase(c) == H2_IDLE);
+    if (c->rbuf != NULL && c->rlen == 0 && (c->state == CONN_S_READ_HEAD || c->state == CONN_S_H2)) {
         buf_put(&c->w->bufs, c->rbuf);
         c->rbuf = NULL;
     }
-    if (c->tls != NULL && !c->tls_writing && c->state == CONN_S_READ_HEAD) {
+    if (c->tls != NULL && !c->tls_writing && idle) {
         tls_conn_release_idle(c->tls);
         tls_went_quiet(c);
     }
 }
 
-static void conn_linger(conn_t *c);
 
 static void on_client_eof(conn_t *c)
 {
@@ -488,8 +528,20 @@ static void on_tls_input(conn_t *c)
             conn_linger(c);
             return;
         }
+        if (tls_conn_is_h2(t)) {
+            if (h2_start(c) < 0)
+                conn_close(c);
+            else if (c->state == CONN_S_H2)
+                release_idle_buffer(c);
+            return;
+        }
     }
     switch (c->state) {
+    case CONN_S_H2:
+        h2_on_input(c);
+        if (c->state == CONN_S_H2)
+            release_idle_buffer(c);
+        break;
     case CONN_S_LINGER:
         t->in_start = t->in_len = 0; /* drained and dropped */
         if (t->sock_eof)
@@ -600,6 +652,31 @@ static void settings_init(void)
     req_settings.on_message_complete = on_message_complete;
 }
 
+/* A stream conn's body: DATA frames' bytes as they are, no framing; the
+ * request ends with the stream's END_STREAM. */
+static llhttp_errno_t stream_body(conn_t *c)
+{
+    size_t n = c->rlen - c->rstart;
+    c->bytes_in += n;
+    if (c->state == CONN_S_RESPOND) {
+        c->rstart = c->rlen = 0; /* answered here: read and dropped */
+    } else if (n > 0) {
+        if (c->body_limit != 0 && c->bytes_in > c->body_limit) {
+            c->req.err_status = 413;
+            llhttp_set_error_reason(&c->req.parser, "request body too large");
+            return HPE_USER;
+        }
+        c->body = c->rbuf + c->rstart;
+        c->body_len = n;
+        c->rstart = c->rlen;
+    }
+    if (h2_stream_input_ended(c)) {
+        c->req_done = 1;
+        return HPE_PAUSED;
+    }
+    return HPE_OK;
+}
+
 llhttp_errno_t conn_parse(conn_t *c)
 {
     llhttp_t *p = &c->req.parser;
@@ -607,6 +684,8 @@ llhttp_errno_t conn_parse(conn_t *c)
     c->body_len = 0;
     if (c->req_done)
         return llhttp_get_errno(p);
+    if (c->h2s != NULL)
+        return stream_body(c);
     if (llhttp_get_errno(p) == HPE_PAUSED)
         llhttp_resume(p); /* paused on the head; now the body */
     if (c->req.hdrs == NULL)
@@ -641,8 +720,17 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 
 /* Half-close and drain before closing, so a client still sending does not
  * get a RST that destroys the response it has not read yet. */
-static void conn_linger(conn_t *c)
+void conn_linger(conn_t *c)
 {
+    if (c->h2s != NULL) {
+        conn_access_log(c);
+        conn_set_state(c, CONN_S_LINGER);
+        release_request_bufs(c);
+        uv_timer_stop(&c->timer);
+        conn_arm_timer(c); /* closes it if the stream is not over in time */
+        h2_stream_end(c);  /* last: the stream may close (and C with it) */
+        return;
+    }
     if (c->eof) {
         conn_close(c);
         return;
@@ -839,17 +927,17 @@ static void answer_local(conn_t *c, const cfg_handler_t *h)
     conn_respond(c, status, extra, body, blen);
 }
 
-/* The head is complete and the parser paused on it: check, route, act. */
-static void conn_on_head(conn_t *c)
+/* The head is complete and the parser paused on it: check, route, act.
+ * ST: a status to answer instead, or 0. */
+static void conn_route(conn_t *c, int st)
 {
     llhttp_t *p = &c->req.parser;
     c->head_done = 1;
     c->head_clock = 0;
     c->head_started = 0;
     c->n_requests++;
-    c->head_end = c->rstart;
-    /* a head that came whole in one read never met conn_process's size check */
-    int st = c->head_end > c->cfg->max_header_size ? 431 : http_head_analyze(&c->req);
+    if (st == 0)
+        st = http_head_analyze(&c->req);
     if (st != 0) {
         respond_error(c, st);
         return;
@@ -910,6 +998,42 @@ static void conn_on_head(conn_t *c)
     answer_local(c, c->handler);
 }
 
+static void conn_on_head(conn_t *c)
+{
+    c->head_end = c->rstart;
+    /* a head that came whole in one read never met conn_process's size check */
+    conn_route(c, c->head_end > c->cfg->max_header_size ? 431 : 0);
+}
+
+void conn_stream_head(conn_t *c, char *head, int len)
+{
+    if (c->state == CONN_S_CLOSING)
+        return;
+    if (c->req.hdrs == NULL)
+        c->req.hdrs = (http_hdr_t *)buf_get(&c->w->tables);
+    c->head_done = 0;
+    llhttp_errno_t err = HPE_USER;
+    if (len > 0)
+        err = llhttp_execute(&c->req.parser, head, (size_t)len);
+    else
+        c->t_start = uv_hrtime();
+    /* the body comes in rbuf, which holds nothing else: the head stays in
+     * HEAD, which lives as long as the stream */
+    c->rstart = c->rlen = c->head_end = 0;
+    if (err == HPE_PAUSED && c->head_done) {
+        conn_route(c, 0);
+        return;
+    }
+    int st = len < 0 ? -len : http_request_error_status(&c->req, err);
+    c->n_requests++;
+    log_debug("conn %llu %s: h2 stream: %d %s", (unsigned long long)c->id, c->peer_ip, st,
+              http_reason(st));
+    c->head_done = 0;
+    c->keep_alive = 0;
+    c->req_done = 0;
+    conn_respond(c, st, NULL, NULL, 0);
+}
+
 void conn_process(conn_t *c)
 {
     if (c->in_process)
@@ -937,7 +1061,9 @@ void conn_process(conn_t *c)
             break;
         }
         if (c->state == CONN_S_RESPOND) {
-            if (c->req_done || c->rstart == c->rlen)
+            /* a stream conn's request may end with no byte (END_STREAM) */
+            if (c->req_done ||
+                (c->rstart == c->rlen && !(c->h2s != NULL && h2_stream_input_ended(c))))
                 break;
             llhttp_errno_t err = conn_parse(c);
             if (err != HPE_OK && err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE) {
@@ -988,7 +1114,7 @@ void conn_access_log(conn_t *c)
                                : NULL;
     const char *site = c->site != NULL && c->site->n_addrs > 0 ? c->site->addrs[0].host : NULL;
     metrics_request(&c->w->metrics, site != NULL && site[0] ? site : "*", c->status, upstream,
-                    (uv_hrtime() - c->t_start) / 1000);
+                    (uv_hrtime() - c->t_start) / 1000, c->h2s != NULL);
     if (c->site == NULL || !c->site->log.enabled)
         return;
     alog_entry_t e;
@@ -997,7 +1123,7 @@ void conn_access_log(conn_t *c)
     e.method = c->vars.method;
     e.host = c->vars.hostport;
     e.uri = c->req.url;
-    e.http_minor = c->req.parser.http_minor;
+    e.proto = c->h2s != NULL ? "HTTP/2.0" : c->req.parser.http_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
     e.status = c->status;
     e.bytes_read = c->bytes_in;
     e.size = c->bytes_out;
@@ -1011,8 +1137,8 @@ void conn_request_done(conn_t *c)
     if (c->state != CONN_S_TUNNEL)
         conn_access_log(c);
     release_request_bufs(c);
-    if (c->w->draining)
-        c->keep_alive = 0; /* stopping: this was its last response */
+    if (c->w->draining || c->h2s != NULL)
+        c->keep_alive = 0; /* stopping, or a stream: this was its last response */
     buf_put(&c->w->tables, (char *)c->req.hdrs); /* lent again at the next head */
     c->req.hdrs = NULL;
     if (!c->keep_alive) {
@@ -1049,6 +1175,32 @@ void conn_request_done(conn_t *c)
 }
 
 /* ---- accepting ---------------------------------------------------------- */
+
+conn_t *conn_new_stream(conn_t *parent)
+{
+    worker_t *w = parent->w;
+    conn_t *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        abort();
+    c->w = w;
+    c->id = ++w->next_conn_id * 64 + (uint64_t)w->index;
+    uv_timer_init(&w->loop, &c->timer);
+    c->timer.data = c;
+    c->cfg = cfg_ref(parent->cfg);
+    c->targets = parent->targets;
+    c->listener = parent->listener;
+    c->https = parent->https;
+    c->peer = parent->peer;
+    memcpy(c->peer_ip, parent->peer_ip, sizeof(c->peer_ip));
+    memcpy(c->peer_port, parent->peer_port, sizeof(c->peer_port));
+    c->keep_alive = 1;
+    http_head_init(&c->req, HTTP_REQUEST, &req_settings);
+    c->state = CONN_S_READ_HEAD;
+    /* the whole head (HEADERS and CONTINUATIONs) within read_header */
+    c->head_clock = 1;
+    uv_timer_start(&c->timer, on_timeout, c->cfg->timeouts.read_header, 0);
+    return c;
+}
 
 void conn_accept(listener_t *l)
 {

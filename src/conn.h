@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "h2.h"
 #include "http.h"
 #include "server.h"
 #include "tls.h"
@@ -23,6 +24,7 @@ enum conn_state {
     CONN_S_PROXY,      /* upstream attached: request body up, response down */
     CONN_S_RESPOND,    /* writing a response made here; request body read and dropped */
     CONN_S_TUNNEL,     /* after 101: opaque bytes both ways */
+    CONN_S_H2,         /* HTTP/2: nghttp2 frames the connection, its streams are conns */
     CONN_S_LINGER,     /* last response written, write side shut; draining until EOF */
     CONN_S_CLOSING,    /* uv_close called; freed when the close callbacks ran */
 };
@@ -56,6 +58,8 @@ struct conn {
     char peer_port[8];
     int https;
     tls_conn_t *tls;     /* NULL on plain HTTP */
+    h2_session_t *h2;    /* HTTP/2: the session (CONN_S_H2) */
+    h2_stream_t *h2s;    /* a stream conn: no socket, one request of a session */
     /* private */
     conn_t *prev, *next; /* the worker's list */
     int state;           /* enum conn_state */
@@ -139,6 +143,21 @@ struct conn {
 
 /* Accepts a connection from the listener. */
 void conn_accept(listener_t *l);
+
+/* HTTP/2: a stream conn of PARENT, waiting for its request head. */
+conn_t *conn_new_stream(conn_t *parent);
+
+/* HTTP/2: the stream's request head as HTTP/1.1, HEAD..LEN (a buffer that
+ * lives as long as the stream), or -status when it was refused already:
+ * checked, routed and acted on like a head read from a socket. */
+void conn_stream_head(conn_t *c, char *head, int len);
+
+/* A write of the conn's finished: go on with whatever waited for it. */
+void conn_write_done(conn_t *c);
+
+/* The last response is out: half-close and drain, then close (a stream
+ * conn: end the stream). */
+void conn_linger(conn_t *c);
 
 /* The one door out: idempotent; closes the upstream it holds too. */
 void conn_close(conn_t *c);

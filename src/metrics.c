@@ -20,8 +20,9 @@ void metrics_dispose(metrics_t *m)
 }
 
 void metrics_request(metrics_t *m, const char *site, int status, const char *upstream,
-                     uint64_t duration_us)
+                     uint64_t duration_us, int h2)
 {
+    atomic_fetch_add_explicit(h2 ? &m->requests_h2 : &m->requests_h1, 1, memory_order_relaxed);
     int cls = status / 100;
     if (cls < 1 || cls > 5)
         cls = 5;

@@ -29,6 +29,9 @@ typedef struct metrics {
     atomic_llong open_conns;
     atomic_ullong tls_handshakes;
     atomic_ullong tls_failures;
+    atomic_ullong requests_h1; /* by protocol */
+    atomic_ullong requests_h2;
+    atomic_ullong h2_conns;    /* connections that chose h2 */
 } metrics_t;
 
 extern const double metrics_le[METRICS_BUCKETS]; /* seconds; the last is +Inf */
@@ -36,8 +39,8 @@ extern const double metrics_le[METRICS_BUCKETS]; /* seconds; the last is +Inf */
 void metrics_init(metrics_t *m);
 void metrics_dispose(metrics_t *m);
 /* One request answered: STATUS to a request for SITE (a host), served by
- * UPSTREAM (NULL: answered here), in DURATION_US. */
+ * UPSTREAM (NULL: answered here), in DURATION_US, over HTTP/2 when H2. */
 void metrics_request(metrics_t *m, const char *site, int status, const char *upstream,
-                     uint64_t duration_us);
+                     uint64_t duration_us, int h2);
 
 #endif

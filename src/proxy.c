@@ -314,7 +314,9 @@ static int relay_head(conn_t *c, uv_buf_t *iov, unsigned *n)
         r.ops = c->resp_ops;
         r.n_ops = c->n_resp_ops;
         r.upgrade = status == 101;
-        c->resp_framing = http_response_framing(&u->resp, c->head_method, r.http10);
+        /* HTTP/2 frames the body itself: the bytes as they are, ended with the stream */
+        c->resp_framing =
+            http_response_framing(&u->resp, c->head_method, r.http10 || c->h2s != NULL);
         /* the client is still sending: after this response we must close */
         if (!c->req_done || c->resp_framing == HTTP_BODY_EOF)
             c->keep_alive = 0;
@@ -433,8 +435,9 @@ static void pump_response(conn_t *c)
             add_end(iov, &n, c->resp_framing);
             c->resp_sent = 1;
         }
-        /* a head goes out with the body bytes behind it: one writev */
-        if (head && !c->resp_done && n <= 2)
+        /* a final head goes out with the body bytes behind it: one writev
+         * (an interim one goes alone: the next head is built in hbuf too) */
+        if (head && c->resp_started && !c->resp_done && n <= 2)
             continue;
         if (flush_response(c, iov, &n) < 0)
             return;

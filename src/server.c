@@ -231,6 +231,11 @@ static void take_reload(worker_t *w, struct reload *r)
     w->tls = r->tls;
     w->max_conns = r->max_conns;
     free(r);
+    /* HTTP/2 clients reconnect for the new config (GOAWAY), as Caddy's do;
+     * an HTTP/1.1 connection takes it at its next one */
+    for (conn_t *c = w->conns; c != NULL; c = c->next)
+        if (c->state == CONN_S_H2)
+            h2_goaway(c);
 }
 
 /* The loop ends once these last handles (and the connections') close. */
@@ -518,6 +523,8 @@ int srv_reload(srv_t *s, const char *path, uv_loop_t *loop)
             return -1;
         }
     }
+    if (s->tls != NULL)
+        tls_server_set_h2(s->tls, (cfg->protocols & CFG_PROTO_H2) != 0);
     if (https && srv_load_certs(s, cfg) != 0) {
         log_err("reload: the running configuration stays");
         cfg_unref(cfg);
@@ -618,6 +625,8 @@ int srv_start(srv_t *s, cfg_t *cfg)
     if (https) {
         s->certs = certs_new();
         s->tls = tls_server_new(s->certs, default_cert_name(cfg), msg, sizeof(msg));
+        if (s->tls != NULL)
+            tls_server_set_h2(s->tls, (cfg->protocols & CFG_PROTO_H2) != 0);
         if (s->tls == NULL || srv_load_certs(s, cfg) != 0) {
             if (s->tls == NULL)
                 log_err("%s", msg);

@@ -9,6 +9,7 @@
 #include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "chal.h"
@@ -41,6 +42,7 @@ struct tls_server {
     uv_rwlock_t keys_lock;
     struct ticket_key keys[2]; /* [0] encrypts; both decrypt */
     int n_keys;
+    atomic_int h2; /* offer h2 in ALPN (servers { protocols }); a reload sets it */
 };
 
 static int ex_server_idx = -1;
@@ -218,13 +220,22 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
 static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                    const unsigned char *in, unsigned int inlen, void *arg)
 {
-    static const unsigned char ours[] = "\x08http/1.1";
+    /* ours in order of preference: SSL_select_next_proto takes the first
+     * one the client offers too */
+    static const unsigned char h2_h1[] = "\x02h2\x08http/1.1";
     static const unsigned char acme[] = "\x0a" "acme-tls/1";
-    int is_acme = SSL_get_ex_data(ssl, ex_acme_idx) != NULL;
+    const tls_server_t *s = arg;
+    const unsigned char *ours = h2_h1;
+    unsigned len = sizeof(h2_h1) - 1;
+    if (SSL_get_ex_data(ssl, ex_acme_idx) != NULL) {
+        ours = acme;
+        len = sizeof(acme) - 1;
+    } else if (!atomic_load_explicit(&s->h2, memory_order_relaxed)) {
+        ours = h2_h1 + 3;
+        len -= 3;
+    }
     unsigned char *sel = NULL;
-    if (SSL_select_next_proto(&sel, outlen, is_acme ? acme : ours,
-                              (unsigned)(is_acme ? sizeof(acme) : sizeof(ours)) - 1, in, inlen) !=
-        OPENSSL_NPN_NEGOTIATED)
+    if (SSL_select_next_proto(&sel, outlen, ours, len, in, inlen) != OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_ALERT_FATAL; /* RFC 7301 3.2: no_application_protocol */
     *out = sel;
     return SSL_TLSEXT_ERR_OK;
@@ -533,6 +544,19 @@ void tls_conn_free_engine_buffers(tls_conn_t *t)
 int tls_conn_is_acme(const tls_conn_t *t)
 {
     return SSL_get_ex_data(t->ssl, ex_acme_idx) != NULL;
+}
+
+int tls_conn_is_h2(const tls_conn_t *t)
+{
+    const unsigned char *alpn = NULL;
+    unsigned len = 0;
+    SSL_get0_alpn_selected(t->ssl, &alpn, &len);
+    return len == 2 && memcmp(alpn, "h2", 2) == 0;
+}
+
+void tls_server_set_h2(tls_server_t *s, int on)
+{
+    atomic_store_explicit(&s->h2, on, memory_order_relaxed);
 }
 
 const char *tls_conn_describe(const tls_conn_t *t, char *buf, size_t len)

@@ -21,6 +21,9 @@ typedef struct tls_server tls_server_t;
 tls_server_t *tls_server_new(certs_t *store, const char *default_name, char *err, size_t errlen);
 void tls_server_free(tls_server_t *s);
 
+/* Whether ALPN offers h2 before http/1.1. Set before the workers use S. */
+void tls_server_set_h2(tls_server_t *s, int on);
+
 /* A new session ticket key; the previous one still decrypts (and its
  * tickets are renewed). Call from a timer, any thread. */
 void tls_server_rotate_tickets(tls_server_t *s);
@@ -82,6 +85,9 @@ void tls_conn_free_engine_buffers(tls_conn_t *t);
 
 /* True for a TLS-ALPN-01 validation handshake: nothing follows it. */
 int tls_conn_is_acme(const tls_conn_t *t);
+
+/* True when ALPN chose h2. */
+int tls_conn_is_h2(const tls_conn_t *t);
 
 /* The negotiated protocol and ALPN, for logs and tests. */
 const char *tls_conn_describe(const tls_conn_t *t, char *buf, size_t len);

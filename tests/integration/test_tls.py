@@ -256,10 +256,20 @@ def test_client_initiated_renegotiation_is_refused(one_site):
     assert_serves(one_site, one_site.ca)
 
 
-def test_alpn_offering_h2_and_http11_gets_http11(one_site):
+def test_alpn_prefers_h2_and_keeps_http11(one_site):
     sc = s_client(one_site.https_port, "-alpn", "h2,http/1.1", servername="a.test")
-    assert sc.established and sc.alpn == "http/1.1", sc
+    assert sc.established and sc.alpn == "h2", sc
+    sc = s_client(one_site.https_port, "-alpn", "http/1.1,h2", servername="a.test")
+    assert sc.established and sc.alpn == "h2", sc  # the server's preference
     sc = s_client(one_site.https_port, "-alpn", "http/1.1", servername="a.test")
+    assert sc.established and sc.alpn == "http/1.1", sc
+
+
+def test_alpn_without_h2_when_protocols_says_h1(pki, upstream, tls_factory):
+    leaf = pki.leaf("a.test")
+    p = tls_factory([site("a.test", leaf, upstream)],
+                    global_extra="\tservers {\n\t\tprotocols h1\n\t}")
+    sc = s_client(p.https_port, "-alpn", "h2,http/1.1", servername="a.test")
     assert sc.established and sc.alpn == "http/1.1", sc
 
 
@@ -273,15 +283,16 @@ def test_curl_over_https_reaches_upstream_with_x_forwarded_proto_https(one_site,
     assert h.get("host") == ["a.test:%d" % one_site.https_port], doc["headers"]
 
 
-def test_curl_negotiates_http11_over_https(one_site, tmp_path):
+@pytest.mark.parametrize("flag,version", [("--http1.1", "1.1"), ("--http2", "2")])
+def test_curl_negotiates_what_it_asks_for_over_https(one_site, flag, version):
     p = subprocess.run(
-        ["curl", "-sS", "--noproxy", "*", "--max-time", "10", "-o", "/dev/null",
+        ["curl", "-sS", "--noproxy", "*", "--max-time", "10", "-o", "/dev/null", flag,
          "-w", "%{http_version} %{http_code}", "--resolve",
          "a.test:%d:127.0.0.1" % one_site.https_port, "--cacert", str(one_site.ca),
          "https://a.test:%d/echo" % one_site.https_port],
         capture_output=True, timeout=15, env=CURL_ENV, stdin=subprocess.DEVNULL)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.decode() == "1.1 200", p.stdout
+    assert p.stdout.decode() == version + " 200", p.stdout
 
 
 def test_rsa_2048_certificate_works(pki, upstream, tls_factory, tmp_path):

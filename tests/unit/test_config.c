@@ -300,11 +300,27 @@ TEST(servers_errors)
     CHECK_ERR(
         "{\n\tservers :443 {\n\t\tmax_header_size 1k\n\t}\n}\n",
         "t.conf:2: servers: options for one listener (\":443\") are not supported by psproxy");
-    CHECK_ERR("{\n\tservers {\n\t\tprotocols h1\n\t}\n}\n",
-              "t.conf:3: servers: protocols: not supported by psproxy");
+    CHECK_ERR("{\n\tservers {\n\t\tprotocols h1 h2 h3\n\t}\n}\n",
+              "t.conf:3: protocols: h3 is not supported by psproxy (h1, h2)");
+    CHECK_ERR("{\n\tservers {\n\t\tprotocols h2\n\t}\n}\n",
+              "t.conf:3: protocols: psproxy always serves h1 (HTTP/1.1); list it with h2");
+    CHECK_ERR("{\n\tservers {\n\t\tprotocols\n\t}\n}\n",
+              "t.conf:3: protocols: expected an argument");
+    CHECK_ERR("{\n\tservers {\n\t\tkeepalive_interval 5s\n\t}\n}\n",
+              "t.conf:3: servers: keepalive_interval: not supported by psproxy");
     CHECK_ERR("{\n\tservers {\n\t\ttimeouts {\n\t\t\tread 5s\n\t\t}\n\t}\n}\n",
               "t.conf:4: servers: timeouts: read: not supported by psproxy");
     CHECK_ERR("{\n\tservers\n}\n", "t.conf:2: servers: expected a block");
+}
+
+TEST(servers_protocols)
+{
+    cfg_t *c = parse("{\n\tservers {\n\t\tprotocols h1\n\t}\n}\n:80 {\n\trespond hi\n}\n");
+    CHECK(c != NULL && c->protocols == CFG_PROTO_H1);
+    cfg_unref(c);
+    c = parse(":80 {\n\trespond hi\n}\n");
+    CHECK(c != NULL && c->protocols == (CFG_PROTO_H1 | CFG_PROTO_H2)); /* Caddy's default */
+    cfg_unref(c);
 }
 
 TEST(unknown_global_option)

@@ -1,0 +1,640 @@
+/* HTTP/2 sessions and their streams: nghttp2 on the parent connection's
+ * plaintext, one stream conn per request. See h2.h. */
+#include "h2.h"
+
+#include <nghttp2/nghttp2.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "conn.h"
+#include "h2_msg.h"
+#include "log.h"
+
+/* Frames that cost us work and carry no request (PING, SETTINGS, PRIORITY,
+ * empty DATA): a token bucket per connection. A client that needs more is
+ * flooding us (CVE-2019-9512, -9515, -9518). */
+#define H2_CONTROL_BURST 1000
+#define H2_CONTROL_PER_S 100
+/* RST_STREAM from the client (rapid reset, CVE-2023-44487), nghttp2's
+ * token bucket; and CONTINUATION frames per header block (CVE-2024-27316
+ * family). */
+#define H2_RESET_BURST 1000
+#define H2_RESET_PER_S 33
+#define H2_MAX_CONTINUATIONS 8
+
+struct h2_stream {
+    h2_session_t *h;       /* NULL once the session is gone */
+    conn_t *next;          /* the session's stream conns */
+    int32_t id;            /* 0 once nghttp2 closed the stream or we reset it */
+    char *head;            /* the request head as HTTP/1.1 (its slices live here) */
+    h2_req_t req;
+    uv_buf_t out[8];       /* response body bytes DATA frames still have to take */
+    unsigned n_out, i_out;
+    uint64_t in_total;     /* DATA bytes received for the read buffer */
+    uint64_t in_consumed;  /* of those, left it and given back to the window */
+    /* DATA beyond the read buffer's room: only before the client has our
+     * SETTINGS, whose window is smaller than the 65,535 it may start with */
+    char *spill;
+    size_t spill_len;
+    unsigned head_done : 1;   /* the request head was handed to conn.c */
+    unsigned in_end : 1;      /* END_STREAM from the client */
+    unsigned resp_head : 1;   /* the final response HEADERS were submitted */
+    unsigned bodiless : 1;    /* they carried END_STREAM */
+    unsigned ended : 1;       /* the response is complete (h2_stream_end) */
+    unsigned writing : 1;     /* a conn_write's bytes are still in OUT */
+    unsigned notify : 1;      /* ... and conn_write_done is owed for them */
+    unsigned done : 1;        /* conn_write_done is due (after nghttp2 returns) */
+};
+
+struct h2_session {
+    nghttp2_session *ng;
+    conn_t *c;
+    conn_t *streams;
+    unsigned n_streams;
+    char *sbuf; /* frames gathered for the parent's write */
+    double tokens;
+    uint64_t tokens_at;
+    unsigned in_recv : 1;  /* inside nghttp2_session_mem_recv: no mem_send now */
+    unsigned flushing : 1; /* h2_flush is on the stack */
+    unsigned again : 1;    /* something to send came up while we could not */
+    unsigned goaway : 1;
+    unsigned failed : 1;   /* the session is over: close once written */
+    unsigned closing : 1;
+};
+
+static void h2_flush(h2_session_t *h);
+
+static conn_t *stream_conn(nghttp2_session *ng, int32_t id)
+{
+    return id > 0 ? nghttp2_session_get_stream_user_data(ng, id) : NULL;
+}
+
+/* ---- defences ----------------------------------------------------------- */
+
+static void calm_down(h2_session_t *h, const char *why)
+{
+    log_info("conn %llu %s: h2: %s: closing the connection", (unsigned long long)h->c->id,
+             h->c->peer_ip, why);
+    nghttp2_session_terminate_session(h->ng, NGHTTP2_ENHANCE_YOUR_CALM);
+    h->failed = 1;
+}
+
+/* Returns 0 while the client stays within the control-frame budget. */
+static int spend_token(h2_session_t *h)
+{
+    uint64_t now = uv_now(&h->c->w->loop);
+    h->tokens += (double)(now - h->tokens_at) * H2_CONTROL_PER_S / 1000.0;
+    if (h->tokens > H2_CONTROL_BURST)
+        h->tokens = H2_CONTROL_BURST;
+    h->tokens_at = now;
+    if (h->tokens < 1)
+        return -1;
+    h->tokens -= 1;
+    return 0;
+}
+
+/* ---- streams ------------------------------------------------------------ */
+
+static void unlink_stream(h2_session_t *h, conn_t *sc)
+{
+    for (conn_t **p = &h->streams; *p != NULL; p = &(*p)->h2s->next)
+        if (*p == sc) {
+            *p = sc->h2s->next;
+            h->n_streams--;
+            return;
+        }
+}
+
+static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
+{
+    h2_session_t *h = ud;
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    conn_t *c = h->c;
+    conn_t *sc = conn_new_stream(c);
+    h2_stream_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        abort();
+    s->h = h;
+    s->id = f->hd.stream_id;
+    s->head = buf_get(&c->w->bufs);
+    h2_req_init(&s->req, s->head, c->w->bufs.size, c->cfg->max_header_size);
+    sc->h2s = s;
+    s->next = h->streams;
+    h->streams = sc;
+    h->n_streams++;
+    nghttp2_session_set_stream_user_data(ng, s->id, sc);
+    return 0;
+}
+
+static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t *name,
+                     size_t nlen, const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
+{
+    h2_session_t *h = ud;
+    conn_t *sc = stream_conn(ng, f->hd.stream_id);
+    if (sc == NULL || f->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    /* trailers are decoded (HPACK needs it) and dropped, as on HTTP/1.1 */
+    if (h2_req_field(&sc->h2s->req, name, nlen, value, vlen) < 0) {
+        calm_down(h, "header block far over max_header_size (HPACK bomb)");
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    return 0;
+}
+
+/* New body bytes or the request's end: let the stream conn act on them. */
+static void stream_input(conn_t *sc)
+{
+    if (sc->state != CONN_S_CLOSING)
+        conn_process(sc);
+}
+
+static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data,
+                         size_t len, void *ud)
+{
+    conn_t *sc = stream_conn(ng, id);
+    (void)ud;
+    if (sc == NULL || sc->state == CONN_S_RESPOND || sc->state == CONN_S_LINGER ||
+        sc->state == CONN_S_CLOSING) {
+        nghttp2_session_consume(ng, id, len); /* answered already: dropped */
+        return 0;
+    }
+    h2_stream_t *s = sc->h2s;
+    size_t size = sc->w->bufs.size;
+    if (sc->rbuf == NULL)
+        sc->rbuf = buf_get(&sc->w->bufs);
+    s->in_total += len;
+    size_t fit = s->spill_len == 0 && len <= size - sc->rlen ? len
+                 : s->spill_len == 0                          ? size - sc->rlen
+                                                              : 0;
+    memcpy(sc->rbuf + sc->rlen, data, fit);
+    sc->rlen += fit;
+    if (fit < len) {
+        /* nghttp2 holds the client to the window it may still use: the
+         * spill never passes 65,535 bytes */
+        char *p = realloc(s->spill, s->spill_len + len - fit);
+        if (p == NULL)
+            abort();
+        s->spill = p;
+        memcpy(s->spill + s->spill_len, data + fit, len - fit);
+        s->spill_len += len - fit;
+    }
+    stream_input(sc);
+    return 0;
+}
+
+static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
+{
+    h2_session_t *h = ud;
+    conn_t *sc = stream_conn(ng, f->hd.stream_id);
+    int end = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    switch (f->hd.type) {
+    case NGHTTP2_HEADERS:
+        if (sc == NULL)
+            break;
+        if (end)
+            sc->h2s->in_end = 1;
+        if (!sc->h2s->head_done) {
+            h2_stream_t *s = sc->h2s;
+            s->head_done = 1;
+            int len = h2_req_finish(&s->req, s->in_end);
+            conn_stream_head(sc, s->head, len);
+        } else {
+            stream_input(sc);
+        }
+        break;
+    case NGHTTP2_DATA:
+        if (f->hd.length == 0 && !end && spend_token(h) < 0)
+            calm_down(h, "empty DATA frames flood");
+        else if (sc != NULL && end) {
+            sc->h2s->in_end = 1;
+            stream_input(sc);
+        }
+        break;
+    case NGHTTP2_PING:
+    case NGHTTP2_SETTINGS:
+        if (!(f->hd.flags & NGHTTP2_FLAG_ACK) && spend_token(h) < 0)
+            calm_down(h, f->hd.type == NGHTTP2_PING ? "PING flood" : "SETTINGS flood");
+        break;
+    case NGHTTP2_PRIORITY:
+        if (spend_token(h) < 0)
+            calm_down(h, "PRIORITY flood");
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void *ud)
+{
+    (void)ud;
+    conn_t *sc = stream_conn(ng, id);
+    if (sc == NULL)
+        return 0;
+    if (code != NGHTTP2_NO_ERROR && !sc->h2s->ended)
+        log_debug("conn %llu: h2 stream %d closed: %s", (unsigned long long)sc->id, id,
+                  nghttp2_http2_strerror(code));
+    nghttp2_session_set_stream_user_data(ng, id, NULL);
+    sc->h2s->id = 0; /* gone: nothing to reset */
+    if (sc->state != CONN_S_CLOSING)
+        conn_close(sc);
+    return 0;
+}
+
+/* The body bytes a stream conn wrote, as DATA frames allow. */
+static ssize_t on_data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
+                            uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    (void)src;
+    h2_session_t *h = ud;
+    conn_t *sc = stream_conn(ng, id);
+    if (sc == NULL)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    h2_stream_t *s = sc->h2s;
+    size_t done = 0;
+    while (done < length && s->i_out < s->n_out) {
+        uv_buf_t *b = &s->out[s->i_out];
+        size_t k = b->len < length - done ? b->len : length - done;
+        memcpy(buf + done, b->base, k);
+        done += k;
+        b->base += k;
+        b->len -= k;
+        if (b->len == 0)
+            s->i_out++;
+    }
+    if (s->i_out == s->n_out) {
+        s->i_out = s->n_out = 0;
+        if (s->writing) {
+            s->writing = 0;
+            if (s->notify) {
+                s->done = 1; /* conn_write_done runs once nghttp2 has returned */
+                h->again = 1;
+            }
+        }
+        if (s->ended)
+            *flags |= NGHTTP2_DATA_FLAG_EOF;
+    }
+    if (done == 0 && !(*flags & NGHTTP2_DATA_FLAG_EOF))
+        return NGHTTP2_ERR_DEFERRED;
+    return (ssize_t)done;
+}
+
+int h2_stream_write(conn_t *sc, uv_buf_t *bufs, unsigned n)
+{
+    h2_stream_t *s = sc->h2s;
+    h2_session_t *h = s->h;
+    if (h == NULL || s->id == 0)
+        return PS_EPROTO; /* the stream is gone: the exchange ends */
+    unsigned i = 0;
+    size_t off = 0;
+    while (!s->resp_head && i < n) {
+        /* a head starts the write: an interim one alone, else the final one */
+        nghttp2_nv nv[2 * HTTP_MAX_HEADERS];
+        char status[4];
+        size_t hl = 0;
+        int k = h2_resp_head(bufs[i].base + off, bufs[i].len - off, nv, PS_ARRAY_SIZE(nv), status,
+                             &hl);
+        if (k < 0)
+            return PS_EPROTO;
+        int code = atoi(status);
+        int rv;
+        if (code < 200) {
+            rv = nghttp2_submit_headers(h->ng, NGHTTP2_FLAG_NONE, s->id, NULL, nv, (size_t)k,
+                                        NULL);
+        } else {
+            nghttp2_data_provider prd;
+            prd.source.ptr = NULL;
+            prd.read_callback = on_data_read;
+            s->resp_head = 1;
+            s->bodiless = sc->head_method || code == 204 || code == 304;
+            rv = nghttp2_submit_response(h->ng, s->id, nv, (size_t)k, s->bodiless ? NULL : &prd);
+        }
+        if (rv != 0)
+            return PS_EPROTO;
+        off += hl;
+        if (off == bufs[i].len) {
+            i++;
+            off = 0;
+        }
+    }
+    for (; i < n; i++, off = 0) {
+        if (bufs[i].len == off || s->bodiless)
+            continue;
+        if (s->n_out == PS_ARRAY_SIZE(s->out))
+            return PS_EPROTO;
+        s->out[s->n_out++] = uv_buf_init(bufs[i].base + off, (unsigned)(bufs[i].len - off));
+    }
+    if (s->n_out == 0) {
+        h2_flush(h);
+        return 1;
+    }
+    s->writing = 1;
+    s->notify = 0;
+    nghttp2_session_resume_data(h->ng, s->id);
+    h2_flush(h);
+    if (!s->writing)
+        return 1; /* DATA frames took it all already */
+    s->notify = 1;
+    return 0;
+}
+
+void h2_stream_end(conn_t *sc)
+{
+    h2_stream_t *s = sc->h2s;
+    h2_session_t *h = s->h;
+    s->ended = 1;
+    if (h == NULL || s->id == 0)
+        return;
+    /* a client still sending gets the linger time (conn.c) to finish, its
+     * DATA dropped, as on HTTP/1.1; then RST_STREAM(NO_ERROR) (RFC 9113 8.1) */
+    if (s->resp_head && !s->bodiless)
+        nghttp2_session_resume_data(h->ng, s->id); /* the END_STREAM DATA frame */
+    h2_flush(h);
+}
+
+void h2_stream_update(conn_t *sc)
+{
+    h2_stream_t *s = sc->h2s;
+    h2_session_t *h = s->h;
+    if (h == NULL || s->id == 0)
+        return;
+    size_t room = sc->rbuf != NULL ? sc->w->bufs.size - sc->rlen : 0;
+    if (s->spill_len > 0 && room > 0 && sc->state != CONN_S_CLOSING) {
+        size_t k = s->spill_len < room ? s->spill_len : room;
+        memcpy(sc->rbuf + sc->rlen, s->spill, k);
+        sc->rlen += k;
+        memmove(s->spill, s->spill + k, s->spill_len - k);
+        s->spill_len -= k;
+        conn_process(sc); /* goes round until the buffer or the spill is empty */
+        return;
+    }
+    uint64_t freed = s->in_total - sc->rlen - s->spill_len;
+    if (freed > s->in_consumed) {
+        nghttp2_session_consume(h->ng, s->id, (size_t)(freed - s->in_consumed));
+        s->in_consumed = freed;
+        h2_flush(h);
+    }
+}
+
+int h2_stream_input_ended(const conn_t *sc)
+{
+    return sc->h2s->in_end && sc->h2s->spill_len == 0;
+}
+
+void h2_stream_detach(conn_t *sc)
+{
+    h2_stream_t *s = sc->h2s;
+    h2_session_t *h = s->h;
+    if (h == NULL)
+        return;
+    unlink_stream(h, sc);
+    s->h = NULL;
+    if (s->id != 0 && !h->closing) {
+        nghttp2_session_set_stream_user_data(h->ng, s->id, NULL);
+        nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, s->id,
+                                  s->ended ? NGHTTP2_NO_ERROR : NGHTTP2_INTERNAL_ERROR);
+        s->id = 0;
+        h2_flush(h);
+    }
+    if (!h->closing && h->c->state == CONN_S_H2)
+        conn_arm_timer(h->c); /* the last stream gone: idle, or the end */
+}
+
+void h2_stream_free(conn_t *sc)
+{
+    h2_stream_t *s = sc->h2s;
+    buf_put(&sc->w->bufs, s->head);
+    free(s->spill);
+    free(s);
+    sc->h2s = NULL;
+}
+
+/* ---- the session -------------------------------------------------------- */
+
+/* conn_write_done for the streams whose bytes DATA frames took. */
+static void run_done_streams(h2_session_t *h)
+{
+    for (;;) {
+        conn_t *sc = h->streams;
+        while (sc != NULL && !sc->h2s->done)
+            sc = sc->h2s->next;
+        if (sc == NULL)
+            return;
+        sc->h2s->done = 0;
+        conn_write_done(sc);
+    }
+}
+
+/* Sends what nghttp2 has, frames gathered into one write, until the
+ * parent's socket pushes back. Never inside nghttp2's own callbacks. */
+static void h2_flush(h2_session_t *h)
+{
+    conn_t *c = h->c;
+    if (h->in_recv || h->flushing || h->closing) {
+        h->again = 1;
+        return;
+    }
+    h->flushing = 1;
+    do {
+        h->again = 0;
+        run_done_streams(h);
+        while (c->state == CONN_S_H2 && !c->write_pending) {
+            size_t size = c->w->bufs.size, len = 0;
+            const uint8_t *extra = NULL;
+            ssize_t elen = 0;
+            for (;;) {
+                const uint8_t *d;
+                ssize_t k = nghttp2_session_mem_send(h->ng, &d);
+                if (k < 0) {
+                    log_debug("conn %llu: h2: %s", (unsigned long long)c->id,
+                              nghttp2_strerror((int)k));
+                    h->failed = 1;
+                    break;
+                }
+                if (k == 0)
+                    break;
+                if (h->sbuf == NULL)
+                    h->sbuf = buf_get(&c->w->bufs);
+                if ((size_t)k <= size - len) {
+                    memcpy(h->sbuf + len, d, (size_t)k);
+                    len += (size_t)k;
+                    continue;
+                }
+                extra = d; /* valid until the next mem_send: after this write */
+                elen = k;
+                break;
+            }
+            if (len == 0 && elen == 0)
+                break;
+            uv_buf_t iov[2];
+            unsigned n = 0;
+            if (len > 0)
+                iov[n++] = uv_buf_init(h->sbuf, (unsigned)len);
+            if (elen > 0)
+                iov[n++] = uv_buf_init((char *)extra, (unsigned)elen);
+            if (conn_write(c, iov, n) < 0) {
+                h->flushing = 0;
+                conn_close(c);
+                return;
+            }
+        }
+    } while (h->again && c->state == CONN_S_H2);
+    h->flushing = 0;
+    if (c->state != CONN_S_H2)
+        return;
+    if (!c->write_pending && h->sbuf != NULL) {
+        buf_put(&c->w->bufs, h->sbuf);
+        h->sbuf = NULL;
+    }
+    conn_arm_timer(c);
+}
+
+int h2_phase(const conn_t *c)
+{
+    const h2_session_t *h = c->h2;
+    if (h == NULL)
+        return H2_ENDING;
+    if (!c->write_pending &&
+        (h->failed || (!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng))))
+        return H2_ENDING;
+    return h->n_streams > 0 ? H2_BUSY : H2_IDLE;
+}
+
+static nghttp2_session_callbacks *callbacks;
+static nghttp2_option *options;
+static uv_once_t callbacks_once = UV_ONCE_INIT;
+
+/* Shared by every session (nghttp2 copies them into each). */
+static void callbacks_init(void)
+{
+    nghttp2_session_callbacks *cb;
+    nghttp2_option *o;
+    if (nghttp2_session_callbacks_new(&cb) != 0 || nghttp2_option_new(&o) != 0)
+        abort();
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    /* a stream's window opens as its bytes leave its read buffer */
+    nghttp2_option_set_no_auto_window_update(o, 1);
+    nghttp2_option_set_stream_reset_rate_limit(o, H2_RESET_BURST, H2_RESET_PER_S);
+    nghttp2_option_set_max_continuations(o, H2_MAX_CONTINUATIONS);
+    callbacks = cb;
+    options = o;
+}
+
+int h2_start(conn_t *c)
+{
+    uv_once(&callbacks_once, callbacks_init);
+    h2_session_t *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        abort();
+    h->c = c;
+    h->tokens = H2_CONTROL_BURST;
+    h->tokens_at = uv_now(&c->w->loop);
+    if (nghttp2_session_server_new2(&h->ng, callbacks, h, options) != 0) {
+        free(h);
+        return PS_EPROTO;
+    }
+    c->h2 = h;
+    uint32_t window = (uint32_t)c->w->bufs.size;
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, H2_MAX_STREAMS},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, window},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)c->cfg->max_header_size},
+    };
+    if (nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, iv, PS_ARRAY_SIZE(iv)) != 0 ||
+        nghttp2_session_set_local_window_size(h->ng, NGHTTP2_FLAG_NONE, 0,
+                                              (int32_t)(H2_MAX_STREAMS * window)) != 0)
+        return PS_EPROTO;
+    conn_set_state(c, CONN_S_H2);
+    atomic_fetch_add_explicit(&c->w->metrics.h2_conns, 1, memory_order_relaxed);
+    if (c->w->draining)
+        h2_goaway(c);
+    h2_on_input(c); /* the client's preface may be decrypted already */
+    return 0;
+}
+
+void h2_on_input(conn_t *c)
+{
+    h2_session_t *h = c->h2;
+    for (;;) {
+        size_t got = conn_fill(c);
+        if (c->state != CONN_S_H2)
+            return;
+        if (c->rlen > 0) {
+            h->in_recv = 1;
+            ssize_t r = nghttp2_session_mem_recv(h->ng, (const uint8_t *)c->rbuf, c->rlen);
+            h->in_recv = 0;
+            c->rlen = 0;
+            if (c->state != CONN_S_H2)
+                return;
+            if (r < 0) {
+                log_debug("conn %llu %s: h2: %s", (unsigned long long)c->id, c->peer_ip,
+                          nghttp2_strerror((int)r));
+                h->failed = 1;
+                break;
+            }
+        }
+        if (got == 0)
+            break;
+    }
+    if (c->tls_eof || c->tls->sock_eof) {
+        conn_close(c); /* the client went away: its streams end with it */
+        return;
+    }
+    h2_flush(h);
+}
+
+void h2_on_written(conn_t *c)
+{
+    h2_flush(c->h2);
+}
+
+void h2_goaway(conn_t *c)
+{
+    h2_session_t *h = c->h2;
+    if (h == NULL || h->goaway)
+        return;
+    h->goaway = 1;
+    nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->ng),
+                          NGHTTP2_NO_ERROR, NULL, 0);
+    h2_flush(h);
+}
+
+void h2_on_timeout(conn_t *c)
+{
+    switch (h2_phase(c)) {
+    case H2_ENDING:
+        h2_session_close(c);
+        conn_linger(c);
+        return;
+    case H2_IDLE:
+        if (!c->write_pending && !c->h2->goaway) {
+            h2_goaway(c); /* idle: say so, then close */
+            return;
+        }
+        break;
+    default:
+        break;
+    }
+    log_debug("conn %llu %s: h2: timed out", (unsigned long long)c->id, c->peer_ip);
+    conn_close(c);
+}
+
+void h2_session_close(conn_t *c)
+{
+    h2_session_t *h = c->h2;
+    if (h == NULL)
+        return;
+    h->closing = 1;
+    while (h->streams != NULL)
+        conn_close(h->streams);
+    nghttp2_session_del(h->ng);
+    buf_put(&c->w->bufs, h->sbuf);
+    free(h);
+    c->h2 = NULL;
+}
