@@ -55,15 +55,19 @@ struct h2_session {
     char *sbuf; /* frames gathered for the parent's write */
     double tokens;
     uint64_t tokens_at;
-    unsigned in_recv : 1;  /* inside nghttp2_session_mem_recv: no mem_send now */
-    unsigned flushing : 1; /* h2_flush is on the stack */
-    unsigned again : 1;    /* something to send came up while we could not */
+    /* what the streams write during one loop iteration goes out together
+     * from this idle handle (run before the loop polls again, which an
+     * active one keeps from blocking): one TLS record run, one write */
+    uv_idle_t flusher;
+    unsigned flushing : 1; /* flush_now is on the stack */
+    unsigned again : 1;    /* something to send came up while it was */
     unsigned goaway : 1;
     unsigned failed : 1;   /* the session is over: close once written */
     unsigned closing : 1;
 };
 
 static void h2_flush(h2_session_t *h);
+static void flush_now(h2_session_t *h);
 
 static conn_t *stream_conn(nghttp2_session *ng, int32_t id)
 {
@@ -330,13 +334,11 @@ int h2_stream_write(conn_t *sc, uv_buf_t *bufs, unsigned n)
         h2_flush(h);
         return 1;
     }
+    /* done once DATA frames took it all (the flush, after this iteration) */
     s->writing = 1;
-    s->notify = 0;
+    s->notify = 1;
     nghttp2_session_resume_data(h->ng, s->id);
     h2_flush(h);
-    if (!s->writing)
-        return 1; /* DATA frames took it all already */
-    s->notify = 1;
     return 0;
 }
 
@@ -427,15 +429,33 @@ static void run_done_streams(h2_session_t *h)
     }
 }
 
-/* Sends what nghttp2 has, frames gathered into one write, until the
- * parent's socket pushes back. Never inside nghttp2's own callbacks. */
+static void on_flusher(uv_idle_t *ih)
+{
+    h2_session_t *h = ih->data;
+    uv_idle_stop(ih);
+    flush_now(h);
+}
+
+/* Something to send: it goes once this loop iteration's callbacks ran, so
+ * the responses that came from several upstreams at once share a write
+ * (and nothing is sent from inside nghttp2's own callbacks). */
 static void h2_flush(h2_session_t *h)
 {
-    conn_t *c = h->c;
-    if (h->in_recv || h->flushing || h->closing) {
-        h->again = 1;
+    if (h->closing)
         return;
-    }
+    if (h->flushing)
+        h->again = 1;
+    else if (!uv_is_active((uv_handle_t *)&h->flusher))
+        uv_idle_start(&h->flusher, on_flusher);
+}
+
+/* Sends what nghttp2 has, frames gathered into one write, until the
+ * parent's socket pushes back. */
+static void flush_now(h2_session_t *h)
+{
+    conn_t *c = h->c;
+    if (h->flushing || h->closing)
+        return;
     h->flushing = 1;
     do {
         h->again = 0;
@@ -491,6 +511,11 @@ static void h2_flush(h2_session_t *h)
     conn_arm_timer(c);
 }
 
+static void free_session(uv_handle_t *hd)
+{
+    free(hd->data);
+}
+
 int h2_phase(const conn_t *c)
 {
     const h2_session_t *h = c->h2;
@@ -539,6 +564,8 @@ int h2_start(conn_t *c)
         free(h);
         return PS_EPROTO;
     }
+    uv_idle_init(&c->w->loop, &h->flusher);
+    h->flusher.data = h;
     c->h2 = h;
     uint32_t window = (uint32_t)c->w->bufs.size;
     nghttp2_settings_entry iv[] = {
@@ -566,9 +593,7 @@ void h2_on_input(conn_t *c)
         if (c->state != CONN_S_H2)
             return;
         if (c->rlen > 0) {
-            h->in_recv = 1;
             ssize_t r = nghttp2_session_mem_recv(h->ng, (const uint8_t *)c->rbuf, c->rlen);
-            h->in_recv = 0;
             c->rlen = 0;
             if (c->state != CONN_S_H2)
                 return;
@@ -591,7 +616,7 @@ void h2_on_input(conn_t *c)
 
 void h2_on_written(conn_t *c)
 {
-    h2_flush(c->h2);
+    flush_now(c->h2); /* the socket took the last write: go on at once */
 }
 
 void h2_goaway(conn_t *c)
@@ -635,6 +660,6 @@ void h2_session_close(conn_t *c)
         conn_close(h->streams);
     nghttp2_session_del(h->ng);
     buf_put(&c->w->bufs, h->sbuf);
-    free(h);
     c->h2 = NULL;
+    uv_close((uv_handle_t *)&h->flusher, free_session);
 }
