@@ -22,8 +22,8 @@ void h2_req_init(h2_req_t *r, char *buf, size_t cap, size_t limit)
 
 static void put(h2_req_t *r, const void *p, size_t n)
 {
-    if (r->status != 0)
-        return;
+    if (r->status != 0 || n == 0)
+        return; /* an empty value may come as NULL */
     if (n > r->top - r->len) {
         r->status = 431;
         return;
@@ -47,7 +47,8 @@ static uv_buf_t keep(h2_req_t *r, const uint8_t *v, size_t n)
         return uv_buf_init(NULL, 0);
     }
     r->top -= n;
-    memcpy(r->buf + r->top, v, n);
+    if (n > 0)
+        memcpy(r->buf + r->top, v, n);
     return uv_buf_init(r->buf + r->top, (unsigned)n);
 }
 
@@ -70,7 +71,8 @@ static void keep_cookie(h2_req_t *r, const uint8_t *v, size_t n)
     char *dst = r->buf + r->top;
     memmove(dst, old.base, old.len);
     memcpy(dst + old.len, "; ", 2);
-    memcpy(dst + old.len + 2, v, n);
+    if (n > 0)
+        memcpy(dst + old.len + 2, v, n);
     r->cookie = uv_buf_init(dst, (unsigned)total);
 }
 
@@ -229,6 +231,10 @@ int h2_resp_head(char *head, size_t len, nghttp2_nv *nv, size_t max, char status
             for (size_t i = 0; i < nlen; i++)
                 if (p[i] >= 'A' && p[i] <= 'Z')
                     p[i] = (char)(p[i] - 'A' + 'a'); /* HTTP/2 names are lowercase */
+            /* what we send must be a field a peer takes (no NUL, bare LF) */
+            if (!nghttp2_check_header_name((const uint8_t *)p, nlen) ||
+                !nghttp2_check_header_value((const uint8_t *)v, (size_t)(ve - v)))
+                return -1;
             nv[n++] = (nghttp2_nv){(uint8_t *)p, (uint8_t *)v, nlen, (size_t)(ve - v),
                                    NGHTTP2_NV_FLAG_NONE};
         }

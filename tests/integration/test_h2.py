@@ -295,12 +295,51 @@ def test_upstream_down_is_502_and_a_broken_response_resets_the_stream(h2_factory
     assert r.rc == 0 and r.status == 200, r
 
 
+def test_health_gated_routing_applies_to_streams(h2_factory, upstream_factory, tmp_path):
+    # one upstream refuses connections: the streams go to the live one (a
+    # refused dial takes it out at once and the request tries the next)
+    live = upstream_factory()
+    dead = "127.0.0.1:%d" % free_port()
+    p = h2_factory(proxy_block(dead, live, lb="round_robin"))
+    rows = parallel(p, tmp_path, [("/echo/r%d" % i, []) for i in range(20)])
+    assert [r[2] for r in rows] == [200] * 20, [r[:5] for r in rows]
+    assert sum(r[5] for r in rows) == 1
+    assert all(live.saw("/echo/r%d" % i) for i in range(20))
+
+
+def test_interim_and_final_head_in_one_upstream_read(h2, tmp_path):
+    # over HTTP/1.1: the 103 and then the 200 intact (the 200 head is built
+    # in the buffer the 103 was: it must have gone first)
+    s = socket.create_connection(("127.0.0.1", h2.https_port), timeout=5)
+    ctx = ssl.create_default_context(cafile=str(h2.ca))
+    ctx.set_alpn_protocols(["http/1.1"])
+    with ctx.wrap_socket(s, server_hostname="a.test") as t:
+        t.sendall(b"GET /interim HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        got = b""
+        while True:
+            d = t.recv(65536)
+            if not d:
+                break
+            got += d
+    assert got.startswith(b"HTTP/1.1 103 Early Hints\r\n"), got
+    head, _, body = got.partition(b"\r\n\r\nHTTP/1.1 200 OK\r\n")
+    assert b"link: </style.css>; rel=preload" in head.lower(), got
+    assert body.endswith(b"\r\n\r\nfinal ok"), got
+    # over HTTP/2: an interim HEADERS, then the response
+    r = h2curl(h2, "/interim", "-v", tmp=tmp_path)
+    assert r.rc == 0 and r.status == 200 and r.body == b"final ok", r
+    assert "< HTTP/2 103" in r.stderr, r.stderr[-2000:]
+
+
 def test_expect_100_continue_is_relayed(h2, tmp_path):
     f = tmp_path / "b"
     f.write_bytes(b"y" * 100000)
     r = h2curl(h2, "/echo", "-H", "Expect: 100-continue", "--data-binary", "@%s" % f,
                "-v", tmp=tmp_path)
     assert r.rc == 0 and r.status == 200 and r.json()["body_len"] == 100000, r
+    assert r.json()["sent_continue"], r.json()
+    assert "< HTTP/2 100" in r.stderr, r.stderr[-3000:]  # an interim HEADERS
+    assert r.elapsed < 0.9, r.elapsed  # not curl's 1 s wait for a 100 that never came
 
 
 # -- operations ---------------------------------------------------------------------------

@@ -35,6 +35,7 @@ port on stdout once listening. Endpoints (any method unless noted):
   /hangup-after-body reads the whole request, body included, records it (see
                      /control/received), then closes without answering
   /whoami            text/plain: the upstream's own port, nothing else
+  /interim           103 Early Hints and a 200 ("final ok") in one write
   /health            the health endpoint: answers with the status and body set
                      by /control/health (default 200 "UP"), after the delay set
                      by /control/slow (default none)
@@ -370,6 +371,12 @@ class Conn:
             else:
                 self.respond(req, code, [("Content-Type", "text/plain")],
                              b"status %d\n" % code)
+        elif seg[0] == "interim":
+            # a 103 and the final response in one write: they reach the
+            # proxy in one read
+            self.send(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+                      b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                      b"Content-Length: 8\r\n\r\nfinal ok")
         elif seg[0] == "slow" and len(seg) == 2:
             time.sleep(int(seg[1]) / 1000.0)
             self.send_json(req, self.echo_doc(req))
