@@ -102,8 +102,8 @@ int h2_req_field(h2_req_t *r, const uint8_t *name, size_t nlen, const uint8_t *v
     r->decoded += nlen + vlen + 32;
     if (r->decoded > (uint64_t)r->limit * H2_DECODED_FACTOR + 65536)
         return -1;
-    if (r->status != 0)
-        return 0; /* refused already: decode the rest for HPACK's sake only */
+    if (r->status != 0 || r->finished)
+        return 0; /* refused already, or trailers: decoded for HPACK's sake only */
     if (nlen > 0 && name[0] == ':') {
         if (is_lit(name, nlen, ":method"))
             r->method = keep(r, value, vlen);
@@ -150,6 +150,7 @@ static int needs_length(uv_buf_t method)
 
 int h2_req_finish(h2_req_t *r, int end_stream)
 {
+    r->finished = 1;
     write_request_line(r);
     if (r->authority.len > 0) {
         PUT_LIT(r, "host: ");

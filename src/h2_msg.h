@@ -27,14 +27,16 @@ typedef struct h2_req {
     uv_buf_t method, path, authority, cookie;
     unsigned has_length : 1;  /* content-length came */
     unsigned has_host : 1;    /* a host field came instead of :authority */
-    unsigned line_done : 1;   /* the request line and Host are written */
+    unsigned line_done : 1;   /* the request line is written */
+    unsigned finished : 1;    /* the head is done: later fields (trailers) are only counted */
     unsigned status : 10;     /* the 4xx to answer instead (0: none) */
 } h2_req_t;
 
 void h2_req_init(h2_req_t *r, char *buf, size_t cap, size_t limit);
 
-/* Takes one decoded field. Returns 0, or -1 when the fields decoded for
- * this head exceed what any head may bring (HPACK bomb: end the session). */
+/* Takes one decoded field (after h2_req_finish, a trailer: only counted).
+ * Returns 0, or -1 when the fields decoded for this stream exceed what any
+ * head may bring (HPACK bomb: end the session). */
 int h2_req_field(h2_req_t *r, const uint8_t *name, size_t nlen, const uint8_t *value, size_t vlen);
 
 /* Ends the head. END_STREAM: the request has no body (HEADERS carried

@@ -126,6 +126,22 @@ TEST(decoded_bytes_far_over_the_limit_end_the_session)
     CHECK(n > (100 * 4 + 65536) / 43 && n < (100 * 4 + 65536) / 43 + 3);
 }
 
+TEST(trailers_are_counted_not_written)
+{
+    const char *f[] = {":method", "PUT", ":path", "/u", ":authority", "a", NULL};
+    int len;
+    h2_req_t r;
+    h2_req_init(&r, buf, sizeof(buf), 1000);
+    for (size_t i = 0; f[i] != NULL; i += 2)
+        field(&r, f[i], f[i + 1]);
+    len = h2_req_finish(&r, 0);
+    CHECK(len > 0);
+    uint64_t before = r.decoded;
+    field(&r, "x-trailer", "v");
+    CHECK_INT(r.len, len);
+    CHECK(r.decoded == before + 9 + 1 + 32);
+}
+
 TEST(response_head_becomes_lowercase_fields_without_connection_ones)
 {
     char head[] = "HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nConnection: close\r\n"
