@@ -1176,9 +1176,12 @@ void conn_request_done(conn_t *c)
 
 /* ---- accepting ---------------------------------------------------------- */
 
-conn_t *conn_new_stream(conn_t *parent)
+/* A conn on worker W serving LISTENER under CFG (referenced) and TARGETS:
+ * a socket's or a stream's. */
+static conn_t *conn_new(worker_t *w, cfg_t *cfg, up_targets_t *targets,
+                        const cfg_listener_t *listener)
 {
-    worker_t *w = parent->w;
+    uv_once(&settings_once, settings_init);
     conn_t *c = calloc(1, sizeof(*c));
     if (c == NULL)
         abort();
@@ -1186,15 +1189,21 @@ conn_t *conn_new_stream(conn_t *parent)
     c->id = ++w->next_conn_id * 64 + (uint64_t)w->index;
     uv_timer_init(&w->loop, &c->timer);
     c->timer.data = c;
-    c->cfg = cfg_ref(parent->cfg);
-    c->targets = parent->targets;
-    c->listener = parent->listener;
-    c->https = parent->https;
+    c->cfg = cfg_ref(cfg);
+    c->targets = targets; /* with the config: a reload does not change them */
+    c->listener = listener;
+    c->https = listener->scheme == CFG_SCHEME_HTTPS;
+    c->keep_alive = 1;
+    http_head_init(&c->req, HTTP_REQUEST, &req_settings);
+    return c;
+}
+
+conn_t *conn_new_stream(conn_t *parent)
+{
+    conn_t *c = conn_new(parent->w, parent->cfg, parent->targets, parent->listener);
     c->peer = parent->peer;
     memcpy(c->peer_ip, parent->peer_ip, sizeof(c->peer_ip));
     memcpy(c->peer_port, parent->peer_port, sizeof(c->peer_port));
-    c->keep_alive = 1;
-    http_head_init(&c->req, HTTP_REQUEST, &req_settings);
     c->state = CONN_S_READ_HEAD;
     /* the whole head (HEADERS and CONTINUATIONs) within read_header */
     c->head_clock = 1;
@@ -1205,27 +1214,14 @@ conn_t *conn_new_stream(conn_t *parent)
 void conn_accept(listener_t *l)
 {
     worker_t *w = l->w;
-    uv_once(&settings_once, settings_init);
-    conn_t *c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        abort();
-    c->w = w;
-    c->id = ++w->next_conn_id * 64 + (uint64_t)w->index;
+    conn_t *c = conn_new(w, w->cfg, w->targets, l->cl);
     uv_tcp_init(&w->loop, &c->tcp);
-    uv_timer_init(&w->loop, &c->timer);
     c->tcp.data = c;
-    c->timer.data = c;
-    c->cfg = cfg_ref(w->cfg);
-    c->targets = w->targets; /* with the config: a reload does not change them */
-    c->listener = l->cl;
-    c->https = l->cl->scheme == CFG_SCHEME_HTTPS;
-    c->keep_alive = 1;
     c->next = w->conns;
     if (w->conns != NULL)
         w->conns->prev = c;
     w->conns = c;
     atomic_fetch_add_explicit(&w->metrics.open_conns, 1, memory_order_relaxed);
-    http_head_init(&c->req, HTTP_REQUEST, &req_settings);
 
     if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) < 0) {
         conn_close(c);
