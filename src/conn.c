@@ -230,6 +230,7 @@ int stream_write(uv_stream_t *s, uv_write_t *req, uv_buf_t *bufs, unsigned n, uv
 
 static void respond_maybe_done(conn_t *c);
 static void on_shutdown(uv_shutdown_t *req, int status);
+static void release_idle_buffer(conn_t *c);
 
 void conn_write_done(conn_t *c)
 {
@@ -238,8 +239,11 @@ void conn_write_done(conn_t *c)
         respond_maybe_done(c);
     else if (c->state == CONN_S_PROXY || c->state == CONN_S_TUNNEL)
         proxy_on_client_written(c);
-    else if (c->state == CONN_S_H2)
+    else if (c->state == CONN_S_H2) {
         h2_on_written(c);
+        if (c->state == CONN_S_H2 && !c->write_pending)
+            release_idle_buffer(c); /* OpenSSL's buffers too, once no stream is open */
+    }
     if (c->state != CONN_S_CLOSING) {
         conn_update_reading(c);
         conn_arm_timer(c);
@@ -259,7 +263,6 @@ static void on_client_written(uv_write_t *req, int status)
 }
 
 static void on_tls_written(uv_write_t *req, int status);
-static void release_idle_buffer(conn_t *c);
 
 /* TLS: encrypts the pending plaintext and writes the records until the
  * socket pushes back. 1: everything is out; 0: a write is in flight and
