@@ -1020,9 +1020,10 @@ void conn_stream_head(conn_t *c, char *head, int len)
         err = llhttp_execute(&c->req.parser, head, (size_t)len);
     else
         c->t_start = uv_hrtime();
-    /* the body comes in rbuf, which holds nothing else: the head stays in
-     * HEAD, which lives as long as the stream */
-    c->rstart = c->rlen = c->head_end = 0;
+    /* the body comes in rbuf, which holds nothing else (DATA that came
+     * with the head may be there already): the head stays in HEAD, which
+     * lives as long as the stream */
+    c->rstart = c->head_end = 0;
     if (err == HPE_PAUSED && c->head_done) {
         conn_route(c, 0);
         return;

@@ -16,12 +16,16 @@
  * flooding us (CVE-2019-9512, -9515, -9518). */
 #define H2_CONTROL_BURST 1000
 #define H2_CONTROL_PER_S 100
-/* RST_STREAM from the client (rapid reset, CVE-2023-44487), nghttp2's
- * token bucket; and CONTINUATION frames per header block (CVE-2024-27316
- * family). */
-#define H2_RESET_BURST 1000
+/* RST_STREAM from the client (rapid reset, CVE-2023-44487): a bucket of
+ * its own; and CONTINUATION frames per header block (CVE-2024-27316
+ * family). Ours fire before nghttp2's own limits (its defaults: 1,000
+ * resets, 8 CONTINUATIONs), which end the session without a GOAWAY that
+ * says why; those stay as a backstop. */
+#define H2_RESET_BURST 400
 #define H2_RESET_PER_S 33
 #define H2_MAX_CONTINUATIONS 8
+#define H2_NGHTTP2_RESET_BURST 1000
+#define H2_NGHTTP2_MAX_CONTINUATIONS 16
 
 struct h2_stream {
     h2_session_t *h;       /* NULL once the session is gone */
@@ -37,7 +41,8 @@ struct h2_stream {
      * SETTINGS, whose window is smaller than the 65,535 it may start with */
     char *spill;
     size_t spill_len;
-    unsigned head_done : 1;   /* the request head was handed to conn.c */
+    unsigned head_ready : 1;  /* the request head is complete (END_HEADERS) */
+    unsigned head_done : 1;   /* ... and was handed to conn.c */
     unsigned in_end : 1;      /* END_STREAM from the client */
     unsigned resp_head : 1;   /* the final response HEADERS were submitted */
     unsigned bodiless : 1;    /* they carried END_STREAM */
@@ -53,8 +58,11 @@ struct h2_session {
     conn_t *streams;
     unsigned n_streams;
     char *sbuf; /* frames gathered for the parent's write */
-    double tokens;
-    uint64_t tokens_at;
+    struct h2_bucket {
+        double tokens;
+        uint64_t at;
+    } control, resets;
+    unsigned continuations; /* CONTINUATION frames of the header block being read */
     /* what the streams write during one loop iteration goes out together
      * from this idle handle (run before the loop polls again, which an
      * active one keeps from blocking): one TLS record run, one write */
@@ -63,6 +71,7 @@ struct h2_session {
     unsigned again : 1;    /* something to send came up while it was */
     unsigned goaway : 1;
     unsigned failed : 1;   /* the session is over: close once written */
+    unsigned sent_all : 1; /* ... and nghttp2 has nothing more to send */
     unsigned closing : 1;
 };
 
@@ -78,24 +87,46 @@ static conn_t *stream_conn(nghttp2_session *ng, int32_t id)
 
 static void calm_down(h2_session_t *h, const char *why)
 {
+    if (h->failed)
+        return;
     log_info("conn %llu %s: h2: %s: closing the connection", (unsigned long long)h->c->id,
              h->c->peer_ip, why);
     nghttp2_session_terminate_session(h->ng, NGHTTP2_ENHANCE_YOUR_CALM);
     h->failed = 1;
 }
 
-/* Returns 0 while the client stays within the control-frame budget. */
-static int spend_token(h2_session_t *h)
+/* Returns 0 while the client stays within the budget B (BURST tokens,
+ * PER_S more a second). */
+static int spend_token(h2_session_t *h, struct h2_bucket *b, double burst, double per_s)
 {
     uint64_t now = uv_now(&h->c->w->loop);
-    h->tokens += (double)(now - h->tokens_at) * H2_CONTROL_PER_S / 1000.0;
-    if (h->tokens > H2_CONTROL_BURST)
-        h->tokens = H2_CONTROL_BURST;
-    h->tokens_at = now;
-    if (h->tokens < 1)
+    b->tokens += (double)(now - b->at) * per_s / 1000.0;
+    if (b->tokens > burst)
+        b->tokens = burst;
+    b->at = now;
+    if (b->tokens < 1)
         return -1;
-    h->tokens -= 1;
+    b->tokens -= 1;
     return 0;
+}
+
+static int spend_control(h2_session_t *h)
+{
+    return spend_token(h, &h->control, H2_CONTROL_BURST, H2_CONTROL_PER_S);
+}
+
+/* Called for every frame header: once a defence fired, nothing more of
+ * what the client sent is read (mem_recv stops here), so no stream after
+ * the GOAWAY starts any work. */
+static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void *ud)
+{
+    (void)ng;
+    h2_session_t *h = ud;
+    if (hd->type == NGHTTP2_HEADERS)
+        h->continuations = 0;
+    else if (hd->type == NGHTTP2_CONTINUATION && ++h->continuations > H2_MAX_CONTINUATIONS)
+        calm_down(h, "CONTINUATION flood");
+    return h->failed ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
 }
 
 /* ---- streams ------------------------------------------------------------ */
@@ -115,6 +146,8 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     h2_session_t *h = ud;
     if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
+    if (h->failed)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* no new work after a GOAWAY */
     conn_t *c = h->c;
     conn_t *sc = conn_new_stream(c);
     h2_stream_t *s = calloc(1, sizeof(*s));
@@ -147,11 +180,29 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
     return 0;
 }
 
-/* New body bytes or the request's end: let the stream conn act on them. */
+/* New body bytes or the request's end: let the stream conn act on them
+ * (once it has its head; until then they wait in its buffer). */
 static void stream_input(conn_t *sc)
 {
-    if (sc->state != CONN_S_CLOSING)
+    if (sc->state != CONN_S_CLOSING && sc->h2s->head_done)
         conn_process(sc);
+}
+
+/* The heads that came complete in one read go to conn.c once nghttp2 has
+ * read it all: a stream the client reset in the same read (rapid reset)
+ * never reaches routing, let alone an upstream. */
+static void start_ready_streams(h2_session_t *h)
+{
+    for (;;) {
+        conn_t *sc = h->streams;
+        while (sc != NULL && !(sc->h2s->head_ready && !sc->h2s->head_done))
+            sc = sc->h2s->next;
+        if (sc == NULL || h->failed)
+            return;
+        h2_stream_t *s = sc->h2s;
+        s->head_done = 1;
+        conn_stream_head(sc, s->head, h2_req_finish(&s->req, s->in_end));
+    }
 }
 
 static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data,
@@ -199,17 +250,13 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
             break;
         if (end)
             sc->h2s->in_end = 1;
-        if (!sc->h2s->head_done) {
-            h2_stream_t *s = sc->h2s;
-            s->head_done = 1;
-            int len = h2_req_finish(&s->req, s->in_end);
-            conn_stream_head(sc, s->head, len);
-        } else {
-            stream_input(sc);
-        }
+        if (!sc->h2s->head_ready)
+            sc->h2s->head_ready = 1; /* started after this read: start_ready_streams */
+        else
+            stream_input(sc); /* trailers, dropped; their END_STREAM counts */
         break;
     case NGHTTP2_DATA:
-        if (f->hd.length == 0 && !end && spend_token(h) < 0)
+        if (f->hd.length == 0 && !end && spend_control(h) < 0)
             calm_down(h, "empty DATA frames flood");
         else if (sc != NULL && end) {
             sc->h2s->in_end = 1;
@@ -218,12 +265,16 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
         break;
     case NGHTTP2_PING:
     case NGHTTP2_SETTINGS:
-        if (!(f->hd.flags & NGHTTP2_FLAG_ACK) && spend_token(h) < 0)
+        if (!(f->hd.flags & NGHTTP2_FLAG_ACK) && spend_control(h) < 0)
             calm_down(h, f->hd.type == NGHTTP2_PING ? "PING flood" : "SETTINGS flood");
         break;
     case NGHTTP2_PRIORITY:
-        if (spend_token(h) < 0)
+        if (spend_control(h) < 0)
             calm_down(h, "PRIORITY flood");
+        break;
+    case NGHTTP2_RST_STREAM:
+        if (spend_token(h, &h->resets, H2_RESET_BURST, H2_RESET_PER_S) < 0)
+            calm_down(h, "streams reset faster than they can be served (rapid reset)");
         break;
     default:
         break;
@@ -486,8 +537,10 @@ static void flush_now(h2_session_t *h)
                 elen = k;
                 break;
             }
-            if (len == 0 && elen == 0)
+            if (len == 0 && elen == 0) {
+                h->sent_all = h->failed; /* the GOAWAY (if any) is out */
                 break;
+            }
             uv_buf_t iov[2];
             unsigned n = 0;
             if (len > 0)
@@ -521,8 +574,10 @@ int h2_phase(const conn_t *c)
     const h2_session_t *h = c->h2;
     if (h == NULL)
         return H2_ENDING;
-    if (!c->write_pending &&
-        (h->failed || (!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng))))
+    /* over once the last frame (a GOAWAY saying why) is out */
+    if (!c->write_pending && (h->failed ? h->sent_all || !nghttp2_session_want_write(h->ng)
+                                        : !nghttp2_session_want_read(h->ng) &&
+                                              !nghttp2_session_want_write(h->ng)))
         return H2_ENDING;
     return h->n_streams > 0 ? H2_BUSY : H2_IDLE;
 }
@@ -543,10 +598,11 @@ static void callbacks_init(void)
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_on_begin_frame_callback(cb, on_begin_frame);
     /* a stream's window opens as its bytes leave its read buffer */
     nghttp2_option_set_no_auto_window_update(o, 1);
-    nghttp2_option_set_stream_reset_rate_limit(o, H2_RESET_BURST, H2_RESET_PER_S);
-    nghttp2_option_set_max_continuations(o, H2_MAX_CONTINUATIONS);
+    nghttp2_option_set_stream_reset_rate_limit(o, H2_NGHTTP2_RESET_BURST, H2_RESET_PER_S);
+    nghttp2_option_set_max_continuations(o, H2_NGHTTP2_MAX_CONTINUATIONS);
     callbacks = cb;
     options = o;
 }
@@ -558,8 +614,8 @@ int h2_start(conn_t *c)
     if (h == NULL)
         abort();
     h->c = c;
-    h->tokens = H2_CONTROL_BURST;
-    h->tokens_at = uv_now(&c->w->loop);
+    h->control = (struct h2_bucket){H2_CONTROL_BURST, uv_now(&c->w->loop)};
+    h->resets = (struct h2_bucket){H2_RESET_BURST, uv_now(&c->w->loop)};
     if (nghttp2_session_server_new2(&h->ng, callbacks, h, options) != 0) {
         free(h);
         return PS_EPROTO;
@@ -592,21 +648,23 @@ void h2_on_input(conn_t *c)
         size_t got = conn_fill(c);
         if (c->state != CONN_S_H2)
             return;
-        if (c->rlen > 0) {
+        if (c->rlen > 0 && !h->failed) {
             ssize_t r = nghttp2_session_mem_recv(h->ng, (const uint8_t *)c->rbuf, c->rlen);
-            c->rlen = 0;
             if (c->state != CONN_S_H2)
                 return;
-            if (r < 0) {
+            if (r < 0 && !h->failed) {
                 log_debug("conn %llu %s: h2: %s", (unsigned long long)c->id, c->peer_ip,
                           nghttp2_strerror((int)r));
                 h->failed = 1;
-                break;
             }
         }
+        c->rlen = 0; /* after a GOAWAY of ours: read and dropped */
         if (got == 0)
             break;
     }
+    start_ready_streams(h);
+    if (c->state != CONN_S_H2)
+        return;
     if (c->tls_eof || c->tls->sock_eof) {
         conn_close(c); /* the client went away: its streams end with it */
         return;
