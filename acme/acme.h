@@ -22,7 +22,9 @@ typedef struct acme_config {
     const char *directory; /* the CA's directory URL */
     const char *ca_root;   /* PEM file the CA's HTTPS is checked against; NULL: system */
     const char *email;     /* account contact; may be NULL */
-    const char *storage;   /* storage root */
+    const char *storage;   /* storage root (with shared_dsn: the local cache) */
+    const char *shared_dsn; /* storage postgres: the database shared with other instances */
+    const char *shared_key_file; /* ... and the key sealing private keys in it */
     int challenges;        /* enum acme_challenge bits; 0 = both */
     const char *profile;   /* the CA's certificate profile (meta.profiles); NULL: the CA's default */
     /* called (from the loop, never inside an acme call) when the setup cannot

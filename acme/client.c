@@ -1,8 +1,12 @@
 /* The ACME client: one order at a time, as an explicit state machine driven
  * by fetch callbacks and timers on the control loop.
  *
- *   DIRECTORY -> ACCOUNT -> ORDER -> AUTHZ (per authorization: CHALLENGE,
- *   POLL_AUTHZ) -> FINALIZE -> POLL_ORDER -> CERT -> installed
+ *   [LOCK] -> DIRECTORY -> ACCOUNT -> ORDER -> AUTHZ (per authorization:
+ *   CHALLENGE, POLL_AUTHZ) -> FINALIZE -> POLL_ORDER -> CERT -> installed
+ *
+ * With storage shared through PostgreSQL (pgstore.h), an order first takes
+ * the name's lock there (LOCK): one instance orders, the others get its
+ * certificate through the database (on_shared_cert) and never order it.
  *
  * Every signed request takes the last Replay-Nonce (HEAD newNonce when there
  * is none) and is re-signed on badNonce. A failed order backs off per name
@@ -22,7 +26,9 @@
 #include "fetch.h"
 #include "jws.h"
 #include "log.h"
+#include "pgstore.h"
 #include "renew.h"
+#include "seal.h"
 #include "store.h"
 
 #define ACME_MAX_NONCE_RETRIES 10
@@ -31,6 +37,7 @@
 
 enum step {
     S_IDLE,
+    S_LOCK,
     S_DIRECTORY,
     S_NONCE,
     S_ACCOUNT,
@@ -44,7 +51,7 @@ enum step {
 };
 
 static const char *const step_names[] = {
-    "idle",       "directory", "nonce",    "account",    "order", "authorization",
+    "idle",       "lock",      "directory", "nonce",    "account",    "order", "authorization",
     "challenge",  "poll authorization", "finalize", "poll order", "certificate",
 };
 
@@ -104,10 +111,16 @@ struct acme {
     int lock_fd;
     uv_timer_t poll_timer;
     int closing;
+    /* storage shared with other instances (NULL: this one's own) */
+    pgstore_t *shared;
+    int shared_locked;  /* the current order holds the name's shared lock */
+    int shared_waiting; /* names wait for the shared storage to be in sync */
 };
 
 static void next_order(acme_t *a);
 static void run_step(acme_t *a);
+static void shared_wait(acme_t *a);
+static void on_shared_lock(void *arg, int status);
 
 /* ---- helpers ------------------------------------------------------------- */
 
@@ -143,6 +156,8 @@ static void clear_challenge(acme_t *a)
 {
     if (a->chal_token != NULL)
         chal_http_del(a->chal_token);
+    if (a->chal_token != NULL && a->shared != NULL && a->chal_type == ACME_HTTP_01)
+        pgstore_del_challenge(a->shared, a->chal_token);
     if (a->cur != NULL)
         chal_alpn_del(a->cur->name);
     set_str(&a->chal_token, NULL);
@@ -164,6 +179,9 @@ static void clear_order(acme_t *a)
     if (a->lock_fd >= 0)
         store_unlock(a->lock_fd);
     a->lock_fd = -1;
+    if (a->shared_locked && a->cur != NULL)
+        pgstore_unlock(a->shared, a->cur->name); /* after the uploads queued before */
+    a->shared_locked = 0;
     uv_timer_stop(&a->poll_timer);
 }
 
@@ -370,6 +388,8 @@ static void install(acme_t *a, const fetch_resp_t *r)
         return;
     }
     certs_put(a->certs, n->name, e);
+    if (a->shared != NULL)
+        pgstore_put_cert(a->shared, a->directory, n->name); /* before clear_order unlocks */
     n->failures = 0;
     a->orders_ok++;
     clear_order(a);
@@ -380,6 +400,19 @@ static void install(acme_t *a, const fetch_resp_t *r)
              (long long)e->not_after, (long long)(n->renew_at - time(NULL)), n->renew_why);
     certs_entry_unref(e);
     next_order(a);
+}
+
+/* The shared challenge row is in (or could not be): tell the CA. */
+static void on_challenge_shared(void *arg, int status)
+{
+    acme_t *a = arg;
+    if (a->closing || a->cur == NULL || a->step != S_CHALLENGE)
+        return;
+    if (status != 0)
+        log_warn("acme: %s: the challenge is not in the shared storage: only this instance "
+                 "answers it",
+                 a->cur->name);
+    post(a, a->chal_url, "{}", NULL);
 }
 
 /* The order object: where it stands decides the next step. */
@@ -506,6 +539,15 @@ static void on_authz(acme_t *a, const fetch_resp_t *r)
     set_str(&a->chal_url, url);
     if (a->chal_type == ACME_HTTP_01) {
         chal_http_put(token, ka);
+        if (a->shared != NULL) {
+            /* every instance answers it: tell the CA once the row is in */
+            log_info("acme: %s: answering http-01 (on every instance)", a->cur->name);
+            a->step = S_CHALLENGE;
+            pgstore_put_challenge(a->shared, token, ka, on_challenge_shared, a);
+            free(ka);
+            cJSON_Delete(z);
+            return;
+        }
     } else {
         X509 *cert = NULL;
         EVP_PKEY *key = NULL;
@@ -530,6 +572,12 @@ static void on_authz(acme_t *a, const fetch_resp_t *r)
 static void run_step(acme_t *a)
 {
     switch (a->step) {
+    case S_LOCK:
+        if (!pgstore_ready(a->shared))
+            shared_wait(a);
+        else
+            pgstore_lock(a->shared, a->cur->name, on_shared_lock, a);
+        return;
     case S_DIRECTORY:
         if (fetch_start(a->fetch, "GET", a->directory, NULL, NULL, on_response, a) != 0)
             fail(a, "cannot request the directory", NULL);
@@ -771,6 +819,8 @@ static void on_response(void *arg, const fetch_resp_t *r)
             return;
         }
         log_info("acme: account %s", a->kid);
+        if (a->shared != NULL)
+            pgstore_put_account(a->shared, a->directory);
         a->step = S_ORDER;
         run_step(a);
         return;
@@ -800,9 +850,15 @@ static void on_response(void *arg, const fetch_resp_t *r)
 
 /* ---- names and their timers --------------------------------------------- */
 
+/* The first request of an order, once it may order at all. */
+static int first_step(const acme_t *a)
+{
+    return a->new_order != NULL ? (a->kid != NULL ? S_ORDER : S_ACCOUNT) : S_DIRECTORY;
+}
+
 static void next_order(acme_t *a)
 {
-    if (a->cur != NULL || a->closing || a->fatal)
+    if (a->cur != NULL || a->closing || a->fatal || a->shared_waiting)
         return;
     for (struct name *n = a->names; n != NULL; n = n->next) {
         if (!n->queued)
@@ -812,10 +868,115 @@ static void next_order(acme_t *a)
         a->tried = 0;
         a->polls = 0;
         a->lock_fd = -1;
-        a->step = a->new_order != NULL ? (a->kid != NULL ? S_ORDER : S_ACCOUNT) : S_DIRECTORY;
+        a->step = a->shared != NULL ? S_LOCK : first_step(a);
         run_step(a);
         return;
     }
+}
+
+/* ---- storage shared with other instances ---------------------------------- */
+
+/* The shared storage is away or not in sync yet: the names wait for it
+ * (on_shared_ready), never ordered without its lock. */
+static void shared_wait(acme_t *a)
+{
+    struct name *n = a->cur;
+    n->queued = 1;
+    a->cur = NULL;
+    a->step = S_IDLE;
+    if (!a->shared_waiting)
+        log_info("acme: %s: waiting for the shared storage before ordering", n->name);
+    a->shared_waiting = 1;
+}
+
+static void on_shared_lock(void *arg, int status)
+{
+    acme_t *a = arg;
+    if (a->closing || a->cur == NULL || a->step != S_LOCK)
+        return;
+    struct name *n = a->cur;
+    if (status == UV_ENOTCONN) {
+        shared_wait(a);
+        return;
+    }
+    if (status == 0 && n->renew_at > time(NULL)) {
+        /* the last holder renewed it (on_shared_cert came with the lock) */
+        pgstore_unlock(a->shared, n->name);
+        a->cur = NULL;
+        a->step = S_IDLE;
+        next_order(a);
+        return;
+    }
+    if (status != 0) {
+        /* another instance orders it: its certificate comes through the
+         * database; look again later in case that order fails */
+        log_info("acme: %s: another psproxy is ordering it; taking its certificate", n->name);
+        a->cur = NULL;
+        a->step = S_IDLE;
+        n->renew_at = time(NULL) + 30 + (int64_t)(rnd32() % 30);
+        n->renew_why = "after another instance's order";
+        arm(n);
+        next_order(a);
+        return;
+    }
+    a->shared_locked = 1;
+    a->step = first_step(a);
+    run_step(a);
+}
+
+static int load_stored(acme_t *a, struct name *n);
+
+static void on_shared_cert(pgstore_t *ps, const char *ca, const char *name, void *data)
+{
+    acme_t *a = data;
+    (void)ps;
+    if (strcmp(ca, a->directory) != 0)
+        return;
+    for (struct name *n = a->names; n != NULL; n = n->next) {
+        if (strcmp(n->name, name) != 0 || n == a->cur)
+            continue;
+        n->failures = 0;
+        if (load_stored(a, n) == 0)
+            n->queued = 0; /* served; renewed when due */
+    }
+}
+
+/* The shared account replaces this instance's own (one account for all). */
+static void reload_account(acme_t *a)
+{
+    char err[256], *pem = NULL, *kid = NULL;
+    size_t len = 0;
+    if (store_load_account(a->store, a->directory, &pem, &len, &kid, err, sizeof(err)) != 0)
+        return;
+    EVP_PKEY *key = csr_key_from_pem(pem, len);
+    store_wipe_free(pem, len);
+    if (key == NULL) {
+        free(kid);
+        return;
+    }
+    EVP_PKEY_free(a->account_key);
+    a->account_key = key;
+    free(a->kid);
+    a->kid = kid;
+    log_info("acme: account %s (from the shared storage)", a->kid);
+}
+
+static void on_shared_account(pgstore_t *ps, const char *ca, void *data)
+{
+    acme_t *a = data;
+    (void)ps;
+    if (strcmp(ca, a->directory) == 0 && a->cur == NULL)
+        reload_account(a); /* an order under way keeps the account it started with */
+}
+
+static void on_shared_ready(pgstore_t *ps, void *data)
+{
+    acme_t *a = data;
+    (void)ps;
+    if (!a->shared_waiting)
+        return;
+    a->shared_waiting = 0;
+    next_order(a);
 }
 
 static void on_name_timer(uv_timer_t *t)
@@ -1002,6 +1163,19 @@ acme_t *acme_new(uv_loop_t *loop, const acme_config_t *cfg, certs_t *certs, char
     } else {
         goto fail;
     }
+    if (cfg->shared_dsn != NULL) {
+        seal_key_t key;
+        if (seal_key_load(cfg->shared_key_file, &key, err, errlen) != 0)
+            goto fail;
+        pgstore_events_t ev = {on_shared_ready, on_shared_cert, on_shared_account};
+        a->shared = pgstore_new(loop, cfg->shared_dsn, &key, a->store, &ev, a);
+        seal_key_wipe(&key);
+        if (a->shared == NULL) {
+            snprintf(err, errlen, "storage postgres: the dsn does not parse");
+            goto fail;
+        }
+        pgstore_start(a->shared);
+    }
     if (a->profile != NULL) {
         /* check the profile now, not at the first renewal months away */
         a->dir_state = 1;
@@ -1041,6 +1215,8 @@ void acme_free(acme_t *a)
     a->closing = 1;
     clear_order(a);
     fetch_free(a->fetch);
+    pgstore_free(a->shared); /* its pending answers come now, to a closing client */
+    a->shared = NULL;
     while (a->names != NULL) {
         struct name *n = a->names;
         a->names = n->next;

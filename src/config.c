@@ -465,12 +465,51 @@ static int parse_servers(ctx_t *c, const cf_line_t *l)
     return 0;
 }
 
+/* storage postgres { dsn DSN; key_file PATH; cache PATH }: psproxy's own
+ * module (Caddy's come as plugins); the cache is the file_system storage
+ * every instance keeps locally, so it serves through a database outage. */
+static int parse_storage_postgres(ctx_t *c, const cf_line_t *l)
+{
+    if (l->n_toks > 2)
+        return errf(c, &l->toks[2], "storage: unexpected argument \"%s\"", l->toks[2].text);
+    if (l->open == NULL)
+        return errf(c, &l->toks[1], "storage: postgres: expected a block with dsn and key_file");
+    cfg_t *cfg = c->cfg;
+    for (size_t i = 0; i < l->n_block; i++) {
+        const cf_line_t *s = &l->block[i];
+        const char *n = name_of(s);
+        int rc;
+        if (strcmp(n, "dsn") == 0)
+            rc = arg_string(c, s, "storage: postgres: dsn", &cfg->storage_dsn);
+        else if (strcmp(n, "key_file") == 0)
+            rc = arg_string(c, s, "storage: postgres: key_file", &cfg->storage_key_file);
+        else if (strcmp(n, "cache") == 0)
+            rc = arg_string(c, s, "storage: postgres: cache", &cfg->storage_root);
+        else
+            rc = errf(c, &s->toks[0],
+                      "storage: postgres: %s: not supported by psproxy (dsn, key_file, cache)", n);
+        if (rc != 0)
+            return rc;
+    }
+    if (cfg->storage_dsn == NULL || cfg->storage_dsn[0] == '\0')
+        return errf(c, l->open, "storage: postgres: expected dsn (a libpq connection string or "
+                                "postgres:// URL; {$ENV} for the password)");
+    if (cfg->storage_key_file == NULL)
+        return errf(c, l->open, "storage: postgres: expected key_file PATH (the key that seals "
+                                "private keys in the database: openssl rand -hex 32)");
+    cfg->storage_kind = CFG_STORAGE_POSTGRES;
+    return 0;
+}
+
 static int parse_storage(ctx_t *c, const cf_line_t *l)
 {
     if (l->n_toks < 2)
         return errf(c, &l->toks[0], "storage: expected a module name");
+    if (strcmp(l->toks[1].text, "postgres") == 0)
+        return parse_storage_postgres(c, l);
     if (strcmp(l->toks[1].text, "file_system") != 0)
-        return errf(c, &l->toks[1], "storage: %s: not supported by psproxy (only file_system)",
+        return errf(c, &l->toks[1],
+                    "storage: %s: not supported by psproxy (file_system, postgres)",
                     l->toks[1].text);
     if (l->n_toks == 3 && l->open == NULL) {
         c->cfg->storage_root = arena_strdup(c->a, l->toks[2].text);
@@ -1986,6 +2025,69 @@ static void add_str_or_null(cJSON *o, const char *k, const char *v)
         cJSON_AddNullToObject(o, k);
 }
 
+struct redacted {
+    char *out;
+    size_t cap, len;
+};
+
+static void red_put(struct redacted *r, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n && r->len + 1 < r->cap; i++)
+        r->out[r->len++] = p[i];
+}
+
+/* Copies DSN into OUT with every password replaced by "***": a URI's
+ * user:password@ and password= parameters, a keyword string's password=
+ * value (quoted or not). */
+void cfg_redact_dsn(const char *dsn, char *out, size_t cap)
+{
+    struct redacted r = {out, cap, 0};
+    const char *p = dsn;
+    int uri = strncmp(dsn, "postgres://", 11) == 0 || strncmp(dsn, "postgresql://", 13) == 0;
+    if (uri) {
+        /* user:password@ before the host */
+        const char *auth = strstr(dsn, "://") + 3;
+        const char *end = auth + strcspn(auth, "/?");
+        const char *at = memchr(auth, '@', (size_t)(end - auth));
+        const char *colon = at != NULL ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+        if (colon != NULL) {
+            red_put(&r, p, (size_t)(colon + 1 - p));
+            red_put(&r, "***", 3);
+            p = at;
+        }
+    }
+    while (*p != '\0') {
+        /* password=VALUE, at the start or after a separator */
+        int boundary = p == dsn || p[-1] == ' ' || p[-1] == '\t' || p[-1] == '?' || p[-1] == '&';
+        const char *q = p + 8;
+        if (boundary && strncmp(p, "password", 8) == 0) {
+            while (*q == ' ' || *q == '\t')
+                q++;
+        }
+        if (!boundary || strncmp(p, "password", 8) != 0 || *q != '=') {
+            red_put(&r, p++, 1);
+            continue;
+        }
+        red_put(&r, p, (size_t)(q + 1 - p));
+        p = q + 1;
+        while (*p == ' ' || *p == '\t')
+            red_put(&r, p++, 1);
+        if (*p == '\'') {
+            for (p++; *p != '\0' && *p != '\''; p++)
+                if (*p == '\\' && p[1] != '\0')
+                    p++;
+            if (*p == '\'')
+                p++;
+        } else {
+            while (*p != '\0' && *p != ' ' && *p != '\t' && !(uri && *p == '&'))
+                p++;
+        }
+        red_put(&r, "***", 3);
+    }
+    if (cap > 0)
+        out[r.len] = '\0';
+}
+
 int cfg_dump_json(const cfg_t *cfg, FILE *out)
 {
     static const char *const ah[] = {"on", "off", "disable_redirects"};
@@ -2000,6 +2102,14 @@ int cfg_dump_json(const cfg_t *cfg, FILE *out)
     add_str_or_null(g, "acme_ca", cfg->acme_ca);
     add_str_or_null(g, "acme_ca_root", cfg->acme_ca_root);
     add_str_or_null(g, "storage_root", cfg->storage_root);
+    cJSON_AddStringToObject(g, "storage",
+                            cfg->storage_kind == CFG_STORAGE_POSTGRES ? "postgres" : "file_system");
+    if (cfg->storage_kind == CFG_STORAGE_POSTGRES) {
+        char dsn[512];
+        cfg_redact_dsn(cfg->storage_dsn, dsn, sizeof(dsn));
+        cJSON_AddStringToObject(g, "storage_dsn", dsn);
+        add_str_or_null(g, "storage_key_file", cfg->storage_key_file);
+    }
     cJSON_AddNumberToObject(g, "grace_period_ms", (double)cfg->grace_period);
     cJSON_AddStringToObject(g, "auto_https", ah[cfg->auto_https]);
     cJSON_AddNumberToObject(g, "workers", cfg->workers);

@@ -20,6 +20,11 @@ enum cfg_protocol {
     CFG_PROTO_H2 = 2,
 };
 
+enum cfg_storage {
+    CFG_STORAGE_FILE_SYSTEM = 0,
+    CFG_STORAGE_POSTGRES,
+};
+
 enum cfg_auto_https {
     CFG_AUTO_HTTPS_ON = 0,
     CFG_AUTO_HTTPS_OFF,
@@ -241,7 +246,10 @@ typedef struct cfg {
     const char *acme_profile; /* psproxy's own: the CA's certificate profile to ask for */
     const char *acme_ca;
     const char *acme_ca_root;
-    const char *storage_root; /* NULL: the default */
+    const char *storage_root; /* NULL: the default (postgres: the local cache) */
+    int storage_kind;         /* enum cfg_storage */
+    const char *storage_dsn;  /* postgres: libpq connection string (holds a password) */
+    const char *storage_key_file; /* postgres: the key sealing private keys */
     uint64_t grace_period;    /* ms; 0 = none */
     int auto_https;           /* enum cfg_auto_https */
     int workers;              /* psproxy's own option; 0 = one per online CPU */
@@ -289,5 +297,8 @@ int cfg_match_host(const char *pattern, const char *host, size_t len);
  * their handlers in order) for `psproxy validate --dump` and the
  * differential test against `caddy adapt`. Returns 0 or UV_EIO. */
 int cfg_dump_json(const cfg_t *cfg, FILE *out);
+
+/* DSN as it may be logged: every password in it replaced by "***". */
+void cfg_redact_dsn(const char *dsn, char *out, size_t cap);
 
 #endif

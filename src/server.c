@@ -458,6 +458,10 @@ void srv_acme_config(const cfg_t *cfg, acme_config_t *ac)
     for (size_t i = 0; i < cfg->n_sites && ac->email == NULL; i++)
         ac->email = cfg->sites[i].tls.email; /* tls EMAIL in a site, as Caddy */
     ac->storage = cfg->storage_root != NULL ? cfg->storage_root : default_storage();
+    if (cfg->storage_kind == CFG_STORAGE_POSTGRES) {
+        ac->shared_dsn = cfg->storage_dsn;
+        ac->shared_key_file = cfg->storage_key_file;
+    }
     ac->challenges = cfg->acme_challenges != 0 ? cfg->acme_challenges
                                                : ACME_HTTP_01 | ACME_TLS_ALPN_01;
     int http_listener = 0;
@@ -466,6 +470,10 @@ void srv_acme_config(const cfg_t *cfg, acme_config_t *ac)
                          cfg->listeners[k].scheme == CFG_SCHEME_HTTP;
     if (!http_listener)
         ac->challenges &= ~ACME_HTTP_01; /* nothing answers on http_port */
+    /* shared storage shares HTTP-01 answers only: a TLS-ALPN-01 validation
+     * reaching another host would fail, and its retry be a second order */
+    else if (cfg->storage_kind == CFG_STORAGE_POSTGRES && cfg->acme_challenges == 0)
+        ac->challenges = ACME_HTTP_01;
 }
 
 int srv_start_control(srv_t *s, uv_loop_t *loop)

@@ -196,7 +196,7 @@ TEST(storage_block_form)
 TEST(storage_errors)
 {
     CHECK_ERR("{\n\tstorage redis\n}\n",
-              "t.conf:2: storage: redis: not supported by psproxy (only file_system)");
+              "t.conf:2: storage: redis: not supported by psproxy (file_system, postgres)");
     CHECK_ERR("{\n\tstorage file_system\n}\n",
               "t.conf:2: storage: file_system: expected a path or a block");
     CHECK_ERR("{\n\tstorage file_system {\n\t\tpath /x\n\t}\n}\n",
@@ -321,6 +321,50 @@ TEST(servers_protocols)
     c = parse(":80 {\n\trespond hi\n}\n");
     CHECK(c != NULL && c->protocols == (CFG_PROTO_H1 | CFG_PROTO_H2)); /* Caddy's default */
     cfg_unref(c);
+}
+
+TEST(storage_postgres)
+{
+    cfg_t *c = parse("{\n\tstorage postgres {\n\t\tdsn \"host=db user=ps password=s3cret\"\n"
+                     "\t\tkey_file /etc/psproxy/storage.key\n\t\tcache /var/cache/ps\n\t}\n}\n"
+                     ":80 {\n\trespond hi\n}\n");
+    CHECK(c != NULL && c->storage_kind == CFG_STORAGE_POSTGRES);
+    CHECK_STR(c->storage_dsn, "host=db user=ps password=s3cret");
+    CHECK_STR(c->storage_key_file, "/etc/psproxy/storage.key");
+    CHECK_STR(c->storage_root, "/var/cache/ps");
+    cfg_unref(c);
+    CHECK_ERR("{\n\tstorage postgres {\n\t\tkey_file /k\n\t}\n}\n",
+              "t.conf:2: storage: postgres: expected dsn (a libpq connection string or "
+              "postgres:// URL; {$ENV} for the password)");
+    CHECK_ERR("{\n\tstorage postgres {\n\t\tdsn x\n\t}\n}\n",
+              "t.conf:2: storage: postgres: expected key_file PATH (the key that seals private "
+              "keys in the database: openssl rand -hex 32)");
+    CHECK_ERR("{\n\tstorage postgres {\n\t\tdsn x\n\t\tkey_file /k\n\t\tprefix p\n\t}\n}\n",
+              "t.conf:5: storage: postgres: prefix: not supported by psproxy (dsn, key_file, cache)");
+    CHECK_ERR("{\n\tstorage postgres\n}\n",
+              "t.conf:2: storage: postgres: expected a block with dsn and key_file");
+    CHECK_ERR("{\n\tstorage redis {\n\t}\n}\n",
+              "t.conf:2: storage: redis: not supported by psproxy (file_system, postgres)");
+}
+
+static const char *redact(const char *dsn)
+{
+    static char out[256];
+    cfg_redact_dsn(dsn, out, sizeof(out));
+    return out;
+}
+
+TEST(dsn_passwords_are_redacted)
+{
+    CHECK_STR(redact("host=db user=ps password=s3cret dbname=x"),
+              "host=db user=ps password=*** dbname=x");
+    CHECK_STR(redact("password = 'a b\\' c' host=db"), "password = *** host=db");
+    CHECK_STR(redact("postgres://ps:s3cret@db:5432/x?sslmode=require"),
+              "postgres://ps:***@db:5432/x?sslmode=require");
+    CHECK_STR(redact("postgresql://ps@db/x?password=s3cret&sslmode=require"),
+              "postgresql://ps@db/x?password=***&sslmode=require");
+    CHECK_STR(redact("host=db user=ps"), "host=db user=ps");
+    CHECK_STR(redact("host=db passwordfile=/x"), "host=db passwordfile=/x");
 }
 
 TEST(unknown_global_option)
