@@ -56,6 +56,8 @@ struct op {
 };
 
 static void download(pgstore_t *ps);
+static void check_key(pgstore_t *ps);
+static void on_upload(pg_t *pg, const PGresult *res, const char *err, void *arg);
 
 /* An answer given from the loop, not from inside the call that asked. */
 struct later {
@@ -123,10 +125,69 @@ static const char *const SCHEMA[] = {
     "updated timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (ca, name))",
     "CREATE TABLE IF NOT EXISTS psproxy_challenges (token text PRIMARY KEY, keyauth text NOT "
     "NULL, expires timestamptz NOT NULL)",
+    /* a value sealed by the first instance: every other must open it, or
+     * its key_file differs and it would write rows the others cannot read */
+    "CREATE TABLE IF NOT EXISTS psproxy_keycheck (sealed bytea NOT NULL)",
     "INSERT INTO psproxy_schema SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM psproxy_schema)",
     "SELECT max(version), count(*) FROM psproxy_schema",
     "COMMIT",
 };
+
+#define KEYCHECK_AAD "psproxy keycheck"
+#define KEYCHECK_TEXT "psproxy key check"
+
+static unsigned char *bytea(const PGresult *res, int row, int col, size_t *len);
+
+static void on_keycheck(pg_t *pg, const PGresult *res, const char *err, void *arg)
+{
+    struct op *o = arg;
+    pgstore_t *ps = o->ps;
+    (void)pg;
+    op_free(o);
+    if (res == NULL || err != NULL)
+        return; /* the connection went: the next one checks again */
+    if (PQntuples(res) == 0) {
+        /* the first instance here: seal the check value with our key */
+        unsigned char *sealed = NULL;
+        size_t len = 0;
+        if (seal_encrypt(&ps->key, KEYCHECK_AAD, KEYCHECK_TEXT, strlen(KEYCHECK_TEXT), &sealed,
+                         &len) != 0)
+            return;
+        const char *v[1] = {(const char *)sealed};
+        int l[1] = {(int)len}, f[1] = {1};
+        /* two first instances at once: the first insert wins, both check it */
+        pg_query(ps->pg,
+                 "INSERT INTO psproxy_keycheck SELECT $1 WHERE NOT EXISTS (SELECT 1 FROM "
+                 "psproxy_keycheck)",
+                 1, v, l, f, on_upload, op_new(ps, NULL, NULL, NULL));
+        free(sealed);
+        check_key(ps);
+        return;
+    }
+    size_t len = 0;
+    unsigned char *sealed = bytea(res, 0, 0, &len);
+    char *plain = NULL;
+    size_t plain_len = 0;
+    int rc = sealed != NULL ? seal_decrypt(&ps->key, KEYCHECK_AAD, sealed, len, &plain,
+                                           &plain_len)
+                            : UV_EINVAL;
+    PQfreemem(sealed);
+    store_wipe_free(plain, plain_len);
+    if (rc != 0) {
+        log_err("storage: postgres %s: key_file is not the key the other instances use: not "
+                "taking or storing anything, no certificate is ordered",
+                pg_target(ps->pg));
+        ps->schema_failed = 1;
+        return;
+    }
+    download(ps);
+}
+
+static void check_key(pgstore_t *ps)
+{
+    pg_query(ps->pg, "SELECT sealed FROM psproxy_keycheck LIMIT 1", 0, NULL, NULL, NULL,
+             on_keycheck, op_new(ps, NULL, NULL, NULL));
+}
 
 static void on_schema_step(pg_t *pg, const PGresult *res, const char *err, void *arg)
 {
@@ -149,7 +210,7 @@ static void on_schema_step(pg_t *pg, const PGresult *res, const char *err, void 
         }
     }
     if (o->last && !ps->schema_failed)
-        download(ps);
+        check_key(ps);
     op_free(o);
 }
 
@@ -326,6 +387,26 @@ static unsigned char *bytea(const PGresult *res, int row, int col, size_t *len)
     return PQunescapeBytea((const unsigned char *)PQgetvalue(res, row, col), len);
 }
 
+/* The private key sealed in column COL of row R, opened: 0 and a malloc'd
+ * *KEY (wipe it), or <0 when it does not open (another key_file, or the
+ * row was changed: the AAD binds it to KIND, CA and NAME). */
+static int unseal(pgstore_t *ps, const PGresult *res, int r, int col, const char *kind,
+                  const char *ca, const char *name, char **key, size_t *key_len)
+{
+    size_t sealed_len = 0;
+    unsigned char *sealed = bytea(res, r, col, &sealed_len);
+    char *aad = aad_for(kind, ca, name);
+    int rc = sealed != NULL ? seal_decrypt(&ps->key, aad, sealed, sealed_len, key, key_len)
+                            : UV_EINVAL;
+    PQfreemem(sealed);
+    free(aad);
+    if (rc != 0)
+        log_err("storage: postgres: the %s key of %s does not open with key_file (another "
+                "key, or the row was changed); not taken",
+                kind, name != NULL ? name : ca);
+    return rc;
+}
+
 static void on_certs(pg_t *pg, const PGresult *res, const char *err, void *arg)
 {
     struct op *o = arg;
@@ -353,24 +434,13 @@ static void on_certs(pg_t *pg, const PGresult *res, const char *err, void *arg)
         cJSON_Delete(have_meta);
         if (same)
             continue;
-        size_t sealed_len = 0;
-        unsigned char *sealed = bytea(res, r, 3, &sealed_len);
-        char *aad = aad_for("cert", ca, name);
         char *key = NULL;
         size_t key_len = 0;
-        int rc = sealed != NULL ? seal_decrypt(&ps->key, aad, sealed, sealed_len, &key, &key_len)
-                                : UV_EINVAL;
-        PQfreemem(sealed);
-        free(aad);
-        if (rc != 0) {
-            log_err("storage: postgres: %s: its key does not open with key_file (another key, "
-                    "or the row was changed); not taken",
-                    name);
+        if (unseal(ps, res, r, 3, "cert", ca, name, &key, &key_len) != 0)
             continue;
-        }
         cJSON *meta = cJSON_Parse(PQgetvalue(res, r, 4));
-        rc = store_save_cert(ps->cache, ca, name, chain, strlen(chain), key, key_len, meta, e,
-                             sizeof(e));
+        int rc = store_save_cert(ps->cache, ca, name, chain, strlen(chain), key, key_len, meta,
+                                 e, sizeof(e));
         cJSON_Delete(meta);
         store_wipe_free(key, key_len);
         if (rc != 0) {
@@ -403,20 +473,11 @@ static void on_accounts(pg_t *pg, const PGresult *res, const char *err, void *ar
         free(have_kid);
         if (same)
             continue;
-        size_t sealed_len = 0;
-        unsigned char *sealed = bytea(res, r, 1, &sealed_len);
-        char *aad = aad_for("account", ca, NULL);
         char *key = NULL;
         size_t key_len = 0;
-        int rc = sealed != NULL ? seal_decrypt(&ps->key, aad, sealed, sealed_len, &key, &key_len)
-                                : UV_EINVAL;
-        PQfreemem(sealed);
-        free(aad);
-        if (rc != 0) {
-            log_err("storage: postgres: the account for %s does not open with key_file", ca);
+        if (unseal(ps, res, r, 1, "account", ca, NULL, &key, &key_len) != 0)
             continue;
-        }
-        rc = store_save_account(ps->cache, ca, key, key_len, kid, e, sizeof(e));
+        int rc = store_save_account(ps->cache, ca, key, key_len, kid, e, sizeof(e));
         store_wipe_free(key, key_len);
         if (rc != 0) {
             log_err("storage: cannot write the account to the cache: %s", e);

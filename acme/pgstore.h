@@ -20,7 +20,8 @@
  * Tables (created on first use, in one transaction under an advisory lock,
  * with a schema version row; a database with another version is refused,
  * upgrades are explicit): psproxy_schema, psproxy_accounts, psproxy_certs,
- * psproxy_challenges. */
+ * psproxy_challenges, psproxy_keycheck (a value sealed by the first
+ * instance: one whose key_file does not open it never syncs or orders). */
 #ifndef PS_PGSTORE_H
 #define PS_PGSTORE_H
 

@@ -239,3 +239,20 @@ def test_tables_of_another_schema_version_are_refused(cluster):
     assert "upgrades are explicit" in again.log_text()
     assert serial_served(again) is not None  # the cache still serves
     assert c.pg.psql("SELECT version FROM psproxy_schema").strip() == "2"  # untouched
+
+
+def test_an_instance_with_another_key_file_takes_and_orders_nothing(cluster, tmp_path):
+    c = cluster(2)
+    c.start_pebble(validator=0)
+    first = c.start(0)
+    serial = wait_for(lambda: serial_served(first), CERT_TIMEOUT, what="a certificate")
+    c.key_file = tmp_path / "other.key"  # instance 1 gets another key
+    c.key_file.write_text(secrets.token_hex(32) + "\n")
+    os.chmod(c.key_file, 0o600)
+    other = c.start(1)
+    wait_for(lambda: "key_file is not the key" in other.log_text(), 10.0,
+             what="the key mismatch refused")
+    time.sleep(1.0)
+    assert serial_served(other) is None  # nothing taken it cannot open
+    assert c.pebble.orders_seen() == 1  # and nothing ordered over the others' rows
+    assert serial_served(first) == serial
