@@ -33,6 +33,7 @@ struct pgstore {
     uv_timer_t poll;
     long long rev_seen; /* the newest certificate row already in the cache */
     int ready;
+    int missed; /* a NOTIFY came before the sync after a connect was done */
     int schema_failed;
     uv_timer_t later;         /* answers owed while the database is away */
     struct later *later_list;
@@ -58,6 +59,7 @@ struct op {
 static void download(pgstore_t *ps);
 static void check_key(pgstore_t *ps);
 static void on_upload(pg_t *pg, const PGresult *res, const char *err, void *arg);
+static void on_unlocked(pg_t *pg, const PGresult *res, const char *err, void *arg);
 
 /* An answer given from the loop, not from inside the call that asked. */
 struct later {
@@ -124,7 +126,7 @@ static const char *const SCHEMA[] = {
     "chain text NOT NULL, key bytea NOT NULL, meta jsonb NOT NULL, rev bigint NOT NULL, "
     "updated timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (ca, name))",
     "CREATE TABLE IF NOT EXISTS psproxy_challenges (token text PRIMARY KEY, keyauth text NOT "
-    "NULL, expires timestamptz NOT NULL)",
+    "NULL, expires timestamptz NOT NULL, acks integer NOT NULL DEFAULT 0)",
     /* a value sealed by the first instance: every other must open it, or
      * its key_file differs and it would write rows the others cannot read */
     "CREATE TABLE IF NOT EXISTS psproxy_keycheck (sealed bytea NOT NULL)",
@@ -513,6 +515,10 @@ static void on_first_sync(pg_t *pg, const PGresult *res, const char *err, void *
         return;
     ps->ready = 1;
     log_info("storage: postgres %s: in sync", pg_target(ps->pg));
+    if (ps->missed) {
+        ps->missed = 0;
+        download(ps);
+    }
     flush_uploads(ps);
     if (ps->ev.on_ready != NULL)
         ps->ev.on_ready(ps, ps->data);
@@ -566,12 +572,30 @@ static void on_down(pg_t *pg, const char *reason)
 static void on_notify(pg_t *pg, const char *channel, const char *payload)
 {
     pgstore_t *ps = pg_data(pg);
-    if (!ps->ready)
-        return; /* the sync after the connect reads it anyway */
+    if (!ps->ready) {
+        /* the sync after the connect may have read before this change:
+         * read again once it is done (after the key check) */
+        ps->missed = 1;
+        return;
+    }
     if (strcmp(channel, CH_CHALLENGES) == 0) {
-        const char *p[1] = {payload};
-        pg_query(pg, "SELECT token, keyauth FROM psproxy_challenges WHERE token = $1", 1, p,
-                 NULL, NULL, on_challenges, op_new(ps, NULL, NULL, payload));
+        /* "+TOKEN KEYAUTH": answer it from now on, and say so (the instance
+         * that placed the order waits for every one); "-TOKEN": done */
+        const char *sp = strchr(payload, ' ');
+        if (payload[0] == '+' && sp != NULL) {
+            char *token = strndup(payload + 1, (size_t)(sp - payload - 1));
+            if (token == NULL)
+                abort();
+            chal_http_put(token, sp + 1);
+            const char *p[1] = {token};
+            struct op *o = op_new(ps, NULL, NULL, NULL);
+            if (pg_query(pg, "UPDATE psproxy_challenges SET acks = acks + 1 WHERE token = $1", 1,
+                         p, NULL, NULL, on_unlocked, o) != 0)
+                op_free(o);
+            free(token);
+        } else if (payload[0] == '-') {
+            chal_http_del(payload + 1);
+        }
         return;
     }
     download(ps); /* certs and accounts: everything newer */
@@ -747,21 +771,119 @@ void pgstore_unlock(pgstore_t *ps, const char *name)
 
 /* ---- challenges ---------------------------------------------------------- */
 
+/* The instance that placed an order tells the CA once every instance
+ * connected to the database has the answer (or after CHAL_ACK_MS): a
+ * validation may reach any of them, at once. */
+#define CHAL_ACK_MS 3000
+#define CHAL_ACK_POLL_MS 10
+
+struct chal_wait {
+    pgstore_t *ps;
+    char *token;
+    void (*cb)(void *arg, int status);
+    void *arg;
+    uint64_t deadline;
+    uv_timer_t timer;
+};
+
+static void chal_wait_closed(uv_handle_t *h)
+{
+    struct chal_wait *w = h->data;
+    free(w->token);
+    free(w);
+}
+
+static void chal_wait_end(struct chal_wait *w, int status)
+{
+    if (w->cb != NULL)
+        w->cb(w->arg, status);
+    uv_close((uv_handle_t *)&w->timer, chal_wait_closed);
+}
+
+static void chal_wait_poll(uv_timer_t *t);
+
+static void on_chal_acks(pg_t *pg, const PGresult *res, const char *err, void *arg)
+{
+    struct op *o = arg;
+    struct chal_wait *w = o->arg;
+    op_free(o);
+    (void)pg;
+    if (res == NULL || err != NULL || PQntuples(res) != 1) {
+        chal_wait_end(w, UV_EIO);
+        return;
+    }
+    int acks = atoi(PQgetvalue(res, 0, 0)), others = atoi(PQgetvalue(res, 0, 1));
+    if (acks >= others) {
+        chal_wait_end(w, 0);
+        return;
+    }
+    if (uv_now(w->timer.loop) >= w->deadline) {
+        log_warn("acme: challenge: %d of %d other instances confirmed it in %d ms; going on",
+                 acks, others, CHAL_ACK_MS);
+        chal_wait_end(w, 0);
+        return;
+    }
+    uv_timer_start(&w->timer, chal_wait_poll, CHAL_ACK_POLL_MS, 0);
+}
+
+static void chal_wait_poll(uv_timer_t *t)
+{
+    struct chal_wait *w = t->data;
+    const char *p[1] = {w->token};
+    struct op *o = op_new(w->ps, NULL, w, NULL);
+    /* the others: this database's sessions of psproxy but ours */
+    if (pg_query(w->ps->pg,
+                 "SELECT acks, (SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                 "current_setting('application_name') AND datname = current_database() AND pid "
+                 "<> pg_backend_pid()) FROM psproxy_challenges WHERE token = $1",
+                 1, p, NULL, NULL, on_chal_acks, o) != 0) {
+        op_free(o);
+        chal_wait_end(w, UV_ENOTCONN);
+    }
+}
+
+static void on_chal_stored(void *arg, int status)
+{
+    struct chal_wait *w = arg;
+    if (status != 0) {
+        chal_wait_end(w, status);
+        return;
+    }
+    chal_wait_poll(&w->timer);
+}
+
 void pgstore_put_challenge(pgstore_t *ps, const char *token, const char *keyauth,
                            void (*cb)(void *arg, int status), void *arg)
 {
+    size_t n = strlen(token) + strlen(keyauth) + 3;
+    char *payload = malloc(n);
+    struct chal_wait *w = calloc(1, sizeof(*w));
+    if (payload == NULL || w == NULL)
+        abort();
+    snprintf(payload, n, "+%s %s", token, keyauth);
+    w->ps = ps;
+    w->token = strdup(token);
+    w->cb = cb;
+    w->arg = arg;
+    uv_timer_init(uv_handle_get_loop((uv_handle_t *)&ps->poll), &w->timer);
+    w->timer.data = w;
+    w->deadline = uv_now(w->timer.loop) + CHAL_ACK_MS;
     struct stmt st[2] = {
         {"INSERT INTO psproxy_challenges (token, keyauth, expires) VALUES ($1, $2, now() + "
          "interval '1 hour') ON CONFLICT (token) DO UPDATE SET keyauth = EXCLUDED.keyauth, "
-         "expires = EXCLUDED.expires",
+         "expires = EXCLUDED.expires, acks = 0",
          2,
          {token, keyauth},
          {0},
          {0}},
-        {"SELECT pg_notify('" CH_CHALLENGES "', $1)", 1, {token}, {0}, {0}},
+        {"SELECT pg_notify('" CH_CHALLENGES "', $1)", 1, {payload}, {0}, {0}},
     };
-    if (!ps->ready || transaction(ps, st, 2, "a challenge", cb, arg) != 0)
+    if (!ps->ready || transaction(ps, st, 2, "a challenge", on_chal_stored, w) != 0) {
+        w->cb = NULL;
+        chal_wait_end(w, UV_ENOTCONN);
         answer_later(ps, cb, arg, UV_ENOTCONN);
+    }
+    free(payload);
 }
 
 void pgstore_del_challenge(pgstore_t *ps, const char *token)
@@ -769,7 +891,7 @@ void pgstore_del_challenge(pgstore_t *ps, const char *token)
     struct stmt st[2] = {
         {"DELETE FROM psproxy_challenges WHERE token = $1 OR expires < now()", 1, {token}, {0},
          {0}},
-        {"SELECT pg_notify('" CH_CHALLENGES "', $1)", 1, {token}, {0}, {0}},
+        {"SELECT pg_notify('" CH_CHALLENGES "', '-' || $1)", 1, {token}, {0}, {0}},
     };
     if (ps->ready)
         transaction(ps, st, 2, "a challenge", NULL, NULL);

@@ -139,7 +139,11 @@ def test_http01_answered_by_an_instance_that_did_not_order(cluster):
     c.start_pebble(validator=0)
     other = c.start(0, name="other.photospots.live")
     orderer = c.start(1)
-    wait_for(lambda: serial_served(orderer), CERT_TIMEOUT, what="instance 1 serving " + NAME)
+    try:
+        wait_for(lambda: serial_served(orderer), CERT_TIMEOUT, what="instance 1 serving " + NAME)
+    except AssertionError as e:
+        raise AssertionError("%s\ninstance 0:\n%s\ninstance 1:\n%s" % (
+            e, other.log_text()[-2500:], orderer.log_text()[-2500:]))
     answered = "answered the http-01 challenge for %s" % NAME
     assert answered in other.log_text(), other.log_text()[-3000:]
     assert answered not in orderer.log_text()
