@@ -38,6 +38,7 @@ struct pgstore {
     uv_timer_t later;         /* answers owed while the database is away */
     struct later *later_list;
     int closed; /* handles closed, of 2 */
+    struct chal_wait *waits;
     unsigned long session;
     struct {
         char *name;
@@ -46,6 +47,19 @@ struct pgstore {
     struct pending pending[MAX_PENDING]; /* uploads waiting for the database */
     size_t n_pending;
 };
+
+/* An HTTP-01 answer waiting for every instance's confirmation. */
+struct chal_wait {
+    struct chal_wait *next; /* the store's waits: pgstore_free ends them */
+    pgstore_t *ps;
+    char *token;
+    void (*cb)(void *arg, int status);
+    void *arg;
+    uint64_t deadline;
+    uv_timer_t timer;
+};
+
+static void chal_wait_end(struct chal_wait *w, int status);
 
 /* A query's continuation with what it needs, freed after the callback. */
 struct op {
@@ -661,6 +675,10 @@ void pgstore_free(pgstore_t *ps)
     if (ps == NULL)
         return;
     pg_free(ps->pg); /* pending callbacks run now with "closed" */
+    while (ps->waits != NULL) {
+        ps->waits->cb = NULL; /* the owner is going too */
+        chal_wait_end(ps->waits, UV_ECANCELED);
+    }
     for (size_t i = 0; i < MAX_LOCKS; i++)
         free(ps->locks[i].name);
     for (size_t i = 0; i < ps->n_pending; i++) {
@@ -777,14 +795,6 @@ void pgstore_unlock(pgstore_t *ps, const char *name)
 #define CHAL_ACK_MS 3000
 #define CHAL_ACK_POLL_MS 10
 
-struct chal_wait {
-    pgstore_t *ps;
-    char *token;
-    void (*cb)(void *arg, int status);
-    void *arg;
-    uint64_t deadline;
-    uv_timer_t timer;
-};
 
 static void chal_wait_closed(uv_handle_t *h)
 {
@@ -795,6 +805,11 @@ static void chal_wait_closed(uv_handle_t *h)
 
 static void chal_wait_end(struct chal_wait *w, int status)
 {
+    for (struct chal_wait **p = &w->ps->waits; *p != NULL; p = &(*p)->next)
+        if (*p == w) {
+            *p = w->next;
+            break;
+        }
     if (w->cb != NULL)
         w->cb(w->arg, status);
     uv_close((uv_handle_t *)&w->timer, chal_wait_closed);
@@ -862,6 +877,8 @@ void pgstore_put_challenge(pgstore_t *ps, const char *token, const char *keyauth
         abort();
     snprintf(payload, n, "+%s %s", token, keyauth);
     w->ps = ps;
+    w->next = ps->waits;
+    ps->waits = w;
     w->token = strdup(token);
     w->cb = cb;
     w->arg = arg;
