@@ -508,12 +508,9 @@ static void on_challenges(pg_t *pg, const PGresult *res, const char *err, void *
 {
     struct op *o = arg;
     (void)pg;
-    if (res != NULL && err == NULL) {
-        if (o->name != NULL && PQntuples(res) == 0)
-            chal_http_del(o->name); /* deleted by the instance that put it */
+    if (res != NULL && err == NULL)
         for (int r = 0; r < PQntuples(res); r++)
             chal_http_put(PQgetvalue(res, r, 0), PQgetvalue(res, r, 1));
-    }
     op_free(o);
 }
 

@@ -47,8 +47,7 @@ struct h2_stream {
     unsigned resp_head : 1;   /* the final response HEADERS were submitted */
     unsigned bodiless : 1;    /* they carried END_STREAM */
     unsigned ended : 1;       /* the response is complete (h2_stream_end) */
-    unsigned writing : 1;     /* a conn_write's bytes are still in OUT */
-    unsigned notify : 1;      /* ... and conn_write_done is owed for them */
+    unsigned writing : 1;     /* a conn_write's bytes are still in OUT (done owed) */
     unsigned done : 1;        /* conn_write_done is due (after nghttp2 returns) */
 };
 
@@ -323,10 +322,8 @@ static ssize_t on_data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
         s->i_out = s->n_out = 0;
         if (s->writing) {
             s->writing = 0;
-            if (s->notify) {
-                s->done = 1; /* conn_write_done runs once nghttp2 has returned */
-                h->again = 1;
-            }
+            s->done = 1; /* conn_write_done runs once nghttp2 has returned */
+            h->again = 1;
         }
         if (s->ended)
             *flags |= NGHTTP2_DATA_FLAG_EOF;
@@ -387,7 +384,6 @@ int h2_stream_write(conn_t *sc, uv_buf_t *bufs, unsigned n)
     }
     /* done once DATA frames took it all (the flush, after this iteration) */
     s->writing = 1;
-    s->notify = 1;
     nghttp2_session_resume_data(h->ng, s->id);
     h2_flush(h);
     return 0;

@@ -117,15 +117,13 @@ int h2_req_field(h2_req_t *r, const uint8_t *name, size_t nlen, const uint8_t *v
     if (is_lit(name, nlen, "host")) {
         /* RFC 9113 8.3.1: :authority wins; a Host naming another entity is
          * malformed. The pseudo-header fields came first, so it is known. */
-        if (r->authority.len == 0) {
-            r->has_host = 1;
-        } else if (vlen != r->authority.len ||
-                   strncasecmp((const char *)value, r->authority.base, vlen) != 0) {
-            r->status = 400;
-            return 0;
-        } else {
+        if (r->authority.len > 0) {
+            if (vlen != r->authority.len ||
+                strncasecmp((const char *)value, r->authority.base, vlen) != 0)
+                r->status = 400;
             return 0;
         }
+        /* no :authority: the host field is written as it came */
     }
     if (is_lit(name, nlen, "cookie")) {
         keep_cookie(r, value, vlen);

@@ -26,7 +26,6 @@ typedef struct h2_req {
     uint64_t decoded; /* field bytes decoded, as RFC 9113 6.5.2 counts them */
     uv_buf_t method, path, authority, cookie;
     unsigned has_length : 1;  /* content-length came */
-    unsigned has_host : 1;    /* a host field came instead of :authority */
     unsigned line_done : 1;   /* the request line is written */
     unsigned finished : 1;    /* the head is done: later fields (trailers) are only counted */
     unsigned status : 10;     /* the 4xx to answer instead (0: none) */
