@@ -794,6 +794,20 @@ void conn_respond(conn_t *c, int status, const char *extra, const char *body, si
         respond_maybe_done(c);
 }
 
+void conn_malformed(conn_t *c)
+{
+    c->keep_alive = 0;
+    if (c->h2s != NULL) {
+        h2_stream_malformed(c); /* RST_STREAM(PROTOCOL_ERROR), RFC 9113 8.1.1 */
+        conn_close(c);
+    } else if (c->resp_started || c->write_pending) {
+        conn_close(c);
+    } else {
+        c->req_done = 0; /* the rest of the request is dropped */
+        conn_respond(c, 400, NULL, NULL, 0);
+    }
+}
+
 static void respond_error(conn_t *c, int status)
 {
     log_debug("conn %llu %s: %d %s: %s", (unsigned long long)c->id, c->peer_ip, status,

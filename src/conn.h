@@ -130,6 +130,8 @@ struct conn {
     unsigned resp_bytes : 1;   /* the upstream sent anything at all */
     unsigned resp_sent : 1;    /* all of the response went to the client (or is queued) */
     int req_framing;           /* enum http_framing, towards the upstream */
+    uint64_t req_length;       /* the body's length with HTTP_BODY_LENGTH */
+    uint64_t body_up;          /* body bytes this upstream got after the head */
     int resp_framing;          /* enum http_framing, towards the client */
     char up_chunk[20];         /* chunk-size line of the body going up */
     char down_chunk[20];       /* chunk-size line of the body going down */
@@ -207,6 +209,11 @@ void conn_request_done(conn_t *c);
 /* Answers with a response made here (error pages, respond, redir); closes
  * afterwards unless KEEP_ALIVE and the request was read whole. */
 void conn_respond(conn_t *c, int status, const char *extra, const char *body, size_t len);
+/* The request turned out malformed after it was routed (its body broke the
+ * framing of its head): an HTTP/2 stream is reset with PROTOCOL_ERROR; an
+ * HTTP/1.1 one gets 400 if nothing of a response went out, else the
+ * connection closes. Neither is reused. */
+void conn_malformed(conn_t *c);
 
 /* Writes BUFS to STREAM now if the socket takes them, else queues the rest
  * on REQ. Returns 1 when all went out now, 0 when queued, <0 on error. */

@@ -26,6 +26,7 @@
 #define H2_MAX_CONTINUATIONS 8
 #define H2_NGHTTP2_RESET_BURST 1000
 #define H2_NGHTTP2_MAX_CONTINUATIONS 16
+#define H2_SKIPPED 8
 
 struct h2_stream {
     h2_session_t *h;       /* NULL once the session is gone */
@@ -33,6 +34,7 @@ struct h2_stream {
     int32_t id;            /* 0 once nghttp2 closed the stream or we reset it */
     char *head;            /* the request head as HTTP/1.1 (its slices live here) */
     h2_req_t req;
+    int head_len;          /* h2_req_finish's result, once head_ready */
     uv_buf_t out[8];       /* response body bytes DATA frames still have to take */
     unsigned n_out, i_out;
     uint64_t in_total;     /* DATA bytes received for the read buffer */
@@ -41,7 +43,7 @@ struct h2_stream {
      * SETTINGS, whose window is smaller than the 65,535 it may start with */
     char *spill;
     size_t spill_len;
-    unsigned head_ready : 1;  /* the request head is complete (END_HEADERS) */
+    unsigned head_ready : 1;  /* the request head is complete and framed (END_HEADERS) */
     unsigned head_done : 1;   /* ... and was handed to conn.c */
     unsigned in_end : 1;      /* END_STREAM from the client */
     unsigned resp_head : 1;   /* the final response HEADERS were submitted */
@@ -49,6 +51,7 @@ struct h2_stream {
     unsigned ended : 1;       /* the response is complete (h2_stream_end) */
     unsigned writing : 1;     /* a conn_write's bytes are still in OUT (done owed) */
     unsigned done : 1;        /* conn_write_done is due (after nghttp2 returns) */
+    unsigned malformed : 1;   /* reset with PROTOCOL_ERROR, not INTERNAL_ERROR */
 };
 
 struct h2_session {
@@ -62,6 +65,15 @@ struct h2_session {
         uint64_t at;
     } control, resets;
     unsigned continuations; /* CONTINUATION frames of the header block being read */
+    /* RFC 9113 5.1.1: stream ids the client skipped are closed for good.
+     * nghttp2 ignores a HEADERS below its last stream id (it cannot tell a
+     * skipped id from a stream it forgot), so the skipped ones are kept
+     * here: the newest H2_SKIPPED ranges, enough for any real client. */
+    int32_t last_id; /* the highest stream id the client opened */
+    struct {
+        int32_t lo, hi;
+    } skipped[H2_SKIPPED];
+    unsigned n_skipped;
     /* what the streams write during one loop iteration goes out together
      * from this idle handle (run before the loop polls again, which an
      * active one keeps from blocking): one TLS record run, one write */
@@ -84,14 +96,46 @@ static conn_t *stream_conn(nghttp2_session *ng, int32_t id)
 
 /* ---- defences ----------------------------------------------------------- */
 
-static void calm_down(h2_session_t *h, const char *why)
+static void session_error(h2_session_t *h, uint32_t code, const char *why)
 {
     if (h->failed)
         return;
     log_info("conn %llu %s: h2: %s: closing the connection", (unsigned long long)h->c->id,
              h->c->peer_ip, why);
-    nghttp2_session_terminate_session(h->ng, NGHTTP2_ENHANCE_YOUR_CALM);
+    nghttp2_session_terminate_session(h->ng, code);
     h->failed = 1;
+}
+
+static void calm_down(h2_session_t *h, const char *why)
+{
+    session_error(h, NGHTTP2_ENHANCE_YOUR_CALM, why);
+}
+
+/* A HEADERS frame on stream ID: 0 when it may open or continue a stream,
+ * -1 when ID is one the client skipped (RFC 9113 5.1.1: a lower id than
+ * one it opened already; PROTOCOL_ERROR). */
+static int check_stream_id(h2_session_t *h, int32_t id)
+{
+    if ((id & 1) == 0)
+        return 0; /* nghttp2 refuses it itself */
+    if (id > h->last_id) {
+        if (id > h->last_id + 2) {
+            /* ids between are skipped: the oldest range makes room */
+            if (h->n_skipped == H2_SKIPPED) {
+                memmove(&h->skipped[0], &h->skipped[1], sizeof(h->skipped[0]) * (H2_SKIPPED - 1));
+                h->n_skipped--;
+            }
+            h->skipped[h->n_skipped].lo = h->last_id + 2;
+            h->skipped[h->n_skipped].hi = id - 2;
+            h->n_skipped++;
+        }
+        h->last_id = id;
+        return 0;
+    }
+    for (unsigned i = 0; i < h->n_skipped; i++)
+        if (id >= h->skipped[i].lo && id <= h->skipped[i].hi)
+            return -1;
+    return 0; /* a stream opened before: trailers, or nghttp2's to ignore */
 }
 
 /* Returns 0 while the client stays within the budget B (BURST tokens,
@@ -121,8 +165,12 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
 {
     (void)ng;
     h2_session_t *h = ud;
-    if (hd->type == NGHTTP2_HEADERS)
+    if (hd->type == NGHTTP2_HEADERS) {
         h->continuations = 0;
+        if (check_stream_id(h, hd->stream_id) < 0)
+            session_error(h, NGHTTP2_PROTOCOL_ERROR,
+                          "HEADERS on a stream id lower than one opened before");
+    }
     else if (hd->type == NGHTTP2_CONTINUATION && ++h->continuations > H2_MAX_CONTINUATIONS)
         calm_down(h, "CONTINUATION flood");
     return h->failed ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
@@ -200,7 +248,12 @@ static void start_ready_streams(h2_session_t *h)
             return;
         h2_stream_t *s = sc->h2s;
         s->head_done = 1;
-        conn_stream_head(sc, s->head, h2_req_finish(&s->req, s->in_end));
+        /* nghttp2 found the request malformed in this read (a content-length
+         * the DATA did not match, RFC 9113 8.1.1): its RST_STREAM closes the
+         * stream, and nothing of it reaches an upstream */
+        if (!s->in_end && nghttp2_session_get_stream_remote_close(h->ng, s->id))
+            continue;
+        conn_stream_head(sc, s->head, s->head_len);
     }
 }
 
@@ -249,10 +302,16 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
             break;
         if (end)
             sc->h2s->in_end = 1;
-        if (!sc->h2s->head_ready)
+        if (!sc->h2s->head_ready) {
+            /* The head's framing is this frame's to decide, never the
+             * read's: END_STREAM here means no body; without it the body
+             * goes up with its content-length, else chunked. DATA (and
+             * its END_STREAM) in the same read must not change that. */
+            sc->h2s->head_len = h2_req_finish(&sc->h2s->req, end);
             sc->h2s->head_ready = 1; /* started after this read: start_ready_streams */
-        else
+        } else {
             stream_input(sc); /* trailers, dropped; their END_STREAM counts */
+        }
         break;
     case NGHTTP2_DATA:
         if (f->hd.length == 0 && !end && spend_control(h) < 0)
@@ -432,6 +491,11 @@ int h2_stream_input_ended(const conn_t *sc)
     return sc->h2s->in_end && sc->h2s->spill_len == 0;
 }
 
+void h2_stream_malformed(conn_t *sc)
+{
+    sc->h2s->malformed = 1;
+}
+
 void h2_stream_detach(conn_t *sc)
 {
     h2_stream_t *s = sc->h2s;
@@ -443,7 +507,9 @@ void h2_stream_detach(conn_t *sc)
     if (s->id != 0 && !h->closing) {
         nghttp2_session_set_stream_user_data(h->ng, s->id, NULL);
         nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, s->id,
-                                  s->ended ? NGHTTP2_NO_ERROR : NGHTTP2_INTERNAL_ERROR);
+                                  s->ended       ? NGHTTP2_NO_ERROR
+                                  : s->malformed ? NGHTTP2_PROTOCOL_ERROR
+                                                 : NGHTTP2_INTERNAL_ERROR);
         s->id = 0;
         h2_flush(h);
     }
@@ -610,6 +676,7 @@ int h2_start(conn_t *c)
     if (h == NULL)
         abort();
     h->c = c;
+    h->last_id = -1; /* so that skipping stream 1 counts */
     h->control = (struct h2_bucket){H2_CONTROL_BURST, uv_now(&c->w->loop)};
     h->resets = (struct h2_bucket){H2_RESET_BURST, uv_now(&c->w->loop)};
     if (nghttp2_session_server_new2(&h->ng, callbacks, h, options) != 0) {

@@ -54,6 +54,9 @@ void h2_stream_end(conn_t *sc);
 void h2_stream_update(conn_t *sc);
 /* The client ended the stream's request (END_STREAM). */
 int h2_stream_input_ended(const conn_t *sc);
+/* The stream's request is malformed: its reset (conn_close) says
+ * PROTOCOL_ERROR. */
+void h2_stream_malformed(conn_t *sc);
 /* conn_close of a stream conn: RST_STREAM unless the stream is over. */
 void h2_stream_detach(conn_t *sc);
 /* The stream conn's memory goes (its last close callback ran). */

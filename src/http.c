@@ -437,6 +437,22 @@ int http_request_framing(const http_head_t *req)
     return HTTP_BODY_NONE;
 }
 
+int http_body_keeps_framing(int framing, uint64_t declared, uint64_t sent, size_t len, int ends)
+{
+    switch (framing) {
+    case HTTP_BODY_NONE:
+        return sent == 0 && len == 0 ? 0 : -1;
+    case HTTP_BODY_LENGTH:
+        if (sent > declared || len > declared - sent)
+            return -1;
+        return !ends || sent + len == declared ? 0 : -1;
+    case HTTP_BODY_CHUNKED:
+        return 0; /* each piece goes up as a chunk of its own */
+    default:
+        return -1; /* a request body is never close-delimited */
+    }
+}
+
 int http_response_bodiless(int status, int head_method)
 {
     return head_method || (status >= 100 && status < 200) || status == 204 || status == 304;
@@ -772,16 +788,19 @@ static int ops_remove(const cfg_hdr_ops_t *ops, uv_buf_t name)
     return 0;
 }
 
+static int is_framing_field(uv_buf_t name);
+
 /* Emits the SET/ADD/DEFAULT ops; DEFAULT only when the field is not in
- * the head we are writing (HAS tells). */
+ * the head we are writing (HAS tells). A request head (REQUEST) takes no
+ * op on its framing fields. */
 static void put_ops(out_t *o, const cfg_hdr_ops_t *ops, const http_vars_t *v,
-                    int (*has)(const void *ctx, uv_buf_t name), const void *ctx)
+                    int (*has)(const void *ctx, uv_buf_t name), const void *ctx, int request)
 {
     if (ops == NULL)
         return;
     for (size_t i = 0; i < ops->n; i++) {
         const cfg_hdr_op_t *op = &ops->ops[i];
-        if (op->op == CFG_HDR_DEL)
+        if (op->op == CFG_HDR_DEL || (request && is_framing_field(cstr(op->name))))
             continue;
         if (op->op == CFG_HDR_DEFAULT && has(ctx, cstr(op->name)))
             continue;
@@ -802,7 +821,7 @@ int http_expand_ops(const cfg_hdr_ops_t *const *ops, unsigned n, const http_vars
 {
     out_t o = {buf, *len, cap, 0};
     for (unsigned i = 0; i < n; i++)
-        put_ops(&o, ops[i], v, has_none, NULL);
+        put_ops(&o, ops[i], v, has_none, NULL, 0);
     if (o.overflow)
         return -1;
     *len = o.len;
@@ -846,6 +865,12 @@ static int has_kept(const void *ctx, uv_buf_t name)
     return 0;
 }
 
+/* The fields that frame a request body: psproxy writes them itself. */
+static int is_framing_field(uv_buf_t name)
+{
+    return http_token_eq(name, "content-length") || http_token_eq(name, "transfer-encoding");
+}
+
 static int is_forwarded_header(uv_buf_t name)
 {
     return http_token_eq(name, "x-forwarded-for") || http_token_eq(name, "x-forwarded-proto") ||
@@ -877,6 +902,8 @@ int http_build_request(char *buf, size_t cap, const http_req_out_t *r)
                 n_xff++;
             continue;
         }
+        if (is_framing_field(hdr->name))
+            continue; /* written below, from the framing we send */
         if (kept_header(&k, hdr->name))
             put_field(&o, hdr);
     }
@@ -915,11 +942,18 @@ int http_build_request(char *buf, size_t cap, const http_req_out_t *r)
         put(&o, "\r\n", 2);
     }
 
-    if (r->framing == HTTP_BODY_CHUNKED)
+    if (r->framing == HTTP_BODY_CHUNKED) {
         puts_(&o, "Transfer-Encoding: chunked\r\n");
+    } else if (r->framing == HTTP_BODY_LENGTH) {
+        put(&o, "Content-Length: ", 16);
+        put_uint(&o, r->length);
+        put(&o, "\r\n", 2);
+    } else if (h->parser.flags & F_CONTENT_LENGTH) {
+        puts_(&o, "Content-Length: 0\r\n"); /* a POST that says it has no body */
+    }
     if (r->upgrade)
         puts_(&o, "Connection: upgrade\r\n");
-    put_ops(&o, r->ops, r->vars, has_kept, &k);
+    put_ops(&o, r->ops, r->vars, has_kept, &k, 1);
     put(&o, "\r\n", 2);
     return o.overflow ? -1 : (int)o.len;
 }
@@ -955,7 +989,7 @@ int http_build_response(char *buf, size_t cap, const http_resp_out_t *r)
         else if (r->http10)
             puts_(&o, "Connection: keep-alive\r\n");
         for (unsigned i = 0; i < r->n_ops; i++)
-            put_ops(&o, r->ops[i], r->vars, has_kept, &k);
+            put_ops(&o, r->ops[i], r->vars, has_kept, &k, 0);
     }
     put(&o, "\r\n", 2);
     return o.overflow ? -1 : (int)o.len;

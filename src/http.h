@@ -117,10 +117,14 @@ typedef struct http_req_out {
     int https;          /* X-Forwarded-Proto */
     int trusted;        /* the peer is a trusted proxy: keep its X-Forwarded-* */
     int framing;        /* enum http_framing of the body we send */
+    uint64_t length;    /* its length, with HTTP_BODY_LENGTH */
     int upgrade;        /* keep Upgrade and send Connection: upgrade */
 } http_req_out_t;
 
-/* Writes the upstream request head into OUT. Returns its length, or -1 when
+/* Writes the upstream request head into OUT. Its framing fields are
+ * psproxy's, from FRAMING and LENGTH: neither the client's Content-Length
+ * or Transfer-Encoding nor a header_up op on them reaches the upstream (as
+ * Go's transport, so Caddy, ignores them). Returns its length, or -1 when
  * it does not fit in CAP. */
 int http_build_request(char *out, size_t cap, const http_req_out_t *r);
 
@@ -147,6 +151,14 @@ int http_build_simple(char *out, size_t cap, int status, const char *extra, cons
  * chunked stays chunked (re-chunked), a non-zero Content-Length stays,
  * anything else has no body (RFC 9112 6.3). */
 int http_request_framing(const http_head_t *req);
+
+/* The framing invariant (docs/ARCHITECTURE.md): the body bytes that follow
+ * a request head upstream are exactly the body that head declares. With
+ * FRAMING (and DECLARED bytes for HTTP_BODY_LENGTH), SENT bytes gone up
+ * and LEN more, ENDS when the request ends with them: returns 0 when they
+ * keep to it, -1 when they would break it (a body where none was declared,
+ * more than declared, or an end before the declared length). */
+int http_body_keeps_framing(int framing, uint64_t declared, uint64_t sent, size_t len, int ends);
 
 /* RFC 9112 6.3 rule 1: a response to HEAD, and any 1xx, 204 or 304, ends
  * with its head whatever its fields say (a 304 may carry the

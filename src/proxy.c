@@ -499,6 +499,19 @@ static void on_up_written(uv_write_t *req, int status)
     }
 }
 
+/* The body would break the framing its head gave the upstream (the
+ * framing invariant, http_body_keeps_framing): nothing more goes up, the
+ * upstream connection (which may hold part of it) is closed, and the
+ * request ends as malformed. */
+static void framing_broken(conn_t *c, size_t len)
+{
+    log_warn("conn %llu %s: request body does not match its framing (%llu bytes up, %zu more, "
+             "%s): not forwarded", (unsigned long long)c->id, c->peer_ip,
+             (unsigned long long)c->body_up, len, c->req_done ? "ended" : "open");
+    proxy_abort(c);
+    conn_malformed(c);
+}
+
 void proxy_pump_request(conn_t *c)
 {
     up_conn_t *u = c->up;
@@ -510,9 +523,12 @@ void proxy_pump_request(conn_t *c)
     if (!c->head_sent) {
         iov[n++] = uv_buf_init(c->obuf, (unsigned)c->olen);
         c->head_sent = 1;
+        c->body_up = 0;
         c->t_head_sent = uv_now(&c->w->loop);
         resend = c->req_done;
     }
+    char *body = NULL;
+    size_t len = 0;
     /* a paused parser may complete a bodiless request without new bytes */
     if (!c->req_done &&
         (c->rstart < c->rlen || llhttp_get_errno(&c->req.parser) == HPE_PAUSED)) {
@@ -529,8 +545,8 @@ void proxy_pump_request(conn_t *c)
                 conn_respond(c, http_request_error_status(&c->req, err), NULL, NULL, 0);
             return;
         }
-        if (c->body_len > 0)
-            add_body(iov, &n, c->req_framing, c->up_chunk, c->body, c->body_len);
+        body = c->body;
+        len = c->body_len;
         /* a body that arrived whole in one pass stays in the buffer, so the
          * request can go to another upstream if this one dies without a word */
         c->replayable = resend == 0 && c->req_done && c->bytes_in == c->body_len;
@@ -538,10 +554,21 @@ void proxy_pump_request(conn_t *c)
             c->replay = c->body;
             c->replay_len = c->body_len;
         }
-    } else if (resend && c->req_done && c->replayable && c->replay_len > 0) {
-        add_body(iov, &n, c->req_framing, c->up_chunk, c->replay, c->replay_len);
+    } else if (resend && c->req_done && c->replayable) {
+        body = c->replay;
+        len = c->replay_len;
     }
-    if (c->req_done && !c->req_sent) {
+    int ends = c->req_done && !c->req_sent;
+    /* every body byte that goes up passes here, whichever protocol brought it */
+    if (http_body_keeps_framing(c->req_framing, c->req_length, c->body_up, len, ends) < 0) {
+        framing_broken(c, len);
+        return;
+    }
+    if (len > 0) {
+        add_body(iov, &n, c->req_framing, c->up_chunk, body, len);
+        c->body_up += len;
+    }
+    if (ends) {
         add_end(iov, &n, c->req_framing);
         c->req_sent = 1;
     }
@@ -582,6 +609,7 @@ static void on_up_ready(conn_t *c)
     r.https = c->https;
     r.trusted = cfg_cidr_contains(p->trusted, p->n_trusted, (const struct sockaddr *)&c->peer);
     r.framing = c->req_framing;
+    r.length = c->req_length;
     r.upgrade = c->upgrade;
     int len = http_build_request(c->obuf, c->w->bufs.size, &r);
     if (len < 0) {
@@ -671,6 +699,8 @@ void proxy_start(conn_t *c)
     uv_once(&settings_once, settings_init);
     uv_timer_stop(&c->timer);
     c->req_framing = http_request_framing(&c->req);
+    /* llhttp counts content_length down as the body passes: keep it now */
+    c->req_length = c->req_framing == HTTP_BODY_LENGTH ? c->req.parser.content_length : 0;
     c->tried = 0;
     c->attempts = 0;
     c->pool = NULL;

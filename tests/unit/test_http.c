@@ -65,7 +65,8 @@ static const char *build_request(const char *text, int trusted, const cfg_hdr_op
     http_vars_t v;
     http_vars_from_request(&v, &h, 0, "10.0.0.7", "5555");
     v.upstream_hostport = uv_buf_init("127.0.0.1:8080", 14);
-    http_req_out_t r = {&h, &v, ops, "10.0.0.7", 0, trusted, framing, 0};
+    http_req_out_t r = {&h,      &v,      ops, "10.0.0.7", 0, trusted, framing,
+                       framing == HTTP_BODY_LENGTH ? h.parser.content_length : 0, 0};
     int n = http_build_request(out, sizeof(out), &r);
     if (n < 0)
         return "(overflow)";
@@ -264,7 +265,7 @@ TEST(hop_by_hop_and_connection_listed_fields_are_removed)
     CHECK(strstr(out, "X-Keep: k\r\n") != NULL);
     /* re-framed by us, once */
     const char *te = strstr(out, "Transfer-Encoding: chunked\r\n");
-    CHECK(te != NULL && strstr(te + 1, "Transfer-Encoding") == NULL);
+    CHECK(te != NULL && strstr(te + 3, "Transfer-Encoding") == NULL);
 }
 
 TEST(header_up_ops_set_add_delete_default)
@@ -290,6 +291,72 @@ TEST(header_up_ops_set_add_delete_default)
     CHECK(strstr(out, "X-Absent: v\r\n") != NULL);
 }
 
+/* The framing invariant: what may follow a request head upstream. */
+TEST(body_keeps_framing_only_with_exactly_the_declared_bytes)
+{
+    /* no body declared: not one byte, whatever the timing */
+    CHECK_INT(http_body_keeps_framing(HTTP_BODY_NONE, 0, 0, 0, 1), 0);
+    CHECK_INT(http_body_keeps_framing(HTTP_BODY_NONE, 0, 0, 0, 0), 0);
+    CHECK_INT(http_body_keeps_framing(HTTP_BODY_NONE, 0, 0, 1, 0), -1);
+    CHECK_INT(http_body_keeps_framing(HTTP_BODY_NONE, 0, 0, 40, 1), -1);
+    /* a length: pieces up to it, the end exactly at it */
+    CHECK_INT(http_body_keeps_framing(HTTP_BODY_LENGTH, 10, 0, 4, 0), 0);
+    CHECK_INT(http_body_keeps_framing(HTTP_BODY_LENGTH, 10, 4, 6, 1), 0);
+    CHECK_INT(http_body_keeps_framing(HTTP_BODY_LENGTH, 10, 10, 0, 1), 0);
+    CHECK_INT(http_body_keeps_framing(HTTP_BODY_LENGTH, 10, 4, 7, 0), -1);
+    CHECK_INT(http_body_keeps_framing(HTTP_BODY_LENGTH, 10, 4, 5, 1), -1);
+    CHECK_INT(http_body_keeps_framing(HTTP_BODY_LENGTH, 10, 0, 0, 1), -1);
+    CHECK_INT(http_body_keeps_framing(HTTP_BODY_LENGTH, 10, 11, 0, 0), -1);
+    CHECK_INT(http_body_keeps_framing(HTTP_BODY_LENGTH, UINT64_MAX, UINT64_MAX - 1, 2, 0), -1);
+    /* chunked: each piece is a chunk of its own */
+    CHECK_INT(http_body_keeps_framing(HTTP_BODY_CHUNKED, 0, 0, 0, 1), 0);
+    CHECK_INT(http_body_keeps_framing(HTTP_BODY_CHUNKED, 0, 123, 4096, 0), 0);
+    /* a request body is never close-delimited */
+    CHECK_INT(http_body_keeps_framing(HTTP_BODY_EOF, 0, 0, 1, 0), -1);
+}
+
+TEST(request_framing_fields_are_written_by_psproxy)
+{
+    /* the client's spelling goes, ours comes once */
+    const char *out = build_request("POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 003\r\n\r\n", 0,
+                                    NULL, HTTP_BODY_LENGTH);
+    CHECK(strstr(out, "content-length") == NULL);
+    const char *cl = strstr(out, "\r\nContent-Length: 3\r\n");
+    CHECK(cl != NULL && strstr(cl + 3, "Content-Length") == NULL);
+    /* a POST that says it has no body still says so */
+    out = build_request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", 0, NULL,
+                        HTTP_BODY_NONE);
+    CHECK(strstr(out, "\r\nContent-Length: 0\r\n") != NULL);
+    out = build_request("GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0, NULL, HTTP_BODY_NONE);
+    CHECK(strstr(out, "Content-Length") == NULL && strstr(out, "Transfer-Encoding") == NULL);
+}
+
+/* header_up on Content-Length or Transfer-Encoding would let the body
+ * reach the upstream outside its framing; Go's transport (so Caddy)
+ * ignores such fields in a request's header map too. */
+TEST(header_up_cannot_change_request_framing)
+{
+    cfg_tmpl_part_t lit = {CFG_VAR_NONE, "99", 2};
+    cfg_tmpl_part_t ch = {CFG_VAR_NONE, "chunked", 7};
+    cfg_hdr_op_t ops[] = {
+        {CFG_HDR_DEL, "Content-Length", {NULL, NULL, 0}},
+        {CFG_HDR_SET, "content-length", {"99", &lit, 1}},
+        {CFG_HDR_ADD, "Transfer-Encoding", {"chunked", &ch, 1}},
+        {CFG_HDR_DEFAULT, "Content-Length", {"99", &lit, 1}},
+    };
+    cfg_hdr_ops_t list = {ops, 4};
+    const char *out = build_request("PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n", 0,
+                                    &list, HTTP_BODY_LENGTH);
+    const char *cl = strstr(out, "\r\nContent-Length: 5\r\n");
+    CHECK(cl != NULL && strstr(cl + 3, "Content-Length") == NULL);
+    CHECK(strstr(out, "99") == NULL && strstr(out, "Transfer-Encoding") == NULL);
+    out = build_request("PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", 0,
+                        &list, HTTP_BODY_CHUNKED);
+    const char *te = strstr(out, "\r\nTransfer-Encoding: chunked\r\n");
+    CHECK(te != NULL && strstr(te + 3, "Transfer-Encoding") == NULL);
+    CHECK(strstr(out, "Content-Length") == NULL && strstr(out, "content-length") == NULL);
+}
+
 TEST(http10_request_without_host_gets_the_upstream_as_host)
 {
     const char *out = build_request("GET / HTTP/1.0\r\n\r\n", 0, NULL, HTTP_BODY_NONE);
@@ -305,7 +372,7 @@ TEST(request_head_that_does_not_fit_is_an_error)
     CHECK_INT(http_head_analyze(&h), 0);
     http_vars_t v;
     http_vars_from_request(&v, &h, 0, "1.1.1.1", "1");
-    http_req_out_t r = {&h, &v, NULL, "1.1.1.1", 0, 0, HTTP_BODY_NONE, 0};
+    http_req_out_t r = {&h, &v, NULL, "1.1.1.1", 0, 0, HTTP_BODY_NONE, 0, 0};
     CHECK_INT(http_build_request(out, sizeof(out), &r), -1);
 }
 
