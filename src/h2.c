@@ -52,6 +52,7 @@ struct h2_stream {
     unsigned writing : 1;     /* a conn_write's bytes are still in OUT (done owed) */
     unsigned done : 1;        /* conn_write_done is due (after nghttp2 returns) */
     unsigned malformed : 1;   /* reset with PROTOCOL_ERROR, not INTERNAL_ERROR */
+    unsigned held : 1;        /* a DATA frame being read may pass the content-length */
 };
 
 struct h2_session {
@@ -165,7 +166,16 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
 {
     (void)ng;
     h2_session_t *h = ud;
-    if (hd->type == NGHTTP2_HEADERS) {
+    if (hd->type == NGHTTP2_DATA) {
+        /* nghttp2 resets a stream whose DATA passes its content-length
+         * (RFC 9113 8.1.1) and drops the chunk without a word to us: a
+         * stream whose frame might do so starts only once the frame came
+         * through whole, so a malformed one never reaches an upstream */
+        conn_t *sc = stream_conn(ng, hd->stream_id);
+        if (sc != NULL && sc->h2s->req.has_length &&
+            sc->h2s->in_total + hd->length > sc->h2s->req.length)
+            sc->h2s->held = 1;
+    } else if (hd->type == NGHTTP2_HEADERS) {
         h->continuations = 0;
         if (check_stream_id(h, hd->stream_id) < 0)
             session_error(h, NGHTTP2_PROTOCOL_ERROR,
@@ -242,7 +252,7 @@ static void start_ready_streams(h2_session_t *h)
 {
     for (;;) {
         conn_t *sc = h->streams;
-        while (sc != NULL && !(sc->h2s->head_ready && !sc->h2s->head_done))
+        while (sc != NULL && !(sc->h2s->head_ready && !sc->h2s->head_done && !sc->h2s->held))
             sc = sc->h2s->next;
         if (sc == NULL || h->failed)
             return;
@@ -314,6 +324,8 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
         }
         break;
     case NGHTTP2_DATA:
+        if (sc != NULL)
+            sc->h2s->held = 0; /* within its content-length after all */
         if (f->hd.length == 0 && !end && spend_control(h) < 0)
             calm_down(h, "empty DATA frames flood");
         else if (sc != NULL && end) {
@@ -484,6 +496,11 @@ void h2_stream_update(conn_t *sc)
         s->in_consumed = freed;
         h2_flush(h);
     }
+}
+
+int32_t h2_stream_id(const conn_t *sc)
+{
+    return sc->h2s->id;
 }
 
 int h2_stream_input_ended(const conn_t *sc)

@@ -52,6 +52,8 @@ int h2_stream_write(conn_t *sc, uv_buf_t *bufs, unsigned n);
 void h2_stream_end(conn_t *sc);
 /* Window updates for the body bytes that left the stream's read buffer. */
 void h2_stream_update(conn_t *sc);
+/* The stream's id (0 once it is closed or reset), for logs. */
+int32_t h2_stream_id(const conn_t *sc);
 /* The client ended the stream's request (END_STREAM). */
 int h2_stream_input_ended(const conn_t *sc);
 /* The stream's request is malformed: its reset (conn_close) says

@@ -25,6 +25,7 @@ typedef struct h2_req {
     size_t top;      /* kept values live in BUF[top, cap) */
     uint64_t decoded; /* field bytes decoded, as RFC 9113 6.5.2 counts them */
     uv_buf_t method, path, authority, cookie;
+    uint64_t length;          /* its value (nghttp2 checked it is one number) */
     unsigned has_length : 1;  /* content-length came */
     unsigned line_done : 1;   /* the request line is written */
     unsigned finished : 1;    /* the head is done: later fields (trailers) are only counted */
