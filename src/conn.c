@@ -1163,12 +1163,10 @@ void conn_request_done(conn_t *c)
         conn_linger(c);
         return;
     }
-    llhttp_t *p = &c->req.parser;
-    llhttp_errno_t err = llhttp_get_errno(p);
-    if (err == HPE_PAUSED)
-        llhttp_resume(p);
-    else if (err == HPE_PAUSED_UPGRADE)
-        llhttp_resume_after_upgrade(p); /* the upgrade was refused */
+    /* each request starts with a fresh parser: after an upgrade the
+     * upstream refused, llhttp would otherwise take the next head for the
+     * upgraded protocol (HPE_PAUSED_UPGRADE) */
+    llhttp_reset(&c->req.parser);
     c->head_done = c->req_done = c->resp_started = c->resp_sent = 0;
     c->upgrade = c->head_method = 0;
     c->site = NULL;

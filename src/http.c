@@ -40,9 +40,20 @@ static int on_status(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* Trailer fields (after a chunked body's last chunk) are not the head's:
+ * they are dropped, so they neither take places in its table nor are
+ * checked as its slices (the body's buffer moves under them between
+ * reads). A request's trailer lines are checked by http_chunk_check. */
+static int trailing(const llhttp_t *p)
+{
+    return (p->flags & F_TRAILING) != 0;
+}
+
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     http_head_t *h = container_of(p, http_head_t, parser);
+    if (trailing(p))
+        return 0;
     assert(h->hdrs != NULL); /* the owner lends the table before parsing */
     if (h->field_state != 1) {
         if (h->n_hdrs == HTTP_MAX_HEADERS) {
@@ -62,6 +73,8 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     http_head_t *h = container_of(p, http_head_t, parser);
+    if (trailing(p))
+        return 0;
     uv_buf_t *v = h->n_hdrs > 0 ? &h->hdrs[h->n_hdrs - 1].value : NULL;
     /* llhttp accepts obs-fold as a value in pieces that are not adjacent;
      * RFC 9112 5.2 lets us reject it, and a proxy should */
@@ -78,6 +91,8 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
 static int on_header_value_complete(llhttp_t *p)
 {
     http_head_t *h = container_of(p, http_head_t, parser);
+    if (trailing(p))
+        return 0;
     uv_buf_t *v = &h->hdrs[h->n_hdrs - 1].value;
     /* llhttp drops leading OWS; the trailing OWS is ours to drop (RFC 9110 5.5) */
     while (v->len > 0 && (v->base[v->len - 1] == ' ' || v->base[v->len - 1] == '\t'))
@@ -89,6 +104,8 @@ static int on_header_value_complete(llhttp_t *p)
 static int on_header_field_complete(llhttp_t *p)
 {
     http_head_t *h = container_of(p, http_head_t, parser);
+    if (trailing(p))
+        return 0;
     /* a field with an empty value gets no on_header_value call */
     h->field_state = 2;
     return 0;
@@ -566,9 +583,11 @@ int http_chunk_check(http_chunk_check_t *k, const char *p, size_t len)
             k->state = CK_SIZE_FIRST;
             break;
         case CK_LINE_START:
+            /* a trailer line never starts with whitespace: obs-fold, or a
+             * field with space before it (RFC 9112 5.2, 2.2) */
             if (c == '\r')
                 k->state = CK_END_LF;
-            else if (line_byte_ok(c))
+            else if (c != ' ' && c != '\t' && line_byte_ok(c))
                 k->state = CK_TRAILER;
             else
                 return -1;

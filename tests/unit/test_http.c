@@ -597,11 +597,38 @@ TEST(chunk_check_refuses_lenient_framing)
         "-3\r\nabc\r\n0\r\n\r\n",
         "11111111111111111\r\n",     /* beyond 64 bits */
         "3;a\x01b\r\nabc\r\n0\r\n\r\n",
+        "0\r\nX: 1\r\n 2\r\n\r\n",      /* obs-fold in a trailer */
+        "0\r\n\tX: 1\r\n\r\n",         /* whitespace before a trailer */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         CHECK_INT(chunk_check_all(bad[i], 1), -1);
         CHECK_INT(chunk_check_all(bad[i], 64), -1);
     }
+}
+
+/* Trailers are parsed for their syntax and dropped: they never take a
+ * place in the head's table, and a trailer split between reads (whose
+ * pieces are not adjacent once the body's buffer moved) is no obs-fold. */
+TEST(trailer_fields_are_not_head_fields)
+{
+    static char buf[512];
+    static http_head_t h;
+    llhttp_settings_t s;
+    static http_hdr_t fields[HTTP_MAX_HEADERS];
+    http_settings_init(&s);
+    http_head_init(&h, HTTP_REQUEST, &s);
+    h.hdrs = fields;
+    const char *head = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+    const char *body[] = {"1\r\nx\r\n0\r\nX-Tr", "ailer: t", "t\r\nX-Two: 2\r\n\r\n"};
+    strcpy(buf, head);
+    CHECK_INT(llhttp_execute(&h.parser, buf, strlen(buf)), HPE_OK);
+    CHECK_INT(h.n_hdrs, 2);
+    for (size_t i = 0; i < 3; i++) {
+        strcpy(buf + 100, body[i]); /* each piece somewhere else, as after a compaction */
+        CHECK_INT(llhttp_execute(&h.parser, buf + 100, strlen(body[i])), HPE_OK);
+    }
+    CHECK_INT(h.n_hdrs, 2);
+    CHECK(http_token_eq(h.hdrs[1].name, "transfer-encoding"));
 }
 
 TEST(chunk_check_stops_at_the_end_of_the_body)
