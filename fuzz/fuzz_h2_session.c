@@ -65,12 +65,18 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 static void headers(struct prog *g, h2h_bytes_t *out, h2h_enc_t *e, struct sent *st)
 {
-    static const char *const methods[] = {"GET", "HEAD", "POST", "PUT",
+    static const char *const methods[] = {"GET",   "HEAD",    "POST",   "PUT",
                                           "PATCH", "OPTIONS", "DELETE", "CONNECT"};
     static const char *const extras[][2] = {
-        {"te", "trailers"},     {"cookie", "a=b"},         {"cookie", "c=d"},
-        {"host", "a.test"},     {"host", "b.test"},        {"expect", "100-continue"},
-        {"content-length", "3"}, {"transfer-encoding", "chunked"}, {"x-a", ""},
+        {"te", "trailers"},
+        {"cookie", "a=b"},
+        {"cookie", "c=d"},
+        {"host", "a.test"},
+        {"host", "b.test"},
+        {"expect", "100-continue"},
+        {"content-length", "3"},
+        {"transfer-encoding", "chunked"},
+        {"x-a", ""},
         {"accept", "*/*"},
     };
     unsigned b = take(g), c = take(g);
@@ -223,8 +229,12 @@ static void control(struct prog *g, h2h_bytes_t *out, unsigned op)
             h2h_frame(out, NGHTTP2_SETTINGS, NGHTTP2_FLAG_ACK, 0, NULL, 0);
         } else {
             uint32_t w = (uint32_t)take(g) << 8;
-            uint8_t s[6] = {0, NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, (uint8_t)(w >> 24),
-                            (uint8_t)(w >> 16), (uint8_t)(w >> 8), (uint8_t)w};
+            uint8_t s[6] = {0,
+                            NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE,
+                            (uint8_t)(w >> 24),
+                            (uint8_t)(w >> 16),
+                            (uint8_t)(w >> 8),
+                            (uint8_t)w};
             h2h_frame(out, NGHTTP2_SETTINGS, 0, 0, s, 6);
         }
         break;
@@ -280,8 +290,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t size)
             abort(); /* the HTTP/2 layer handed up a body its head did not declare */
         const struct sent *o = s->id > 0 && s->id < 2 * MAX_SID ? &st[s->id / 2] : NULL;
         int known = o != NULL && o->opened && o->ended && !o->unknown;
-        const char *why = h2h_check_upstream(s, known ? o->body.p : NULL,
-                                             known ? o->body.len : 0);
+        const char *why = h2h_check_upstream(s, known ? o->body.p : NULL, known ? o->body.len : 0);
         if (why != NULL) {
             fprintf(stderr, "stream %d: %s\n", s->id, why);
             abort();

@@ -164,7 +164,6 @@ static int spend_control(h2_session_t *h)
  * the GOAWAY starts any work. */
 static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void *ud)
 {
-    (void)ng;
     h2_session_t *h = ud;
     if (hd->type == NGHTTP2_DATA) {
         /* nghttp2 resets a stream whose DATA passes its content-length
@@ -180,9 +179,9 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
         if (check_stream_id(h, hd->stream_id) < 0)
             session_error(h, NGHTTP2_PROTOCOL_ERROR,
                           "HEADERS on a stream id lower than one opened before");
-    }
-    else if (hd->type == NGHTTP2_CONTINUATION && ++h->continuations > H2_MAX_CONTINUATIONS)
+    } else if (hd->type == NGHTTP2_CONTINUATION && ++h->continuations > H2_MAX_CONTINUATIONS) {
         calm_down(h, "CONTINUATION flood");
+    }
     return h->failed ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
 }
 

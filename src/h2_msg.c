@@ -134,7 +134,8 @@ int h2_req_field(h2_req_t *r, const uint8_t *name, size_t nlen, const uint8_t *v
         r->has_length = 1;
         r->length = 0;
         for (size_t i = 0; i < vlen && value[i] >= '0' && value[i] <= '9'; i++)
-            r->length = r->length > UINT64_MAX / 10 ? UINT64_MAX : r->length * 10 + (value[i] - '0');
+            r->length = r->length > UINT64_MAX / 10 ? UINT64_MAX
+                                                    : r->length * 10 + (uint64_t)(value[i] - '0');
     }
     put(r, name, nlen);
     PUT_LIT(r, ": ");

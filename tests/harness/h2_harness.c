@@ -397,13 +397,13 @@ static void read_output(h2h_t *t)
             break;
         case NGHTTP2_RST_STREAM:
             if (s != NULL && len == 4)
-                s->rst = (int)((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
-                               p[3]);
+                s->rst =
+                    (int)((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]);
             break;
         case NGHTTP2_GOAWAY:
             if (len >= 8)
-                t->goaway = (int)((uint32_t)p[4] << 24 | (uint32_t)p[5] << 16 |
-                                  (uint32_t)p[6] << 8 | p[7]);
+                t->goaway =
+                    (int)((uint32_t)p[4] << 24 | (uint32_t)p[5] << 16 | (uint32_t)p[6] << 8 | p[7]);
             break;
         default:
             break;
@@ -600,9 +600,15 @@ void h2h_preface(h2h_bytes_t *b)
 
 void h2h_frame(h2h_bytes_t *b, uint8_t type, uint8_t flags, int32_t sid, const void *p, size_t n)
 {
-    uint8_t hd[9] = {(uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n, type, flags,
-                     (uint8_t)((uint32_t)sid >> 24 & 0x7f), (uint8_t)(sid >> 16),
-                     (uint8_t)(sid >> 8), (uint8_t)sid};
+    uint8_t hd[9] = {(uint8_t)(n >> 16),
+                     (uint8_t)(n >> 8),
+                     (uint8_t)n,
+                     type,
+                     flags,
+                     (uint8_t)((uint32_t)sid >> 24 & 0x7f),
+                     (uint8_t)(sid >> 16),
+                     (uint8_t)(sid >> 8),
+                     (uint8_t)sid};
     h2h_put(b, hd, 9);
     h2h_put(b, p, n);
 }
@@ -643,9 +649,8 @@ int h2h_headers(h2h_bytes_t *b, h2h_enc_t *e, int32_t sid, int end, const char *
         free(block);
         return -1;
     }
-    h2h_frame(b, NGHTTP2_HEADERS,
-              NGHTTP2_FLAG_END_HEADERS | (end ? NGHTTP2_FLAG_END_STREAM : 0), sid, block,
-              (size_t)k);
+    h2h_frame(b, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS | (end ? NGHTTP2_FLAG_END_STREAM : 0),
+              sid, block, (size_t)k);
     free(block);
     return 0;
 }

@@ -17,17 +17,17 @@
 
 typedef struct h2h_stream {
     int32_t id;
-    int answered;       /* the 4xx psproxy answered itself; 0 when forwarded */
-    int forwarded;      /* an upstream head was written */
-    int complete;       /* the whole request went upstream */
-    int broken;         /* the framing invariant refused a piece of the body */
-    int framing;        /* enum http_framing of the upstream request */
-    char *up;           /* the bytes written upstream */
+    int answered;  /* the 4xx psproxy answered itself; 0 when forwarded */
+    int forwarded; /* an upstream head was written */
+    int complete;  /* the whole request went upstream */
+    int broken;    /* the framing invariant refused a piece of the body */
+    int framing;   /* enum http_framing of the upstream request */
+    char *up;      /* the bytes written upstream */
     size_t up_len;
     /* what the client saw (from the server's frames) */
-    int status;         /* :status of the final response; 0 none */
-    int rst;            /* RST_STREAM error code; -1 none */
-    int ended;          /* the response ended (END_STREAM) */
+    int status; /* :status of the final response; 0 none */
+    int rst;    /* RST_STREAM error code; -1 none */
+    int ended;  /* the response ended (END_STREAM) */
     struct h2h_stream *next;
 } h2h_stream_t;
 
@@ -68,8 +68,7 @@ void h2h_bytes_free(h2h_bytes_t *b);
 /* The connection preface and an empty SETTINGS frame. */
 void h2h_preface(h2h_bytes_t *b);
 /* A frame: 9-byte header and payload. */
-void h2h_frame(h2h_bytes_t *b, uint8_t type, uint8_t flags, int32_t sid, const void *p,
-               size_t n);
+void h2h_frame(h2h_bytes_t *b, uint8_t type, uint8_t flags, int32_t sid, const void *p, size_t n);
 
 /* A client's HPACK encoder (nghttp2's deflater). */
 typedef struct h2h_enc h2h_enc_t;

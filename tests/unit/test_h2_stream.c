@@ -21,7 +21,7 @@ typedef struct one_case {
     h2h_bytes_t frames;
     const char *body; /* the body the client sent */
     size_t body_len;
-    int framing;      /* the upstream request's */
+    int framing; /* the upstream request's */
 } one_case_t;
 
 static h2h_t *start(void)
@@ -89,18 +89,17 @@ static const char BODY[] = "a=1&b=22&c=333\r\nGET /x HTTP/1.1\r\n\r\n";
 static void request_headers(h2h_bytes_t *b, h2h_enc_t *e, int32_t sid, const char *method,
                             const char *path, const char *cl, int end)
 {
-    const char *names[] = {":method", ":scheme", ":path", ":authority", "user-agent",
-                           "content-length"};
+    const char *names[] = {":method",    ":scheme",    ":path",
+                           ":authority", "user-agent", "content-length"};
     const char *values[] = {method, "https", path, "a.test", "unit", cl};
     if (h2h_headers(b, e, sid, end, names, values, cl != NULL ? 6 : 5) != 0)
         abort();
 }
 
 enum variant { V_CL_BODY, V_BODY, V_EMPTY_DATA_CL0, V_EMPTY_DATA, V_NO_BODY, V_N };
-static const char *const variant_names[] = {"body with content-length",
-                                            "body without content-length",
-                                            "empty DATA with content-length 0",
-                                            "empty DATA", "END_STREAM on HEADERS"};
+static const char *const variant_names[] = {
+    "body with content-length", "body without content-length", "empty DATA with content-length 0",
+    "empty DATA", "END_STREAM on HEADERS"};
 
 static void make_case(one_case_t *c, const char *method, enum variant v, char *name, size_t cap)
 {
@@ -224,9 +223,12 @@ TEST(a_content_length_the_data_does_not_match_is_reset_and_never_whole_upstream)
     static const size_t sends[] = {5, 10};
     failures = 0;
     for (int i = 0; i < 2; i++) {
-        one_case_t c = {cls[i][0] == '1' ? "content-length 10, 5 bytes" :
-                                           "content-length 5, 10 bytes",
-                        {0}, NULL, 0, HTTP_BODY_LENGTH};
+        one_case_t c = {cls[i][0] == '1' ? "content-length 10, 5 bytes"
+                                         : "content-length 5, 10 bytes",
+                        {0},
+                        NULL,
+                        0,
+                        HTTP_BODY_LENGTH};
         h2h_enc_t *e = h2h_enc_new();
         request_headers(&c.frames, e, 1, "POST", "/m", cls[i], 0);
         h2h_frame(&c.frames, NGHTTP2_DATA, NGHTTP2_FLAG_END_STREAM, 1, "0123456789", sends[i]);
@@ -290,8 +292,8 @@ TEST(a_body_larger_than_the_stream_buffer_goes_up_whole)
                       big + off, n);
         }
         h2h_enc_free(e);
-        one_case_t c = {with_cl ? "60000 bytes with content-length" : "60000 bytes chunked",
-                        f, big, sizeof(big), with_cl ? HTTP_BODY_LENGTH : HTTP_BODY_CHUNKED};
+        one_case_t c = {with_cl ? "60000 bytes with content-length" : "60000 bytes chunked", f, big,
+                        sizeof(big), with_cl ? HTTP_BODY_LENGTH : HTTP_BODY_CHUNKED};
         failures = 0;
         static const size_t cuts[] = {0, 1, 50, 9000, 36864, 40000, 59000};
         for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
