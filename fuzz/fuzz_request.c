@@ -147,6 +147,8 @@ static void forward(request_t *r, const char *buf, size_t *pos, size_t len, unsi
     out.https = https;
     out.trusted = trusted;
     out.framing = http_request_framing(&r->head);
+    /* as proxy_start: llhttp counts content_length down as the body passes */
+    out.length = out.framing == HTTP_BODY_LENGTH ? p->content_length : 0;
     out.upgrade = p->upgrade;
     static char head[FUZZ_IO_BUF];
     int n = http_build_request(head, sizeof(head), &out);
@@ -159,6 +161,7 @@ static void forward(request_t *r, const char *buf, size_t *pos, size_t len, unsi
     fuzz_sink_put(&wire, head, (size_t)n);
     /* the body in reads of a size FLAGS chooses, one chunk per read */
     size_t step = ((flags >> 2) & 0x3f) + 1;
+    uint64_t sent = 0;
     /* a paused parser may end a bodiless request without more bytes */
     while (!r->done && (*pos < len || llhttp_get_errno(p) == HPE_PAUSED)) {
         size_t end = len - *pos > step ? *pos + step : len;
@@ -169,6 +172,10 @@ static void forward(request_t *r, const char *buf, size_t *pos, size_t len, unsi
             fuzz_sink_free(&wire);
             return;
         }
+        /* proxy_pump_request's check: llhttp never hands over what breaks it */
+        if (http_body_keeps_framing(out.framing, out.length, sent, r->body_len, r->done) < 0)
+            fuzz_fail_bytes("the framing invariant refused a body llhttp read", buf, len);
+        sent += r->body_len;
         if (r->body_len > 0)
             fuzz_put_body(&wire, out.framing, r->body, r->body_len);
     }
