@@ -1259,9 +1259,6 @@ static int parse_proxy(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
     px->fail_duration = 10000;
     px->max_fails = 1;
     px->dial_timeout = 3000;
-    px->response_header_timeout = 60000;
-    px->read_timeout = 60000;
-    px->write_timeout = 60000;
     px->keepalive = 120000;
     px->keepalive_idle_conns = 32;
     rc = add_upstreams(c, px, &ucap, &l->toks[argi], l->n_toks - argi);

@@ -126,9 +126,12 @@ typedef struct cfg_proxy {
     size_t n_trusted;
     /* transport http { ... } */
     uint64_t dial_timeout;            /* ms; default 3000 */
-    uint64_t response_header_timeout; /* ms; default 60000 */
-    uint64_t read_timeout;            /* ms between upstream reads; default 60000 */
-    uint64_t write_timeout;           /* ms without upstream write progress; default 60000 */
+    /* 0 is none, the default for these three, as Caddy: a long poll or a
+     * server-sent event stream may wait on its upstream for as long as it
+     * likes */
+    uint64_t response_header_timeout; /* ms */
+    uint64_t read_timeout;            /* ms between upstream reads */
+    uint64_t write_timeout;           /* ms without upstream write progress */
     uint64_t keepalive;               /* ms an idle pooled conn lives; default 120000 */
     int keepalive_idle_conns;         /* idle conns kept per upstream per worker; default 32 */
     int keepalive_off;                /* "keepalive off": no pooling */

@@ -169,13 +169,13 @@ void conn_arm_timer(conn_t *c)
     case CONN_S_PROXY:
     case CONN_S_RESPOND:
     case CONN_S_TUNNEL:
+        /* a tunnel has no idle limit: as in Caddy, a WebSocket lives while
+         * both ends keep it (TCP keepalive finds one that vanished) */
         if (c->write_pending)
             ms = cfg->timeouts.write;
         else if (!c->req_done && c->state != CONN_S_TUNNEL &&
                  !(c->up != NULL && c->up->write_pending))
             ms = cfg->timeouts.read_body; /* a stalled upstream has its own clock */
-        else if (c->state == CONN_S_TUNNEL)
-            ms = cfg->timeouts.idle;
         break;
     case CONN_S_H2:
         switch (h2_phase(c)) {

@@ -792,10 +792,16 @@ static void tunnel_from_upstream(conn_t *c)
     }
 }
 
+/* Seconds a tunnel's socket may be silent before TCP asks the peer
+ * whether it is still there: a tunnel has no idle timeout of its own. */
+#define PROXY_TUNNEL_KEEPALIVE_S 30
+
 static void start_tunnel(conn_t *c)
 {
     conn_access_log(c);
     conn_set_state(c, CONN_S_TUNNEL);
+    uv_tcp_keepalive(&c->tcp, 1, PROXY_TUNNEL_KEEPALIVE_S);
+    uv_tcp_keepalive(&c->up->tcp, 1, PROXY_TUNNEL_KEEPALIVE_S);
     /* the head is relayed; what follows either head is the new protocol */
     uv_timer_stop(&c->up->timer);
     c->head_end = 0;

@@ -15,6 +15,8 @@ port on stdout once listening. Endpoints (any method unless noted):
   /close/N           N bytes of pattern(N), close-delimited (no length)
   /status/CODE       that status; 204 and 304 without a body
   /slow/MS           waits MS milliseconds, then answers as /echo
+  /sse/MS/N          server-sent events, chunked: N events "data: i", each
+                     after a pause of MS milliseconds (the first at once)
   /respheaders?N=V   answers as /echo with each query pair added as a
                      response header (repeats kept, order kept)
   /ws                WebSocket (RFC 6455) echo after the 101 handshake
@@ -380,6 +382,16 @@ class Conn:
         elif seg[0] == "slow" and len(seg) == 2:
             time.sleep(int(seg[1]) / 1000.0)
             self.send_json(req, self.echo_doc(req))
+        elif seg[0] == "sse" and len(seg) == 3:
+            gap, n = int(seg[1]), int(seg[2])
+            self.send(self.head_bytes(200, [("Content-Type", "text/event-stream"),
+                                            ("Transfer-Encoding", "chunked")]))
+            for i in range(n):
+                if i > 0:
+                    time.sleep(gap / 1000.0)
+                ev = b"data: %d\n\n" % i
+                self.send(b"%x\r\n%s\r\n" % (len(ev), ev))
+            self.send(b"0\r\n\r\n")
         elif seg[0] == "respheaders":
             self.send_json(req, self.echo_doc(req), extra=req["query_pairs"])
         elif seg[0] == "ws":

@@ -1005,9 +1005,10 @@ TEST(reverse_proxy_defaults)
     CHECK_INT(px->lb_try_duration, 0);
     CHECK_INT(px->lb_try_interval, 250);
     CHECK_INT(px->dial_timeout, 3000);
-    CHECK_INT(px->response_header_timeout, 60000);
-    CHECK_INT(px->read_timeout, 60000);
-    CHECK_INT(px->write_timeout, 60000);
+    /* issue #19: none, as Caddy (long polls, server-sent events) */
+    CHECK_INT(px->response_header_timeout, 0);
+    CHECK_INT(px->read_timeout, 0);
+    CHECK_INT(px->write_timeout, 0);
     CHECK_INT(px->keepalive, 120000);
     CHECK_INT(px->keepalive_idle_conns, 32);
     CHECK_INT(px->keepalive_off, 0);
