@@ -86,7 +86,7 @@ static int relay_head(exchange_t *x, response_t *r)
     int interim = status < 200 && status != 101;
     if (interim && x->http10)
         return 0; /* RFC 9110 15.2: no 1xx to an HTTP/1.0 client */
-    const cfg_hdr_ops_t *ops[2] = {&fuzz_proxy()->header_down, fuzz_site_header_ops()};
+    const cfg_hdr_ops_t *ops[1] = {fuzz_site_header_ops()};
     http_vars_t vars;
     memset(&vars, 0, sizeof(vars));
     vars.path = uv_buf_init("/p", 2);
@@ -97,8 +97,9 @@ static int relay_head(exchange_t *x, response_t *r)
     out.vars = &vars;
     out.http10 = x->http10;
     if (!interim) {
+        out.down = &fuzz_proxy()->header_down;
         out.ops = ops;
-        out.n_ops = 2;
+        out.n_ops = 1;
         out.upgrade = status == 101;
         x->framing = http_response_framing(&r->head, r->head_method, x->http10);
         if (!x->req_done || x->framing == HTTP_BODY_EOF)

@@ -803,19 +803,32 @@ static int parse_header(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
     size_t n = l->n_toks - argi;
     if (l->open != NULL && n > 0)
         return errf(c, &l->toks[argi], "header: expected either arguments or a block, not both");
-    if (l->open == NULL)
-        return parse_hdr_op(c, "header", &l->toks[argi], n, 1, &h->u.header, &cap);
+    cfg_hdr_ops_t *ops = &h->u.header;
+    if (l->open == NULL) {
+        rc = parse_hdr_op(c, "header", &l->toks[argi], n, 1, ops, &cap);
+        ops->deferred = rc == 0 && (ops->ops[0].op == CFG_HDR_DEL ||
+                                    ops->ops[0].op == CFG_HDR_DEFAULT ||
+                                    l->toks[argi].text[0] == '>');
+        return rc;
+    }
     for (size_t i = 0; i < l->n_block; i++) {
         const cf_line_t *s = &l->block[i];
-        if (strcmp(name_of(s), "defer") == 0 && s->n_toks == 1 && s->open == NULL)
-            continue; /* psproxy applies response headers last anyway */
+        if (strcmp(name_of(s), "defer") == 0 && s->n_toks == 1 && s->open == NULL) {
+            ops->deferred = 1;
+            continue;
+        }
         if (s->open != NULL)
             return errf(c, s->open, "header: unexpected block");
-        rc = parse_hdr_op(c, "header", &s->toks[0], s->n_toks, 1, &h->u.header, &cap);
+        rc = parse_hdr_op(c, "header", &s->toks[0], s->n_toks, 1, ops, &cap);
         if (rc != 0)
             return rc;
+        /* Caddy defers a header directive that deletes (its field would
+         * not be there yet) or requires absence (?); '>' asks for it */
+        int op = ops->ops[ops->n - 1].op;
+        if (op == CFG_HDR_DEL || op == CFG_HDR_DEFAULT || s->toks[0].text[0] == '>')
+            ops->deferred = 1;
     }
-    if (h->u.header.n == 0)
+    if (ops->n == 0)
         return errf(c, &l->toks[0], "header: expected at least one header field");
     return 0;
 }

@@ -81,6 +81,9 @@ typedef struct cfg_hdr_op {
 typedef struct cfg_hdr_ops {
     cfg_hdr_op_t *ops;
     size_t n;
+    /* a site `header` applied to the response as it is written (`defer`,
+     * a deletion, a `>` or `?` field), not before the handler runs */
+    int deferred;
 } cfg_hdr_ops_t;
 
 enum cfg_lb_policy {

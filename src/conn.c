@@ -909,10 +909,10 @@ static void answer_local(conn_t *c, const cfg_handler_t *h)
     size_t blen = 0;
     int status = 200;
     /* the site's header ops apply to answers made here too */
-    if (c->n_resp_ops > 1) {
+    if (c->n_resp_ops > 0) {
         c->obuf = buf_get(&c->w->bufs);
         extra = c->obuf;
-        if (http_expand_ops(c->resp_ops + 1, c->n_resp_ops - 1, &c->vars, extra,
+        if (http_expand_ops(c->resp_ops, c->n_resp_ops, &c->vars, extra,
                             c->w->bufs.size - 1, &elen) < 0)
             elen = 0;
     }
@@ -977,8 +977,7 @@ static void conn_route(conn_t *c, int st)
     c->bytes_in = c->bytes_out = 0;
     c->body_limit = 0;
     c->handler = NULL;
-    c->resp_ops[0] = NULL; /* header_down, once a proxy handles it */
-    c->n_resp_ops = 1;
+    c->n_resp_ops = 0;
     if (c->site != NULL) {
         const cfg_site_t *s = c->site;
         for (size_t i = 0; i < s->n_handlers; i++) {

@@ -78,7 +78,7 @@ struct conn {
     /* the request in flight */
     const cfg_site_t *site;
     const cfg_handler_t *handler;
-    /* header_down, then every matching `header` of the site, in order */
+    /* every matching `header` of the site, in route order */
     const cfg_hdr_ops_t *resp_ops[CONN_MAX_HEADER_OPS];
     unsigned n_resp_ops;
     http_vars_t vars;

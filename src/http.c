@@ -809,17 +809,17 @@ static int ops_remove(const cfg_hdr_ops_t *ops, uv_buf_t name)
 
 static int is_framing_field(uv_buf_t name);
 
-/* Emits the SET/ADD/DEFAULT ops; DEFAULT only when the field is not in
- * the head we are writing (HAS tells). A request head (REQUEST) takes no
- * op on its framing fields. */
+/* Emits header_up's SET/ADD/DEFAULT ops; DEFAULT only when the field is
+ * not in the head we are writing (HAS tells). None on a framing field:
+ * those are psproxy's. */
 static void put_ops(out_t *o, const cfg_hdr_ops_t *ops, const http_vars_t *v,
-                    int (*has)(const void *ctx, uv_buf_t name), const void *ctx, int request)
+                    int (*has)(const void *ctx, uv_buf_t name), const void *ctx)
 {
     if (ops == NULL)
         return;
     for (size_t i = 0; i < ops->n; i++) {
         const cfg_hdr_op_t *op = &ops->ops[i];
-        if (op->op == CFG_HDR_DEL || (request && is_framing_field(cstr(op->name))))
+        if (op->op == CFG_HDR_DEL || is_framing_field(cstr(op->name)))
             continue;
         if (op->op == CFG_HDR_DEFAULT && has(ctx, cstr(op->name)))
             continue;
@@ -830,18 +830,121 @@ static void put_ops(out_t *o, const cfg_hdr_ops_t *ops, const http_vars_t *v,
     }
 }
 
-static int has_none(const void *ctx, uv_buf_t name)
+/* ---- a response's fields, as Caddy's header map ----------------------- */
+
+#define HTTP_RESP_FIELDS (2 * HTTP_MAX_HEADERS)
+
+/* One field of the map: a slice of the upstream head, or an op's value. */
+typedef struct resp_field {
+    uv_buf_t name;          /* len 0: removed */
+    uv_buf_t value;         /* when TMPL is NULL */
+    const cfg_tmpl_t *tmpl; /* an op's value, expanded when written */
+} resp_field_t;
+
+typedef struct resp_fields {
+    resp_field_t f[HTTP_RESP_FIELDS];
+    unsigned n;
+    int overflow;
+} resp_fields_t;
+
+static void fields_add(resp_fields_t *fs, uv_buf_t name, uv_buf_t value, const cfg_tmpl_t *t)
 {
+    if (fs->n == HTTP_RESP_FIELDS) {
+        fs->overflow = 1;
+        return;
+    }
+    fs->f[fs->n++] = (resp_field_t){name, value, t};
+}
+
+static int fields_has(const resp_fields_t *fs, unsigned from, uv_buf_t name)
+{
+    for (unsigned i = from; i < fs->n; i++)
+        if (fs->f[i].name.len == name.len && strncasecmp(fs->f[i].name.base, name.base, name.len) == 0)
+            return 1;
     return 0;
+}
+
+/* Removes the fields from FROM on that OP names (a trailing '*': a prefix). */
+static void fields_del(resp_fields_t *fs, unsigned from, const cfg_hdr_op_t *op)
+{
+    for (unsigned i = from; i < fs->n; i++)
+        if (fs->f[i].name.len > 0 && op_matches(op, fs->f[i].name))
+            fs->f[i].name.len = 0;
+}
+
+/* Caddy's HeaderOps.ApplyTo on the fields from FROM: adds, then sets
+ * (which replace every value of their name), then deletions; then the
+ * `?` defaults, each only where its field is absent. */
+static void fields_apply(resp_fields_t *fs, unsigned from, const cfg_hdr_ops_t *ops)
+{
+    if (ops == NULL)
+        return;
+    static const int order[] = {CFG_HDR_ADD, CFG_HDR_SET, CFG_HDR_DEL, CFG_HDR_DEFAULT};
+    for (size_t k = 0; k < sizeof(order) / sizeof(order[0]); k++) {
+        for (size_t i = 0; i < ops->n; i++) {
+            const cfg_hdr_op_t *op = &ops->ops[i];
+            uv_buf_t name = cstr(op->name);
+            if (op->op != order[k] || is_framing_field(name))
+                continue;
+            if (op->op == CFG_HDR_DEL) {
+                fields_del(fs, from, op);
+                continue;
+            }
+            if (op->op == CFG_HDR_DEFAULT && fields_has(fs, from, name))
+                continue;
+            if (op->op == CFG_HDR_SET) {
+                cfg_hdr_op_t del = {CFG_HDR_DEL, op->name, {NULL, NULL, 0}};
+                fields_del(fs, from, &del);
+            }
+            fields_add(fs, name, uv_buf_init(NULL, 0), &op->value);
+        }
+    }
+}
+
+/* The site's `header` ops around what the handler wrote (fields from
+ * HANDLER_FROM on): the ones that run before it, then, outermost last,
+ * the deferred ones. */
+static void fields_site_ops(resp_fields_t *fs, const cfg_hdr_ops_t *const *ops, unsigned n,
+                            int before)
+{
+    if (before) {
+        for (unsigned i = 0; i < n; i++)
+            if (!ops[i]->deferred)
+                fields_apply(fs, 0, ops[i]);
+        return;
+    }
+    for (unsigned i = n; i-- > 0;)
+        if (ops[i]->deferred)
+            fields_apply(fs, 0, ops[i]);
+}
+
+static void put_fields(out_t *o, const resp_fields_t *fs, const http_vars_t *v)
+{
+    for (unsigned i = 0; i < fs->n; i++) {
+        const resp_field_t *f = &fs->f[i];
+        if (f->name.len == 0)
+            continue;
+        put_buf(o, f->name);
+        put(o, ": ", 2);
+        if (f->tmpl != NULL)
+            put_tmpl(o, f->tmpl, v);
+        else
+            put_buf(o, f->value);
+        put(o, "\r\n", 2);
+    }
 }
 
 int http_expand_ops(const cfg_hdr_ops_t *const *ops, unsigned n, const http_vars_t *v, char *buf,
                     size_t cap, size_t *len)
 {
+    static _Thread_local resp_fields_t fs;
+    fs.n = 0;
+    fs.overflow = 0;
+    fields_site_ops(&fs, ops, n, 1);
+    fields_site_ops(&fs, ops, n, 0);
     out_t o = {buf, *len, cap, 0};
-    for (unsigned i = 0; i < n; i++)
-        put_ops(&o, ops[i], v, has_none, NULL, 0);
-    if (o.overflow)
+    put_fields(&o, &fs, v);
+    if (o.overflow || fs.overflow)
         return -1;
     *len = o.len;
     return 0;
@@ -972,7 +1075,7 @@ int http_build_request(char *buf, size_t cap, const http_req_out_t *r)
     }
     if (r->upgrade)
         puts_(&o, "Connection: upgrade\r\n");
-    put_ops(&o, r->ops, r->vars, has_kept, &k, 1);
+    put_ops(&o, r->ops, r->vars, has_kept, &k);
     put(&o, "\r\n", 2);
     return o.overflow ? -1 : (int)o.len;
 }
@@ -982,7 +1085,13 @@ int http_build_response(char *buf, size_t cap, const http_resp_out_t *r)
     const http_head_t *h = r->resp;
     int status = h->parser.status_code;
     out_t o = {buf, 0, cap, 0};
-    struct kept k = {h, r->ops, r->n_ops, r->upgrade};
+    /* a 1xx passes as it came; a final head (or a 101) gets the ops */
+    int final = status >= 200 || r->upgrade;
+    struct kept k = {h, NULL, 0, r->upgrade};
+    /* per worker thread: too large for a worker's stack to take lightly */
+    static _Thread_local resp_fields_t fs;
+    fs.n = 0;
+    fs.overflow = 0;
 
     put(&o, "HTTP/1.1 ", 9);
     put_uint(&o, (unsigned)status);
@@ -993,12 +1102,20 @@ int http_build_response(char *buf, size_t cap, const http_resp_out_t *r)
         puts_(&o, http_reason(status));
     put(&o, "\r\n", 2);
 
+    if (final)
+        fields_site_ops(&fs, r->ops, r->n_ops, 1);
+    unsigned up = fs.n;
     for (unsigned i = 0; i < h->n_hdrs; i++) {
         const http_hdr_t *hdr = &h->hdrs[i];
         if (kept_header(&k, hdr->name))
-            put_field(&o, hdr);
+            fields_add(&fs, hdr->name, hdr->value, NULL);
     }
-    if (status >= 200 || r->upgrade) {
+    if (final) {
+        fields_apply(&fs, up, r->down);
+        fields_site_ops(&fs, r->ops, r->n_ops, 0);
+    }
+    put_fields(&o, &fs, r->vars);
+    if (final) {
         if (r->framing == HTTP_BODY_CHUNKED)
             puts_(&o, "Transfer-Encoding: chunked\r\n");
         if (r->upgrade)
@@ -1007,11 +1124,9 @@ int http_build_response(char *buf, size_t cap, const http_resp_out_t *r)
             puts_(&o, "Connection: close\r\n");
         else if (r->http10)
             puts_(&o, "Connection: keep-alive\r\n");
-        for (unsigned i = 0; i < r->n_ops; i++)
-            put_ops(&o, r->ops[i], r->vars, has_kept, &k, 0);
     }
     put(&o, "\r\n", 2);
-    return o.overflow ? -1 : (int)o.len;
+    return o.overflow || fs.overflow ? -1 : (int)o.len;
 }
 
 int http_build_simple(char *buf, size_t cap, int status, const char *extra, const char *body,

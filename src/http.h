@@ -102,9 +102,9 @@ void http_vars_from_request(http_vars_t *v, const http_head_t *req, int https,
 int http_tmpl_expand(const cfg_tmpl_t *t, const http_vars_t *v, char *out, size_t cap,
                      size_t *len);
 
-/* Appends the SET/ADD/DEFAULT ops of the N lists as header lines (for
- * answers made here, which have no other fields). Returns 0 or -1 when they
- * do not fit. */
+/* Appends the fields the N `header` op lists make for an answer made here
+ * (which has no others), in the order http_build_response applies them.
+ * Returns 0 or -1 when they do not fit. */
 int http_expand_ops(const cfg_hdr_ops_t *const *ops, unsigned n, const http_vars_t *v, char *out,
                     size_t cap, size_t *len);
 
@@ -131,7 +131,8 @@ int http_build_request(char *out, size_t cap, const http_req_out_t *r);
 typedef struct http_resp_out {
     const http_head_t *resp;
     const http_vars_t *vars;
-    const cfg_hdr_ops_t *const *ops; /* header_down, then the site's header ops, in order */
+    const cfg_hdr_ops_t *down;       /* reverse_proxy's header_down, may be NULL */
+    const cfg_hdr_ops_t *const *ops; /* the site's matching `header` ops, in route order */
     unsigned n_ops;
     int framing;                 /* enum http_framing of the body we send */
     int keep_alive;              /* the client connection stays open */
@@ -139,6 +140,15 @@ typedef struct http_resp_out {
     int upgrade;                 /* a 101 we tunnel: keep Upgrade */
 } http_resp_out_t;
 
+/* Writes the response head for the client into OUT, its fields built as
+ * Caddy's handlers build a response's header map: the site's `header` ops
+ * that are not deferred first (they run before the handler), then the
+ * upstream's fields (hop-by-hop removed) with header_down applied to them,
+ * added after; then each deferred `header`, the last one first (each
+ * wraps the writer of the ones before it). Within one list: adds, sets,
+ * deletions, then defaults. No op touches Content-Length or
+ * Transfer-Encoding: the framing is psproxy's. Returns the length, or -1
+ * when it does not fit in CAP. */
 int http_build_response(char *out, size_t cap, const http_resp_out_t *r);
 
 /* A complete response made by psproxy itself: status line, the given extra

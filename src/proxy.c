@@ -310,7 +310,7 @@ static int relay_head(conn_t *c, uv_buf_t *iov, unsigned *n)
     r.vars = &c->vars;
     r.http10 = client_http10(c);
     if (!interim) {
-        c->resp_ops[0] = &proxy_cfg(c)->header_down;
+        r.down = &proxy_cfg(c)->header_down;
         r.ops = c->resp_ops;
         r.n_ops = c->n_resp_ops;
         r.upgrade = status == 101;

@@ -858,6 +858,40 @@ TEST(import_files_globs_snippets_and_args)
     cfg_unref(c);
 }
 
+/* issue #19: which `header` directives Caddy defers (caddy adapt says
+ * "deferred": true, or a "require" for ?): deletions, defaults, `defer`
+ * and '>' (Caddy 2.7's deferred set); plain sets and adds run before the
+ * handler. */
+TEST(header_directives_are_deferred_as_caddy_defers_them)
+{
+    cfg_t *c = parse(":80 {\n"
+                     "\theader X-Set v\n"
+                     "\theader +X-Add v\n"
+                     "\theader -X-Del\n"
+                     "\theader ?X-Def v\n"
+                     "\theader >X-Gt v\n"
+                     "\theader {\n\t\tX-B v\n\t\tdefer\n\t}\n"
+                     "\theader {\n\t\tX-C v\n\t\t-X-D\n\t}\n"
+                     "\theader {\n\t\tX-E v\n\t\t+X-F w\n\t}\n"
+                     "\trespond ok\n}\n");
+    CHECK(c != NULL);
+    if (c == NULL)
+        return;
+    static const int want[] = {0, 0, 1, 1, 1, 1, 1, 0};
+    const cfg_site_t *s = &c->sites[0];
+    size_t k = 0;
+    for (size_t i = 0; i < s->n_handlers && k < 8; i++)
+        if (s->handlers[i].kind == CFG_H_HEADER) {
+            if (s->handlers[i].u.header.deferred != want[k])
+                fprintf(stderr, "  header on line %d: deferred %d\n", s->handlers[i].line,
+                        s->handlers[i].u.header.deferred);
+            CHECK_INT(s->handlers[i].u.header.deferred, want[k]);
+            k++;
+        }
+    CHECK_INT(k, 8);
+    cfg_unref(c);
+}
+
 TEST(import_glob_without_match_is_empty)
 {
     cfg_t *c = NULL;

@@ -279,7 +279,7 @@ TEST(header_up_ops_set_add_delete_default)
         {CFG_HDR_DEFAULT, "X-Present", {"v", &lit, 1}},
         {CFG_HDR_DEFAULT, "X-Absent", {"v", &lit, 1}},
     };
-    cfg_hdr_ops_t list = {ops, 5};
+    cfg_hdr_ops_t list = {ops, 5, 0};
     const char *out = build_request("GET / HTTP/1.1\r\nHost: a\r\nX-Drop-Me: 1\r\nX-Dropped: 2\r\n"
                                     "X-Add: old\r\nX-Present: p\r\n\r\n",
                                     0, &list, HTTP_BODY_NONE);
@@ -344,7 +344,7 @@ TEST(header_up_cannot_change_request_framing)
         {CFG_HDR_ADD, "Transfer-Encoding", {"chunked", &ch, 1}},
         {CFG_HDR_DEFAULT, "Content-Length", {"99", &lit, 1}},
     };
-    cfg_hdr_ops_t list = {ops, 4};
+    cfg_hdr_ops_t list = {ops, 4, 0};
     const char *out = build_request("PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n", 0,
                                     &list, HTTP_BODY_LENGTH);
     const char *cl = strstr(out, "\r\nContent-Length: 5\r\n");
@@ -396,6 +396,124 @@ static const char *build_response(const char *text, int framing, int keep_alive,
         return "(overflow)";
     out[n] = '\0';
     return out;
+}
+
+/* A response head with header_down DOWN and the site's op lists OPS. */
+static const char *build_with_ops(const char *text, const cfg_hdr_ops_t *down,
+                                  const cfg_hdr_ops_t *const *ops, unsigned n)
+{
+    static char in[4096], out[4096];
+    static http_head_t h;
+    if (parse(&h, HTTP_RESPONSE, in, text) != HPE_PAUSED || http_head_analyze(&h) != 0)
+        return "(bad response)";
+    http_vars_t v;
+    memset(&v, 0, sizeof(v));
+    http_resp_out_t r;
+    memset(&r, 0, sizeof(r));
+    r.resp = &h;
+    r.vars = &v;
+    r.down = down;
+    r.ops = ops;
+    r.n_ops = n;
+    r.framing = HTTP_BODY_LENGTH;
+    r.keep_alive = 1;
+    int k = http_build_response(out, sizeof(out), &r);
+    if (k < 0)
+        return "(overflow)";
+    out[k] = '\0';
+    return out;
+}
+
+static cfg_tmpl_part_t part_v = {CFG_VAR_NONE, "v", 1};
+static cfg_tmpl_part_t part_d = {CFG_VAR_NONE, "d", 1};
+#define OP(kind, name, part) {kind, name, {"x", part, part != NULL}}
+
+static const char UPSTREAM_X[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: u\r\n\r\n";
+
+/* issue #19: Caddy's `header` sets its field before the handler runs, and
+ * reverse_proxy adds the upstream's values after: both go out, Caddy's
+ * first; `+` adds Caddy's value before the upstream's. */
+TEST(header_before_the_handler_and_the_upstream_value_after)
+{
+    cfg_hdr_op_t set[] = {OP(CFG_HDR_SET, "X", &part_v)};
+    cfg_hdr_ops_t l_set = {set, 1, 0};
+    const cfg_hdr_ops_t *ops[] = {&l_set};
+    const char *out = build_with_ops(UPSTREAM_X, NULL, ops, 1);
+    const char *a = strstr(out, "X: v\r\n"), *b = strstr(out, "X: u\r\n");
+    CHECK(a != NULL && b != NULL && a < b);
+
+    cfg_hdr_op_t add[] = {OP(CFG_HDR_ADD, "X", &part_v)};
+    cfg_hdr_ops_t l_add = {add, 1, 0};
+    ops[0] = &l_add;
+    out = build_with_ops(UPSTREAM_X, NULL, ops, 1);
+    a = strstr(out, "X: v\r\n"), b = strstr(out, "X: u\r\n");
+    CHECK(a != NULL && b != NULL && a < b);
+}
+
+/* A deferred `header` (defer, '>', a deletion) works on the final fields:
+ * its set replaces the upstream's value, its deletion removes it. */
+TEST(deferred_header_replaces_or_removes_the_upstream_value)
+{
+    cfg_hdr_op_t set[] = {OP(CFG_HDR_SET, "X", &part_v)};
+    cfg_hdr_ops_t l_set = {set, 1, 1};
+    const cfg_hdr_ops_t *ops[] = {&l_set};
+    const char *out = build_with_ops(UPSTREAM_X, NULL, ops, 1);
+    CHECK(strstr(out, "X: v\r\n") != NULL && strstr(out, "X: u") == NULL);
+
+    cfg_hdr_op_t del[] = {OP(CFG_HDR_DEL, "X", NULL)};
+    cfg_hdr_ops_t l_del = {del, 1, 1};
+    ops[0] = &l_del;
+    out = build_with_ops(UPSTREAM_X, NULL, ops, 1);
+    CHECK(strstr(out, "\r\nX:") == NULL);
+    CHECK(strstr(out, "Content-Length: 2\r\n") != NULL);
+}
+
+/* Each deferred `header` wraps the writer of the ones before it, so the
+ * last one applies first: a deletion that comes earlier in the site wins. */
+TEST(deferred_headers_apply_the_last_first)
+{
+    cfg_hdr_op_t del[] = {OP(CFG_HDR_DEL, "Y", NULL)};
+    cfg_hdr_op_t set[] = {OP(CFG_HDR_SET, "Y", &part_v)};
+    cfg_hdr_ops_t l_del = {del, 1, 1}, l_set = {set, 1, 1};
+    const cfg_hdr_ops_t *ops[] = {&l_del, &l_set};
+    const char *out = build_with_ops(UPSTREAM_X, NULL, ops, 2);
+    CHECK(strstr(out, "Y:") == NULL);
+    const cfg_hdr_ops_t *swapped[] = {&l_set, &l_del};
+    out = build_with_ops(UPSTREAM_X, NULL, swapped, 2);
+    CHECK(strstr(out, "Y: v\r\n") != NULL);
+}
+
+/* header_down works on the upstream's fields before they join the site's;
+ * a `?` default only where the final fields lack it. */
+TEST(header_down_applies_to_the_upstream_fields_and_defaults_fill_gaps)
+{
+    cfg_hdr_op_t down[] = {OP(CFG_HDR_SET, "X", &part_d)};
+    cfg_hdr_ops_t l_down = {down, 1, 0};
+    cfg_hdr_op_t set[] = {OP(CFG_HDR_SET, "X", &part_v)};
+    cfg_hdr_ops_t l_set = {set, 1, 0};
+    const cfg_hdr_ops_t *ops[] = {&l_set};
+    const char *out = build_with_ops(UPSTREAM_X, &l_down, ops, 1);
+    const char *a = strstr(out, "X: v\r\n"), *b = strstr(out, "X: d\r\n");
+    CHECK(a != NULL && b != NULL && a < b && strstr(out, "X: u") == NULL);
+
+    cfg_hdr_op_t def[] = {OP(CFG_HDR_DEFAULT, "X", &part_v), OP(CFG_HDR_DEFAULT, "Z", &part_v)};
+    cfg_hdr_ops_t l_def = {def, 2, 1};
+    ops[0] = &l_def;
+    out = build_with_ops(UPSTREAM_X, NULL, ops, 1);
+    CHECK(strstr(out, "X: u\r\n") != NULL && strstr(out, "X: v") == NULL);
+    CHECK(strstr(out, "Z: v\r\n") != NULL);
+}
+
+/* The response's framing is psproxy's: no op removes or rewrites it. */
+TEST(header_ops_never_touch_response_framing)
+{
+    cfg_hdr_op_t ops_[] = {OP(CFG_HDR_DEL, "Content-Length", NULL),
+                           OP(CFG_HDR_SET, "Transfer-Encoding", &part_v)};
+    cfg_hdr_ops_t l = {ops_, 2, 1};
+    const cfg_hdr_ops_t *ops[] = {&l};
+    const char *out = build_with_ops(UPSTREAM_X, &l, ops, 1);
+    CHECK(strstr(out, "Content-Length: 2\r\n") != NULL);
+    CHECK(strstr(out, "Transfer-Encoding") == NULL);
 }
 
 TEST(response_is_rechunked_and_hop_by_hop_removed)
@@ -480,7 +598,7 @@ TEST(empty_placeholder_in_header_up_expands_to_nothing)
 {
     cfg_tmpl_part_t parts[] = {{CFG_VAR_NONE, "q=", 2}, {CFG_VAR_QUERY, NULL, 0}};
     cfg_hdr_op_t ops[] = {{CFG_HDR_SET, "X-Query", {"q={query}", parts, 2}}};
-    cfg_hdr_ops_t list = {ops, 1};
+    cfg_hdr_ops_t list = {ops, 1, 0};
     const char *out = build_request("GET /p HTTP/1.1\r\nHost: a\r\n\r\n", 0, &list,
                                     HTTP_BODY_NONE);
     CHECK(strstr(out, "X-Query: q=\r\n") != NULL);
