@@ -392,8 +392,8 @@ static void lookup_start(up_pool_t *p)
     /* no AI_ADDRCONFIG: it hides ::1 and 127.0.0.1 on hosts with only
      * loopback; an address of a family the host lacks fails its connect at
      * once and the dial goes on to the next */
-    int err = uv_getaddrinfo(&p->w->loop, &p->lookup, on_lookup, p->target->host,
-                             p->target->port, &hints);
+    int err = uv_getaddrinfo(&p->w->loop, &p->lookup, on_lookup, p->target->host, p->target->port,
+                             &hints);
     if (err == 0) {
         p->looking_up = 1;
         return;

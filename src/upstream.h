@@ -108,11 +108,11 @@ struct up_conn {
     up_conn_t *next_wait, *prev_wait; /* in pool->waiting */
     up_connect_cb on_connect;
     up_read_cb on_read; /* the owner's, while UP_S_ACTIVE */
-    int addr_idx;  /* into pool->answer, while it has gen */
-    uint32_t gen;  /* the pool's answer.gen its address came from */
+    int addr_idx;       /* into pool->answer, while it has gen */
+    uint32_t gen;       /* the pool's answer.gen its address came from */
     int pending_closes;
     uint64_t dial_timeout;
-    int dial_err;  /* the failure to report, or a connect that failed on a cached answer */
+    int dial_err;           /* the failure to report, or a connect that failed on a cached answer */
     unsigned waits : 1;     /* in pool->waiting */
     unsigned looked_up : 1; /* it waited for a lookup: a failed dial is final */
     unsigned relook : 1;    /* its socket closes before it looks the name up again */

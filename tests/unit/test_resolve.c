@@ -126,8 +126,7 @@ TEST(a_new_address_moves_the_name_the_same_set_reordered_does_not)
     gen = a.gen;
     CHECK_INT(res_store(&a, 0, list_of(&l, 80, 1, one), 3000), 1); /* one gone */
     CHECK(a.gen != gen);
-    struct sockaddr_in x = addr("10.0.0.1", 80), y = addr("10.0.0.3", 80),
-                       z = addr("10.0.0.1", 81);
+    struct sockaddr_in x = addr("10.0.0.1", 80), y = addr("10.0.0.3", 80), z = addr("10.0.0.1", 81);
     CHECK(res_contains(&a, (struct sockaddr *)&x));
     CHECK(!res_contains(&a, (struct sockaddr *)&y));
     CHECK(!res_contains(&a, (struct sockaddr *)&z)); /* the port counts */
