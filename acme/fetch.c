@@ -20,6 +20,7 @@ struct fetch {
     char *ca_file;
     struct req *reqs; /* under way, for fetch_free */
     int closing;
+    int fresh; /* fetch_set_fresh: no DNS cache, no connection reuse */
 };
 
 /* One socket curl asked us to watch. */
@@ -298,6 +299,13 @@ int fetch_start_timeout(fetch_t *f, const char *method, const char *url, const c
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_USERAGENT, FETCH_USER_AGENT);
+    if (f->fresh) {
+        /* the multi handle caches a name's addresses for 60 s and keeps
+         * connections: either would pin an address the name has left */
+        curl_easy_setopt(e, CURLOPT_DNS_CACHE_TIMEOUT, 0L);
+        curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+        curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    }
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms < 10000L ? timeout_ms : 10000L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https,http");
@@ -330,4 +338,9 @@ int fetch_start_timeout(fetch_t *f, const char *method, const char *url, const c
     r->next = f->reqs;
     f->reqs = r;
     return 0;
+}
+
+void fetch_set_fresh(fetch_t *f)
+{
+    f->fresh = 1;
 }

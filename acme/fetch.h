@@ -27,6 +27,9 @@ typedef void (*fetch_cb)(void *arg, const fetch_resp_t *resp);
 /* CA_FILE (may be NULL: the system's roots) is what HTTPS peers are checked
  * against. Returns NULL when libcurl cannot start. */
 fetch_t *fetch_new(uv_loop_t *loop, const char *ca_file);
+/* Every request of F from now on looks its host up again and opens its own
+ * connection (active health checks: the name may have moved). */
+void fetch_set_fresh(fetch_t *f);
 /* Cancels the requests under way (their callbacks do not run) and frees F
  * once libuv has closed its handles. */
 void fetch_free(fetch_t *f);

@@ -132,6 +132,9 @@ health_t *health_start(uv_loop_t *loop, const cfg_t *cfg, up_targets_t *targets)
         free(h);
         return NULL;
     }
+    /* each check reaches what the name is now, as a new dial by a worker
+     * would (libcurl looks the name up itself, off this loop) */
+    fetch_set_fresh(h->fetch);
     h->targets = targets;
     h->checks = calloc(n, sizeof(*h->checks));
     h->groups = calloc(n, sizeof(*h->groups));

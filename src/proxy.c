@@ -98,8 +98,7 @@ static void up_failed(conn_t *c, int err)
     if (stale) {
         conn_set_state(c, CONN_S_CONNECT_UP);
         c->up = up_dial(c->pool, c, proxy_cfg(c)->dial_timeout, on_up_connected);
-        if (c->up != NULL)
-            return;
+        return;
     }
     /* nothing came back and the request can be sent again unchanged: an
      * idempotent one without a body goes to another upstream; anything else
@@ -647,45 +646,42 @@ static void proxy_try(conn_t *c)
 {
     const cfg_proxy_t *p = proxy_cfg(c);
     worker_t *w = c->w;
-    for (;;) {
-        int closed = 0;
-        int i = -1;
-        if (p->lb_retries < 0 || c->attempts <= p->lb_retries)
-            i = up_select(w, p, c->targets, c->tried, c->peer_ip, &closed);
-        if (i < 0) {
-            /* lb_try_duration: keep trying every lb_try_interval until it runs out */
-            uint64_t now = uv_now(&w->loop);
-            if (c->try_deadline != 0 && now < c->try_deadline) {
-                uint64_t left = c->try_deadline - now;
-                c->tried = 0;
-                conn_start_timer(c, left < p->lb_try_interval ? left : p->lb_try_interval);
-                return;
-            }
-            if (closed) {
-                log_warn("conn %llu: every upstream fails its health check "
-                         "(health_fail_closed)", (unsigned long long)c->id);
-                fail_request(c, 503);
-            } else {
-                fail_request(c, p->lb_try_duration > 0 ? 503 : c->fail_status);
-            }
+    int closed = 0;
+    int i = -1;
+    if (p->lb_retries < 0 || c->attempts <= p->lb_retries)
+        i = up_select(w, p, c->targets, c->tried, c->peer_ip, &closed);
+    if (i < 0) {
+        /* lb_try_duration: keep trying every lb_try_interval until it runs out */
+        uint64_t now = uv_now(&w->loop);
+        if (c->try_deadline != 0 && now < c->try_deadline) {
+            uint64_t left = c->try_deadline - now;
+            c->tried = 0;
+            conn_start_timer(c, left < p->lb_try_interval ? left : p->lb_try_interval);
             return;
         }
-        c->attempts++;
-        c->tried |= 1ull << i;
-        const up_target_t *tg = up_target_find(c->targets, p->ups[i].hostport);
-        c->pool = up_pool_get(w, tg);
-        c->vars.upstream_hostport =
-            uv_buf_init((char *)p->ups[i].hostport, strlen(p->ups[i].hostport));
-        c->up = up_take(c->pool, c);
-        if (c->up != NULL) {
-            on_up_ready(c);
-            return;
+        if (closed) {
+            log_warn("conn %llu: every upstream fails its health check "
+                     "(health_fail_closed)", (unsigned long long)c->id);
+            fail_request(c, 503);
+        } else {
+            fail_request(c, p->lb_try_duration > 0 ? 503 : c->fail_status);
         }
-        c->up = up_dial(c->pool, c, p->dial_timeout, on_up_connected);
-        if (c->up != NULL)
-            return;
-        c->fail_status = 502; /* the name did not resolve; the next one may */
+        return;
     }
+    c->attempts++;
+    c->tried |= 1ull << i;
+    const up_target_t *tg = up_target_find(c->targets, p->ups[i].hostport);
+    c->pool = up_pool_get(w, tg);
+    c->vars.upstream_hostport =
+        uv_buf_init((char *)p->ups[i].hostport, strlen(p->ups[i].hostport));
+    c->up = up_take(c->pool, c);
+    if (c->up != NULL) {
+        on_up_ready(c);
+        return;
+    }
+    /* a name that does not resolve fails in on_up_connected, as a
+     * refused dial: the next upstream is tried from there */
+    c->up = up_dial(c->pool, c, p->dial_timeout, on_up_connected);
 }
 
 void proxy_on_retry_timer(conn_t *c)

@@ -1,8 +1,10 @@
-/* Upstream connections: resolve targets, dial, keep idle ones in a
- * per-worker pool, and pick which upstream serves a request. */
+/* Upstream connections: targets, dial (looking names up off the loop),
+ * keep idle ones in a per-worker pool, and pick which upstream serves a
+ * request. */
 #include "upstream.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,26 +15,20 @@
 
 /* ---- targets ------------------------------------------------------------ */
 
-static void resolve(up_target_t *t, const char *host, const char *port)
+/* An IP literal gets its one address now; a name is left to the workers. */
+static void parse_literal(up_target_t *t)
 {
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_ADDRCONFIG;
-    int err = getaddrinfo(host, port, &hints, &res);
-    if (err == EAI_NONAME || err == EAI_ADDRFAMILY) {
-        /* AI_ADDRCONFIG hides ::1 and 127.0.0.1 on hosts with only loopback */
-        hints.ai_flags = 0;
-        err = getaddrinfo(host, port, &hints, &res);
-    }
-    if (err != 0) {
-        t->resolve_err = err;
-        log_err("upstream %s: cannot resolve %s: %s", t->hostport, host, gai_strerror(err));
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV; /* no lookup, never blocks */
+    if (getaddrinfo(t->host, t->port, &hints, &res) != 0)
         return;
+    if (res->ai_addrlen <= sizeof(t->literal_addr)) {
+        memcpy(&t->literal_addr, res->ai_addr, res->ai_addrlen);
+        t->literal = 1;
     }
-    for (struct addrinfo *ai = res; ai != NULL && t->n_addrs < UP_MAX_ADDRS; ai = ai->ai_next)
-        memcpy(&t->addrs[t->n_addrs++], ai->ai_addr, ai->ai_addrlen);
     freeaddrinfo(res);
 }
 
@@ -81,7 +77,7 @@ up_targets_t *up_targets_new(const cfg_t *cfg)
                     tg->hostport = xstrdup(p->ups[i].hostport);
                     tg->host = xstrdup(p->ups[i].host);
                     tg->port = xstrdup(p->ups[i].port);
-                    resolve(tg, p->ups[i].host, p->ups[i].port);
+                    parse_literal(tg);
                 }
                 if (tg->checks == NULL && p->health_uri != NULL)
                     tg->checks = p;
@@ -120,6 +116,9 @@ up_pool_t *up_pool_get(worker_t *w, const up_target_t *target)
         abort();
     p->target = target;
     p->w = w;
+    p->lookup.data = p;
+    if (target->literal)
+        res_store_literal(&p->answer, (const struct sockaddr *)&target->literal_addr);
     p->next = w->pools;
     w->pools = p;
     return p;
@@ -138,6 +137,21 @@ static void idle_unlink(up_conn_t *u)
     p->n_idle--;
 }
 
+static void wait_unlink(up_conn_t *u)
+{
+    up_pool_t *p = u->pool;
+    if (!u->waits)
+        return;
+    if (u->prev_wait != NULL)
+        u->prev_wait->next_wait = u->next_wait;
+    else
+        p->waiting = u->next_wait;
+    if (u->next_wait != NULL)
+        u->next_wait->prev_wait = u->prev_wait;
+    u->next_wait = u->prev_wait = NULL;
+    u->waits = 0;
+}
+
 static void on_closed(uv_handle_t *h)
 {
     up_conn_t *u = h->data;
@@ -152,17 +166,21 @@ void up_close(up_conn_t *u)
 {
     if (u->state == UP_S_CLOSING)
         return;
+    /* resolving, it has no socket: never opened, or closed and its close
+     * callback run (on_redial_closed) */
+    int socket = u->state != UP_S_RESOLVING;
     if (u->state == UP_S_IDLE)
         idle_unlink(u);
     else
         u->pool->n_active--;
+    wait_unlink(u); /* the lookup it waited for may still run: it finds it gone */
     log_debug("upstream %s: conn %llu closed", u->pool->target->hostport,
               (unsigned long long)u->id);
     u->state = UP_S_CLOSING;
     u->owner = NULL;
-    u->pending_closes = 2;
+    u->pending_closes = socket ? 2 : 1;
     /* mid-redial the socket is closing already; on_redial_closed counts it */
-    if (!uv_is_closing((uv_handle_t *)&u->tcp))
+    if (socket && !uv_is_closing((uv_handle_t *)&u->tcp))
         uv_close((uv_handle_t *)&u->tcp, on_closed);
     uv_close((uv_handle_t *)&u->timer, on_closed);
 }
@@ -206,6 +224,26 @@ void up_update_reading(up_conn_t *u)
         uv_read_stop((uv_stream_t *)&u->tcp);
 }
 
+/* Whether U's peer is still one of the name's addresses. Asked only after
+ * a lookup moved the name (gen changed), so the hot path makes no syscall:
+ * a connection to a container that was replaced is not reused, as a new
+ * dial would not reach it either. */
+static int still_listed(up_conn_t *u)
+{
+    up_pool_t *p = u->pool;
+    if (u->gen == p->answer.gen)
+        return 1;
+    struct sockaddr_storage sa;
+    int len = sizeof(sa);
+    if (uv_tcp_getpeername(&u->tcp, (struct sockaddr *)&sa, &len) != 0 ||
+        !res_contains(&p->answer, (const struct sockaddr *)&sa))
+        return 0;
+    u->gen = p->answer.gen;
+    return 1;
+}
+
+static void lookup_start(up_pool_t *p);
+
 static void on_idle_timeout(uv_timer_t *t)
 {
     up_close(t->data);
@@ -215,7 +253,7 @@ void up_release(up_conn_t *u, uint64_t keepalive_ms, int max_idle)
 {
     up_pool_t *p = u->pool;
     if (keepalive_ms == 0 || p->n_idle >= max_idle || u->rstart != u->rlen ||
-        atomic_load(&p->w->stop)) {
+        atomic_load(&p->w->stop) || !still_listed(u)) {
         up_close(u);
         return;
     }
@@ -240,7 +278,13 @@ void up_release(up_conn_t *u, uint64_t keepalive_ms, int max_idle)
 
 up_conn_t *up_take(up_pool_t *p, void *owner)
 {
-    up_conn_t *u = p->idle;
+    /* an expired answer is refreshed while the pool serves on: a move
+     * shows at the next take (still_listed) or dial */
+    if (!res_fresh(&p->answer, (int64_t)uv_now(&p->w->loop)))
+        lookup_start(p);
+    up_conn_t *u;
+    while ((u = p->idle) != NULL && !still_listed(u))
+        up_close(u);
     if (u == NULL)
         return NULL;
     idle_unlink(u);
@@ -253,9 +297,14 @@ up_conn_t *up_take(up_pool_t *p, void *owner)
 
 void up_pools_close_idle(worker_t *w)
 {
-    for (up_pool_t *p = w->pools; p != NULL; p = p->next)
+    for (up_pool_t *p = w->pools; p != NULL; p = p->next) {
         while (p->idle != NULL)
             up_close(p->idle);
+        /* a refresh nobody waits for need not hold the stop up; once running
+         * it cannot be cancelled, and the loop runs until it calls back */
+        if (p->looking_up && p->waiting == NULL)
+            uv_cancel((uv_req_t *)&p->lookup);
+    }
 }
 
 void up_pools_free(worker_t *w)
@@ -263,18 +312,135 @@ void up_pools_free(worker_t *w)
     while (w->pools != NULL) {
         up_pool_t *p = w->pools;
         w->pools = p->next;
+        /* the worker's loop ran until no request was left, lookups included */
+        assert(!p->looking_up && p->waiting == NULL);
         free(p);
     }
 }
 
 /* ---- dialing ------------------------------------------------------------ */
 
+static void dial_start(up_conn_t *u);
 static void dial_next(up_conn_t *u);
+
+/* Reports ERR to the owner from the loop (never from inside up_dial). */
+static void fail_soon(up_conn_t *u, int err);
 
 static void on_dial_timeout(uv_timer_t *t)
 {
     up_conn_t *u = t->data;
+    up_pool_t *p = u->pool;
+    /* a connect that hangs is a failed dial too: the next one looks again */
+    if (u->state == UP_S_CONNECTING && u->gen == p->answer.gen)
+        res_drop(&p->answer);
     u->on_connect(u, u->dial_err != 0 ? u->dial_err : UV_ETIMEDOUT);
+}
+
+static void fail_soon(up_conn_t *u, int err)
+{
+    u->dial_err = err;
+    uv_timer_stop(&u->timer);
+    uv_timer_start(&u->timer, on_dial_timeout, 0, 0);
+}
+
+static void on_lookup(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    up_pool_t *p = req->data;
+    const up_target_t *t = p->target;
+    p->looking_up = 0;
+    if (status == UV_EAI_CANCELED) { /* the worker stops; nothing is learnt */
+        while (p->waiting != NULL) {
+            up_conn_t *u = p->waiting;
+            wait_unlink(u);
+            fail_soon(u, status);
+        }
+        return;
+    }
+    int had = p->answer.n_addrs, failed = p->answer.err;
+    int moved = res_store(&p->answer, status, res, (int64_t)uv_now(&p->w->loop));
+    uv_freeaddrinfo(res);
+    if (p->answer.err != 0 && p->answer.err != failed)
+        log_warn("upstream %s: cannot resolve %s: %s", t->hostport, t->host,
+                 uv_strerror(p->answer.err));
+    else if (p->answer.err == 0 && (moved || failed != 0)) {
+        char addr[64];
+        res_addr_name(&p->answer, 0, addr, sizeof(addr));
+        log_info("upstream %s: %s is %s%s (worker %d)%s", t->hostport, t->host, addr,
+                 p->answer.n_addrs > 1 ? " and more" : "", p->w->index,
+                 had > 0 && moved ? ": moved" : "");
+    }
+    /* each waiter dials the fresh answer or hears it failed, from the loop:
+     * none of this calls an owner back, so the list cannot change under us */
+    while (p->waiting != NULL) {
+        up_conn_t *u = p->waiting;
+        wait_unlink(u);
+        u->looked_up = 1;
+        dial_start(u);
+    }
+}
+
+/* Looks the pool's name up in libuv's thread pool, unless that is under
+ * way already: every connection that waits meanwhile takes the same answer. */
+static void lookup_start(up_pool_t *p)
+{
+    if (p->looking_up)
+        return;
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    /* no AI_ADDRCONFIG: it hides ::1 and 127.0.0.1 on hosts with only
+     * loopback; an address of a family the host lacks fails its connect at
+     * once and the dial goes on to the next */
+    int err = uv_getaddrinfo(&p->w->loop, &p->lookup, on_lookup, p->target->host, p->target->port,
+                             &hints);
+    if (err == 0) {
+        p->looking_up = 1;
+        return;
+    }
+    log_warn("upstream %s: cannot start a lookup of %s: %s", p->target->hostport, p->target->host,
+             uv_strerror(err));
+    res_store(&p->answer, err, NULL, (int64_t)uv_now(&p->w->loop));
+    while (p->waiting != NULL) {
+        up_conn_t *u = p->waiting;
+        wait_unlink(u);
+        fail_soon(u, err);
+    }
+}
+
+static void wait_for_lookup(up_conn_t *u)
+{
+    up_pool_t *p = u->pool;
+    u->state = UP_S_RESOLVING;
+    u->waits = 1;
+    u->prev_wait = NULL;
+    u->next_wait = p->waiting;
+    if (p->waiting != NULL)
+        p->waiting->prev_wait = u;
+    p->waiting = u;
+    lookup_start(p);
+}
+
+/* Dials the pool's answer when it is fresh, else waits for a lookup. */
+static void dial_start(up_conn_t *u)
+{
+    up_pool_t *p = u->pool;
+    if (!res_fresh(&p->answer, (int64_t)uv_now(&p->w->loop))) {
+        wait_for_lookup(u);
+        return;
+    }
+    u->state = UP_S_RESOLVING; /* until dial_next opens a socket */
+    if (p->answer.err != 0) {
+        fail_soon(u, p->answer.err); /* a failed dial, as Caddy's */
+        return;
+    }
+    if (u->dial_err != 0 && p->answer.gen == u->gen) {
+        fail_soon(u, u->dial_err); /* looked up again: the same addresses that failed */
+        return;
+    }
+    u->gen = p->answer.gen;
+    u->addr_idx = 0;
+    dial_next(u);
 }
 
 static void on_redial_closed(uv_handle_t *h)
@@ -284,7 +450,41 @@ static void on_redial_closed(uv_handle_t *h)
         on_closed(h);
         return;
     }
+    if (u->relook) {
+        u->relook = 0;
+        dial_start(u);
+        return;
+    }
     dial_next(u);
+}
+
+/* A connect to the address at addr_idx failed with STATUS: the next
+ * address, or a new lookup when the answer came from the cache, else the
+ * owner hears it. Returns 1 when the dial goes on (the socket is closing
+ * and on_redial_closed continues), 0 when it is over. */
+static int dial_failed(up_conn_t *u, int status)
+{
+    up_pool_t *p = u->pool;
+    int current = u->gen == p->answer.gen;
+    if (current && u->addr_idx + 1 < p->answer.n_addrs) {
+        /* the next address of the name (::1 refused, 127.0.0.1 listening) */
+        u->addr_idx++;
+        uv_close((uv_handle_t *)&u->tcp, on_redial_closed);
+        return 1;
+    }
+    /* every address failed: the next dial looks the name up again */
+    if (current)
+        res_drop(&p->answer);
+    if (!u->looked_up && !p->target->literal) {
+        /* the addresses came from the cache: the name may have moved (a
+         * container recreated elsewhere), so look once more before failing */
+        u->looked_up = 1;
+        u->relook = 1;
+        u->dial_err = status;
+        uv_close((uv_handle_t *)&u->tcp, on_redial_closed);
+        return 1;
+    }
+    return 0;
 }
 
 static void on_connected(uv_connect_t *req, int status)
@@ -292,12 +492,8 @@ static void on_connected(uv_connect_t *req, int status)
     up_conn_t *u = req->data;
     if (status == UV_ECANCELED || u->state == UP_S_CLOSING)
         return;
-    if (status < 0 && u->addr_idx + 1 < u->pool->target->n_addrs) {
-        /* the next address of the name (::1 refused, 127.0.0.1 listening) */
-        u->addr_idx++;
-        uv_close((uv_handle_t *)&u->tcp, on_redial_closed);
+    if (status < 0 && dial_failed(u, status))
         return;
-    }
     uv_timer_stop(&u->timer);
     if (status == 0) {
         uv_tcp_nodelay(&u->tcp, 1);
@@ -308,23 +504,21 @@ static void on_connected(uv_connect_t *req, int status)
 
 static void dial_next(up_conn_t *u)
 {
-    const struct sockaddr *sa = (const struct sockaddr *)&u->pool->target->addrs[u->addr_idx];
+    const struct sockaddr *sa = (const struct sockaddr *)&u->pool->answer.addrs[u->addr_idx];
+    u->state = UP_S_CONNECTING;
+    u->dial_err = 0;
     uv_tcp_init(&u->pool->w->loop, &u->tcp);
     u->tcp.data = u;
     u->creq.data = u;
     int err = uv_tcp_connect(&u->creq, &u->tcp, sa, on_connected);
-    if (err < 0) {
-        /* report through the loop, never from inside up_dial's caller */
-        u->dial_err = err;
-        uv_timer_stop(&u->timer);
-        uv_timer_start(&u->timer, on_dial_timeout, 0, 0);
-    }
+    /* connect(2) can fail at once (an IPv6 address on a host without IPv6:
+     * ENETUNREACH); report through the loop, never from inside up_dial */
+    if (err < 0 && !dial_failed(u, err))
+        fail_soon(u, err);
 }
 
 up_conn_t *up_dial(up_pool_t *p, void *owner, uint64_t timeout_ms, up_connect_cb cb)
 {
-    if (p->target->n_addrs == 0)
-        return NULL;
     up_conn_t *u = calloc(1, sizeof(*u));
     if (u == NULL)
         abort();
@@ -332,13 +526,13 @@ up_conn_t *up_dial(up_pool_t *p, void *owner, uint64_t timeout_ms, up_connect_cb
     u->id = ++next_id;
     u->pool = p;
     u->owner = owner;
-    u->state = UP_S_CONNECTING;
+    u->state = UP_S_RESOLVING;
     u->on_connect = cb;
     p->n_active++;
     uv_timer_init(&p->w->loop, &u->timer);
     u->timer.data = u;
     uv_timer_start(&u->timer, on_dial_timeout, timeout_ms, 0);
-    dial_next(u);
+    dial_start(u);
     return u;
 }
 

@@ -1,5 +1,6 @@
-/* Upstreams: resolved targets, per-worker pools of idle keep-alive
- * connections, dialing, and the choice of upstream for a request. */
+/* Upstreams: targets, per-worker pools of idle keep-alive connections,
+ * dialing (names looked up off the loop, answers reused about a second),
+ * and the choice of upstream for a request. */
 #ifndef PS_UPSTREAM_H
 #define PS_UPSTREAM_H
 
@@ -9,18 +10,17 @@
 
 #include "config.h"
 #include "http.h"
+#include "resolve.h"
 #include "server.h"
 
-#define UP_MAX_ADDRS 8
-
-/* One upstream address, resolved on the control thread at start; workers
- * read it without locks. */
+/* One upstream address as the config names it; workers read it without
+ * locks. A name is looked up by each worker when it dials (up_dial), never
+ * here: the address it stands for may change while psproxy runs. */
 typedef struct up_target {
     const char *hostport;
     const char *host, *port;
-    struct sockaddr_storage addrs[UP_MAX_ADDRS];
-    int n_addrs;
-    int resolve_err; /* the getaddrinfo error when n_addrs == 0 */
+    int literal; /* host is an IP address: literal_addr, never looked up */
+    struct sockaddr_storage literal_addr;
     /* health, shared by every worker without locks: the active check's
      * verdict (control loop) and passive failures (any worker) */
     const cfg_proxy_t *checks; /* the first reverse_proxy with health_uri for it */
@@ -47,14 +47,16 @@ struct up_targets {
     size_t n;
 };
 
-/* Resolves every upstream named in CFG (blocking: the control thread).
- * Names that fail to resolve are kept with no address, logged, and make
- * dials to them fail with 502. */
+/* The upstreams named in CFG, each once. Nothing is looked up (IP literals
+ * are parsed): a name that does not resolve yet is no error, as in Caddy;
+ * dials to it fail (502) until it does. */
 up_targets_t *up_targets_new(const cfg_t *cfg);
 void up_targets_free(up_targets_t *t);
 
 enum up_state {
-    UP_S_CONNECTING, /* dialing one of the target's addresses */
+    UP_S_RESOLVING,  /* no socket: waiting for the pool's lookup of the name,
+                      * or about to report that it does not resolve */
+    UP_S_CONNECTING, /* dialing one of the pool's addresses for the name */
     UP_S_ACTIVE,     /* serving one request for its owner */
     UP_S_IDLE,       /* in the pool; any byte or EOF closes it */
     UP_S_CLOSING,    /* uv_close called */
@@ -72,8 +74,13 @@ struct up_pool {
     /* private */
     up_conn_t *idle; /* most recently used first: warm connections win */
     int n_idle;
-    int n_active; /* connecting or serving: for least_conn */
+    int n_active; /* resolving, connecting or serving: for least_conn */
     struct up_pool *next;
+    /* the name's addresses for this worker (a cache per worker: no lock) */
+    res_answer_t answer;
+    uv_getaddrinfo_t lookup; /* in flight while looking_up; the pool outlives it */
+    unsigned looking_up : 1;
+    up_conn_t *waiting; /* UP_S_RESOLVING connections waiting for the lookup */
 };
 
 struct up_conn {
@@ -98,23 +105,35 @@ struct up_conn {
     unsigned eof : 1;           /* the upstream closed its side */
     /* private */
     up_conn_t *next_idle, *prev_idle;
+    up_conn_t *next_wait, *prev_wait; /* in pool->waiting */
     up_connect_cb on_connect;
     up_read_cb on_read; /* the owner's, while UP_S_ACTIVE */
-    int addr_idx;
+    int addr_idx;       /* into pool->answer, while it has gen */
+    uint32_t gen;       /* the pool's answer.gen its address came from */
     int pending_closes;
     uint64_t dial_timeout;
-    int dial_err; /* a connect that failed before it began */
+    int dial_err;           /* the failure to report, or a connect that failed on a cached answer */
+    unsigned waits : 1;     /* in pool->waiting */
+    unsigned looked_up : 1; /* it waited for a lookup: a failed dial is final */
+    unsigned relook : 1;    /* its socket closes before it looks the name up again */
 };
 
 /* The worker's pool for TARGET, created on first use. */
 up_pool_t *up_pool_get(worker_t *w, const up_target_t *target);
 up_target_t *up_target_find(up_targets_t *t, const char *hostport);
 
-/* An idle pooled connection, now UP_S_ACTIVE and owned by OWNER, or NULL. */
+/* An idle pooled connection, now UP_S_ACTIVE and owned by OWNER, or NULL.
+ * One to an address the name no longer has is closed, not handed out; an
+ * expired answer is looked up again in the background (nobody waits). */
 up_conn_t *up_take(up_pool_t *p, void *owner);
 
-/* Dials a new connection for OWNER; CB reports 0 or the error. Returns the
- * connection (UP_S_CONNECTING), or NULL when the target has no address. */
+/* Dials a new connection for OWNER; CB reports 0 or the error (a name
+ * that does not resolve: UV_EAI_*), always from the loop, never from
+ * inside this call. With a fresh answer for the name it connects at once;
+ * else it waits (UP_S_RESOLVING) for a lookup in libuv's thread pool,
+ * within TIMEOUT_MS like the connect. When every address of a cached
+ * answer fails, the answer is dropped and the name looked up once more
+ * before CB hears of it. Returns the connection. */
 up_conn_t *up_dial(up_pool_t *p, void *owner, uint64_t timeout_ms, up_connect_cb cb);
 
 /* Reads into u->rbuf for the owner while the buffer has room; the socket
@@ -128,7 +147,8 @@ void up_release(up_conn_t *u, uint64_t keepalive_ms, int max_idle);
 /* Closes U in any state; the caller no longer owns it. */
 void up_close(up_conn_t *u);
 
-/* Closes every pooled idle connection of the worker (at stop). */
+/* Closes every pooled idle connection of the worker (at stop), and cancels
+ * lookups nobody waits for. */
 void up_pools_close_idle(worker_t *w);
 void up_pools_free(worker_t *w);
 

@@ -3,13 +3,15 @@
 sockets (one thread per connection, Python stdlib only) that controls its own
 framing and records what arrived, so tests can check it.
 
-Run: upstream.py [--port N] [--mode normal|malformed|hangup]; it prints its
-port on stdout once listening. Endpoints (any method unless noted):
+Run: upstream.py [--host IP] [--port N] [--mode normal|malformed|hangup]; it
+listens on IP (127.0.0.1 by default) and prints its port on stdout once
+listening. Endpoints (any method unless noted):
 
   /echo...           JSON of the request as received: method, target, path,
                      query, version, headers (ordered [name, value] pairs),
                      body length and sha256, trailers, conn_id, conn_req
-                     (1-based index on its connection), peer port, server port
+                     (1-based index on its connection), peer port, server port,
+                     server host (the address it listens on)
   /bytes/N           N bytes of pattern(N), with Content-Length
   /chunked/N         N bytes of pattern(N), chunked, in chunks of mixed sizes
   /close/N           N bytes of pattern(N), close-delimited (no length)
@@ -336,6 +338,7 @@ class Conn:
             "conn_req": self.nreq,
             "peer_port": self.peer[1],
             "server_port": self.server.port,
+            "server_host": self.server.host,
         }
 
     def send_json(self, req, doc, status=200, extra=()):
@@ -572,13 +575,14 @@ class Health:
 
 
 class Server:
-    def __init__(self, port, mode):
+    def __init__(self, port, mode, host="127.0.0.1"):
         self.mode = mode
+        self.host = host
         self.stats = Stats()
         self.health = Health()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", port))
+        self.sock.bind((host, port))
         self.sock.listen(128)
         self.port = self.sock.getsockname()[1]
 
@@ -593,10 +597,12 @@ class Server:
 
 def main():
     ap = argparse.ArgumentParser(description="psproxy test upstream")
+    ap.add_argument("--host", default="127.0.0.1",
+                    help="the IPv4 address to listen on (127.0.0.2 ... for tests that move a name)")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--mode", choices=("normal", "malformed", "hangup"), default="normal")
     args = ap.parse_args()
-    server = Server(args.port, args.mode)
+    server = Server(args.port, args.mode, args.host)
     print(server.port, flush=True)
     try:
         server.serve()
