@@ -24,6 +24,7 @@ typedef struct ctx {
     char *err;
     size_t errlen;
     int braceless; /* the site being read has no braces */
+    int n_logs;    /* `log` directives with options so far: Caddy names them log0, log1... */
 } ctx_t;
 
 static int errf(ctx_t *c, const cf_token_t *t, const char *fmt, ...)
@@ -1415,6 +1416,9 @@ static int parse_log(ctx_t *c, const cf_line_t *l, cfg_site_t *site)
     if (rc != 0)
         return rc;
     site->log.enabled = 1;
+    /* every option psproxy takes gives the log a writer or an encoder,
+     * which is when Caddy makes it a logger of its own */
+    site->log.index = l->n_block > 0 ? c->n_logs++ : -1;
     for (size_t i = 0; i < l->n_block; i++) {
         const cf_line_t *s = &l->block[i];
         const char *n = name_of(s);
@@ -2181,6 +2185,7 @@ int cfg_dump_json(const cfg_t *cfg, FILE *out)
         if (s->log.enabled) {
             cJSON *l = cJSON_AddObjectToObject(o, "log");
             add_str_or_null(l, "file", s->log.file);
+            cJSON_AddNumberToObject(l, "index", s->log.index);
             cJSON_AddStringToObject(l, "format",
                                     s->log.format == CFG_LOG_JSON      ? "json"
                                     : s->log.format == CFG_LOG_CONSOLE ? "console"

@@ -218,6 +218,10 @@ typedef struct cfg_site {
         int format;        /* enum cfg_log_format */
         int fd;            /* runtime: set by the server before the snapshot is used */
         int roll_line;     /* a roll_* option's line: psproxy does not roll, logrotate does */
+        /* Caddy's logger name: http.log.access.logN for the Nth log (from 0,
+         * in file order) that has options; -1 for a bare `log`, which Caddy
+         * leaves to its default logger, http.log.access */
+        int index;
     } log;
     const char *file;
     int line;

@@ -1134,17 +1134,33 @@ void conn_access_log(conn_t *c)
                     (uv_hrtime() - c->t_start) / 1000, c->h2s != NULL);
     if (c->site == NULL || !c->site->log.enabled)
         return;
-    alog_entry_t e;
+    /* built only for a site that logs; everything is a slice of what the
+     * connection holds until the request is done */
+    alog_entry_t e = {0};
     e.remote_ip = c->peer_ip;
     e.remote_port = c->peer_port;
     e.method = c->vars.method;
     e.host = c->vars.hostport;
     e.uri = c->req.url;
     e.proto = c->h2s != NULL ? "HTTP/2.0" : c->req.parser.http_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
+    e.req_hdrs = c->req.hdrs;
+    e.n_req_hdrs = c->req.n_hdrs;
+    if (c->h2s != NULL && e.n_req_hdrs > 0)
+        e.n_req_hdrs -= (unsigned)h2_stream_added_fields(c); /* not the client's */
+    tls_info_t tls;
+    const conn_t *tc = c->h2s != NULL ? h2_stream_parent(c) : c;
+    if (tc != NULL && tc->tls != NULL) {
+        tls_conn_info(tc->tls, &tls);
+        e.tls = &tls;
+    }
+    /* the head the client got is still in hbuf (released after this) */
+    if (c->hbuf != NULL)
+        e.resp_head = uv_buf_init(c->hbuf, (unsigned)c->w->bufs.size);
+    e.resp_local = c->state == CONN_S_RESPOND;
     e.status = c->status;
     e.bytes_read = c->bytes_in;
     e.size = c->bytes_out;
-    e.duration = (double)(uv_hrtime() - c->t_start) / 1e9;
+    e.duration_ns = uv_hrtime() - c->t_start;
     e.upstream = upstream;
     alog_write(c->w->alog, c->site, &e);
 }

@@ -502,6 +502,16 @@ int32_t h2_stream_id(const conn_t *sc)
     return sc->h2s->id;
 }
 
+conn_t *h2_stream_parent(const conn_t *sc)
+{
+    return sc->h2s->h != NULL ? sc->h2s->h->c : NULL;
+}
+
+int h2_stream_added_fields(const conn_t *sc)
+{
+    return sc->h2s->req.added;
+}
+
 int h2_stream_input_ended(const conn_t *sc)
 {
     return sc->h2s->in_end && sc->h2s->spill_len == 0;

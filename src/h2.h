@@ -54,6 +54,11 @@ void h2_stream_end(conn_t *sc);
 void h2_stream_update(conn_t *sc);
 /* The stream's id (0 once it is closed or reset), for logs. */
 int32_t h2_stream_id(const conn_t *sc);
+/* The connection the stream came on; NULL once the session is gone. */
+conn_t *h2_stream_parent(const conn_t *sc);
+/* 1 when the request head's last field is psproxy's framing, not one the
+ * client sent (see h2_req_finish), else 0. */
+int h2_stream_added_fields(const conn_t *sc);
 /* The client ended the stream's request (END_STREAM). */
 int h2_stream_input_ended(const conn_t *sc);
 /* The stream's request is malformed: its reset (conn_close) says

@@ -166,9 +166,10 @@ int h2_req_finish(h2_req_t *r, int end_stream)
         PUT_LIT(r, "\r\n");
     }
     if (!r->has_length) {
+        r->added = !end_stream || needs_length(r->method);
         if (!end_stream)
             PUT_LIT(r, "transfer-encoding: chunked\r\n");
-        else if (needs_length(r->method))
+        else if (r->added)
             PUT_LIT(r, "content-length: 0\r\n");
     }
     PUT_LIT(r, "\r\n");

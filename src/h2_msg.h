@@ -29,6 +29,7 @@ typedef struct h2_req {
     unsigned has_length : 1;  /* content-length came */
     unsigned line_done : 1;   /* the request line is written */
     unsigned finished : 1;    /* the head is done: later fields (trailers) are only counted */
+    unsigned added : 1;       /* the head's last field is ours (framing), not the client's */
     unsigned status : 10;     /* the 4xx to answer instead (0: none) */
 } h2_req_t;
 

@@ -212,9 +212,9 @@ static int check_coding(uv_buf_t el, void *arg)
     return 0;
 }
 
-/* tchar (RFC 9110 5.6.2); a switch, not strchr(): every byte of every
- * field name passes here on the hot path. */
-static int is_tchar(unsigned char c)
+/* a switch, not strchr(): every byte of every field name passes here on
+ * the hot path */
+int http_is_tchar(unsigned char c)
 {
     if ((c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z'))
         return 1;
@@ -392,7 +392,7 @@ int http_head_analyze(http_head_t *h)
         if (h->hdrs[i].name.len == 0)
             return h->parser.type == HTTP_REQUEST ? 400 : 502;
         for (size_t j = 0; j < h->hdrs[i].name.len; j++)
-            if (!is_tchar((unsigned char)h->hdrs[i].name.base[j]))
+            if (!http_is_tchar((unsigned char)h->hdrs[i].name.base[j]))
                 return h->parser.type == HTTP_REQUEST ? 400 : 502;
     }
     return h->parser.type == HTTP_REQUEST ? analyze_request(h) : analyze_response(h);

@@ -83,6 +83,9 @@ static inline int http_token_eq(uv_buf_t a, const char *lit)
     return a.len == n && (n == 0 || strncasecmp(a.base, lit, n) == 0);
 }
 
+/* True for a tchar (RFC 9110 5.6.2), the bytes of a token. */
+int http_is_tchar(unsigned char c);
+
 /* The status an llhttp error maps to for a request: 400, or err_status. */
 int http_request_error_status(const http_head_t *h, llhttp_errno_t err);
 

@@ -559,6 +559,20 @@ void tls_server_set_h2(tls_server_t *s, int on)
     atomic_store_explicit(&s->h2, on, memory_order_relaxed);
 }
 
+void tls_conn_info(const tls_conn_t *t, tls_info_t *info)
+{
+    const unsigned char *alpn = NULL;
+    unsigned alen = 0;
+    SSL_get0_alpn_selected(t->ssl, &alpn, &alen);
+    const SSL_CIPHER *cipher = SSL_get_current_cipher(t->ssl);
+    const char *sni = SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
+    info->resumed = SSL_session_reused(t->ssl);
+    info->version = (unsigned)SSL_version(t->ssl);
+    info->cipher_suite = cipher != NULL ? SSL_CIPHER_get_protocol_id(cipher) : 0;
+    info->alpn = uv_buf_init(alen > 0 ? (char *)alpn : "", alen);
+    info->server_name = sni != NULL ? sni : "";
+}
+
 const char *tls_conn_describe(const tls_conn_t *t, char *buf, size_t len)
 {
     const unsigned char *alpn = NULL;

@@ -89,6 +89,20 @@ int tls_conn_is_acme(const tls_conn_t *t);
 /* True when ALPN chose h2. */
 int tls_conn_is_h2(const tls_conn_t *t);
 
+/* What an access log says of a connection, as Go's tls.ConnectionState
+ * (so Caddy) does. */
+typedef struct tls_info {
+    int resumed;             /* the handshake resumed a session */
+    unsigned version;        /* the protocol's number: 0x0303 TLS 1.2, 0x0304 TLS 1.3 */
+    unsigned cipher_suite;   /* its IANA number */
+    uv_buf_t alpn;           /* the protocol ALPN chose; empty when none */
+    const char *server_name; /* the client's SNI; "" when it sent none */
+} tls_info_t;
+
+/* Fills INFO for a connection whose handshake is done; its strings live
+ * as long as T. */
+void tls_conn_info(const tls_conn_t *t, tls_info_t *info);
+
 /* The negotiated protocol and ALPN, for logs and tests. */
 const char *tls_conn_describe(const tls_conn_t *t, char *buf, size_t len);
 

@@ -357,6 +357,12 @@ def test_access_log_and_metrics_record_the_protocol(h2_factory, upstream, tmp_pa
                      5, what="two access log lines")
     protos = {l["request"]["uri"]: l["request"]["proto"] for l in lines}
     assert protos == {"/echo/a": "HTTP/2.0", "/echo/b": "HTTP/1.1"}, lines
+    alpn = {l["request"]["uri"]: l["request"]["tls"]["proto"] for l in lines}
+    assert alpn == {"/echo/a": "h2", "/echo/b": "http/1.1"}, lines
+    for l in lines:  # Go's tls.ConnectionState as Caddy logs it
+        assert l["request"]["tls"]["version"] in (0x0303, 0x0304), l
+        assert l["request"]["tls"]["resumed"] is False, l
+        assert "Host" not in l["request"]["headers"], l
     m = curl("http://127.0.0.1:%d/metrics" % admin, tmp=tmp_path)
     assert 'psproxy_requests_by_protocol_total{proto="h2"} 1' in m.body.decode(), m.body
     assert 'psproxy_requests_by_protocol_total{proto="h1"} 1' in m.body.decode(), m.body
