@@ -298,6 +298,12 @@ int cfg_match_host(const char *pattern, const char *host, size_t len);
  * differential test against `caddy adapt`. Returns 0 or UV_EIO. */
 int cfg_dump_json(const cfg_t *cfg, FILE *out);
 
+/* Whether every HTTPS site can have a certificate: its own (tls CERT KEY)
+ * or one psproxy's ACME client can order. Returns 0, or PS_ECONFIG with
+ * "file:line: host: why and what to do" in err for the first that cannot
+ * (start, reload and `psproxy validate` refuse the file). */
+int cfg_check_certs(const cfg_t *cfg, char *err, size_t errlen);
+
 /* DSN as it may be logged: every password in it replaced by "***". */
 void cfg_redact_dsn(const char *dsn, char *out, size_t cap);
 

@@ -1,0 +1,236 @@
+"""The same Caddyfile under `caddy run` and psproxy, the same requests, the
+answers compared (issue #19: "same meaning as Caddy for the files psproxy
+already accepts").
+
+Each test writes one Caddyfile template; `$name` words are the ports each
+server gets on its own (http_port, https_port and any other the test names).
+Caddy runs with HOME and XDG_* inside the test's temp dir, so it writes
+nothing outside it, and with `local_certs`, so it never reaches a CA. The
+HTTPS sites carry `tls CERT KEY` from a throwaway CA, which both read.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import PSPROXY, Proxy, Reader, connect, stop_and_check, tail, wait_port, reap
+from tls_util import Pki
+
+CADDY = shutil.which("caddy")
+pytestmark = pytest.mark.skipif(CADDY is None, reason="caddy not installed: no oracle to "
+                                "compare with (apt-get install caddy)")
+START_TIMEOUT = 15.0
+
+
+class Caddy:
+    """`caddy run` as a child process, on CONFIG, writing only under DIR."""
+
+    def __init__(self, directory, config):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.conf = directory / "Caddyfile"
+        self.conf.write_text(config)
+        self.log = directory / "caddy.log"
+        self._logf = open(self.log, "w")
+        env = dict(os.environ, HOME=str(directory), XDG_DATA_HOME=str(directory / "data"),
+                   XDG_CONFIG_HOME=str(directory / "config"))
+        self.proc = subprocess.Popen(
+            [CADDY, "run", "--config", str(self.conf), "--adapter", "caddyfile"],
+            cwd=str(directory), env=env, stdin=subprocess.DEVNULL, stdout=self._logf,
+            stderr=subprocess.STDOUT)
+
+    def stop(self):
+        rc = reap(self.proc, signal.SIGTERM)
+        self._logf.close()
+        return rc
+
+
+def render(template, ports):
+    """TEMPLATE with each $name replaced by PORTS[name] (others left)."""
+    return re.sub(r"\$(\w+)", lambda m: str(ports.get(m.group(1), m.group(0))), template)
+
+
+class Server:
+    """One of the pair: its ports by name and what it is (caddy or psproxy)."""
+
+    def __init__(self, kind, ports):
+        self.kind = kind
+        self.ports = ports
+
+    def request(self, data, port="http_port", method="GET", timeout=5.0):
+        """Sends DATA (bytes, $names filled in) on a new connection to PORT;
+        returns the response with .closed set when the server closed the
+        connection after it."""
+        s = connect(self.ports[port], timeout)
+        try:
+            s.sendall(render(data.decode("latin-1"), self.ports).encode("latin-1"))
+            rd = Reader(s)
+            r = rd.response(method)
+            r.closed = rd.closed_within(0.5)
+            return r
+        finally:
+            s.close()
+
+    def normal(self, text):
+        """TEXT with this server's port numbers put back as $names."""
+        if text is None:
+            return None
+        for name, port in sorted(self.ports.items(), key=lambda kv: -len(str(kv[1]))):
+            text = re.sub(r"(?<!\d)%d(?!\d)" % port, "$" + name, text)
+        return text
+
+
+@pytest.fixture
+def pki(tmp_path):
+    return Pki(tmp_path / "pki")
+
+
+@pytest.fixture
+def pair(tmp_path, pki):
+    """start(template, extra_ports=()) -> (caddy, psproxy) Servers, both
+    listening on the same Caddyfile. $crt_NAME / $key_NAME in the template
+    become a certificate for NAME from the test CA."""
+    caddies, proxies = [], []
+
+    def start(template, extra_ports=(), wait=("http_port",), global_extra=""):
+        files = {}
+        for n in sorted(set(re.findall(r"\$(?:crt|key)_(\w+)", template))):
+            name = n.replace("wild_", "*.", 1).replace("_", ".")
+            leaf = pki.leaf(name, [name])
+            files["crt_" + n], files["key_" + n] = str(leaf.crt), str(leaf.key)
+        servers = []
+        for kind in ("caddy", "psproxy"):
+            ports = {p: free_port_pair() for p in ("http_port", "https_port") + tuple(extra_ports)}
+            head = "{\n\tadmin off\n\thttp_port %d\n\thttps_port %d\n" % (
+                ports["http_port"], ports["https_port"])
+            if kind == "caddy":
+                head += "\tlocal_certs\n\tskip_install_trust\n"  # never a real CA or trust store
+            text = head + render(global_extra, ports) + "}\n\n" + render(template,
+                                                                          dict(files, **ports))
+            if kind == "caddy":
+                c = Caddy(tmp_path / ("caddy-%d" % len(caddies)), text)
+                caddies.append(c)
+                for w in wait:
+                    wait_port(ports[w], c.proc, START_TIMEOUT, "caddy", c.log)
+            else:
+                p = Proxy(tmp_path, text, ports[wait[0]])
+                proxies.append(p)
+                for w in wait:
+                    wait_port(ports[w], p.proc, START_TIMEOUT, "psproxy", p.log)
+            servers.append(Server(kind, ports))
+        return servers
+
+    yield start
+    for c in caddies:
+        c.stop()
+    stop_and_check(proxies)
+
+
+_used_ports = set()
+
+
+def free_port_pair():
+    """A free port not handed out before in this session (caddy and psproxy
+    each bind their own, so two free_port() calls must never collide)."""
+    from conftest import free_port
+    while True:
+        p = free_port()
+        if p not in _used_ports:
+            _used_ports.add(p)
+            return p
+
+
+def both(servers, data, port="http_port", method="GET"):
+    return [s.request(data, port, method) for s in servers]
+
+
+# -- 1. names no public CA issues for ---------------------------------------------------
+
+
+def caddy_issuer_of(tmp_path, text, name, timeout=10.0):
+    """Runs caddy on TEXT and returns the issuer its certificate for NAME
+    came from, by the storage folder it lands in ("local": its own CA)."""
+    c = Caddy(tmp_path / "caddy-oracle", text)
+    store = tmp_path / "caddy-oracle" / "data" / "caddy" / "certificates"
+    folder = name.replace("*", "wildcard_").replace(":", "-")
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for issuer in (store.iterdir() if store.is_dir() else ()):
+                if (issuer / folder / (folder + ".crt")).exists():
+                    return issuer.name
+            assert c.proc.poll() is None, tail(c.log)
+            time.sleep(0.05)
+        return None
+    finally:
+        c.stop()
+
+
+def run_psproxy(tmp_path, args):
+    p = subprocess.run([PSPROXY] + args, capture_output=True, timeout=15,
+                       stdin=subprocess.DEVNULL, cwd=str(tmp_path))
+    return p.returncode, (p.stdout + p.stderr).decode(errors="replace")
+
+
+@pytest.mark.parametrize("name,shown", [("localhost", "localhost"),
+                                        ("*.localhost", "*.localhost"),
+                                        ("api.localhost", "api.localhost"),
+                                        ("printer.local", "printer.local"),
+                                        ("127.0.0.1", "127.0.0.1"),
+                                        ("[::1]", "::1")])
+def test_name_caddy_issues_from_its_local_ca_is_refused_at_load(tmp_path, name, shown):
+    from conftest import free_port
+    sites = "example.com {\n\trespond a\n}\n%s {\n\trespond b\n}\n" % name
+    # Caddy issues the name from its own CA, not from an ACME CA
+    oracle = "{\n\tadmin off\n\thttp_port %d\n\thttps_port %d\n\tskip_install_trust\n" \
+             "\tacme_ca https://127.0.0.1:%d/dir\n}\n\n" % (free_port(), free_port(), free_port())
+    assert caddy_issuer_of(tmp_path, oracle + sites, shown) == "local"
+    text = "{\n\tadmin off\n\tstorage file_system %s\n}\n\n" % (tmp_path / "storage") + sites
+    conf = tmp_path / "site.conf"
+    conf.write_text(text)
+    for args in (["validate", "-c", str(conf)], ["-c", str(conf)]):
+        rc, out = run_psproxy(tmp_path, args)
+        assert rc != 0, out
+        assert "%s:9: %s: " % (conf, shown) in out, out  # the site line
+        assert "local CA" in out and "tls CERT_FILE KEY_FILE" in out, out
+
+
+def test_internal_names_are_served_with_tls_cert_key_and_over_http(pair, pki):
+    caddy, ps = pair("localhost {\n\ttls $crt_localhost $key_localhost\n\trespond secure\n}\n"
+                     "http://localhost:$plain {\n\trespond plain\n}\n",
+                     extra_ports=("plain",), wait=("https_port", "plain"))
+    for s in (caddy, ps):
+        r = s.request(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", "plain")
+        assert (r.status, r.body) == (200, b"plain"), (s.kind, r)
+        out = subprocess.run(
+            ["curl", "-sS", "--cacert", str(pki.ca), "--resolve",
+             "localhost:%d:127.0.0.1" % s.ports["https_port"],
+             "https://localhost:%d/" % s.ports["https_port"]],
+            capture_output=True, timeout=20, stdin=subprocess.DEVNULL)
+        assert out.stdout == b"secure", (s.kind, out)
+
+
+def test_reload_to_a_localhost_site_keeps_the_running_config(tmp_path):
+    from conftest import free_port, curl
+    port = free_port()
+    good = "{\n\tadmin off\n}\nhttp://127.0.0.1:%d {\n\trespond old\n}\n" % port
+    p = Proxy(tmp_path, good, port)
+    try:
+        p.wait_ready()
+        p.conf.write_text(good.replace("respond old", "respond new") +
+                          "localhost:%d {\n\trespond x\n}\n" % free_port())
+        p.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while "running configuration stays" not in p.log_text():
+            assert time.monotonic() < deadline, p.log_text()
+            time.sleep(0.05)
+        assert "%s:7: localhost: " % p.conf in p.log_text()
+        r = curl(p.url + "/", tmp=tmp_path)
+        assert (r.status, r.body) == (200, b"old"), r
+    finally:
+        stop_and_check([p])
