@@ -819,11 +819,13 @@ static void respond_error(conn_t *c, int status)
 
 /* ---- routing ------------------------------------------------------------ */
 
-static const cfg_site_t *route_site(conn_t *c)
+/* The site on this listener whose host matches the request's, else NULL;
+ * *ANY is set to the catch-all site (host ""), if there is one. */
+static const cfg_site_t *route_site(conn_t *c, const cfg_site_t **any)
 {
     uv_buf_t host = http_host_without_port(c->req.host);
     const cfg_listener_t *l = c->listener;
-    const cfg_site_t *any = NULL;
+    *any = NULL;
     for (size_t i = 0; i < l->n_sites; i++) {
         const cfg_site_t *s = l->sites[i];
         for (size_t a = 0; a < s->n_addrs; a++) {
@@ -831,27 +833,30 @@ static const cfg_site_t *route_site(conn_t *c)
             if (addr->port != l->port)
                 continue;
             if (addr->host[0] == '\0') {
-                if (any == NULL)
-                    any = s;
+                if (*any == NULL)
+                    *any = s;
             } else if (cfg_match_host(addr->host, host.base, host.len)) {
                 return s;
             }
         }
     }
-    return any;
+    return NULL;
 }
 
-/* Whether an HTTPS site serves HOST (automatic HTTPS redirects only those). */
-static int https_host(const cfg_t *cfg, uv_buf_t host)
+/* The port of an HTTPS site serving HOST, https_port when one there does
+ * (Caddy prefers it for a name on several ports); 0 when none serves it. */
+static int https_port_of(const cfg_t *cfg, uv_buf_t host)
 {
+    int port = 0;
     for (size_t i = 0; i < cfg->n_sites; i++)
         for (size_t a = 0; a < cfg->sites[i].n_addrs; a++) {
             const cfg_addr_t *addr = &cfg->sites[i].addrs[a];
             if (addr->scheme == CFG_SCHEME_HTTPS && addr->host[0] != '\0' &&
-                cfg_match_host(addr->host, host.base, host.len))
-                return 1;
+                cfg_match_host(addr->host, host.base, host.len) &&
+                (port == 0 || addr->port == cfg->https_port))
+                port = addr->port;
         }
-    return 0;
+    return port;
 }
 
 #define ACME_CHALLENGE_PREFIX "/.well-known/acme-challenge/"
@@ -874,31 +879,36 @@ static int answer_acme_challenge(conn_t *c)
     return 0;
 }
 
-/* http_port under automatic HTTPS: 308 to the same URI over https, as
- * Caddy, except the ACME HTTP-01 challenges. Returns 0 when it answered. */
-static int redirect_to_https(conn_t *c)
+/* http_port under automatic HTTPS: 308 to the same URI over https on PORT,
+ * as Caddy's redirect routes (makeRedirRoute), except the ACME HTTP-01
+ * path. Caddy names no port when PORT is http_port, https_port, 80 or 443:
+ * the redirect leaves the machine, where https_port is assumed to be
+ * reached as 443; a site's own port (example.com:8443) is named. The
+ * connection closes after it, as Caddy's does. */
+static void redirect_to_https(conn_t *c, int port)
 {
     uv_buf_t host = http_host_without_port(c->req.host);
-    if (!c->listener->redirect_https || host.len == 0 || !https_host(c->cfg, host))
-        return -1;
+    const cfg_t *cfg = c->cfg;
     if (c->vars.path.len >= sizeof(ACME_CHALLENGE_PREFIX) - 1 &&
         memcmp(c->vars.path.base, ACME_CHALLENGE_PREFIX, sizeof(ACME_CHALLENGE_PREFIX) - 1) == 0) {
         conn_respond(c, 404, NULL, NULL, 0); /* no such challenge is pending */
-        return 0;
+        return;
     }
-    char port[16] = "";
-    if (c->cfg->https_port != 443)
-        snprintf(port, sizeof(port), ":%d", c->cfg->https_port);
+    char ps[16] = "";
+    if (port != cfg->http_port && port != cfg->https_port && port != 80 && port != 443)
+        snprintf(ps, sizeof(ps), ":%d", port);
     int v6 = memchr(host.base, ':', host.len) != NULL;
     c->obuf = buf_get(&c->w->bufs);
+    /* the host as the client wrote it (case kept), without its port; an
+     * empty one gives "https:///..." as Caddy's {http.request.host} does */
     int n = snprintf(c->obuf, c->w->bufs.size, "Location: https://%s%.*s%s%s%.*s\r\n",
-                     v6 ? "[" : "", (int)host.len, host.base, v6 ? "]" : "", port,
+                     v6 ? "[" : "", (int)host.len, host.base, v6 ? "]" : "", ps,
                      (int)c->req.target.len, c->req.target.base);
+    c->keep_alive = 0;
     if (n < 0 || (size_t)n >= c->w->bufs.size)
         conn_respond(c, 414, NULL, NULL, 0);
     else
         conn_respond(c, 308, c->obuf, NULL, 0);
-    return 0;
 }
 
 static void answer_local(conn_t *c, const cfg_handler_t *h)
@@ -971,9 +981,17 @@ static void conn_route(conn_t *c, int st)
 
     if (answer_acme_challenge(c) == 0)
         return;
-    c->site = route_site(c);
-    if (c->site == NULL && redirect_to_https(c) == 0)
-        return;
+    const cfg_site_t *any = NULL;
+    c->site = route_site(c, &any);
+    if (c->site == NULL)
+        c->site = any;
+    if (c->site == NULL && c->listener->redirect_https) {
+        int port = https_port_of(c->cfg, c->vars.host);
+        if (port != 0) {
+            redirect_to_https(c, port);
+            return;
+        }
+    }
     c->bytes_in = c->bytes_out = 0;
     c->body_limit = 0;
     c->handler = NULL;

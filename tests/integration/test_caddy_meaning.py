@@ -110,6 +110,10 @@ def pair(tmp_path, pki):
                 ports["http_port"], ports["https_port"])
             if kind == "caddy":
                 head += "\tlocal_certs\n\tskip_install_trust\n"  # never a real CA or trust store
+            else:
+                # a managed name is ordered from a CA that is not there
+                head += "\tstorage file_system %s\n\tacme_ca https://127.0.0.1:%d/dir\n" % (
+                    tmp_path / ("ps-storage-%d" % len(proxies)), free_port_pair())
             text = head + render(global_extra, ports) + "}\n\n" + render(template,
                                                                           dict(files, **ports))
             if kind == "caddy":
@@ -234,3 +238,59 @@ def test_reload_to_a_localhost_site_keeps_the_running_config(tmp_path):
         assert (r.status, r.body) == (200, b"old"), r
     finally:
         stop_and_check([p])
+
+
+# -- 2. the HTTP->HTTPS redirect ---------------------------------------------------------
+
+
+REDIRECT_SITES = """\
+a.test {
+	tls $crt_a_test $key_a_test
+	respond a
+}
+b.test:$own {
+	tls $crt_b_test $key_b_test
+	respond b
+}
+https://c.test:$https_port {
+	tls $crt_c_test $key_c_test
+	respond c
+}
+*.w.test {
+	tls $crt_wild_w_test $key_wild_w_test
+	respond w
+}
+"""
+
+
+def redirect_of(s, r):
+    return (r.status, s.normal(r.header("Location")), r.header("Connection"), r.closed)
+
+
+@pytest.mark.parametrize("host,uri", [
+    ("a.test", "/p/x?q=1&r"),          # a default site: no port (https_port is not 443 here)
+    ("A.Test:$http_port", "/"),        # the client's spelling, its port dropped
+    ("b.test", "/own?port"),           # a site with its own port: named
+    ("c.test", "/explicit"),           # https_port written out: still left out
+    ("x.w.test", "/wild"),             # a wildcard site
+])
+def test_redirect_location_as_caddy_writes_it(pair, host, uri):
+    servers = pair(REDIRECT_SITES, extra_ports=("own",), wait=("http_port", "https_port", "own"))
+    got = [redirect_of(s, s.request(b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n"
+                                    % (uri.encode(), host.encode())))
+           for s in servers]
+    assert got[0][0] == 308, got
+    assert got[1] == got[0], "caddy %r, psproxy %r" % tuple(got)
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "HEAD", "DELETE"])
+def test_redirect_status_for_every_method_is_caddys(pair, method):
+    servers = pair(REDIRECT_SITES, extra_ports=("own",), wait=("http_port", "https_port", "own"))
+    body = b"" if method == "HEAD" else b"x" * 10
+    got = [redirect_of(s, s.request(b"%s /form?a=b HTTP/1.1\r\nHost: a.test\r\n"
+                                    b"Content-Length: %d\r\n\r\n%s"
+                                    % (method.encode(), len(body), body), method=method))
+           for s in servers]
+    assert got[0][0] == 308, got
+    assert got[1] == got[0], "caddy %r, psproxy %r" % tuple(got)
+
