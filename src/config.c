@@ -1653,6 +1653,17 @@ static int build_listeners(ctx_t *c)
             ln->scheme = CFG_SCHEME_HTTP;
         }
         ln->redirect_https = ln->scheme == CFG_SCHEME_HTTP;
+        /* Caddy (autohttps.go) counts only the names it will manage: a name
+         * with tls CERT KEY has its certificate loaded already. When none is
+         * left, the sites on http_port keep their routes to themselves and
+         * only the catch-all redirect comes after them. */
+        int managed = 0;
+        for (size_t si = 0; si < cfg->n_sites; si++)
+            for (size_t ai = 0; ai < cfg->sites[si].n_addrs; ai++)
+                managed |= cfg->sites[si].addrs[ai].scheme == CFG_SCHEME_HTTPS &&
+                           cfg->sites[si].addrs[ai].host[0] != '\0' &&
+                           cfg->sites[si].tls.cert_file == NULL;
+        ln->redirect_hosts = ln->redirect_https && (managed || ln->n_sites == 0);
     }
     for (size_t k = 0; k < cfg->n_listeners; k++) {
         cfg_listener_t *ln = &cfg->listeners[k];
@@ -2224,6 +2235,8 @@ int cfg_dump_json(const cfg_t *cfg, FILE *out)
         cJSON_AddStringToObject(o, "scheme", scheme_name(ln->scheme));
         if (ln->redirect_https)
             cJSON_AddBoolToObject(o, "redirect_https", 1);
+        if (ln->redirect_hosts)
+            cJSON_AddBoolToObject(o, "redirect_hosts", 1);
         cJSON *hosts = cJSON_AddArrayToObject(o, "hosts");
         cJSON *sites = cJSON_AddArrayToObject(o, "sites");
         for (size_t k = 0; k < ln->n_sites; k++) {

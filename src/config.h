@@ -221,9 +221,14 @@ typedef struct cfg_site {
 typedef struct cfg_listener {
     int port;
     int scheme; /* all sites on one port share it, or the load fails */
-    /* http_port under automatic HTTPS: a request for a host that an HTTPS
-     * site serves, and no site here does, is redirected to https:// */
+    /* http_port under automatic HTTPS, in Caddy's route order: a site here
+     * whose host matches serves; then (redirect_hosts) a host an HTTPS site
+     * serves is redirected to that site's port; then the catch-all site
+     * here serves; then any other host is redirected to https_port */
     int redirect_https;
+    /* Caddy 2.6.2 inserts the per-host redirects only when it manages a
+     * certificate for some name, or when it has no site here (#4829) */
+    int redirect_hosts;
     /* Caddy's order: longer hosts first, wildcards after exact hosts, the
      * catch-all ("") last; the first site whose host matches serves. */
     cfg_site_t **sites;

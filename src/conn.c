@@ -848,6 +848,8 @@ static const cfg_site_t *route_site(conn_t *c, const cfg_site_t **any)
 static int https_port_of(const cfg_t *cfg, uv_buf_t host)
 {
     int port = 0;
+    if (host.len == 0)
+        return 0; /* no Host (HTTP/1.0) matches no host name */
     for (size_t i = 0; i < cfg->n_sites; i++)
         for (size_t a = 0; a < cfg->sites[i].n_addrs; a++) {
             const cfg_addr_t *addr = &cfg->sites[i].addrs[a];
@@ -897,6 +899,8 @@ static void redirect_to_https(conn_t *c, int port)
     char ps[16] = "";
     if (port != cfg->http_port && port != cfg->https_port && port != 80 && port != 443)
         snprintf(ps, sizeof(ps), ":%d", port);
+    if (host.len == 0)
+        host = uv_buf_init("", 0); /* no Host: a NULL slice */
     int v6 = memchr(host.base, ':', host.len) != NULL;
     c->obuf = buf_get(&c->w->bufs);
     /* the host as the client wrote it (case kept), without its port; an
@@ -981,17 +985,22 @@ static void conn_route(conn_t *c, int st)
 
     if (answer_acme_challenge(c) == 0)
         return;
+    /* Caddy's route order on http_port (autohttps.go): the sites whose host
+     * matches, the redirects for the HTTPS sites' hosts, the catch-all
+     * site, then a redirect for any other host */
     const cfg_site_t *any = NULL;
     c->site = route_site(c, &any);
-    if (c->site == NULL)
-        c->site = any;
     if (c->site == NULL && c->listener->redirect_https) {
-        int port = https_port_of(c->cfg, c->vars.host);
+        int port = c->listener->redirect_hosts ? https_port_of(c->cfg, c->vars.host) : 0;
+        if (port == 0 && any == NULL)
+            port = c->cfg->https_port;
         if (port != 0) {
             redirect_to_https(c, port);
             return;
         }
     }
+    if (c->site == NULL)
+        c->site = any;
     c->bytes_in = c->bytes_out = 0;
     c->body_limit = 0;
     c->handler = NULL;

@@ -273,6 +273,7 @@ def redirect_of(s, r):
     ("b.test", "/own?port"),           # a site with its own port: named
     ("c.test", "/explicit"),           # https_port written out: still left out
     ("x.w.test", "/wild"),             # a wildcard site
+    ("other.test", "/nobody?x=1"),     # no site: Caddy's catch-all redirect
 ])
 def test_redirect_location_as_caddy_writes_it(pair, host, uri):
     servers = pair(REDIRECT_SITES, extra_ports=("own",), wait=("http_port", "https_port", "own"))
@@ -294,3 +295,47 @@ def test_redirect_status_for_every_method_is_caddys(pair, method):
     assert got[0][0] == 308, got
     assert got[1] == got[0], "caddy %r, psproxy %r" % tuple(got)
 
+
+def test_redirect_without_host_as_caddy_writes_it(pair):
+    servers = pair(REDIRECT_SITES, extra_ports=("own",), wait=("http_port", "https_port", "own"))
+    got = [redirect_of(s, s.request(b"GET /nohost?x HTTP/1.0\r\n\r\n")) for s in servers]
+    assert got[1] == got[0], "caddy %r, psproxy %r" % tuple(got)
+
+
+# -- 3. a catch-all site on http_port beside HTTPS sites -----------------------------
+
+
+def answer_of(s, r):
+    return (r.status, s.normal(r.header("Location")), r.body)
+
+
+REQUESTS = [
+    ("GET", "a.test"), ("POST", "a.test"), ("GET", "b.test"), ("GET", "x.w.test"),
+    ("GET", "m.test"), ("POST", "m.test"), ("GET", "plain.test"), ("GET", "other.test"),
+]
+
+
+def compare_answers(servers):
+    for method, host in REQUESTS:
+        body = b"k=v" if method == "POST" else b""
+        got = [answer_of(s, s.request(b"%s /p?q HTTP/1.1\r\nHost: %s\r\nContent-Length: %d"
+                                      b"\r\n\r\n%s" % (method.encode(), host.encode(),
+                                                        len(body), body)))
+               for s in servers]
+        assert got[1] == got[0], "%s %s: caddy %r, psproxy %r" % ((method, host) + tuple(got))
+
+
+@pytest.mark.parametrize("catch_all", [":$http_port", "http://", None])
+@pytest.mark.parametrize("managed", [True, False])
+def test_catch_all_site_on_http_port_in_caddys_order(pair, catch_all, managed):
+    """Caddy's routes on http_port: the sites whose host matches, the HTTPS
+    hosts' redirects, the catch-all site, a redirect for any other host.
+    Caddy 2.6.2 leaves the HTTPS hosts' redirects out when it manages no
+    certificate (every HTTPS site has tls CERT KEY) and a site of the
+    user's is on http_port (caddyserver/caddy#4829)."""
+    sites = REDIRECT_SITES + "http://plain.test {\n\trespond plain\n}\n"
+    if managed:
+        sites += "m.test {\n\trespond m\n}\n"
+    if catch_all:
+        sites += "%s {\n\trespond catchall\n}\n" % catch_all
+    compare_answers(pair(sites, extra_ports=("own",), wait=("http_port", "own")))

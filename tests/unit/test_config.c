@@ -1845,6 +1845,37 @@ TEST(https_sites_get_a_redirect_listener_on_http_port)
     cfg_unref(c);
 }
 
+/* Caddy 2.6.2 inserts the HTTPS hosts' redirects before the sites on
+ * http_port only when it manages a certificate, or has no site there */
+TEST(https_hosts_redirects_come_first_as_caddy_inserts_them)
+{
+    static const struct {
+        const char *text;
+        int hosts;
+    } cases[] = {
+        {"a.com {\n\trespond a\n}\n:80 {\n\trespond b\n}\n", 1},
+        {"a.com {\n\ttls c.pem k.pem\n}\n:80 {\n\trespond b\n}\n", 0},
+        {"a.com {\n\ttls c.pem k.pem\n}\nhttp://b.com {\n\trespond b\n}\n", 0},
+        {"a.com {\n\ttls c.pem k.pem\n}\nb.com {\n\trespond b\n}\n:80 {\n\tlog\n}\n", 1},
+        {"a.com {\n\ttls c.pem k.pem\n}\n", 1},
+    };
+    for (size_t i = 0; i < PS_ARRAY_SIZE(cases); i++) {
+        cfg_t *c = parse(cases[i].text);
+        CHECK(c != NULL);
+        if (!c)
+            continue;
+        const cfg_listener_t *ln = NULL;
+        for (size_t k = 0; k < c->n_listeners; k++)
+            if (c->listeners[k].port == 80)
+                ln = &c->listeners[k];
+        CHECK(ln != NULL && ln->redirect_https == 1);
+        if (ln != NULL && ln->redirect_hosts != cases[i].hosts)
+            fprintf(stderr, "  case %zu: redirect_hosts %d\n", i, ln->redirect_hosts);
+        CHECK(ln != NULL && ln->redirect_hosts == cases[i].hosts);
+        cfg_unref(c);
+    }
+}
+
 TEST(no_redirect_listener_when_redirects_are_off)
 {
     const char *forms[] = {"off", "disable_redirects"};
