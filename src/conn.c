@@ -9,6 +9,7 @@
 #include "access_log.h"
 #include "chal.h"
 #include "common.h"
+#include "json.h"
 #include "log.h"
 
 #define CONN_LINGER_MS 2000
@@ -915,6 +916,47 @@ static void redirect_to_https(conn_t *c, int port)
         conn_respond(c, 308, c->obuf, NULL, 0);
 }
 
+/* Length of the Unicode white space (Go's unicode.IsSpace) that starts at
+ * P (BACK: that ends at P + N) in UTF-8, or 0. */
+static size_t utf8_space(const char *p, size_t n, int back)
+{
+    static const char *const wide[] = {
+        "\xc2\x85" /* U+0085 */, "\u00a0", "\u1680", "\u2000", "\u2001", "\u2002", "\u2003",
+        "\u2004", "\u2005", "\u2006", "\u2007", "\u2008", "\u2009", "\u200a",
+        "\u2028", "\u2029", "\u202f", "\u205f", "\u3000",
+    };
+    if (n == 0)
+        return 0;
+    if (memchr(" \t\n\v\f\r", back ? p[n - 1] : p[0], 6) != NULL)
+        return 1;
+    for (size_t k = 0; k < PS_ARRAY_SIZE(wide); k++) {
+        size_t wl = strlen(wide[k]);
+        if (n >= wl && memcmp(back ? p + n - wl : p, wide[k], wl) == 0)
+            return wl;
+    }
+    return 0;
+}
+
+/* Caddy's static_response (Caddy 2.6.2, caddy run): a body that, trimmed
+ * of white space as Go's strings.TrimSpace does, is a JSON object or array
+ * of more than two bytes gets application/json, any other body text/plain;
+ * a Content-Type the site's header ops set wins over both. */
+static const char *respond_content_type(const char *body, size_t len)
+{
+    size_t k;
+    while ((k = utf8_space(body, len, 0)) > 0) {
+        body += k;
+        len -= k;
+    }
+    while ((k = utf8_space(body, len, 1)) > 0)
+        len -= k;
+    if (len > 2 &&
+        ((body[0] == '{' && body[len - 1] == '}') || (body[0] == '[' && body[len - 1] == ']')) &&
+        json_valid(body, len))
+        return "Content-Type: application/json\r\n";
+    return "Content-Type: text/plain; charset=utf-8\r\n";
+}
+
 static void answer_local(conn_t *c, const cfg_handler_t *h)
 {
     char *extra = NULL;
@@ -922,19 +964,40 @@ static void answer_local(conn_t *c, const cfg_handler_t *h)
     char body[4096];
     size_t blen = 0;
     int status = 200;
-    /* the site's header ops apply to answers made here too */
-    if (c->n_resp_ops > 1) {
-        c->obuf = buf_get(&c->w->bufs);
-        extra = c->obuf;
-        if (http_expand_ops(c->resp_ops + 1, c->n_resp_ops - 1, &c->vars, extra,
-                            c->w->bufs.size - 1, &elen) < 0)
-            elen = 0;
+    const cfg_hdr_ops_t *const *ops = c->resp_ops + 1;
+    unsigned n_ops = c->n_resp_ops - 1;
+    if (h != NULL && h->kind == CFG_H_RESPOND) {
+        status = h->u.respond.status;
+        if (http_tmpl_expand(&h->u.respond.body, &c->vars, body, sizeof(body), &blen) < 0)
+            blen = 0;
+        if (h->u.respond.close)
+            c->keep_alive = 0;
+    }
+    c->obuf = buf_get(&c->w->bufs);
+    extra = c->obuf;
+    /* the site's header ops apply to answers made here too; respond sets
+     * Content-Type for a body before Caddy applies a ?default op (those
+     * wait for the head to be written), so such an op is left out then */
+    if (n_ops > 0 && http_expand_ops(ops, n_ops, &c->vars, extra, c->w->bufs.size - 1, &elen,
+                                     blen > 0 ? "content-type" : NULL) < 0)
+        elen = 0;
+    extra[elen] = '\0';
+    const char *ct = NULL;
+    if (blen == 0 || http_fields_have(extra, "content-type"))
+        ct = NULL; /* the header op's Content-Type wins */
+    else if (http_ops_delete(ops, n_ops, "content-type"))
+        /* Caddy defers a header block that deletes, so the deletion comes
+         * after respond's type and Go then sniffs the body: plain text for
+         * all but a few signatures (HTML, XML, PDF, images) psproxy does
+         * not sniff */
+        ct = "Content-Type: text/plain; charset=utf-8\r\n";
+    else
+        ct = respond_content_type(body, blen);
+    if (ct != NULL && elen + strlen(ct) < c->w->bufs.size) {
+        memcpy(extra + elen, ct, strlen(ct));
+        elen += strlen(ct);
     }
     if (h != NULL && h->kind == CFG_H_REDIR) {
-        if (extra == NULL) {
-            c->obuf = buf_get(&c->w->bufs);
-            extra = c->obuf;
-        }
         size_t start = elen;
         memcpy(extra + elen, "Location: ", 10);
         elen += 10;
@@ -946,15 +1009,8 @@ static void answer_local(conn_t *c, const cfg_handler_t *h)
             elen += 2;
             status = h->u.redir.status;
         }
-    } else if (h != NULL && h->kind == CFG_H_RESPOND) {
-        status = h->u.respond.status;
-        if (http_tmpl_expand(&h->u.respond.body, &c->vars, body, sizeof(body), &blen) < 0)
-            blen = 0;
-        if (h->u.respond.close)
-            c->keep_alive = 0;
     }
-    if (extra != NULL)
-        extra[elen] = '\0';
+    extra[elen] = '\0';
     conn_respond(c, status, extra, body, blen);
 }
 

@@ -830,20 +830,30 @@ static void put_ops(out_t *o, const cfg_hdr_ops_t *ops, const http_vars_t *v,
     }
 }
 
-static int has_none(const void *ctx, uv_buf_t name)
+static int has_present(const void *ctx, uv_buf_t name)
 {
-    return 0;
+    const char *present = ctx;
+    return present != NULL && http_token_eq(name, present);
 }
 
 int http_expand_ops(const cfg_hdr_ops_t *const *ops, unsigned n, const http_vars_t *v, char *buf,
-                    size_t cap, size_t *len)
+                    size_t cap, size_t *len, const char *present)
 {
     out_t o = {buf, *len, cap, 0};
     for (unsigned i = 0; i < n; i++)
-        put_ops(&o, ops[i], v, has_none, NULL, 0);
+        put_ops(&o, ops[i], v, has_present, present, 0);
     if (o.overflow)
         return -1;
     *len = o.len;
+    return 0;
+}
+
+int http_ops_delete(const cfg_hdr_ops_t *const *ops, unsigned n, const char *name)
+{
+    for (unsigned i = 0; i < n; i++)
+        for (size_t k = 0; ops[i] != NULL && k < ops[i]->n; k++)
+            if (ops[i]->ops[k].op == CFG_HDR_DEL && op_matches(&ops[i]->ops[k], cstr(name)))
+                return 1;
     return 0;
 }
 
@@ -1014,6 +1024,19 @@ int http_build_response(char *buf, size_t cap, const http_resp_out_t *r)
     return o.overflow ? -1 : (int)o.len;
 }
 
+int http_fields_have(const char *fields, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *l = fields; l != NULL && *l != '\0';) {
+        if (strncasecmp(l, name, n) == 0 && l[n] == ':')
+            return 1;
+        l = strchr(l, '\n');
+        if (l != NULL)
+            l++;
+    }
+    return 0;
+}
+
 int http_build_simple(char *buf, size_t cap, int status, const char *extra, const char *body,
                       size_t body_len, int keep_alive, int head_only)
 {
@@ -1025,7 +1048,8 @@ int http_build_simple(char *buf, size_t cap, int status, const char *extra, cons
     put(&o, "\r\n", 2);
     if (extra != NULL)
         puts_(&o, extra);
-    if (body_len > 0)
+    /* one Content-Type: the caller's (a header op, respond's JSON) wins */
+    if (body_len > 0 && !http_fields_have(extra, "content-type"))
         puts_(&o, "Content-Type: text/plain; charset=utf-8\r\n");
     if (status >= 200 && status != 204 && status != 304) {
         put(&o, "Content-Length: ", 16);

@@ -103,10 +103,14 @@ int http_tmpl_expand(const cfg_tmpl_t *t, const http_vars_t *v, char *out, size_
                      size_t *len);
 
 /* Appends the SET/ADD/DEFAULT ops of the N lists as header lines (for
- * answers made here, which have no other fields). Returns 0 or -1 when they
- * do not fit. */
+ * answers made here, whose only other field is PRESENT, or none when it is
+ * NULL: a DEFAULT op for it is left out). Returns 0 or -1 when they do not
+ * fit. */
 int http_expand_ops(const cfg_hdr_ops_t *const *ops, unsigned n, const http_vars_t *v, char *out,
-                    size_t cap, size_t *len);
+                    size_t cap, size_t *len, const char *present);
+
+/* Whether a DEL op of the N lists removes the field NAME. */
+int http_ops_delete(const cfg_hdr_ops_t *const *ops, unsigned n, const char *name);
 
 /* What the upstream request head is built from. */
 typedef struct http_req_out {
@@ -140,6 +144,10 @@ typedef struct http_resp_out {
 } http_resp_out_t;
 
 int http_build_response(char *out, size_t cap, const http_resp_out_t *r);
+
+/* Whether FIELDS ("Name: value\r\n" lines, or NULL) has a field NAME
+ * (case-insensitive). */
+int http_fields_have(const char *fields, const char *name);
 
 /* A complete response made by psproxy itself: status line, the given extra
  * header lines (each ending in CRLF, may be NULL), Content-Length and body.

@@ -339,3 +339,45 @@ def test_catch_all_site_on_http_port_in_caddys_order(pair, catch_all, managed):
     if catch_all:
         sites += "%s {\n\trespond catchall\n}\n" % catch_all
     compare_answers(pair(sites, extra_ports=("own",), wait=("http_port", "own")))
+
+
+# -- 4. respond's Content-Type -----------------------------------------------------------
+
+
+RESPOND_SITE = """\
+:$http_port {
+	respond /obj `{"a":1}`
+	respond /arr `[1, "x", {"b": null}]`
+	respond /spaced ` {"a": 1}
+`
+	respond /nbsp "\u00a0{\\"a\\":1}\u00a0"
+	respond /empty-obj `{}`
+	respond /broken `{"a":1`
+	respond /number `42`
+	respond /string `"x"`
+	respond /html `<!doctype html><p>hi</p>`
+	respond /text `hello`
+	respond /placeholder `{"path":"{path}"}`
+	respond /nobody 204
+	respond /status-only 200
+	header /explicit Content-Type text/x-mine
+	respond /explicit `{"a":1}`
+	header /default ?Content-Type text/x-default
+	respond /default `{"a":1}`
+	header /deleted -Content-Type
+	respond /deleted `{"a":1}`
+	respond /err `{"error":"no"}` 503
+}
+"""
+
+
+@pytest.mark.parametrize("path", [
+    "/obj", "/arr", "/spaced", "/nbsp", "/empty-obj", "/broken", "/number", "/string", "/html",
+    "/text", "/placeholder", "/nobody", "/status-only", "/explicit", "/default", "/deleted",
+    "/err"])
+def test_respond_content_type_as_caddys(pair, path):
+    servers = pair(RESPOND_SITE)
+    got = [(r.status, r.header_all("Content-Type"), r.body)
+           for r in (s.request(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+                     for s in servers)]
+    assert got[1] == got[0], "caddy %r, psproxy %r" % tuple(got)
