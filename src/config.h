@@ -154,7 +154,7 @@ typedef struct cfg_proxy {
 
 enum cfg_handler_kind {
     CFG_H_HEADER = 1, /* response header ops; all matching ones apply */
-    CFG_H_REQUEST_BODY, /* request_body { max_size }: the first matching one applies */
+    CFG_H_REQUEST_BODY, /* request_body { max_size }: every matching one applies */
     CFG_H_REDIR,      /* terminal */
     CFG_H_RESPOND,    /* terminal */
     CFG_H_PROXY,      /* terminal */

@@ -1074,8 +1074,11 @@ static void conn_route(conn_t *c, int st)
                 continue;
             }
             if (h->kind == CFG_H_REQUEST_BODY) {
-                if (c->body_limit == 0)
-                    c->body_limit = h->u.request_body.max_size;
+                /* Caddy wraps the body once per matching request_body, so
+                 * every limit holds: the smallest wins (0 is no limit) */
+                uint64_t max = h->u.request_body.max_size;
+                if (max != 0 && (c->body_limit == 0 || max < c->body_limit))
+                    c->body_limit = max;
                 continue;
             }
             c->handler = h;

@@ -381,3 +381,45 @@ def test_respond_content_type_as_caddys(pair, path):
            for r in (s.request(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
                      for s in servers)]
     assert got[1] == got[0], "caddy %r, psproxy %r" % tuple(got)
+
+
+# -- 5. request_body limits ----------------------------------------------------------------
+
+
+BODY_SITE = """\
+:$http_port {
+	request_body /a* {
+		max_size 100
+	}
+	request_body {
+		max_size 10
+	}
+	request_body /b* {
+		max_size 5
+	}
+	reverse_proxy $upstream
+}
+"""
+
+
+@pytest.mark.parametrize("path", ["/a", "/b", "/c", "/ab"])
+def test_every_matching_request_body_limit_holds(pair, upstream, path):
+    """Caddy applies every matching request_body (the smallest wins). Over a
+    limit, Caddy 2.6.2 answers a declared length with 502 (the upstream gets
+    the body cut short), a chunked body with 413; psproxy answers 413 before
+    anything goes up. So what is compared here is whether a body passes (the
+    test upstream answers these paths 404 once it has read the body)."""
+    servers = pair(BODY_SITE.replace("$upstream", upstream.addr))
+    for size in (4, 5, 6, 10, 11, 100, 101):
+        req = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (
+            path.encode(), size, b"x" * size)
+        got = [s.request(req).status for s in servers]
+        assert (got[0] == 404) == (got[1] == 404), "%s %d bytes: caddy %d, psproxy %d" % (
+            path, size, got[0], got[1])
+        assert got[1] in (404, 413), got
+    for size in (5, 6, 11):
+        req = b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" \
+              b"%x\r\n%s\r\n0\r\n\r\n" % (path.encode(), size, b"x" * size)
+        got = [s.request(req).status for s in servers]
+        assert got[0] == got[1], "%s chunked %d bytes: caddy %d, psproxy %d" % (
+            path, size, got[0], got[1])
