@@ -1223,6 +1223,7 @@ static int parse_health(ctx_t *c, const cf_line_t *s, const char *n, cfg_proxy_t
         px->health_fail_closed = 1;
     } else if (strcmp(n, "fail_duration") == 0) {
         *rc = arg_duration(c, s, n, &px->fail_duration);
+        px->fail_duration_set = px->fail_duration != 0;
     } else if (strcmp(n, "max_fails") == 0) {
         *rc = arg_count(c, s, n, 1, &px->max_fails);
     } else if (strcmp(n, "unhealthy_status") == 0) {

@@ -144,6 +144,7 @@ typedef struct cfg_proxy {
     int health_fail_closed;    /* psproxy's own: no fail-open, 503 instead */
     /* passive health checks */
     uint64_t fail_duration;    /* ms a failure is remembered; default 10000 */
+    int fail_duration_set;     /* given (and not 0): Caddy's passive checks are on */
     int max_fails;             /* failures within fail_duration to go out; default 1 */
     cfg_status_t unhealthy_status; /* a response with it counts as a failure; code 0: none */
     uint64_t unhealthy_latency; /* ms to the response head that counts as a failure; 0: none */

@@ -423,3 +423,42 @@ def test_every_matching_request_body_limit_holds(pair, upstream, path):
         got = [s.request(req).status for s in servers]
         assert got[0] == got[1], "%s chunked %d bytes: caddy %d, psproxy %d" % (
             path, size, got[0], got[1])
+
+
+# -- 6. every try failing ----------------------------------------------------------------
+
+
+def dead_upstream():
+    return "127.0.0.1:%d" % free_port_pair()
+
+
+@pytest.mark.parametrize("options,answers", [
+    # every dial refused until lb_try_duration ends: the dial error
+    ("lb_try_duration 1s\n\t\tlb_try_interval 250ms", [502, 502]),
+    ("", [502, 502]),
+    # Caddy's passive check remembers the failure: the next request finds
+    # no upstream available at all
+    ("lb_try_duration 1s\n\t\tlb_try_interval 250ms\n\t\tfail_duration 10s", [502, 503]),
+    ("fail_duration 10s", [502, 503]),
+])
+def test_status_when_every_try_fails_is_caddys(pair, options, answers):
+    site = ":$http_port {\n\treverse_proxy %s {\n\t\t%s\n\t}\n}\n" % (dead_upstream(), options)
+    servers = pair(site)
+    for s in servers:
+        got = [s.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=10).status
+               for _ in answers]
+        assert got == answers, "%s: %r" % (s.kind, got)
+
+
+def test_503_when_active_checks_leave_no_upstream_available(pair):
+    """Every upstream fails its active check: Caddy tries none and answers
+    503 when lb_try_duration ends. psproxy fails open and dials them; when
+    that fails too, it answers what Caddy does."""
+    site = (":$http_port {\n\treverse_proxy %s %s {\n\t\tlb_try_duration 1s\n"
+            "\t\thealth_uri /health\n\t\thealth_interval 200ms\n\t}\n}\n"
+            % (dead_upstream(), dead_upstream()))
+    servers = pair(site)
+    time.sleep(1.0)  # the first checks have failed
+    for s in servers:
+        r = s.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=10)
+        assert r.status == 503, (s.kind, r)
