@@ -1237,6 +1237,7 @@ static int parse_health(ctx_t *c, const cf_line_t *s, const char *n, cfg_proxy_t
         px->health_fail_closed = 1;
     } else if (strcmp(n, "fail_duration") == 0) {
         *rc = arg_duration(c, s, n, &px->fail_duration);
+        px->fail_duration_set = px->fail_duration != 0;
     } else if (strcmp(n, "max_fails") == 0) {
         *rc = arg_count(c, s, n, 1, &px->max_fails);
     } else if (strcmp(n, "unhealthy_status") == 0) {
@@ -1667,6 +1668,17 @@ static int build_listeners(ctx_t *c)
             ln->scheme = CFG_SCHEME_HTTP;
         }
         ln->redirect_https = ln->scheme == CFG_SCHEME_HTTP;
+        /* Caddy (autohttps.go) counts only the names it will manage: a name
+         * with tls CERT KEY has its certificate loaded already. When none is
+         * left, the sites on http_port keep their routes to themselves and
+         * only the catch-all redirect comes after them. */
+        int managed = 0;
+        for (size_t si = 0; si < cfg->n_sites; si++)
+            for (size_t ai = 0; ai < cfg->sites[si].n_addrs; ai++)
+                managed |= cfg->sites[si].addrs[ai].scheme == CFG_SCHEME_HTTPS &&
+                           cfg->sites[si].addrs[ai].host[0] != '\0' &&
+                           cfg->sites[si].tls.cert_file == NULL;
+        ln->redirect_hosts = ln->redirect_https && (managed || ln->n_sites == 0);
     }
     for (size_t k = 0; k < cfg->n_listeners; k++) {
         cfg_listener_t *ln = &cfg->listeners[k];
@@ -1778,6 +1790,98 @@ void cfg_unref(cfg_t *cfg)
     /* acq_rel: the last owner must see every write made through the others */
     if (atomic_fetch_sub_explicit(&cfg->refcnt, 1, memory_order_acq_rel) == 1)
         arena_free(cfg->arena);
+}
+
+/* ---- certificates ------------------------------------------------------ */
+
+static int has_suffix(const char *s, size_t len, const char *suf)
+{
+    size_t n = strlen(suf);
+    return len >= n && memcmp(s + len - n, suf, n) == 0;
+}
+
+/* Why no ACME CA will issue for HOST (lower-case, no port), or NULL; *LOCAL
+ * is set when Caddy would issue it from its local CA instead.
+ * Caddy 2.6.2 (certmagic's SubjectQualifiesForPublicCert) never asks an
+ * ACME CA for localhost, *.localhost, *.local or an IP address: it issues
+ * them from its local CA, even when acme_ca is set, as `caddy adapt` shows
+ * (an "internal" issuer policy). psproxy has no local CA yet (tls internal
+ * will come with it), so it refuses them at load rather than place an
+ * order that fails and leaves every handshake failing.
+ * .internal, .home.arpa and single-label names Caddy 2.6.2 does order from
+ * the ACME CA (later certmagic treats the first two as internal); no
+ * public CA issues for them (the CA/Browser Forum's rules forbid internal
+ * names), so they are refused unless acme_ca names a CA, which may be a
+ * private one that does. */
+static const char *acme_refusal(const cfg_t *cfg, const char *host, int *local)
+{
+    size_t len = strlen(host);
+    if (len > 0 && host[len - 1] == '.')
+        len--; /* a fully qualified name is the same name */
+    unsigned char ip[16];
+    char v4[INET_ADDRSTRLEN] = "";
+    if (len < sizeof(v4))
+        memcpy(v4, host, len);
+    *local = 1;
+    /* a ':' is in no DNS name: an IPv6 address (psproxy's ACME client asks
+     * for dns identifiers only, so no CA would issue these either) */
+    if (inet_pton(AF_INET, v4, ip) == 1 || memchr(host, ':', len) != NULL)
+        return "no ACME certificate for an IP address";
+    if ((len == 9 && memcmp(host, "localhost", 9) == 0) || has_suffix(host, len, ".localhost"))
+        return "no ACME CA issues certificates for localhost names";
+    if (has_suffix(host, len, ".local"))
+        return "no ACME CA issues certificates for .local names (multicast DNS)";
+    *local = 0;
+    if (cfg->acme_ca != NULL)
+        return NULL;
+    if (has_suffix(host, len, ".internal") || has_suffix(host, len, ".home.arpa"))
+        return "no public CA issues certificates for private-use names (.internal, .home.arpa)";
+    if (memchr(host, '.', len) == NULL && memchr(host, '*', len) == NULL)
+        return "no public CA issues certificates for single-label names";
+    return NULL;
+}
+
+int cfg_check_certs(const cfg_t *cfg, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < cfg->n_sites; i++) {
+        const cfg_site_t *site = &cfg->sites[i];
+        if (site->tls.cert_file != NULL)
+            continue; /* its own certificate; psproxy orders nothing for it */
+        for (size_t a = 0; a < site->n_addrs; a++) {
+            const cfg_addr_t *addr = &site->addrs[a];
+            const char *why = NULL, *what = NULL;
+            int local = 0, v6 = strchr(addr->host, ':') != NULL;
+            if (addr->scheme != CFG_SCHEME_HTTPS)
+                continue;
+            if (site->tls.internal) {
+                why = "tls internal is not supported by psproxy yet: use tls CERT_FILE KEY_FILE "
+                      "or leave tls out for an ACME certificate";
+            } else if (addr->host[0] == '\0') {
+                why = "a site for any host name cannot get an ACME certificate: give it "
+                      "tls CERT_FILE KEY_FILE";
+            } else if ((what = acme_refusal(cfg, addr->host, &local)) != NULL) {
+                /* where Caddy would use its local CA psproxy differs on
+                 * purpose: it has none yet, so the site needs its own */
+                snprintf(err, errlen, "%s:%d: %s: %s%s: give the site tls CERT_FILE KEY_FILE%s, "
+                         "or serve it as http://%s%s%s",
+                         site->file, addr->line, addr->host, what,
+                         local ? " (Caddy would use its local CA, which psproxy does not have "
+                                 "yet)"
+                               : "",
+                         local ? "" : ", set acme_ca to a private CA that issues for it",
+                         v6 ? "[" : "", addr->host, v6 ? "]" : "");
+                return PS_ECONFIG;
+            } else if (strchr(addr->host, '*') != NULL) {
+                why = "wildcard names need the DNS-01 challenge, which psproxy does not "
+                      "support: give the site tls CERT_FILE KEY_FILE";
+            }
+            if (why != NULL) {
+                snprintf(err, errlen, "%s:%d: %s: %s", site->file, addr->line, addr->host, why);
+                return PS_ECONFIG;
+            }
+        }
+    }
+    return 0;
 }
 
 /* ---- matching ---------------------------------------------------------- */
@@ -2146,6 +2250,8 @@ int cfg_dump_json(const cfg_t *cfg, FILE *out)
         cJSON_AddStringToObject(o, "scheme", scheme_name(ln->scheme));
         if (ln->redirect_https)
             cJSON_AddBoolToObject(o, "redirect_https", 1);
+        if (ln->redirect_hosts)
+            cJSON_AddBoolToObject(o, "redirect_hosts", 1);
         cJSON *hosts = cJSON_AddArrayToObject(o, "hosts");
         cJSON *sites = cJSON_AddArrayToObject(o, "sites");
         for (size_t k = 0; k < ln->n_sites; k++) {

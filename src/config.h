@@ -150,6 +150,7 @@ typedef struct cfg_proxy {
     int health_fail_closed;    /* psproxy's own: no fail-open, 503 instead */
     /* passive health checks */
     uint64_t fail_duration;    /* ms a failure is remembered; default 10000 */
+    int fail_duration_set;     /* given (and not 0): Caddy's passive checks are on */
     int max_fails;             /* failures within fail_duration to go out; default 1 */
     cfg_status_t unhealthy_status; /* a response with it counts as a failure; code 0: none */
     uint64_t unhealthy_latency; /* ms to the response head that counts as a failure; 0: none */
@@ -160,7 +161,7 @@ typedef struct cfg_proxy {
 
 enum cfg_handler_kind {
     CFG_H_HEADER = 1, /* response header ops; all matching ones apply */
-    CFG_H_REQUEST_BODY, /* request_body { max_size }: the first matching one applies */
+    CFG_H_REQUEST_BODY, /* request_body { max_size }: every matching one applies */
     CFG_H_REDIR,      /* terminal */
     CFG_H_RESPOND,    /* terminal */
     CFG_H_PROXY,      /* terminal */
@@ -231,9 +232,14 @@ typedef struct cfg_site {
 typedef struct cfg_listener {
     int port;
     int scheme; /* all sites on one port share it, or the load fails */
-    /* http_port under automatic HTTPS: a request for a host that an HTTPS
-     * site serves, and no site here does, is redirected to https:// */
+    /* http_port under automatic HTTPS, in Caddy's route order: a site here
+     * whose host matches serves; then (redirect_hosts) a host an HTTPS site
+     * serves is redirected to that site's port; then the catch-all site
+     * here serves; then any other host is redirected to https_port */
     int redirect_https;
+    /* Caddy 2.6.2 inserts the per-host redirects only when it manages a
+     * certificate for some name, or when it has no site here (#4829) */
+    int redirect_hosts;
     /* Caddy's order: longer hosts first, wildcards after exact hosts, the
      * catch-all ("") last; the first site whose host matches serves. */
     cfg_site_t **sites;
@@ -307,6 +313,12 @@ int cfg_match_host(const char *pattern, const char *host, size_t len);
  * their handlers in order) for `psproxy validate --dump` and the
  * differential test against `caddy adapt`. Returns 0 or UV_EIO. */
 int cfg_dump_json(const cfg_t *cfg, FILE *out);
+
+/* Whether every HTTPS site can have a certificate: its own (tls CERT KEY)
+ * or one psproxy's ACME client can order. Returns 0, or PS_ECONFIG with
+ * "file:line: host: why and what to do" in err for the first that cannot
+ * (start, reload and `psproxy validate` refuse the file). */
+int cfg_check_certs(const cfg_t *cfg, char *err, size_t errlen);
 
 /* DSN as it may be logged: every password in it replaced by "***". */
 void cfg_redact_dsn(const char *dsn, char *out, size_t cap);

@@ -9,6 +9,7 @@
 #include "access_log.h"
 #include "chal.h"
 #include "common.h"
+#include "json.h"
 #include "log.h"
 
 #define CONN_LINGER_MS 2000
@@ -819,11 +820,13 @@ static void respond_error(conn_t *c, int status)
 
 /* ---- routing ------------------------------------------------------------ */
 
-static const cfg_site_t *route_site(conn_t *c)
+/* The site on this listener whose host matches the request's, else NULL;
+ * *ANY is set to the catch-all site (host ""), if there is one. */
+static const cfg_site_t *route_site(conn_t *c, const cfg_site_t **any)
 {
     uv_buf_t host = http_host_without_port(c->req.host);
     const cfg_listener_t *l = c->listener;
-    const cfg_site_t *any = NULL;
+    *any = NULL;
     for (size_t i = 0; i < l->n_sites; i++) {
         const cfg_site_t *s = l->sites[i];
         for (size_t a = 0; a < s->n_addrs; a++) {
@@ -831,27 +834,32 @@ static const cfg_site_t *route_site(conn_t *c)
             if (addr->port != l->port)
                 continue;
             if (addr->host[0] == '\0') {
-                if (any == NULL)
-                    any = s;
+                if (*any == NULL)
+                    *any = s;
             } else if (cfg_match_host(addr->host, host.base, host.len)) {
                 return s;
             }
         }
     }
-    return any;
+    return NULL;
 }
 
-/* Whether an HTTPS site serves HOST (automatic HTTPS redirects only those). */
-static int https_host(const cfg_t *cfg, uv_buf_t host)
+/* The port of an HTTPS site serving HOST, https_port when one there does
+ * (Caddy prefers it for a name on several ports); 0 when none serves it. */
+static int https_port_of(const cfg_t *cfg, uv_buf_t host)
 {
+    int port = 0;
+    if (host.len == 0)
+        return 0; /* no Host (HTTP/1.0) matches no host name */
     for (size_t i = 0; i < cfg->n_sites; i++)
         for (size_t a = 0; a < cfg->sites[i].n_addrs; a++) {
             const cfg_addr_t *addr = &cfg->sites[i].addrs[a];
             if (addr->scheme == CFG_SCHEME_HTTPS && addr->host[0] != '\0' &&
-                cfg_match_host(addr->host, host.base, host.len))
-                return 1;
+                cfg_match_host(addr->host, host.base, host.len) &&
+                (port == 0 || addr->port == cfg->https_port))
+                port = addr->port;
         }
-    return 0;
+    return port;
 }
 
 #define ACME_CHALLENGE_PREFIX "/.well-known/acme-challenge/"
@@ -874,31 +882,79 @@ static int answer_acme_challenge(conn_t *c)
     return 0;
 }
 
-/* http_port under automatic HTTPS: 308 to the same URI over https, as
- * Caddy, except the ACME HTTP-01 challenges. Returns 0 when it answered. */
-static int redirect_to_https(conn_t *c)
+/* http_port under automatic HTTPS: 308 to the same URI over https on PORT,
+ * as Caddy's redirect routes (makeRedirRoute), except the ACME HTTP-01
+ * path. Caddy names no port when PORT is http_port, https_port, 80 or 443:
+ * the redirect leaves the machine, where https_port is assumed to be
+ * reached as 443; a site's own port (example.com:8443) is named. The
+ * connection closes after it, as Caddy's does. */
+static void redirect_to_https(conn_t *c, int port)
 {
     uv_buf_t host = http_host_without_port(c->req.host);
-    if (!c->listener->redirect_https || host.len == 0 || !https_host(c->cfg, host))
-        return -1;
+    const cfg_t *cfg = c->cfg;
     if (c->vars.path.len >= sizeof(ACME_CHALLENGE_PREFIX) - 1 &&
         memcmp(c->vars.path.base, ACME_CHALLENGE_PREFIX, sizeof(ACME_CHALLENGE_PREFIX) - 1) == 0) {
         conn_respond(c, 404, NULL, NULL, 0); /* no such challenge is pending */
-        return 0;
+        return;
     }
-    char port[16] = "";
-    if (c->cfg->https_port != 443)
-        snprintf(port, sizeof(port), ":%d", c->cfg->https_port);
+    char ps[16] = "";
+    if (port != cfg->http_port && port != cfg->https_port && port != 80 && port != 443)
+        snprintf(ps, sizeof(ps), ":%d", port);
+    if (host.len == 0)
+        host = uv_buf_init("", 0); /* no Host: a NULL slice */
     int v6 = memchr(host.base, ':', host.len) != NULL;
     c->obuf = buf_get(&c->w->bufs);
+    /* the host as the client wrote it (case kept), without its port; an
+     * empty one gives "https:///..." as Caddy's {http.request.host} does */
     int n = snprintf(c->obuf, c->w->bufs.size, "Location: https://%s%.*s%s%s%.*s\r\n",
-                     v6 ? "[" : "", (int)host.len, host.base, v6 ? "]" : "", port,
+                     v6 ? "[" : "", (int)host.len, host.base, v6 ? "]" : "", ps,
                      (int)c->req.target.len, c->req.target.base);
+    c->keep_alive = 0;
     if (n < 0 || (size_t)n >= c->w->bufs.size)
         conn_respond(c, 414, NULL, NULL, 0);
     else
         conn_respond(c, 308, c->obuf, NULL, 0);
+}
+
+/* Length of the Unicode white space (Go's unicode.IsSpace) that starts at
+ * P (BACK: that ends at P + N) in UTF-8, or 0. */
+static size_t utf8_space(const char *p, size_t n, int back)
+{
+    static const char *const wide[] = {
+        "\xc2\x85" /* U+0085 */, "\u00a0", "\u1680", "\u2000", "\u2001", "\u2002", "\u2003",
+        "\u2004", "\u2005", "\u2006", "\u2007", "\u2008", "\u2009", "\u200a",
+        "\u2028", "\u2029", "\u202f", "\u205f", "\u3000",
+    };
+    if (n == 0)
+        return 0;
+    if (memchr(" \t\n\v\f\r", back ? p[n - 1] : p[0], 6) != NULL)
+        return 1;
+    for (size_t k = 0; k < PS_ARRAY_SIZE(wide); k++) {
+        size_t wl = strlen(wide[k]);
+        if (n >= wl && memcmp(back ? p + n - wl : p, wide[k], wl) == 0)
+            return wl;
+    }
     return 0;
+}
+
+/* Caddy's static_response (Caddy 2.6.2, caddy run): a body that, trimmed
+ * of white space as Go's strings.TrimSpace does, is a JSON object or array
+ * of more than two bytes gets application/json, any other body text/plain;
+ * a Content-Type the site's header ops set wins over both. */
+static uv_buf_t respond_content_type(const char *body, size_t len)
+{
+    size_t k;
+    while ((k = utf8_space(body, len, 0)) > 0) {
+        body += k;
+        len -= k;
+    }
+    while ((k = utf8_space(body, len, 1)) > 0)
+        len -= k;
+    if (len > 2 &&
+        ((body[0] == '{' && body[len - 1] == '}') || (body[0] == '[' && body[len - 1] == ']')) &&
+        json_valid(body, len))
+        return uv_buf_init("application/json", 16);
+    return uv_buf_init("text/plain; charset=utf-8", 25);
 }
 
 static void answer_local(conn_t *c, const cfg_handler_t *h)
@@ -908,19 +964,30 @@ static void answer_local(conn_t *c, const cfg_handler_t *h)
     char body[4096];
     size_t blen = 0;
     int status = 200;
-    /* the site's header ops apply to answers made here too */
-    if (c->n_resp_ops > 0) {
-        c->obuf = buf_get(&c->w->bufs);
-        extra = c->obuf;
-        if (http_expand_ops(c->resp_ops, c->n_resp_ops, &c->vars, extra,
-                            c->w->bufs.size - 1, &elen) < 0)
-            elen = 0;
-    }
-    if (h != NULL && h->kind == CFG_H_REDIR) {
-        if (extra == NULL) {
-            c->obuf = buf_get(&c->w->bufs);
-            extra = c->obuf;
+    const cfg_hdr_ops_t *const *ops = c->resp_ops;
+    unsigned n_ops = c->n_resp_ops;
+    http_hdr_t own, *ownp = NULL;
+    if (h != NULL && h->kind == CFG_H_RESPOND) {
+        status = h->u.respond.status;
+        if (http_tmpl_expand(&h->u.respond.body, &c->vars, body, sizeof(body), &blen) < 0)
+            blen = 0;
+        if (h->u.respond.close)
+            c->keep_alive = 0;
+        if (blen > 0) {
+            own.name = uv_buf_init("Content-Type", 12);
+            own.value = respond_content_type(body, blen);
+            ownp = &own;
         }
+    }
+    c->obuf = buf_get(&c->w->bufs);
+    extra = c->obuf;
+    /* the site's header ops apply to answers made here too, around
+     * respond's Content-Type as in Caddy; one a deferred op deleted is
+     * Go's sniffing in Caddy: plain text (http_build_simple) for all but
+     * a few signatures (HTML, XML, PDF, images) psproxy does not sniff */
+    if (http_expand_ops(ops, n_ops, &c->vars, extra, c->w->bufs.size - 1, &elen, ownp) < 0)
+        elen = 0;
+    if (h != NULL && h->kind == CFG_H_REDIR) {
         size_t start = elen;
         memcpy(extra + elen, "Location: ", 10);
         elen += 10;
@@ -932,15 +999,8 @@ static void answer_local(conn_t *c, const cfg_handler_t *h)
             elen += 2;
             status = h->u.redir.status;
         }
-    } else if (h != NULL && h->kind == CFG_H_RESPOND) {
-        status = h->u.respond.status;
-        if (http_tmpl_expand(&h->u.respond.body, &c->vars, body, sizeof(body), &blen) < 0)
-            blen = 0;
-        if (h->u.respond.close)
-            c->keep_alive = 0;
     }
-    if (extra != NULL)
-        extra[elen] = '\0';
+    extra[elen] = '\0';
     conn_respond(c, status, extra, body, blen);
 }
 
@@ -971,9 +1031,22 @@ static void conn_route(conn_t *c, int st)
 
     if (answer_acme_challenge(c) == 0)
         return;
-    c->site = route_site(c);
-    if (c->site == NULL && redirect_to_https(c) == 0)
-        return;
+    /* Caddy's route order on http_port (autohttps.go): the sites whose host
+     * matches, the redirects for the HTTPS sites' hosts, the catch-all
+     * site, then a redirect for any other host */
+    const cfg_site_t *any = NULL;
+    c->site = route_site(c, &any);
+    if (c->site == NULL && c->listener->redirect_https) {
+        int port = c->listener->redirect_hosts ? https_port_of(c->cfg, c->vars.host) : 0;
+        if (port == 0 && any == NULL)
+            port = c->cfg->https_port;
+        if (port != 0) {
+            redirect_to_https(c, port);
+            return;
+        }
+    }
+    if (c->site == NULL)
+        c->site = any;
     c->bytes_in = c->bytes_out = 0;
     c->body_limit = 0;
     c->handler = NULL;
@@ -990,8 +1063,11 @@ static void conn_route(conn_t *c, int st)
                 continue;
             }
             if (h->kind == CFG_H_REQUEST_BODY) {
-                if (c->body_limit == 0)
-                    c->body_limit = h->u.request_body.max_size;
+                /* Caddy wraps the body once per matching request_body, so
+                 * every limit holds: the smallest wins (0 is no limit) */
+                uint64_t max = h->u.request_body.max_size;
+                if (max != 0 && (c->body_limit == 0 || max < c->body_limit))
+                    c->body_limit = max;
                 continue;
             }
             c->handler = h;

@@ -122,7 +122,10 @@ struct conn {
     size_t replay_len;
     uint64_t t_head_sent; /* uv_now() when the head went up (unhealthy_latency) */
     uint64_t try_deadline;
+    /* the answer when no try succeeds: Caddy's, the last failure of an
+     * upstream it would have tried too, 503 when it would have tried none */
     int fail_status;
+    int try_counts; /* the upstream tried now is one Caddy would have tried */
     unsigned head_sent : 1;    /* the request head went upstream */
     unsigned req_sent : 1;     /* all of the request went upstream */
     unsigned resp_done : 1;    /* the whole response was read from upstream */

@@ -935,12 +935,14 @@ static void put_fields(out_t *o, const resp_fields_t *fs, const http_vars_t *v)
 }
 
 int http_expand_ops(const cfg_hdr_ops_t *const *ops, unsigned n, const http_vars_t *v, char *buf,
-                    size_t cap, size_t *len)
+                    size_t cap, size_t *len, const http_hdr_t *own)
 {
     static _Thread_local resp_fields_t fs;
     fs.n = 0;
     fs.overflow = 0;
     fields_site_ops(&fs, ops, n, 1);
+    if (own != NULL && !fields_has(&fs, 0, own->name))
+        fields_add(&fs, own->name, own->value, NULL);
     fields_site_ops(&fs, ops, n, 0);
     out_t o = {buf, *len, cap, 0};
     put_fields(&o, &fs, v);
@@ -1129,6 +1131,19 @@ int http_build_response(char *buf, size_t cap, const http_resp_out_t *r)
     return o.overflow || fs.overflow ? -1 : (int)o.len;
 }
 
+int http_fields_have(const char *fields, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *l = fields; l != NULL && *l != '\0';) {
+        if (strncasecmp(l, name, n) == 0 && l[n] == ':')
+            return 1;
+        l = strchr(l, '\n');
+        if (l != NULL)
+            l++;
+    }
+    return 0;
+}
+
 int http_build_simple(char *buf, size_t cap, int status, const char *extra, const char *body,
                       size_t body_len, int keep_alive, int head_only)
 {
@@ -1140,7 +1155,8 @@ int http_build_simple(char *buf, size_t cap, int status, const char *extra, cons
     put(&o, "\r\n", 2);
     if (extra != NULL)
         puts_(&o, extra);
-    if (body_len > 0)
+    /* one Content-Type: the caller's (a header op, respond's JSON) wins */
+    if (body_len > 0 && !http_fields_have(extra, "content-type"))
         puts_(&o, "Content-Type: text/plain; charset=utf-8\r\n");
     if (status >= 200 && status != 204 && status != 304) {
         put(&o, "Content-Length: ", 16);

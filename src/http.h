@@ -105,11 +105,13 @@ void http_vars_from_request(http_vars_t *v, const http_head_t *req, int https,
 int http_tmpl_expand(const cfg_tmpl_t *t, const http_vars_t *v, char *out, size_t cap,
                      size_t *len);
 
-/* Appends the fields the N `header` op lists make for an answer made here
- * (which has no others), in the order http_build_response applies them.
- * Returns 0 or -1 when they do not fit. */
+/* Appends the fields an answer made here gets (it has no others), in the
+ * order http_build_response applies ops: the site's `header` ops that are
+ * not deferred, then OWN, the handler's own field (respond's Content-Type),
+ * unless they set that field already, then the deferred ops, the last
+ * first. OWN may be NULL. Returns 0 or -1 when they do not fit. */
 int http_expand_ops(const cfg_hdr_ops_t *const *ops, unsigned n, const http_vars_t *v, char *out,
-                    size_t cap, size_t *len);
+                    size_t cap, size_t *len, const http_hdr_t *own);
 
 /* What the upstream request head is built from. */
 typedef struct http_req_out {
@@ -153,6 +155,10 @@ typedef struct http_resp_out {
  * Transfer-Encoding: the framing is psproxy's. Returns the length, or -1
  * when it does not fit in CAP. */
 int http_build_response(char *out, size_t cap, const http_resp_out_t *r);
+
+/* Whether FIELDS ("Name: value\r\n" lines, or NULL) has a field NAME
+ * (case-insensitive). */
+int http_fields_have(const char *fields, const char *name);
 
 /* A complete response made by psproxy itself: status line, the given extra
  * header lines (each ending in CRLF, may be NULL), Content-Length and body.

@@ -106,7 +106,8 @@ static void up_failed(conn_t *c, int err)
     if (!c->resp_bytes && !c->write_pending && c->replayable &&
         idempotent(c->req.parser.method) && err != UV_ETIMEDOUT) {
         conn_set_state(c, CONN_S_CONNECT_UP);
-        c->fail_status = 502;
+        if (c->try_counts)
+            c->fail_status = 502;
         proxy_try(c);
         return;
     }
@@ -635,7 +636,8 @@ static void on_up_connected(up_conn_t *u, int status)
         /* refused or unreachable: out at once; a timeout counts towards max_fails */
         up_target_failed(target_of(c), proxy_cfg(c), status != UV_ETIMEDOUT, uv_strerror(status));
         proxy_abort(c);
-        c->fail_status = status == UV_ETIMEDOUT ? 504 : 502;
+        if (c->try_counts)
+            c->fail_status = status == UV_ETIMEDOUT ? 504 : 502;
         proxy_try(c);
         return;
     }
@@ -646,10 +648,10 @@ static void proxy_try(conn_t *c)
 {
     const cfg_proxy_t *p = proxy_cfg(c);
     worker_t *w = c->w;
-    int closed = 0;
+    int pick = UP_PICK_HEALTHY;
     int i = -1;
     if (p->lb_retries < 0 || c->attempts <= p->lb_retries)
-        i = up_select(w, p, c->targets, c->tried, c->peer_ip, &closed);
+        i = up_select(w, p, c->targets, c->tried, c->peer_ip, &pick);
     if (i < 0) {
         /* lb_try_duration: keep trying every lb_try_interval until it runs out */
         uint64_t now = uv_now(&w->loop);
@@ -659,15 +661,22 @@ static void proxy_try(conn_t *c)
             conn_start_timer(c, left < p->lb_try_interval ? left : p->lb_try_interval);
             return;
         }
-        if (closed) {
+        if (pick == UP_PICK_CLOSED) {
             log_warn("conn %llu: every upstream fails its health check "
                      "(health_fail_closed)", (unsigned long long)c->id);
             fail_request(c, 503);
         } else {
-            fail_request(c, p->lb_try_duration > 0 ? 503 : c->fail_status);
+            /* as Caddy: the last dial or exchange error (502, 504), also
+             * after lb_try_duration; 503 only when no upstream was
+             * available to try at all */
+            fail_request(c, c->fail_status);
         }
         return;
     }
+    /* Caddy tries no upstream its checks took out (passive ones only when
+     * fail_duration is given: it has none by default); psproxy still dials
+     * them as a probe, but their failure is not Caddy's */
+    c->try_counts = pick == UP_PICK_HEALTHY || (pick == UP_PICK_PASSIVE && !p->fail_duration_set);
     c->attempts++;
     c->tried |= 1ull << i;
     const up_target_t *tg = up_target_find(c->targets, p->ups[i].hostport);
@@ -700,7 +709,8 @@ void proxy_start(conn_t *c)
     c->tried = 0;
     c->attempts = 0;
     c->pool = NULL;
-    c->fail_status = 502;
+    c->fail_status = 503; /* Caddy's "no upstreams available" */
+    c->try_counts = 0;
     c->replayable = c->req_framing == HTTP_BODY_NONE; /* a body must arrive whole first */
     c->replay = NULL;
     c->replay_len = 0;

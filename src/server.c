@@ -369,6 +369,11 @@ static void srv_free_shared(srv_t *s)
 
 int srv_load_certs(srv_t *s, const cfg_t *cfg)
 {
+    char why[1024];
+    if (cfg_check_certs(cfg, why, sizeof(why)) != 0) {
+        log_err("%s", why); /* a site the ACME client cannot serve */
+        return -1;
+    }
     int rc = 0;
     for (size_t i = 0; i < cfg->n_sites; i++) {
         const cfg_site_t *site = &cfg->sites[i];
@@ -377,30 +382,8 @@ int srv_load_certs(srv_t *s, const cfg_t *cfg)
             https |= site->addrs[a].scheme == CFG_SCHEME_HTTPS;
         if (!https)
             continue;
-        if (site->tls.cert_file == NULL) {
-            /* its names are the ACME client's (srv_start_control), if it can have them */
-            for (size_t a = 0; a < site->n_addrs; a++) {
-                const cfg_addr_t *addr = &site->addrs[a];
-                const char *why = NULL;
-                if (addr->scheme != CFG_SCHEME_HTTPS)
-                    continue;
-                if (site->tls.internal)
-                    why = "tls internal is not supported by psproxy yet: use tls CERT_FILE KEY_FILE "
-                          "or leave tls out for an ACME certificate";
-                else if (addr->host[0] == '\0')
-                    why = "a site for any host name cannot get an ACME certificate: give it "
-                          "tls CERT_FILE KEY_FILE";
-                else if (strchr(addr->host, '*') != NULL)
-                    why = "wildcard names need the DNS-01 challenge, which psproxy does not "
-                          "support: give the site tls CERT_FILE KEY_FILE";
-                if (why != NULL) {
-                    log_err("%s:%d: %s: %s", site->file, addr->line, addr->host, why);
-                    rc = -1;
-                    break;
-                }
-            }
-            continue;
-        }
+        if (site->tls.cert_file == NULL)
+            continue; /* its names are the ACME client's (srv_start_control) */
         char err[512];
         certs_entry_t *e = NULL;
         if (certs_entry_load(site->tls.cert_file, site->tls.key_file, &e, err, sizeof(err)) !=

@@ -602,8 +602,8 @@ static uint32_t fnv1a(const char *s)
 }
 
 /* The policy's pick among the upstreams whose bit is set in CAND. */
-static int pick(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t cand, int n,
-                const char *client_ip)
+static int pick_of(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t cand, int n,
+                   const char *client_ip)
 {
     int avail = 0;
     for (int i = 0; i < n; i++)
@@ -663,34 +663,40 @@ static int pick(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t can
 }
 
 int up_select(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t tried,
-              const char *client_ip, int *closed)
+              const char *client_ip, int *pick)
 {
     int n = (int)p->n_ups;
     if (n > 64)
         n = 64;
     int64_t now = up_now_ms();
-    uint64_t ok = 0, active_down = 0, passive_down = 0;
+    uint64_t ok = 0, active_down = 0, passive_down = 0, checked_down = 0;
     for (int i = 0; i < n; i++) {
         if (tried & (1ull << i))
             continue;
-        int st = target_state(up_target_find(t, p->ups[i].hostport), now);
+        const up_target_t *tg = up_target_find(t, p->ups[i].hostport);
+        int st = target_state(tg, now);
         if (st == UP_OK)
             ok |= 1ull << i;
         else if (st == UP_ACTIVE_DOWN)
             active_down |= 1ull << i;
         else
             passive_down |= 1ull << i;
+        if (tg != NULL && atomic_load(&tg->active_down))
+            checked_down |= 1ull << i; /* passively out too, but the active check decides */
     }
-    *closed = 0;
+    *pick = UP_PICK_HEALTHY;
     if (ok != 0)
-        return pick(w, p, t, ok, n, client_ip);
+        return pick_of(w, p, t, ok, n, client_ip);
     if (active_down != 0) {
         if (p->health_fail_closed) {
-            *closed = 1;
+            *pick = UP_PICK_CLOSED;
             return -1;
         }
         /* fail open: a health endpoint that fails alone is not an outage */
-        return pick(w, p, t, active_down, n, client_ip);
+        *pick = UP_PICK_FAIL_OPEN;
+        return pick_of(w, p, t, active_down, n, client_ip);
     }
-    return pick(w, p, t, passive_down, n, client_ip);
+    int i = pick_of(w, p, t, passive_down, n, client_ip);
+    *pick = i >= 0 && (checked_down >> i) & 1 ? UP_PICK_FAIL_OPEN : UP_PICK_PASSIVE;
+    return i;
 }

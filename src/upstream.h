@@ -152,13 +152,22 @@ void up_close(up_conn_t *u);
 void up_pools_close_idle(worker_t *w);
 void up_pools_free(worker_t *w);
 
+/* What up_select picked from: Caddy, which neither fails open nor probes,
+ * would have tried only a healthy one, so a failed try of the others does
+ * not decide the answer (proxy.c). */
+enum up_pick {
+    UP_PICK_HEALTHY = 0, /* passes every check */
+    UP_PICK_FAIL_OPEN,   /* only the active check rejects it */
+    UP_PICK_PASSIVE,     /* a passive check took it out: the dial is a probe */
+    UP_PICK_CLOSED,      /* nothing: health_fail_closed refused (-1 returned) */
+};
+
 /* Picks an upstream index from P not in TRIED (bit i = index i tried), by
  * the policy, among the healthy ones; when none is, fail open to those
  * only the active check rejects (unless health_fail_closed), then to those
  * passive checks took out (a dial is the best probe then). -1 when none is
- * left; *CLOSED is set when health_fail_closed is what refused. CLIENT_IP
- * feeds ip_hash. */
+ * left. *PICK says which (enum up_pick). CLIENT_IP feeds ip_hash. */
 int up_select(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t tried,
-              const char *client_ip, int *closed);
+              const char *client_ip, int *pick);
 
 #endif

@@ -587,11 +587,26 @@ def test_request_waits_for_a_down_upstream_within_lb_try_duration(proxy_factory,
     assert 0.9 <= r.elapsed and time.monotonic() - t0 < 1.0 + 0.25 + SLACK + 1.0, r
 
 
-def test_503_with_retry_after_when_no_upstream_comes_back_within_lb_try_duration(
-        proxy_factory, tmp_path):
+def test_502_when_every_dial_fails_until_lb_try_duration_ends(proxy_factory, tmp_path):
+    """Caddy answers the last dial error (502), not 503, when every try
+    until lb_try_duration failed (test_caddy_meaning.py compares)."""
     dead = "127.0.0.1:%d" % free_port()
     p = proxy_factory(proxy_block(dead, try_duration="1s",
                                   extra="\t\tlb_try_interval 250ms"))
+    r = curl(p.url + "/whoami", tmp=tmp_path)
+    assert r.status == 502, r
+    assert 0.9 <= r.elapsed < 1.0 + SLACK + 0.5, "502 after %.2f s (lb_try_duration 1s)" % (
+        r.elapsed)
+
+
+def test_503_with_retry_after_when_no_upstream_is_available_within_lb_try_duration(
+        proxy_factory, tmp_path):
+    """Every upstream fails its active check and the fail-open dial fails
+    too: no upstream Caddy would try, so 503, with a Retry-After."""
+    dead = "127.0.0.1:%d" % free_port()
+    p = proxy_factory(proxy_block(dead, try_duration="1s",
+                                  extra="\t\tlb_try_interval 250ms\n" + health_cfg()))
+    time.sleep(0.3 * 2 + SLACK)  # the first check has failed
     r = curl(p.url + "/whoami", tmp=tmp_path)
     assert r.status == 503, r
     ra = r.header("Retry-After")

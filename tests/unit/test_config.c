@@ -641,6 +641,101 @@ TEST(same_host_twice_on_a_port_is_ambiguous)
               "t.conf:4: ambiguous site definition: (any host):8080 is also defined at t.conf:1");
 }
 
+/* ---- certificates ---- */
+
+/* Whether TEXT parses and cfg_check_certs refuses it with exactly WANT
+ * (NULL: accepts it). */
+static int certs_check_is(const char *text, const char *want)
+{
+    cfg_t *c = parse(text);
+    if (c == NULL)
+        return 0;
+    char err[1024] = "";
+    int rc = cfg_check_certs(c, err, sizeof(err));
+    cfg_unref(c);
+    if (want == NULL && rc != 0)
+        fprintf(stderr, "  refused: %s\n", err);
+    else if (want != NULL && (rc != PS_ECONFIG || strcmp(err, want) != 0))
+        fprintf(stderr, "  error \"%s\"\n  expected \"%s\"\n", err, want);
+    return want == NULL ? rc == 0 : rc == PS_ECONFIG && strcmp(err, want) == 0;
+}
+
+#define LOCAL_CA                                                                                   \
+    " (Caddy would use its local CA, which psproxy does not have yet): give the site tls "      \
+    "CERT_FILE KEY_FILE, or serve it as http://"
+
+/* Caddy 2.6.2 issues these from its local CA (caddy adapt: an "internal"
+ * issuer policy), never from an ACME CA, acme_ca or not */
+TEST(certs_refuses_names_caddy_gives_its_local_ca)
+{
+    CHECK(certs_check_is("localhost {\n\trespond hi\n}\n",
+                         "t.conf:1: localhost: no ACME CA issues certificates for localhost "
+                         "names" LOCAL_CA "localhost"));
+    CHECK(certs_check_is("a.com {\n\trespond a\n}\n\nb.com,\n*.localhost {\n\trespond b\n}\n",
+                         "t.conf:6: *.localhost: no ACME CA issues certificates for localhost "
+                         "names" LOCAL_CA "*.localhost"));
+    CHECK(certs_check_is("app.localhost:8443 {\n\trespond hi\n}\n",
+                         "t.conf:1: app.localhost: no ACME CA issues certificates for localhost "
+                         "names" LOCAL_CA "app.localhost"));
+    CHECK(certs_check_is("printer.local {\n\trespond hi\n}\n",
+                         "t.conf:1: printer.local: no ACME CA issues certificates for .local "
+                         "names (multicast DNS)" LOCAL_CA "printer.local"));
+    CHECK(certs_check_is("{\n\tacme_ca https://ca.example/dir\n}\n127.0.0.1 {\n\trespond hi\n}\n",
+                         "t.conf:4: 127.0.0.1: no ACME certificate for an IP address" LOCAL_CA
+                         "127.0.0.1"));
+    CHECK(certs_check_is("[::1]:8443 {\n\trespond hi\n}\n",
+                         "t.conf:1: ::1: no ACME certificate for an IP address" LOCAL_CA "[::1]"));
+    CHECK(certs_check_is("8.8.8.8 {\n\tlog\n}\n",
+                         "t.conf:1: 8.8.8.8: no ACME certificate for an IP address" LOCAL_CA
+                         "8.8.8.8"));
+}
+
+/* Caddy 2.6.2 orders these from the ACME CA, where no public CA issues */
+TEST(certs_refuses_private_names_without_acme_ca)
+{
+    CHECK(certs_check_is("db.internal {\n\trespond hi\n}\n",
+                         "t.conf:1: db.internal: no public CA issues certificates for "
+                         "private-use names (.internal, .home.arpa): give the site tls "
+                         "CERT_FILE KEY_FILE, set acme_ca to a private CA that issues for it, "
+                         "or serve it as http://db.internal"));
+    CHECK(certs_check_is("nas.home.arpa {\n\trespond hi\n}\n",
+                         "t.conf:1: nas.home.arpa: no public CA issues certificates for "
+                         "private-use names (.internal, .home.arpa): give the site tls "
+                         "CERT_FILE KEY_FILE, set acme_ca to a private CA that issues for it, "
+                         "or serve it as http://nas.home.arpa"));
+    CHECK(certs_check_is("myhost {\n\trespond hi\n}\n",
+                         "t.conf:1: myhost: no public CA issues certificates for single-label "
+                         "names: give the site tls CERT_FILE KEY_FILE, set acme_ca to a private "
+                         "CA that issues for it, or serve it as http://myhost"));
+    /* a private CA may issue them */
+    CHECK(certs_check_is("{\n\tacme_ca https://ca.corp/dir\n}\ndb.internal myhost {\n\tlog\n}\n",
+                         NULL));
+}
+
+TEST(certs_accepts_internal_names_with_own_certificate_or_over_http)
+{
+    CHECK(certs_check_is("localhost, 127.0.0.1, *.localhost, a.local {\n\ttls c.pem k.pem\n}\n",
+                         NULL));
+    CHECK(certs_check_is("http://localhost, http://127.0.0.1:8080, localhost:80 {\n\tlog\n}\n",
+                         NULL));
+    CHECK(certs_check_is("{\n\tauto_https disable_redirects\n}\nexample.com, x.test, "
+                         "localhost.example.com, local.example.com {\n\tlog\n}\n",
+                         NULL));
+}
+
+TEST(certs_refuses_what_acme_cannot_serve)
+{
+    CHECK(certs_check_is("*.wild.test {\n\tlog\n}\n",
+                         "t.conf:1: *.wild.test: wildcard names need the DNS-01 challenge, which "
+                         "psproxy does not support: give the site tls CERT_FILE KEY_FILE"));
+    CHECK(certs_check_is(":443 {\n\tlog\n}\n",
+                         "t.conf:1: : a site for any host name cannot get an ACME certificate: "
+                         "give it tls CERT_FILE KEY_FILE"));
+    CHECK(certs_check_is("a.test {\n\ttls internal\n}\n",
+                         "t.conf:1: a.test: tls internal is not supported by psproxy yet: use tls "
+                         "CERT_FILE KEY_FILE or leave tls out for an ACME certificate"));
+}
+
 /* ---- lexer ---- */
 
 TEST(lexer_quotes_and_escapes)
@@ -1783,6 +1878,37 @@ TEST(https_sites_get_a_redirect_listener_on_http_port)
     CHECK_INT(c->listeners[1].redirect_https, 1); /* and it still serves b.com */
     CHECK_INT(c->listeners[1].n_sites, 1);
     cfg_unref(c);
+}
+
+/* Caddy 2.6.2 inserts the HTTPS hosts' redirects before the sites on
+ * http_port only when it manages a certificate, or has no site there */
+TEST(https_hosts_redirects_come_first_as_caddy_inserts_them)
+{
+    static const struct {
+        const char *text;
+        int hosts;
+    } cases[] = {
+        {"a.com {\n\trespond a\n}\n:80 {\n\trespond b\n}\n", 1},
+        {"a.com {\n\ttls c.pem k.pem\n}\n:80 {\n\trespond b\n}\n", 0},
+        {"a.com {\n\ttls c.pem k.pem\n}\nhttp://b.com {\n\trespond b\n}\n", 0},
+        {"a.com {\n\ttls c.pem k.pem\n}\nb.com {\n\trespond b\n}\n:80 {\n\tlog\n}\n", 1},
+        {"a.com {\n\ttls c.pem k.pem\n}\n", 1},
+    };
+    for (size_t i = 0; i < PS_ARRAY_SIZE(cases); i++) {
+        cfg_t *c = parse(cases[i].text);
+        CHECK(c != NULL);
+        if (!c)
+            continue;
+        const cfg_listener_t *ln = NULL;
+        for (size_t k = 0; k < c->n_listeners; k++)
+            if (c->listeners[k].port == 80)
+                ln = &c->listeners[k];
+        CHECK(ln != NULL && ln->redirect_https == 1);
+        if (ln != NULL && ln->redirect_hosts != cases[i].hosts)
+            fprintf(stderr, "  case %zu: redirect_hosts %d\n", i, ln->redirect_hosts);
+        CHECK(ln != NULL && ln->redirect_hosts == cases[i].hosts);
+        cfg_unref(c);
+    }
 }
 
 TEST(no_redirect_listener_when_redirects_are_off)
