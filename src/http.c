@@ -847,6 +847,17 @@ typedef struct resp_fields {
     int overflow;
 } resp_fields_t;
 
+/* One per worker thread, for the head being built: too large for a
+ * worker's stack to take lightly, and never two heads at once. */
+static _Thread_local resp_fields_t resp_fields;
+
+static resp_fields_t *fields_start(void)
+{
+    resp_fields.n = 0;
+    resp_fields.overflow = 0;
+    return &resp_fields;
+}
+
 static void fields_add(resp_fields_t *fs, uv_buf_t name, uv_buf_t value, const cfg_tmpl_t *t)
 {
     if (fs->n == HTTP_RESP_FIELDS) {
@@ -901,9 +912,9 @@ static void fields_apply(resp_fields_t *fs, unsigned from, const cfg_hdr_ops_t *
     }
 }
 
-/* The site's `header` ops around what the handler wrote (fields from
- * HANDLER_FROM on): the ones that run before it, then, outermost last,
- * the deferred ones. */
+/* The site's `header` ops around what the handler writes: BEFORE, the
+ * ones that run before it, in route order; else the deferred ones, the
+ * last first (each wraps the writer of the ones before it). */
 static void fields_site_ops(resp_fields_t *fs, const cfg_hdr_ops_t *const *ops, unsigned n,
                             int before)
 {
@@ -937,16 +948,14 @@ static void put_fields(out_t *o, const resp_fields_t *fs, const http_vars_t *v)
 int http_expand_ops(const cfg_hdr_ops_t *const *ops, unsigned n, const http_vars_t *v, char *buf,
                     size_t cap, size_t *len, const http_hdr_t *own)
 {
-    static _Thread_local resp_fields_t fs;
-    fs.n = 0;
-    fs.overflow = 0;
-    fields_site_ops(&fs, ops, n, 1);
-    if (own != NULL && !fields_has(&fs, 0, own->name))
-        fields_add(&fs, own->name, own->value, NULL);
-    fields_site_ops(&fs, ops, n, 0);
+    resp_fields_t *fs = fields_start();
+    fields_site_ops(fs, ops, n, 1);
+    if (own != NULL && !fields_has(fs, 0, own->name))
+        fields_add(fs, own->name, own->value, NULL);
+    fields_site_ops(fs, ops, n, 0);
     out_t o = {buf, *len, cap, 0};
-    put_fields(&o, &fs, v);
-    if (o.overflow || fs.overflow)
+    put_fields(&o, fs, v);
+    if (o.overflow || fs->overflow)
         return -1;
     *len = o.len;
     return 0;
@@ -1090,10 +1099,7 @@ int http_build_response(char *buf, size_t cap, const http_resp_out_t *r)
     /* a 1xx passes as it came; a final head (or a 101) gets the ops */
     int final = status >= 200 || r->upgrade;
     struct kept k = {h, NULL, 0, r->upgrade};
-    /* per worker thread: too large for a worker's stack to take lightly */
-    static _Thread_local resp_fields_t fs;
-    fs.n = 0;
-    fs.overflow = 0;
+    resp_fields_t *fs = fields_start();
 
     put(&o, "HTTP/1.1 ", 9);
     put_uint(&o, (unsigned)status);
@@ -1105,18 +1111,18 @@ int http_build_response(char *buf, size_t cap, const http_resp_out_t *r)
     put(&o, "\r\n", 2);
 
     if (final)
-        fields_site_ops(&fs, r->ops, r->n_ops, 1);
-    unsigned up = fs.n;
+        fields_site_ops(fs, r->ops, r->n_ops, 1);
+    unsigned up = fs->n;
     for (unsigned i = 0; i < h->n_hdrs; i++) {
         const http_hdr_t *hdr = &h->hdrs[i];
         if (kept_header(&k, hdr->name))
-            fields_add(&fs, hdr->name, hdr->value, NULL);
+            fields_add(fs, hdr->name, hdr->value, NULL);
     }
     if (final) {
-        fields_apply(&fs, up, r->down);
-        fields_site_ops(&fs, r->ops, r->n_ops, 0);
+        fields_apply(fs, up, r->down);
+        fields_site_ops(fs, r->ops, r->n_ops, 0);
     }
-    put_fields(&o, &fs, r->vars);
+    put_fields(&o, fs, r->vars);
     if (final) {
         if (r->framing == HTTP_BODY_CHUNKED)
             puts_(&o, "Transfer-Encoding: chunked\r\n");
@@ -1128,7 +1134,7 @@ int http_build_response(char *buf, size_t cap, const http_resp_out_t *r)
             puts_(&o, "Connection: keep-alive\r\n");
     }
     put(&o, "\r\n", 2);
-    return o.overflow || fs.overflow ? -1 : (int)o.len;
+    return o.overflow || fs->overflow ? -1 : (int)o.len;
 }
 
 int http_fields_have(const char *fields, const char *name)

@@ -376,31 +376,11 @@ TEST(request_head_that_does_not_fit_is_an_error)
     CHECK_INT(http_build_request(out, sizeof(out), &r), -1);
 }
 
-static const char *build_response(const char *text, int framing, int keep_alive, int http10)
-{
-    static char in[4096], out[4096];
-    static http_head_t h;
-    if (parse(&h, HTTP_RESPONSE, in, text) != HPE_PAUSED || http_head_analyze(&h) != 0)
-        return "(bad response)";
-    http_vars_t v;
-    memset(&v, 0, sizeof(v));
-    http_resp_out_t r;
-    memset(&r, 0, sizeof(r));
-    r.resp = &h;
-    r.vars = &v;
-    r.framing = framing;
-    r.keep_alive = keep_alive;
-    r.http10 = http10;
-    int n = http_build_response(out, sizeof(out), &r);
-    if (n < 0)
-        return "(overflow)";
-    out[n] = '\0';
-    return out;
-}
-
-/* A response head with header_down DOWN and the site's op lists OPS. */
-static const char *build_with_ops(const char *text, const cfg_hdr_ops_t *down,
-                                  const cfg_hdr_ops_t *const *ops, unsigned n)
+/* A response head for TEXT with header_down DOWN and the site's op lists
+ * OPS, framed as FRAMING for a client KEEP_ALIVE and HTTP10 says. */
+static const char *build_resp(const char *text, int framing, int keep_alive, int http10,
+                              const cfg_hdr_ops_t *down, const cfg_hdr_ops_t *const *ops,
+                              unsigned n)
 {
     static char in[4096], out[4096];
     static http_head_t h;
@@ -415,13 +395,25 @@ static const char *build_with_ops(const char *text, const cfg_hdr_ops_t *down,
     r.down = down;
     r.ops = ops;
     r.n_ops = n;
-    r.framing = HTTP_BODY_LENGTH;
-    r.keep_alive = 1;
+    r.framing = framing;
+    r.keep_alive = keep_alive;
+    r.http10 = http10;
     int k = http_build_response(out, sizeof(out), &r);
     if (k < 0)
         return "(overflow)";
     out[k] = '\0';
     return out;
+}
+
+static const char *build_response(const char *text, int framing, int keep_alive, int http10)
+{
+    return build_resp(text, framing, keep_alive, http10, NULL, NULL, 0);
+}
+
+static const char *build_with_ops(const char *text, const cfg_hdr_ops_t *down,
+                                  const cfg_hdr_ops_t *const *ops, unsigned n)
+{
+    return build_resp(text, HTTP_BODY_LENGTH, 1, 0, down, ops, n);
 }
 
 static cfg_tmpl_part_t part_v = {CFG_VAR_NONE, "v", 1};
