@@ -7,6 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "ca_bundle.h"
 #include "log.h"
 
 #define FETCH_MAX_BODY (1 << 20) /* an ACME response is small: a bigger one is an error */
@@ -242,6 +243,8 @@ fetch_t *fetch_new(uv_loop_t *loop, const char *ca_file)
         free(f);
         return NULL;
     }
+    if (ca_file == NULL)
+        ca_file = ca_bundle_system();
     f->ca_file = ca_file != NULL ? strdup(ca_file) : NULL;
     uv_timer_init(loop, &f->timer);
     f->timer.data = f;

@@ -24,8 +24,8 @@ typedef struct fetch_resp {
 /* RESP is valid during the call only. */
 typedef void (*fetch_cb)(void *arg, const fetch_resp_t *resp);
 
-/* CA_FILE (may be NULL: the system's roots) is what HTTPS peers are checked
- * against. Returns NULL when libcurl cannot start. */
+/* CA_FILE (NULL: the system's bundle, ca_bundle_system) is what HTTPS peers
+ * are checked against. Returns NULL when libcurl cannot start. */
 fetch_t *fetch_new(uv_loop_t *loop, const char *ca_file);
 /* Every request of F from now on looks its host up again and opens its own
  * connection (active health checks: the name may have moved). */

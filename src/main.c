@@ -16,6 +16,7 @@
 
 #include "acme.h"
 #include "admin.h"
+#include "ca_bundle.h"
 #include "common.h"
 #include "config.h"
 #include "import_caddy.h"
@@ -294,6 +295,7 @@ int main(int argc, char **argv)
     uv_signal_start(&sig_usr1, on_signal, SIGUSR1);
 
     int cfg_admin_off = cfg->admin_off;
+    ca_bundle_log(cfg->acme_ca_root);
     raise_open_file_limit();
     int err = srv_start(&server, cfg);
     cfg_unref(cfg); /* the server holds its references */
