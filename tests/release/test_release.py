@@ -441,6 +441,10 @@ def test_install_sh_lays_down_the_service(root, shell):
     assert in_root(root, ["getent", "group", "psproxy"]).stdout.split(":")[2] == str(gid)
     st = os.stat(root / "var" / "lib" / "psproxy")
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (uid, gid, 0o700)
+    # the service's user runs the binary and reads the Caddyfile
+    p = in_root(root, ["setpriv", "--reuid", "psproxy", "--regid", "psproxy", "--init-groups",
+                       "/usr/local/bin/psproxy", "validate", "-c", "/etc/psproxy/Caddyfile"])
+    assert "valid configuration" in p.stdout, p.stdout + p.stderr
     # systemd: reloaded, enabled, started
     calls = systemctl_calls(root)
     assert calls[0] == "daemon-reload", calls
