@@ -49,7 +49,7 @@ void ca_bundle_log(const char *acme_ca_root)
     if (bundle == NULL)
         log_warn("trust: no system CA bundle (looked for /etc/ssl/certs/ca-certificates.crt, "
                  "/etc/pki/tls/certs/ca-bundle.crt and others): HTTPS peers cannot be verified; "
-                 "install the ca-certificates package");
+                 "install the ca-certificates package, then restart psproxy");
     else if (system_from_env && access(bundle, R_OK) != 0)
         log_warn("trust: SSL_CERT_FILE=%s cannot be read: HTTPS peers cannot be verified", bundle);
     else

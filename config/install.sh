@@ -34,6 +34,15 @@ usage() {
 
 here=$(cd "$(dirname "$0")" && pwd)
 
+# What a run interrupted half-way must not leave behind.
+new=""
+cleanup() {
+    [ -z "$new" ] || rm -rf "$new"
+    rm -f "$BIN.new.$$" "$UNIT.new.$$"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
 have() { command -v "$1" >/dev/null 2>&1; }
 
 # True when files A and B have the same bytes (coreutils only: no cmp).
@@ -75,12 +84,23 @@ current_version() {
     esac
 }
 
+# Whether NAME is in the local DATABASE file (/etc/passwd, /etc/group).
+# Not getent: while a source-built psproxy runs with DynamicUser=, systemd's
+# NSS module shows its dynamic psproxy user, which ends with the service.
+local_entry() {
+    grep -q "^$2:" "/etc/$1"
+}
+
 ensure_account() {
-    if ! getent group "$ACCOUNT" >/dev/null; then
+    if ! have useradd || ! have groupadd; then
+        die "useradd and groupadd are missing: dnf install shadow-utils (Amazon Linux)" \
+            "or apt-get install passwd (Debian)"
+    fi
+    if ! local_entry group "$ACCOUNT"; then
         groupadd --system "$ACCOUNT"
         say "created system group $ACCOUNT"
     fi
-    if getent passwd "$ACCOUNT" >/dev/null; then
+    if local_entry passwd "$ACCOUNT"; then
         say "system user $ACCOUNT exists"
     else
         useradd --system --gid "$ACCOUNT" --home-dir "$STATEDIR" --no-create-home \
@@ -89,28 +109,47 @@ ensure_account() {
     fi
 }
 
+# The trailing slashes follow a link left by DynamicUser= (to
+# /var/lib/private/psproxy; systemd moves it back once the unit has none).
+# Files an earlier dynamic or deleted user left are handed over too: systemd
+# would not look below a top directory that is already the right owner's.
 ensure_state_dir() {
-    mkdir -p "$STATEDIR"
-    chown "$ACCOUNT:$ACCOUNT" "$STATEDIR"
-    chmod 0700 "$STATEDIR"
+    mkdir -p "$STATEDIR/"
+    if [ "$(stat -L -c %U:%G "$STATEDIR/")" != "$ACCOUNT:$ACCOUNT" ] ||
+        [ -n "$(find "$STATEDIR/" \( ! -user "$ACCOUNT" -o ! -group "$ACCOUNT" \) -print | head -n 1)" ]; then
+        chown -R "$ACCOUNT:$ACCOUNT" "$STATEDIR/"
+        say "gave $STATEDIR and everything in it to $ACCOUNT"
+    fi
+    chmod 0700 "$STATEDIR/"
     say "certificates and ACME account are kept in $STATEDIR (owner $ACCOUNT, mode 0700)"
 }
 
-# Copies the archive to $LIBDIR/$VERSION, replacing a copy of the same
-# version, then points $BIN at it with one rename (never a missing link).
+# Sums of every file of directory DIR, by path: equal trees, equal sums.
+tree_sums() {
+    (cd "$1" && find . -type f | LC_ALL=C sort | while IFS= read -r f; do
+        printf '%s %s\n' "$(cksum <"$f")" "$f"
+    done)
+}
+
+# Copies the archive to $LIBDIR/$VERSION, unless the same files are there,
+# then points $BIN at it with one rename. The version it replaces is kept
+# to go back to (its name in $LIBDIR/previous); older ones are removed.
 install_tree() {
-    previous=$(current_version)
+    current=$(current_version)
     mkdir -p "$LIBDIR"
     chmod 0755 "$LIBDIR"
+    rm -rf "$LIBDIR"/.*.new.* "$LIBDIR"/.*.old.*  # what an interrupted run left
     new="$LIBDIR/.$VERSION.new.$$"
-    rm -rf "$new"
     mkdir "$new"
     for f in psproxy lib install.sh psproxy.service Caddyfile README.md LICENSES; do
         cp -R "$here/$f" "$new/"
     done
     chown -R 0:0 "$new"
     chmod -R u=rwX,go=rX "$new"
-    if [ -e "$LIBDIR/$VERSION" ]; then
+    if [ -d "$LIBDIR/$VERSION" ] && [ "$(tree_sums "$new")" = "$(tree_sums "$LIBDIR/$VERSION")" ]; then
+        rm -rf "$new"
+    elif [ -e "$LIBDIR/$VERSION" ]; then
+        # the same version, other files (a rebuilt archive)
         old="$LIBDIR/.$VERSION.old.$$"
         mv "$LIBDIR/$VERSION" "$old"
         mv "$new" "$LIBDIR/$VERSION"
@@ -118,18 +157,20 @@ install_tree() {
     else
         mv "$new" "$LIBDIR/$VERSION"
     fi
+    new=""
     if [ -e "$BIN" ] && [ ! -L "$BIN" ]; then
         say "replacing $BIN, a file install.sh did not put there"
     fi
     mkdir -p "$(dirname "$BIN")"
     ln -s "$LIBDIR/$VERSION/psproxy" "$BIN.new.$$"
     mv -f "$BIN.new.$$" "$BIN"
-    if [ -n "$previous" ] && [ "$previous" != "$VERSION" ]; then
-        say "installed psproxy $VERSION in $LIBDIR/$VERSION (was $previous); $BIN points to it"
+    if [ -n "$current" ] && [ "$current" != "$VERSION" ]; then
+        printf '%s\n' "$current" >"$LIBDIR/previous"
+        say "installed psproxy $VERSION in $LIBDIR/$VERSION (was $current); $BIN points to it"
     else
         say "installed psproxy $VERSION in $LIBDIR/$VERSION; $BIN points to it"
     fi
-    # Keep the version just replaced (to go back to), drop older ones.
+    previous=$(cat "$LIBDIR/previous" 2>/dev/null || true)
     for d in "$LIBDIR"/*; do
         [ -d "$d" ] || continue
         v=${d##*/}
@@ -138,6 +179,9 @@ install_tree() {
             say "removed psproxy $v"
         fi
     done
+    if [ -n "$previous" ] && [ "$previous" != "$VERSION" ] && [ -d "$LIBDIR/$previous" ]; then
+        say "kept psproxy $previous to go back to: sh $LIBDIR/$previous/install.sh"
+    fi
 }
 
 install_config() {
@@ -180,10 +224,13 @@ start_service() {
     systemctl daemon-reload
     systemctl enable --quiet psproxy.service
     if systemctl is-active --quiet psproxy.service; then
-        systemctl restart psproxy.service
+        systemctl restart psproxy.service ||
+            die "psproxy $VERSION did not restart (see journalctl -u psproxy -n 50);" \
+                "to go back: sh $LIBDIR/$(cat "$LIBDIR/previous" 2>/dev/null || echo VERSION)/install.sh"
         say "restarted psproxy on $VERSION"
     else
-        systemctl start psproxy.service
+        systemctl start psproxy.service ||
+            die "psproxy did not start: see journalctl -u psproxy -n 50"
         say "started psproxy $VERSION (enabled at boot)"
     fi
     if ! systemctl is-active --quiet psproxy.service; then
@@ -215,7 +262,7 @@ do_install() {
 }
 
 do_uninstall() {
-    if systemd_present; then
+    if [ -e "$UNIT" ] && systemd_present; then
         systemctl disable --now psproxy.service >/dev/null 2>&1 || true
         say "stopped and disabled psproxy"
     fi

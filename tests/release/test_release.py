@@ -180,7 +180,19 @@ def test_binary_is_hardened_stripped_and_has_a_debug_file(archive, unpacked):
     assert ids[0] == ids[1], ids
     assert ".debug_info" in run(["readelf", "-SW", debug]).stdout
     for so in (unpacked / "lib").iterdir():
-        assert re.search(r"\(RUNPATH\)\s+Library runpath: \[\$ORIGIN\]", dynamic(so)), so
+        # RPATH, not RUNPATH: ahead of LD_LIBRARY_PATH for what each loads
+        d = dynamic(so)
+        assert re.search(r"\(RPATH\)\s+Library rpath: \[\$ORIGIN\]", d) and "RUNPATH" not in d, so
+
+
+def test_one_openssl_the_static_one(unpacked):
+    carried = [p.name for p in (unpacked / "lib").iterdir()]
+    assert not [n for n in carried if re.match(r"lib(ssl|crypto)\.so", n)], carried
+    for f in elf_files(unpacked):
+        needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", dynamic(f))
+        assert not [n for n in needed if re.match(r"lib(ssl|crypto|gnutls)\.so", n)], (f, needed)
+    # OpenSSL's own symbols are in the binary
+    assert "OpenSSL 3." in run(["strings", "-n", "8", unpacked / "psproxy"]).stdout
 
 
 def test_release_unit_runs_the_static_user_on_the_caddyfile(unpacked):
@@ -219,10 +231,14 @@ def minbase():
     if done.exists():
         return MINBASE
     tmp = MINBASE.with_name(MINBASE.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(MINBASE, ignore_errors=True)
+    for d in (tmp, MINBASE):
+        if d.exists():
+            shutil.rmtree(d)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    p = subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(tmp), MIRROR],
+    # in a mount namespace of its own: what debootstrap mounts (proc, sys)
+    # ends with it, even when it is killed
+    p = subprocess.run(["unshare", "--mount", "--propagation", "private",
+                        "debootstrap", "--variant=minbase", "bookworm", str(tmp), MIRROR],
                        capture_output=True, text=True, timeout=DEBOOTSTRAP_TIMEOUT,
                        stdin=subprocess.DEVNULL)
     if p.returncode != 0:
@@ -298,16 +314,17 @@ def test_serves_https_with_a_pebble_certificate_in_minbase_root(root, tmp_path, 
     upstream = Upstream(tmp_path)
     http_port, https_port = free_port(), free_port()
     pebble = pebble_factory(http_port=http_port, tls_port=https_port)
-    # Amazon Linux's CA bundle path (the minimal root has no ca-certificates)
+    # The CA bundle where Amazon Linux keeps it (the minimal root has no
+    # ca-certificates) holds the CA of Pebble's HTTPS listener, and no
+    # acme_ca_root: the static libcurl trusts the ACME CA through the bundle
+    # psproxy found.
     bundle = root / "etc" / "pki" / "tls" / "certs" / "ca-bundle.crt"
     bundle.parent.mkdir(parents=True)
     shutil.copy(https_ca.ca, bundle)
     (root / "etc" / "psproxy").mkdir()
-    shutil.copy(https_ca.ca, root / "etc" / "psproxy" / "pebble-https-ca.pem")
     (root / "etc" / "psproxy" / "Caddyfile").write_text(
         "{\n\tadmin off\n\tworkers 1\n\thttp_port %d\n\thttps_port %d\n"
         "\temail admin@photospots.live\n\tacme_ca %s\n"
-        "\tacme_ca_root /etc/psproxy/pebble-https-ca.pem\n"
         "\tstorage file_system /var/lib/psproxy\n}\n\n"
         "%s {\n\treverse_proxy %s\n}\n"
         % (http_port, https_port, pebble.directory_url, NAME, upstream.addr))
@@ -340,7 +357,8 @@ def test_serves_https_with_a_pebble_certificate_in_minbase_root(root, tmp_path, 
                  "%s:%d:127.0.0.1" % (NAME, http_port), tmp=tmp_path)
         assert r.status == 308, r
         text = log.read_text()
-        assert "trust: CA bundle /etc/pki/tls/certs/ca-bundle.crt" in text, text[-3000:]
+        assert "trust: CA bundle /etc/pki/tls/certs/ca-bundle.crt\n" in text, text[-3000:]
+        assert "acme_ca_root" not in text, text[-3000:]
         assert pebble.issued_seen() >= 1
     finally:
         reap(proc)
@@ -415,6 +433,12 @@ def account(root):
 @pytest.mark.parametrize("shell", ["sh", "bash"])  # dash (Debian's sh); bash (Amazon Linux's)
 def test_install_sh_lays_down_the_service(root, shell):
     with_systemctl(root)
+    # certificates an earlier (dynamic or deleted) psproxy user left behind
+    old_cert = root / "var" / "lib" / "psproxy" / "certificates" / "old" / "old.key"
+    old_cert.parent.mkdir(parents=True)
+    old_cert.write_text("key")
+    for p in (old_cert, old_cert.parent, old_cert.parent.parent, old_cert.parent.parent.parent):
+        os.chown(p, 61234, 61234)
     rel = release_dir(root)
     version = rel.split("-")[1]
     p = install(root, shell)
@@ -441,6 +465,9 @@ def test_install_sh_lays_down_the_service(root, shell):
     assert in_root(root, ["getent", "group", "psproxy"]).stdout.split(":")[2] == str(gid)
     st = os.stat(root / "var" / "lib" / "psproxy")
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (uid, gid, 0o700)
+    for p in (old_cert, old_cert.parent):
+        assert (os.stat(p).st_uid, os.stat(p).st_gid) == (uid, gid), p
+    assert "gave /var/lib/psproxy and everything in it to psproxy" in out, out
     # the service's user runs the binary and reads the Caddyfile
     p = in_root(root, ["setpriv", "--reuid", "psproxy", "--regid", "psproxy", "--init-groups",
                        "/usr/local/bin/psproxy", "validate", "-c", "/etc/psproxy/Caddyfile"])
@@ -502,10 +529,18 @@ def test_install_sh_upgrades_and_uninstalls(root):
         "/usr/local/lib/psproxy/9.0.1/psproxy"
     assert "restarted psproxy on 9.0.1" in out, out
     assert "restart psproxy.service" in systemctl_calls(root)
-    assert sorted(p.name for p in base.iterdir()) == sorted([first, "9.0.1"])
-    out = install(root, "sh", rel=make_version(root, "9.0.2")).stdout
-    assert sorted(p.name for p in base.iterdir()) == ["9.0.1", "9.0.2"], out
+    versions = lambda: sorted(p.name for p in base.iterdir() if p.is_dir())  # noqa: E731
+    assert versions() == sorted([first, "9.0.1"])
+    rel2 = make_version(root, "9.0.2")
+    out = install(root, "sh", rel=rel2).stdout
+    assert versions() == ["9.0.1", "9.0.2"], out
     assert "removed psproxy %s" % first in out
+    assert "kept psproxy 9.0.1 to go back to" in out, out
+    # installing 9.0.2 again keeps 9.0.1, the one to go back to
+    before = tree_state(root)
+    out = install(root, "sh", rel=rel2).stdout
+    assert versions() == ["9.0.1", "9.0.2"], out
+    assert tree_state(root) == before
     systemctl_calls(root)
 
     # A Caddyfile the new version refuses: nothing changes, no restart.
@@ -533,7 +568,8 @@ def test_install_sh_upgrades_and_uninstalls(root):
     assert cert.read_text() == "cert"
     assert account(root)[0] > 0
     assert "kept /var/lib/psproxy" in out, out
-    # uninstalling again is harmless; an edited Caddyfile is kept
+    # install again, edit the Caddyfile, uninstall: the edited file is kept;
+    # a second uninstall finds nothing to do
     install(root, "sh")
     caddyfile.write_text(default + "# mine\n")
     out = install(root, "sh", "--uninstall").stdout
