@@ -157,11 +157,18 @@ static void render_metrics(admin_t *a, text_t *t)
                "# TYPE psproxy_upstream_healthy gauge\n");
     int64_t now = up_now_ms();
     for (size_t i = 0; s->targets != NULL && i < s->targets->n; i++) {
-        const up_target_t *tg = &s->targets->items[i];
+        const up_target_t *tg = s->targets->items[i];
         int ok = !atomic_load(&tg->active_down) && atomic_load(&tg->passive_until) <= now;
         tprintf(t, "psproxy_upstream_healthy{upstream=\"%s\"} %d\n",
                 label(tg->hostport, l1, sizeof(l1)), ok);
     }
+    tprintf(t, "# HELP psproxy_upstream_tables Upstream tables alive: the current config's "
+               "and those of older configs that connections still use.\n"
+               "# TYPE psproxy_upstream_tables gauge\npsproxy_upstream_tables %ld\n"
+               "# HELP psproxy_upstream_targets Upstream targets alive (each holds one "
+               "upstream's health), in any table or pool.\n"
+               "# TYPE psproxy_upstream_targets gauge\npsproxy_upstream_targets %ld\n",
+            up_targets_live(), up_target_objects_live());
     tprintf(t, "# HELP psproxy_certificate_not_after_seconds When each served certificate "
                "expires (Unix time).\n# TYPE psproxy_certificate_not_after_seconds gauge\n");
     if (s->certs != NULL)

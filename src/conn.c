@@ -52,6 +52,7 @@ static void on_closed(uv_handle_t *h)
         free(c->tls);
     }
     cfg_unref(c->cfg);
+    up_targets_unref(c->targets);
     worker_t *w = c->w;
     int stream = c->h2s != NULL;
     if (stream)
@@ -1297,7 +1298,7 @@ static conn_t *conn_new(worker_t *w, cfg_t *cfg, up_targets_t *targets,
     uv_timer_init(&w->loop, &c->timer);
     c->timer.data = c;
     c->cfg = cfg_ref(cfg);
-    c->targets = targets; /* with the config: a reload does not change them */
+    c->targets = up_targets_ref(targets); /* with the config: a reload does not change them */
     c->listener = listener;
     c->https = listener->scheme == CFG_SCHEME_HTTPS;
     c->keep_alive = 1;

@@ -120,7 +120,7 @@ health_t *health_start(uv_loop_t *loop, const cfg_t *cfg, up_targets_t *targets)
 {
     size_t n = 0;
     for (size_t i = 0; i < targets->n; i++)
-        n += targets->items[i].checks != NULL;
+        n += targets->checks[i] != NULL;
     if (n == 0)
         return NULL;
     health_t *h = calloc(1, sizeof(*h));
@@ -135,19 +135,19 @@ health_t *health_start(uv_loop_t *loop, const cfg_t *cfg, up_targets_t *targets)
     /* each check reaches what the name is now, as a new dial by a worker
      * would (libcurl looks the name up itself, off this loop) */
     fetch_set_fresh(h->fetch);
-    h->targets = targets;
+    h->targets = up_targets_ref(targets);
     h->checks = calloc(n, sizeof(*h->checks));
     h->groups = calloc(n, sizeof(*h->groups));
     if (h->checks == NULL || h->groups == NULL)
         abort();
     for (size_t i = 0; i < targets->n; i++) {
-        up_target_t *t = &targets->items[i];
-        if (t->checks == NULL)
+        up_target_t *t = targets->items[i];
+        if (targets->checks[i] == NULL)
             continue;
         struct check *c = &h->checks[h->n_checks++];
         c->h = h;
         c->t = t;
-        c->p = t->checks;
+        c->p = targets->checks[i];
         char port[16];
         snprintf(port, sizeof(port), "%d", c->p->health_port);
         int v6 = strchr(t->host, ':') != NULL;
@@ -178,6 +178,7 @@ static void on_timer_closed(uv_handle_t *handle)
         regfree(&c->body_re);
     if (--h->pending_closes > 0)
         return;
+    up_targets_unref(h->targets);
     free(h->checks);
     free(h->groups);
     free(h);

@@ -679,7 +679,7 @@ static void proxy_try(conn_t *c)
     c->try_counts = pick == UP_PICK_HEALTHY || (pick == UP_PICK_PASSIVE && !p->fail_duration_set);
     c->attempts++;
     c->tried |= 1ull << i;
-    const up_target_t *tg = up_target_find(c->targets, p->ups[i].hostport);
+    up_target_t *tg = up_target_find(c->targets, p->ups[i].hostport);
     c->pool = up_pool_get(w, tg);
     c->vars.upstream_hostport =
         uv_buf_init((char *)p->ups[i].hostport, strlen(p->ups[i].hostport));

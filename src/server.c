@@ -227,10 +227,12 @@ static void take_reload(worker_t *w, struct reload *r)
     w->n_listeners = n;
     cfg_unref(w->cfg);
     w->cfg = cfg; /* the reference comes with R */
-    w->targets = r->targets;
+    up_targets_unref(w->targets);
+    w->targets = r->targets; /* so does this one */
     w->tls = r->tls;
     w->max_conns = r->max_conns;
     free(r);
+    up_pools_retire(w);
     /* HTTP/2 clients reconnect for the new config (GOAWAY), as Caddy's do;
      * an HTTP/1.1 connection takes it at its next one */
     for (conn_t *c = w->conns; c != NULL; c = c->next)
@@ -307,6 +309,7 @@ static void on_wakeup(uv_async_t *a)
 static void on_trim(uv_timer_t *t)
 {
     worker_t *w = t->data;
+    up_pools_retire(w); /* of upstreams a reload removed, once unused */
     size_t n = buf_pool_trim(&w->bufs, SRV_KEEP_BUFS) + buf_pool_trim(&w->tables, SRV_KEEP_BUFS);
     /* free() alone keeps the pages of a thread's arena mapped */
     if (n > 0)
@@ -340,9 +343,12 @@ static void worker_dispose(worker_t *w)
     struct reload *r = atomic_exchange(&w->reload, NULL);
     if (r != NULL) {
         cfg_unref(r->cfg);
+        up_targets_unref(r->targets);
         free(r);
     }
     cfg_unref(w->cfg);
+    up_targets_unref(w->targets);
+    w->targets = NULL;
 }
 
 /* What the workers shared, once they are gone. */
@@ -357,13 +363,8 @@ static void srv_free_shared(srv_t *s)
     s->certs = NULL;
     cfg_unref(s->cfg);
     s->cfg = NULL;
-    up_targets_free(s->targets);
+    up_targets_unref(s->targets);
     s->targets = NULL;
-    for (size_t i = 0; i < s->n_old_targets; i++)
-        up_targets_free(s->old_targets[i]);
-    free(s->old_targets);
-    s->old_targets = NULL;
-    s->n_old_targets = 0;
     alog_close(&s->alog);
 }
 
@@ -521,13 +522,11 @@ int srv_reload(srv_t *s, const char *path, uv_loop_t *loop)
         cfg_unref(cfg);
         return -1;
     }
-    /* the old targets stay: connections accepted before use them until they close */
-    up_targets_t **old = realloc(s->old_targets, (s->n_old_targets + 1) * sizeof(*old));
-    if (old == NULL)
-        abort();
-    s->old_targets = old;
-    s->old_targets[s->n_old_targets++] = s->targets;
-    s->targets = up_targets_new(cfg);
+    /* Upstreams named again keep their target (health, pools); the old
+     * table lives while connections accepted under it do. */
+    up_targets_t *old_targets = s->targets;
+    s->targets = up_targets_new(cfg, old_targets);
+    up_targets_unref(old_targets);
     for (int i = 0; i < s->n_workers; i++) {
         worker_t *w = &s->workers[i];
         struct reload *r = malloc(sizeof(*r));
@@ -535,11 +534,12 @@ int srv_reload(srv_t *s, const char *path, uv_loop_t *loop)
             abort();
         r->cfg = cfg_ref(cfg);
         r->max_conns = conn_cap(cfg, s->n_workers);
-        r->targets = s->targets;
+        r->targets = up_targets_ref(s->targets);
         r->tls = s->tls;
         struct reload *prev = atomic_exchange(&w->reload, r);
         if (prev != NULL) { /* two reloads before the worker woke: the last wins */
             cfg_unref(prev->cfg);
+            up_targets_unref(prev->targets);
             free(prev);
         }
         uv_async_send(&w->wakeup);
@@ -625,7 +625,7 @@ int srv_start(srv_t *s, cfg_t *cfg)
             return PS_ECONFIG;
         }
     }
-    s->targets = up_targets_new(cfg);
+    s->targets = up_targets_new(cfg, NULL);
     s->workers = calloc((size_t)n, sizeof(worker_t));
     if (s->workers == NULL)
         abort();
@@ -635,7 +635,7 @@ int srv_start(srv_t *s, cfg_t *cfg)
         w->index = i;
         w->max_conns = conn_cap(cfg, n);
         w->cfg = cfg_ref(cfg);
-        w->targets = s->targets;
+        w->targets = up_targets_ref(s->targets);
         w->alog = &s->alog;
         w->tls = s->tls;
         w->rand_state = (uint32_t)(uv_hrtime() ^ ((uint64_t)i * 2654435761u)) | 1;

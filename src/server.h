@@ -37,7 +37,7 @@ typedef struct worker {
     int finished;      /* its last handles are closing */
     int index;
     cfg_t *cfg;        /* the snapshot new connections get */
-    up_targets_t *targets;
+    up_targets_t *targets; /* its upstreams (referenced) */
     const alog_t *alog;
     tls_server_t *tls; /* NULL without HTTPS listeners */
     buf_pool_t bufs;
@@ -59,14 +59,12 @@ typedef struct worker {
 struct reload {
     cfg_t *cfg;
     unsigned max_conns;
-    up_targets_t *targets;
+    up_targets_t *targets; /* referenced */
     tls_server_t *tls;
 };
 
 typedef struct srv {
     cfg_t *cfg;
-    up_targets_t **old_targets; /* earlier reloads': connections may still use them */
-    size_t n_old_targets;
     alog_t alog;
     certs_t *certs;
     tls_server_t *tls;

@@ -40,17 +40,70 @@ static char *xstrdup(const char *s)
     return d;
 }
 
+static atomic_long tables_live, targets_live;
+
+long up_targets_live(void)
+{
+    return atomic_load(&tables_live);
+}
+
+long up_target_objects_live(void)
+{
+    return atomic_load(&targets_live);
+}
+
 up_target_t *up_target_find(up_targets_t *t, const char *hostport)
 {
     for (size_t i = 0; i < t->n; i++)
-        if (strcmp(t->items[i].hostport, hostport) == 0)
-            return &t->items[i];
+        if (strcmp(t->items[i]->hostport, hostport) == 0)
+            return t->items[i];
     return NULL;
 }
 
-up_targets_t *up_targets_new(const cfg_t *cfg)
+static int table_has(const up_targets_t *t, const up_target_t *target)
 {
-    up_targets_t *t = calloc(1, sizeof(*t));
+    for (size_t i = 0; t != NULL && i < t->n; i++)
+        if (t->items[i] == target)
+            return 1;
+    return 0;
+}
+
+static up_target_t *target_ref(up_target_t *tg)
+{
+    atomic_fetch_add_explicit(&tg->refs, 1, memory_order_relaxed);
+    return tg;
+}
+
+static void target_unref(up_target_t *tg)
+{
+    /* acq_rel: the last owner sees every write the others made to it */
+    if (atomic_fetch_sub_explicit(&tg->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    free((char *)tg->hostport);
+    free((char *)tg->host);
+    free((char *)tg->port);
+    free(tg);
+    atomic_fetch_sub_explicit(&targets_live, 1, memory_order_relaxed);
+}
+
+/* A new target for UP; its own copies of the names: a reload frees the
+ * config while connections accepted before still use the target. */
+static up_target_t *target_new(const cfg_upstream_t *up)
+{
+    up_target_t *tg = calloc(1, sizeof(*tg));
+    if (tg == NULL)
+        abort();
+    atomic_init(&tg->refs, 1);
+    tg->hostport = xstrdup(up->hostport);
+    tg->host = xstrdup(up->host);
+    tg->port = xstrdup(up->port);
+    parse_literal(tg);
+    atomic_fetch_add_explicit(&targets_live, 1, memory_order_relaxed);
+    return tg;
+}
+
+up_targets_t *up_targets_new(const cfg_t *cfg, const up_targets_t *prev)
+{
     size_t cap = 0;
     for (size_t s = 0; s < cfg->n_sites; s++) {
         const cfg_site_t *site = &cfg->sites[s];
@@ -59,9 +112,14 @@ up_targets_t *up_targets_new(const cfg_t *cfg)
                 cap += site->handlers[h].u.proxy.n_ups;
         }
     }
-    t->items = calloc(cap > 0 ? cap : 1, sizeof(up_target_t));
-    if (t == NULL || t->items == NULL)
+    up_targets_t *t = calloc(1, sizeof(*t));
+    if (t == NULL)
         abort();
+    t->items = calloc(cap > 0 ? cap : 1, sizeof(*t->items));
+    t->checks = calloc(cap > 0 ? cap : 1, sizeof(*t->checks));
+    if (t->items == NULL || t->checks == NULL)
+        abort();
+    atomic_init(&t->refs, 1);
     for (size_t s = 0; s < cfg->n_sites; s++) {
         const cfg_site_t *site = &cfg->sites[s];
         for (size_t h = 0; h < site->n_handlers; h++) {
@@ -69,52 +127,55 @@ up_targets_t *up_targets_new(const cfg_t *cfg)
                 continue;
             const cfg_proxy_t *p = &site->handlers[h].u.proxy;
             for (size_t i = 0; i < p->n_ups; i++) {
-                up_target_t *tg = up_target_find(t, p->ups[i].hostport);
-                if (tg == NULL) {
-                    /* its own copies: a reload frees the config while
-                     * connections accepted before still use these */
-                    tg = &t->items[t->n++];
-                    tg->hostport = xstrdup(p->ups[i].hostport);
-                    tg->host = xstrdup(p->ups[i].host);
-                    tg->port = xstrdup(p->ups[i].port);
-                    parse_literal(tg);
+                size_t k = 0;
+                while (k < t->n && strcmp(t->items[k]->hostport, p->ups[i].hostport) != 0)
+                    k++;
+                if (k == t->n) {
+                    up_target_t *kept = NULL;
+                    for (size_t j = 0; prev != NULL && j < prev->n && kept == NULL; j++)
+                        if (strcmp(prev->items[j]->hostport, p->ups[i].hostport) == 0)
+                            kept = prev->items[j];
+                    t->items[t->n++] = kept != NULL ? target_ref(kept) : target_new(&p->ups[i]);
                 }
-                if (tg->checks == NULL && p->health_uri != NULL)
-                    tg->checks = p;
+                if (t->checks[k] == NULL && p->health_uri != NULL)
+                    t->checks[k] = p;
             }
         }
     }
+    atomic_fetch_add_explicit(&tables_live, 1, memory_order_relaxed);
     return t;
 }
 
-void up_targets_free(up_targets_t *t)
+up_targets_t *up_targets_ref(up_targets_t *t)
 {
-    if (t == NULL)
+    atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+    return t;
+}
+
+void up_targets_unref(up_targets_t *t)
+{
+    if (t == NULL || atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
         return;
-    for (size_t i = 0; i < t->n; i++) {
-        free((char *)t->items[i].hostport);
-        free((char *)t->items[i].host);
-        free((char *)t->items[i].port);
-    }
+    for (size_t i = 0; i < t->n; i++)
+        target_unref(t->items[i]);
     free(t->items);
+    free(t->checks);
     free(t);
+    atomic_fetch_sub_explicit(&tables_live, 1, memory_order_relaxed);
 }
 
 /* ---- pools -------------------------------------------------------------- */
 
-up_pool_t *up_pool_get(worker_t *w, const up_target_t *target)
+up_pool_t *up_pool_get(worker_t *w, up_target_t *target)
 {
-    /* by name: a reload brings new target objects for the same upstreams */
-    for (up_pool_t *p = w->pools; p != NULL; p = p->next) {
-        if (strcmp(p->target->hostport, target->hostport) == 0) {
-            p->target = target;
+    /* one target object per upstream across reloads (up_targets_new) */
+    for (up_pool_t *p = w->pools; p != NULL; p = p->next)
+        if (p->target == target)
             return p;
-        }
-    }
     up_pool_t *p = calloc(1, sizeof(*p));
     if (p == NULL)
         abort();
-    p->target = target;
+    p->target = target_ref(target);
     p->w = w;
     p->lookup.data = p;
     if (target->literal)
@@ -159,6 +220,7 @@ static void on_closed(uv_handle_t *h)
         return;
     buf_put(&u->pool->w->bufs, u->rbuf);
     buf_put(&u->pool->w->tables, (char *)u->resp.hdrs);
+    u->pool->n_closing--;
     free(u);
 }
 
@@ -178,6 +240,7 @@ void up_close(up_conn_t *u)
               (unsigned long long)u->id);
     u->state = UP_S_CLOSING;
     u->owner = NULL;
+    u->pool->n_closing++;
     u->pending_closes = socket ? 2 : 1;
     /* mid-redial the socket is closing already; on_redial_closed counts it */
     if (socket && !uv_is_closing((uv_handle_t *)&u->tcp))
@@ -307,14 +370,46 @@ void up_pools_close_idle(worker_t *w)
     }
 }
 
+static int pool_unused(const up_pool_t *p)
+{
+    return p->idle == NULL && p->n_active == 0 && p->n_closing == 0 && !p->looking_up &&
+           p->waiting == NULL;
+}
+
+static void pool_free(up_pool_t *p)
+{
+    target_unref(p->target);
+    free(p);
+}
+
+void up_pools_retire(worker_t *w)
+{
+    up_pool_t **pp = &w->pools;
+    while (*pp != NULL) {
+        up_pool_t *p = *pp;
+        if (table_has(w->targets, p->target)) {
+            pp = &p->next;
+            continue;
+        }
+        while (p->idle != NULL)
+            up_close(p->idle);
+        if (pool_unused(p)) {
+            *pp = p->next;
+            pool_free(p);
+        } else {
+            pp = &p->next; /* in use by connections of an older config */
+        }
+    }
+}
+
 void up_pools_free(worker_t *w)
 {
     while (w->pools != NULL) {
         up_pool_t *p = w->pools;
         w->pools = p->next;
         /* the worker's loop ran until no request was left, lookups included */
-        assert(!p->looking_up && p->waiting == NULL);
-        free(p);
+        assert(pool_unused(p));
+        pool_free(p);
     }
 }
 
@@ -632,7 +727,7 @@ static int pick_of(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t 
         for (int i = 0; i < n; i++) {
             if (!(cand & (1ull << i)))
                 continue;
-            const up_target_t *tg = up_target_find(t, p->ups[i].hostport);
+            up_target_t *tg = up_target_find(t, p->ups[i].hostport);
             int active = tg != NULL ? up_pool_get(w, tg)->n_active : 0;
             if (best < 0 || active < best_active) {
                 best = i;

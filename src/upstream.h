@@ -15,15 +15,17 @@
 
 /* One upstream address as the config names it; workers read it without
  * locks. A name is looked up by each worker when it dials (up_dial), never
- * here: the address it stands for may change while psproxy runs. */
+ * here: the address it stands for may change while psproxy runs. A reload
+ * that names the same upstream again shares this object, so its health and
+ * its workers' pools carry over; it lives while a table or a pool holds it. */
 typedef struct up_target {
+    atomic_int refs;
     const char *hostport;
     const char *host, *port;
     int literal; /* host is an IP address: literal_addr, never looked up */
     struct sockaddr_storage literal_addr;
     /* health, shared by every worker without locks: the active check's
      * verdict (control loop) and passive failures (any worker) */
-    const cfg_proxy_t *checks; /* the first reverse_proxy with health_uri for it */
     atomic_int active_down;
     atomic_llong passive_until; /* up_now_ms() until which it is out */
     atomic_llong fail_window;   /* start of the window counting failures */
@@ -42,16 +44,29 @@ void up_target_failed_at(up_target_t *t, const cfg_proxy_t *p, int immediate, co
                          int64_t now);
 int up_target_out_at(const up_target_t *t, int64_t now);
 
+/* The upstreams of one config generation. Refcounted: the server, each
+ * worker, each connection accepted under it and the health checks hold it;
+ * the last to let go frees it (from any thread). */
 struct up_targets {
-    up_target_t *items;
+    atomic_int refs;
+    up_target_t **items;
+    /* per item: the first reverse_proxy with health_uri for it, in the
+     * config that made the table (valid while that config lives) */
+    const cfg_proxy_t **checks;
     size_t n;
 };
 
-/* The upstreams named in CFG, each once. Nothing is looked up (IP literals
- * are parsed): a name that does not resolve yet is no error, as in Caddy;
- * dials to it fail (502) until it does. */
-up_targets_t *up_targets_new(const cfg_t *cfg);
-void up_targets_free(up_targets_t *t);
+/* The upstreams named in CFG, each once, with one reference. One PREV (the
+ * table being replaced, or NULL) names too is the same object: health and
+ * pools carry over. Nothing is looked up (IP literals are parsed): a name
+ * that does not resolve yet is no error, as in Caddy; dials to it fail
+ * (502) until it does. */
+up_targets_t *up_targets_new(const cfg_t *cfg, const up_targets_t *prev);
+up_targets_t *up_targets_ref(up_targets_t *t);
+void up_targets_unref(up_targets_t *t);
+/* Tables and targets alive in the process (/metrics: old generations let go). */
+long up_targets_live(void);
+long up_target_objects_live(void);
 
 enum up_state {
     UP_S_RESOLVING,  /* no socket: waiting for the pool's lookup of the name,
@@ -69,12 +84,13 @@ typedef void (*up_read_cb)(up_conn_t *u, ssize_t nread);
 
 struct up_pool {
     /* read-only */
-    const up_target_t *target;
+    up_target_t *target; /* referenced */
     worker_t *w;
     /* private */
     up_conn_t *idle; /* most recently used first: warm connections win */
     int n_idle;
-    int n_active; /* resolving, connecting or serving: for least_conn */
+    int n_active;  /* resolving, connecting or serving: for least_conn */
+    int n_closing; /* closed, their handles not yet: the pool must outlive them */
     struct up_pool *next;
     /* the name's addresses for this worker (a cache per worker: no lock) */
     res_answer_t answer;
@@ -119,7 +135,7 @@ struct up_conn {
 };
 
 /* The worker's pool for TARGET, created on first use. */
-up_pool_t *up_pool_get(worker_t *w, const up_target_t *target);
+up_pool_t *up_pool_get(worker_t *w, up_target_t *target);
 up_target_t *up_target_find(up_targets_t *t, const char *hostport);
 
 /* An idle pooled connection, now UP_S_ACTIVE and owned by OWNER, or NULL.
@@ -150,6 +166,10 @@ void up_close(up_conn_t *u);
 /* Closes every pooled idle connection of the worker (at stop), and cancels
  * lookups nobody waits for. */
 void up_pools_close_idle(worker_t *w);
+/* Frees the pools of upstreams the worker's current table no longer names
+ * once nothing uses them (their idle connections are closed now). Run
+ * after a reload and from the worker's trim timer. */
+void up_pools_retire(worker_t *w);
 void up_pools_free(worker_t *w);
 
 /* What up_select picked from: Caddy, which neither fails open nor probes,
