@@ -17,360 +17,13 @@
 #include "arena.h"
 #include "caddyfile.h"
 #include "common.h"
-
-typedef struct ctx {
-    cfg_t *cfg;
-    arena_t *a;
-    char *err;
-    size_t errlen;
-    int braceless; /* the site being read has no braces */
-    int n_logs;    /* `log` directives with options so far: Caddy names them log0, log1... */
-} ctx_t;
-
-static int errf(ctx_t *c, const cf_token_t *t, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int errf(ctx_t *c, const cf_token_t *t, const char *fmt, ...)
-{
-    if (c->errlen > 0) {
-        int n = snprintf(c->err, c->errlen, "%s:%d: ", t->file, t->line);
-        if (n >= 0 && (size_t)n < c->errlen) {
-            va_list ap;
-            va_start(ap, fmt);
-            vsnprintf(c->err + n, c->errlen - (size_t)n, fmt, ap);
-            va_end(ap);
-        }
-    }
-    return PS_ECONFIG;
-}
-
-static void *grow(arena_t *a, void *v, size_t n, size_t *cap, size_t size)
-{
-    if (n < *cap)
-        return v;
-    size_t ncap = *cap ? *cap * 2 : 4;
-    void *nv = arena_alloc(a, ncap * size);
-    if (n > 0)
-        memcpy(nv, v, n * size);
-    *cap = ncap;
-    return nv;
-}
-
-static char *lower_dup(arena_t *a, const char *s)
-{
-    char *r = arena_strdup(a, s);
-    for (char *q = r; *q; q++)
-        *q = (char)tolower((unsigned char)*q);
-    return r;
-}
-
-/* ---- values ------------------------------------------------------------ */
-
-/* Go's time.ParseDuration plus Caddy's "d" (24h) suffix, in milliseconds
- * rounded up so that "500us" is not "no timeout". Negative durations and
- * bare numbers (Go: "missing unit") are errors; "0" alone is zero. */
-static int parse_duration(const char *s, uint64_t *ms)
-{
-    static const struct {
-        const char *unit;
-        uint64_t ns;
-    } units[] = {
-        {"ns", 1ull},           {"us", 1000ull},         {"\xc2\xb5s", 1000ull},
-        {"\xce\xbcs", 1000ull}, {"ms", 1000000ull},      {"s", 1000000000ull},
-        {"m", 60000000000ull},  {"h", 3600000000000ull}, {"d", 86400000000000ull},
-    };
-    const uint64_t max = UINT64_MAX / 2;
-    uint64_t total = 0;
-
-    if (*s == '+')
-        s++;
-    if (strcmp(s, "0") == 0) {
-        *ms = 0;
-        return 0;
-    }
-    if (*s == '\0')
-        return -1;
-    while (*s) {
-        uint64_t v = 0, f = 0, scale = 1;
-        int digits = 0;
-        while (*s >= '0' && *s <= '9') {
-            if (v > (max - 9) / 10)
-                return -1;
-            v = v * 10 + (uint64_t)(*s++ - '0');
-            digits++;
-        }
-        if (*s == '.') {
-            s++;
-            while (*s >= '0' && *s <= '9') {
-                if (scale < 1000000000000000000ull) { /* further digits cannot matter */
-                    f = f * 10 + (uint64_t)(*s - '0');
-                    scale *= 10;
-                }
-                s++;
-                digits++;
-            }
-        }
-        if (digits == 0)
-            return -1;
-        size_t ulen = 0, best = 0;
-        uint64_t unit = 0;
-        for (size_t i = 0; i < PS_ARRAY_SIZE(units); i++) {
-            size_t l = strlen(units[i].unit);
-            if (l > best && strncmp(s, units[i].unit, l) == 0) {
-                best = l;
-                unit = units[i].ns;
-            }
-        }
-        ulen = best;
-        if (ulen == 0)
-            return -1;
-        s += ulen;
-        if (v > max / unit)
-            return -1;
-        uint64_t part = v * unit;
-        /* f/scale < 1, and unit <= 8.64e13 with scale <= 1e18: use long
-         * double for the fraction only */
-        part += (uint64_t)((long double)f * (long double)unit / (long double)scale);
-        if (part > max - total)
-            return -1;
-        total += part;
-    }
-    *ms = (total + 999999) / 1000000;
-    return 0;
-}
-
-/* go-humanize ParseBytes, which Caddy uses for sizes: "16KB" is 16000,
- * "16KiB" 16384, case-insensitive, a fraction allowed, plain bytes. */
-static int parse_size(const char *s, uint64_t *out)
-{
-    static const struct {
-        const char *unit;
-        long double mult;
-    } units[] = {
-        {"", 1},
-        {"b", 1},
-        {"k", 1e3},
-        {"kb", 1e3},
-        {"ki", 1024.0L},
-        {"kib", 1024.0L},
-        {"m", 1e6},
-        {"mb", 1e6},
-        {"mi", 1048576.0L},
-        {"mib", 1048576.0L},
-        {"g", 1e9},
-        {"gb", 1e9},
-        {"gi", 1073741824.0L},
-        {"gib", 1073741824.0L},
-        {"t", 1e12},
-        {"tb", 1e12},
-        {"ti", 1099511627776.0L},
-        {"tib", 1099511627776.0L},
-    };
-    char num[64];
-    size_t n = 0;
-    const char *p = s;
-    while ((isdigit((unsigned char)*p) || *p == '.' || *p == ',') && n + 1 < sizeof(num)) {
-        if (*p != ',')
-            num[n++] = *p;
-        p++;
-    }
-    num[n] = '\0';
-    if (n == 0 || strcmp(num, ".") == 0)
-        return -1;
-    char *end;
-    errno = 0;
-    long double f = strtold(num, &end);
-    if (*end != '\0' || errno != 0)
-        return -1;
-    while (*p == ' ')
-        p++;
-    char unit[8];
-    size_t ul = strlen(p);
-    while (ul > 0 && p[ul - 1] == ' ')
-        ul--;
-    if (ul >= sizeof(unit))
-        return -1;
-    for (size_t i = 0; i < ul; i++)
-        unit[i] = (char)tolower((unsigned char)p[i]);
-    unit[ul] = '\0';
-    for (size_t i = 0; i < PS_ARRAY_SIZE(units); i++) {
-        if (strcmp(unit, units[i].unit) == 0) {
-            long double v = f * units[i].mult;
-            if (v >= 18446744073709551615.0L)
-                return -1;
-            *out = (uint64_t)v;
-            return 0;
-        }
-    }
-    return -1;
-}
-
-static int parse_port(const char *s, int *port)
-{
-    long v = 0;
-    if (*s == '\0' || strlen(s) > 5)
-        return -1;
-    for (const char *p = s; *p; p++) {
-        if (*p < '0' || *p > '9')
-            return -1;
-        v = v * 10 + (*p - '0');
-    }
-    if (v < 1 || v > 65535)
-        return -1;
-    *port = (int)v;
-    return 0;
-}
-
-static int parse_uint(const char *s, long max, long *out)
-{
-    long v = 0;
-    if (*s == '\0')
-        return -1;
-    for (const char *p = s; *p; p++) {
-        if (*p < '0' || *p > '9' || v > (max - (*p - '0')) / 10)
-            return -1;
-        v = v * 10 + (*p - '0');
-    }
-    *out = v;
-    return 0;
-}
-
-/* ---- lines ------------------------------------------------------------- */
-
-static const char *name_of(const cf_line_t *l)
-{
-    return l->toks[0].text;
-}
-
-/* Requires MIN..MAX arguments after the name and, unless BLOCK_OK, no
- * block. WHAT prefixes the message ("servers: timeouts"). */
-static int want_args(ctx_t *c, const cf_line_t *l, const char *what, size_t min, size_t max,
-                     int block_ok)
-{
-    size_t n = l->n_toks - 1;
-    if (n < min) {
-        if (n == 0 && min == 1)
-            return errf(c, &l->toks[0], "%s: expected an argument", what);
-        return errf(c, &l->toks[0], "%s: expected %s%zu arguments, got %zu", what,
-                    min == max ? "" : "at least ", min, n);
-    }
-    if (n > max)
-        return errf(c, &l->toks[max + 1], "%s: unexpected argument \"%s\"", what,
-                    l->toks[max + 1].text);
-    if (!block_ok && l->open != NULL)
-        return errf(c, l->open, "%s: unexpected block", what);
-    return 0;
-}
-
-static int arg_duration(ctx_t *c, const cf_line_t *l, const char *what, uint64_t *ms)
-{
-    int rc = want_args(c, l, what, 1, 1, 0);
-    if (rc != 0)
-        return rc;
-    if (parse_duration(l->toks[1].text, ms) != 0)
-        return errf(c, &l->toks[1], "%s: expected a duration like 30s or 1m30s, got \"%s\"", what,
-                    l->toks[1].text);
-    return 0;
-}
-
-static int arg_string(ctx_t *c, const cf_line_t *l, const char *what, const char **out)
-{
-    int rc = want_args(c, l, what, 1, 1, 0);
-    if (rc != 0)
-        return rc;
-    *out = arena_strdup(c->a, l->toks[1].text);
-    return 0;
-}
-
-/* ---- placeholders ------------------------------------------------------ */
-
-static const struct {
-    const char *shortname;
-    const char *longname;
-    int var;
-} vars[] = {
-    {"host", "http.request.host", CFG_VAR_HOST},
-    {"hostport", "http.request.hostport", CFG_VAR_HOSTPORT},
-    {"uri", "http.request.uri", CFG_VAR_URI},
-    {"path", "http.request.uri.path", CFG_VAR_PATH},
-    {"query", "http.request.uri.query", CFG_VAR_QUERY},
-    {"method", "http.request.method", CFG_VAR_METHOD},
-    {"scheme", "http.request.scheme", CFG_VAR_SCHEME},
-    {"remote_host", "http.request.remote.host", CFG_VAR_REMOTE_HOST},
-    {"remote_port", "http.request.remote.port", CFG_VAR_REMOTE_PORT},
-    {"upstream_hostport", "http.reverse_proxy.upstream.hostport", CFG_VAR_UPSTREAM_HOSTPORT},
-};
-
-static int is_var_char(char ch)
-{
-    return isalnum((unsigned char)ch) || ch == '_' || ch == '.' || ch == '-';
-}
-
-static void tmpl_add(ctx_t *c, cfg_tmpl_t *t, size_t *cap, int var, const char *lit, size_t len)
-{
-    t->parts = grow(c->a, t->parts, t->n_parts, cap, sizeof(*t->parts));
-    t->parts[t->n_parts++] = (cfg_tmpl_part_t){
-        .var = var,
-        .lit = lit ? arena_strndup(c->a, lit, len) : NULL,
-        .len = lit ? len : 0,
-    };
-}
-
-/* Compiles S into literal parts and placeholders. "{name}" with name made
- * of [A-Za-z0-9_.-] is a placeholder and must be one psproxy knows; other
- * braces (a JSON body) are text, as Caddy leaves them; \{ and \} are
- * literal braces. */
-static int tmpl_compile(ctx_t *c, const cf_token_t *t, const char *what, const char *s,
-                        cfg_tmpl_t *out)
-{
-    size_t cap = 0, litcap = 0, litn = 0;
-    char *lit = NULL;
-    memset(out, 0, sizeof(*out));
-    out->raw = arena_strdup(c->a, s);
-    for (const char *p = s; *p;) {
-        if (p[0] == '\\' && (p[1] == '{' || p[1] == '}')) {
-            lit = grow(c->a, lit, litn, &litcap, 1);
-            lit[litn++] = p[1];
-            p += 2;
-            continue;
-        }
-        if (p[0] == '{') {
-            const char *q = p + 1;
-            while (is_var_char(*q))
-                q++;
-            if (q > p + 1 && *q == '}') {
-                size_t nl = (size_t)(q - p - 1);
-                int var = 0;
-                for (size_t i = 0; i < PS_ARRAY_SIZE(vars) && var == 0; i++) {
-                    if ((strlen(vars[i].shortname) == nl &&
-                         memcmp(vars[i].shortname, p + 1, nl) == 0) ||
-                        (strlen(vars[i].longname) == nl &&
-                         memcmp(vars[i].longname, p + 1, nl) == 0))
-                        var = vars[i].var;
-                }
-                if (var == 0)
-                    return errf(c, t, "%s: unknown placeholder {%.*s}", what, (int)nl, p + 1);
-                if (litn > 0)
-                    tmpl_add(c, out, &cap, CFG_VAR_NONE, lit, litn);
-                litn = 0;
-                tmpl_add(c, out, &cap, var, NULL, 0);
-                p = q + 1;
-                continue;
-            }
-        }
-        lit = grow(c->a, lit, litn, &litcap, 1);
-        lit[litn++] = *p++;
-    }
-    if (litn > 0)
-        tmpl_add(c, out, &cap, CFG_VAR_NONE, lit, litn);
-    return 0;
-}
+#include "parse.h"
 
 static int has_placeholder(const char *s)
 {
     for (const char *p = strchr(s, '{'); p != NULL; p = strchr(p + 1, '{')) {
         const char *q = p + 1;
-        while (is_var_char(*q))
+        while (cfg_is_var_char(*q))
             q++;
         if (q > p + 1 && *q == '}')
             return 1;
@@ -380,14 +33,14 @@ static int has_placeholder(const char *s)
 
 /* ---- global options ---------------------------------------------------- */
 
-static int parse_timeouts(ctx_t *c, const cf_line_t *l)
+static int parse_timeouts(cfg_ctx_t *c, const cf_line_t *l)
 {
-    int rc = want_args(c, l, "servers: timeouts", 0, 0, 1);
+    int rc = cfg_want_args(c, l, "servers: timeouts", 0, 0, 1);
     if (rc != 0)
         return rc;
     for (size_t i = 0; i < l->n_block; i++) {
         const cf_line_t *s = &l->block[i];
-        const char *n = name_of(s);
+        const char *n = cfg_line_name(s);
         uint64_t *dst = NULL;
         if (strcmp(n, "read_header") == 0)
             dst = &c->cfg->timeouts.read_header;
@@ -398,8 +51,8 @@ static int parse_timeouts(ctx_t *c, const cf_line_t *l)
         else if (strcmp(n, "idle") == 0)
             dst = &c->cfg->timeouts.idle;
         else
-            return errf(c, &s->toks[0], "servers: timeouts: %s: not supported by psproxy", n);
-        rc = arg_duration(c, s, n, dst);
+            return cfg_errf(c, &s->toks[0], "servers: timeouts: %s: not supported by psproxy", n);
+        rc = cfg_arg_duration(c, s, n, dst);
         if (rc != 0)
             return rc;
     }
@@ -407,9 +60,9 @@ static int parse_timeouts(ctx_t *c, const cf_line_t *l)
 }
 
 /* protocols h1 h2: what Caddy calls them; h2c and h3 are not built */
-static int parse_protocols(ctx_t *c, const cf_line_t *s)
+static int parse_protocols(cfg_ctx_t *c, const cf_line_t *s)
 {
-    int rc = want_args(c, s, "protocols", 1, 8, 0);
+    int rc = cfg_want_args(c, s, "protocols", 1, 8, 0);
     if (rc != 0)
         return rc;
     unsigned p = 0;
@@ -420,28 +73,29 @@ static int parse_protocols(ctx_t *c, const cf_line_t *s)
         else if (strcmp(v, "h2") == 0)
             p |= CFG_PROTO_H2;
         else if (strcmp(v, "h2c") == 0 || strcmp(v, "h3") == 0)
-            return errf(c, &s->toks[i], "protocols: %s is not supported by psproxy (h1, h2)", v);
+            return cfg_errf(c, &s->toks[i], "protocols: %s is not supported by psproxy (h1, h2)",
+                            v);
         else
-            return errf(c, &s->toks[i], "protocols: expected h1, h2, h2c or h3, got \"%s\"", v);
+            return cfg_errf(c, &s->toks[i], "protocols: expected h1, h2, h2c or h3, got \"%s\"", v);
     }
     if (!(p & CFG_PROTO_H1))
-        return errf(c, &s->toks[0],
-                    "protocols: psproxy always serves h1 (HTTP/1.1); list it with h2");
+        return cfg_errf(c, &s->toks[0],
+                        "protocols: psproxy always serves h1 (HTTP/1.1); list it with h2");
     c->cfg->protocols = p;
     return 0;
 }
 
-static int parse_servers(ctx_t *c, const cf_line_t *l)
+static int parse_servers(cfg_ctx_t *c, const cf_line_t *l)
 {
     if (l->n_toks > 1)
-        return errf(c, &l->toks[1],
-                    "servers: options for one listener (\"%s\") are not supported by psproxy",
-                    l->toks[1].text);
+        return cfg_errf(c, &l->toks[1],
+                        "servers: options for one listener (\"%s\") are not supported by psproxy",
+                        l->toks[1].text);
     if (l->open == NULL)
-        return errf(c, &l->toks[0], "servers: expected a block");
+        return cfg_errf(c, &l->toks[0], "servers: expected a block");
     for (size_t i = 0; i < l->n_block; i++) {
         const cf_line_t *s = &l->block[i];
-        const char *n = name_of(s);
+        const char *n = cfg_line_name(s);
         int rc;
         if (strcmp(n, "timeouts") == 0) {
             rc = parse_timeouts(c, s);
@@ -449,16 +103,16 @@ static int parse_servers(ctx_t *c, const cf_line_t *l)
             rc = parse_protocols(c, s);
         } else if (strcmp(n, "max_header_size") == 0) {
             uint64_t v = 0;
-            rc = want_args(c, s, n, 1, 1, 0);
-            if (rc == 0 && (parse_size(s->toks[1].text, &v) != 0 || v == 0 || v > (1u << 30)))
-                rc =
-                    errf(c, &s->toks[1],
-                         "max_header_size: expected a size like 16KiB (1 byte to 1GiB), got \"%s\"",
-                         s->toks[1].text);
+            rc = cfg_want_args(c, s, n, 1, 1, 0);
+            if (rc == 0 && (cfg_parse_size(s->toks[1].text, &v) != 0 || v == 0 || v > (1u << 30)))
+                rc = cfg_errf(
+                    c, &s->toks[1],
+                    "max_header_size: expected a size like 16KiB (1 byte to 1GiB), got \"%s\"",
+                    s->toks[1].text);
             if (rc == 0)
                 c->cfg->max_header_size = (size_t)v;
         } else {
-            rc = errf(c, &s->toks[0], "servers: %s: not supported by psproxy", n);
+            rc = cfg_errf(c, &s->toks[0], "servers: %s: not supported by psproxy", n);
         }
         if (rc != 0)
             return rc;
@@ -469,150 +123,155 @@ static int parse_servers(ctx_t *c, const cf_line_t *l)
 /* storage postgres { dsn DSN; key_file PATH; cache PATH }: psproxy's own
  * module (Caddy's come as plugins); the cache is the file_system storage
  * every instance keeps locally, so it serves through a database outage. */
-static int parse_storage_postgres(ctx_t *c, const cf_line_t *l)
+static int parse_storage_postgres(cfg_ctx_t *c, const cf_line_t *l)
 {
     if (l->n_toks > 2)
-        return errf(c, &l->toks[2], "storage: unexpected argument \"%s\"", l->toks[2].text);
+        return cfg_errf(c, &l->toks[2], "storage: unexpected argument \"%s\"", l->toks[2].text);
     if (l->open == NULL)
-        return errf(c, &l->toks[1], "storage: postgres: expected a block with dsn and key_file");
+        return cfg_errf(c, &l->toks[1],
+                        "storage: postgres: expected a block with dsn and key_file");
     cfg_t *cfg = c->cfg;
     for (size_t i = 0; i < l->n_block; i++) {
         const cf_line_t *s = &l->block[i];
-        const char *n = name_of(s);
+        const char *n = cfg_line_name(s);
         int rc;
         if (strcmp(n, "dsn") == 0)
-            rc = arg_string(c, s, "storage: postgres: dsn", &cfg->storage_dsn);
+            rc = cfg_arg_string(c, s, "storage: postgres: dsn", &cfg->storage_dsn);
         else if (strcmp(n, "key_file") == 0)
-            rc = arg_string(c, s, "storage: postgres: key_file", &cfg->storage_key_file);
+            rc = cfg_arg_string(c, s, "storage: postgres: key_file", &cfg->storage_key_file);
         else if (strcmp(n, "cache") == 0)
-            rc = arg_string(c, s, "storage: postgres: cache", &cfg->storage_root);
+            rc = cfg_arg_string(c, s, "storage: postgres: cache", &cfg->storage_root);
         else
-            rc = errf(c, &s->toks[0],
-                      "storage: postgres: %s: not supported by psproxy (dsn, key_file, cache)", n);
+            rc = cfg_errf(c, &s->toks[0],
+                          "storage: postgres: %s: not supported by psproxy (dsn, key_file, cache)",
+                          n);
         if (rc != 0)
             return rc;
     }
     if (cfg->storage_dsn == NULL || cfg->storage_dsn[0] == '\0')
-        return errf(c, l->open, "storage: postgres: expected dsn (a libpq connection string or "
-                                "postgres:// URL; {$ENV} for the password)");
+        return cfg_errf(c, l->open,
+                        "storage: postgres: expected dsn (a libpq connection string or "
+                        "postgres:// URL; {$ENV} for the password)");
     if (cfg->storage_key_file == NULL)
-        return errf(c, l->open, "storage: postgres: expected key_file PATH (the key that seals "
-                                "private keys in the database: openssl rand -hex 32)");
+        return cfg_errf(c, l->open,
+                        "storage: postgres: expected key_file PATH (the key that seals "
+                        "private keys in the database: openssl rand -hex 32)");
     cfg->storage_kind = CFG_STORAGE_POSTGRES;
     return 0;
 }
 
-static int parse_storage(ctx_t *c, const cf_line_t *l)
+static int parse_storage(cfg_ctx_t *c, const cf_line_t *l)
 {
     if (l->n_toks < 2)
-        return errf(c, &l->toks[0], "storage: expected a module name");
+        return cfg_errf(c, &l->toks[0], "storage: expected a module name");
     if (strcmp(l->toks[1].text, "postgres") == 0)
         return parse_storage_postgres(c, l);
     if (strcmp(l->toks[1].text, "file_system") != 0)
-        return errf(c, &l->toks[1],
-                    "storage: %s: not supported by psproxy (file_system, postgres)",
-                    l->toks[1].text);
+        return cfg_errf(c, &l->toks[1],
+                        "storage: %s: not supported by psproxy (file_system, postgres)",
+                        l->toks[1].text);
     if (l->n_toks == 3 && l->open == NULL) {
         c->cfg->storage_root = arena_strdup(c->a, l->toks[2].text);
         return 0;
     }
     if (l->n_toks > 3 || (l->n_toks == 3 && l->open != NULL))
-        return errf(c, &l->toks[l->n_toks - 1], "storage: unexpected argument \"%s\"",
-                    l->toks[l->n_toks - 1].text);
+        return cfg_errf(c, &l->toks[l->n_toks - 1], "storage: unexpected argument \"%s\"",
+                        l->toks[l->n_toks - 1].text);
     if (l->open == NULL)
-        return errf(c, &l->toks[1], "storage: file_system: expected a path or a block");
+        return cfg_errf(c, &l->toks[1], "storage: file_system: expected a path or a block");
     for (size_t i = 0; i < l->n_block; i++) {
         const cf_line_t *s = &l->block[i];
-        if (strcmp(name_of(s), "root") != 0)
-            return errf(c, &s->toks[0], "storage: file_system: %s: not supported by psproxy",
-                        name_of(s));
-        int rc = arg_string(c, s, "storage: root", &c->cfg->storage_root);
+        if (strcmp(cfg_line_name(s), "root") != 0)
+            return cfg_errf(c, &s->toks[0], "storage: file_system: %s: not supported by psproxy",
+                            cfg_line_name(s));
+        int rc = cfg_arg_string(c, s, "storage: root", &c->cfg->storage_root);
         if (rc != 0)
             return rc;
     }
     if (c->cfg->storage_root == NULL)
-        return errf(c, l->open, "storage: file_system: expected root PATH");
+        return cfg_errf(c, l->open, "storage: file_system: expected root PATH");
     return 0;
 }
 
-static int parse_global(ctx_t *c, const cf_block_t *b)
+static int parse_global(cfg_ctx_t *c, const cf_block_t *b)
 {
     cfg_t *cfg = c->cfg;
     for (size_t i = 0; i < b->n_lines; i++) {
         const cf_line_t *l = &b->lines[i];
-        const char *n = name_of(l);
+        const char *n = cfg_line_name(l);
         int rc;
         if (strcmp(n, "admin") == 0) {
-            rc = want_args(c, l, n, 1, 1, 0);
+            rc = cfg_want_args(c, l, n, 1, 1, 0);
             if (rc == 0 && strcmp(l->toks[1].text, "off") == 0)
                 cfg->admin_off = 1;
             else if (rc == 0)
                 cfg->admin_addr = arena_strdup(c->a, l->toks[1].text);
         } else if (strcmp(n, "http_port") == 0 || strcmp(n, "https_port") == 0) {
             int *dst = n[4] == 's' ? &cfg->https_port : &cfg->http_port;
-            rc = want_args(c, l, n, 1, 1, 0);
-            if (rc == 0 && parse_port(l->toks[1].text, dst) != 0)
-                rc = errf(c, &l->toks[1], "%s: expected a port number, got \"%s\"", n,
-                          l->toks[1].text);
+            rc = cfg_want_args(c, l, n, 1, 1, 0);
+            if (rc == 0 && cfg_parse_port(l->toks[1].text, dst) != 0)
+                rc = cfg_errf(c, &l->toks[1], "%s: expected a port number, got \"%s\"", n,
+                              l->toks[1].text);
         } else if (strcmp(n, "email") == 0) {
-            rc = arg_string(c, l, n, &cfg->email);
+            rc = cfg_arg_string(c, l, n, &cfg->email);
         } else if (strcmp(n, "default_sni") == 0) {
-            rc = arg_string(c, l, n, &cfg->default_sni);
+            rc = cfg_arg_string(c, l, n, &cfg->default_sni);
         } else if (strcmp(n, "acme_profile") == 0) {
             /* psproxy's own: a profile from the directory's meta.profiles */
-            rc = arg_string(c, l, n, &cfg->acme_profile);
+            rc = cfg_arg_string(c, l, n, &cfg->acme_profile);
         } else if (strcmp(n, "acme_challenges") == 0) {
             /* psproxy's own: which ACME challenge types to answer */
-            rc = want_args(c, l, n, 1, 2, 0);
+            rc = cfg_want_args(c, l, n, 1, 2, 0);
             for (size_t k = 1; rc == 0 && k < l->n_toks; k++) {
                 if (strcmp(l->toks[k].text, "http-01") == 0)
                     cfg->acme_challenges |= 1;
                 else if (strcmp(l->toks[k].text, "tls-alpn-01") == 0)
                     cfg->acme_challenges |= 2;
                 else
-                    rc = errf(c, &l->toks[k],
-                              "acme_challenges: expected http-01 or tls-alpn-01, got \"%s\"",
-                              l->toks[k].text);
+                    rc = cfg_errf(c, &l->toks[k],
+                                  "acme_challenges: expected http-01 or tls-alpn-01, got \"%s\"",
+                                  l->toks[k].text);
             }
         } else if (strcmp(n, "acme_ca") == 0) {
-            rc = arg_string(c, l, n, &cfg->acme_ca);
+            rc = cfg_arg_string(c, l, n, &cfg->acme_ca);
         } else if (strcmp(n, "acme_ca_root") == 0) {
-            rc = arg_string(c, l, n, &cfg->acme_ca_root);
+            rc = cfg_arg_string(c, l, n, &cfg->acme_ca_root);
         } else if (strcmp(n, "storage") == 0) {
             rc = parse_storage(c, l);
         } else if (strcmp(n, "grace_period") == 0) {
-            rc = arg_duration(c, l, n, &cfg->grace_period);
+            rc = cfg_arg_duration(c, l, n, &cfg->grace_period);
         } else if (strcmp(n, "servers") == 0) {
             rc = parse_servers(c, l);
         } else if (strcmp(n, "auto_https") == 0) {
-            rc = want_args(c, l, n, 1, 1, 0);
+            rc = cfg_want_args(c, l, n, 1, 1, 0);
             if (rc == 0 && strcmp(l->toks[1].text, "off") == 0)
                 cfg->auto_https = CFG_AUTO_HTTPS_OFF;
             else if (rc == 0 && strcmp(l->toks[1].text, "disable_redirects") == 0)
                 cfg->auto_https = CFG_AUTO_HTTPS_DISABLE_REDIRECTS;
             else if (rc == 0)
-                rc = errf(c, &l->toks[1],
-                          "auto_https: expected off or disable_redirects, got \"%s\"",
-                          l->toks[1].text);
+                rc = cfg_errf(c, &l->toks[1],
+                              "auto_https: expected off or disable_redirects, got \"%s\"",
+                              l->toks[1].text);
         } else if (strcmp(n, "workers") == 0) {
             long v = 0;
-            rc = want_args(c, l, n, 1, 1, 0);
-            if (rc == 0 && (parse_uint(l->toks[1].text, 1024, &v) != 0 || v < 1))
-                rc = errf(c, &l->toks[1], "workers: expected a number from 1 to 1024, got \"%s\"",
-                          l->toks[1].text);
+            rc = cfg_want_args(c, l, n, 1, 1, 0);
+            if (rc == 0 && (cfg_parse_uint(l->toks[1].text, 1024, &v) != 0 || v < 1))
+                rc = cfg_errf(c, &l->toks[1],
+                              "workers: expected a number from 1 to 1024, got \"%s\"",
+                              l->toks[1].text);
             if (rc == 0)
                 cfg->workers = (int)v;
         } else if (strcmp(n, "max_connections") == 0) {
             long v = 0;
-            rc = want_args(c, l, n, 1, 1, 0);
-            if (rc == 0 && (parse_uint(l->toks[1].text, 10000000, &v) != 0 || v < 1))
-                rc = errf(c, &l->toks[1],
-                          "max_connections: expected a number from 1 to 10000000, got \"%s\"",
-                          l->toks[1].text);
+            rc = cfg_want_args(c, l, n, 1, 1, 0);
+            if (rc == 0 && (cfg_parse_uint(l->toks[1].text, 10000000, &v) != 0 || v < 1))
+                rc = cfg_errf(c, &l->toks[1],
+                              "max_connections: expected a number from 1 to 10000000, got \"%s\"",
+                              l->toks[1].text);
             if (rc == 0)
                 cfg->max_connections = v;
         } else {
-            rc = errf(c, &l->toks[0], "%s: global option not supported by psproxy", n);
+            rc = cfg_errf(c, &l->toks[0], "%s: global option not supported by psproxy", n);
         }
         if (rc != 0)
             return rc;
@@ -626,31 +285,33 @@ static int parse_global(ctx_t *c, const cf_block_t *b)
  * else the http_port is http, the https_port https, no host http, and
  * any other host https; a missing port is the https_port unless the
  * scheme is http. */
-static int parse_addr(ctx_t *c, const cf_token_t *t, cfg_addr_t *out)
+static int parse_addr(cfg_ctx_t *c, const cf_token_t *t, cfg_addr_t *out)
 {
     const char *s = t->text, *sep = strstr(s, "://");
     char scheme[16] = "";
     if (sep != NULL) {
         size_t sl = (size_t)(sep - s);
         if (sl >= sizeof(scheme) || (sl != 4 && sl != 5))
-            return errf(c, t, "%s: unsupported scheme \"%.*s\" (expected http or https)", s,
-                        (int)sl, s);
+            return cfg_errf(c, t, "%s: unsupported scheme \"%.*s\" (expected http or https)", s,
+                            (int)sl, s);
         memcpy(scheme, s, sl);
         scheme[sl] = '\0';
         if (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)
-            return errf(c, t, "%s: unsupported scheme \"%s\" (expected http or https)", s, scheme);
+            return cfg_errf(c, t, "%s: unsupported scheme \"%s\" (expected http or https)", s,
+                            scheme);
         s = sep + 3;
     }
     const char *slash = strchr(s, '/');
     size_t hplen = slash ? (size_t)(slash - s) : strlen(s);
     if (slash != NULL)
-        return errf(c, t, "%s: site addresses with a path are not supported by psproxy", t->text);
+        return cfg_errf(c, t, "%s: site addresses with a path are not supported by psproxy",
+                        t->text);
     char *hp = arena_strndup(c->a, s, hplen);
     const char *host = hp, *port = "";
     if (hp[0] == '[') {
         char *close = strchr(hp, ']');
         if (close == NULL || (close[1] != '\0' && close[1] != ':'))
-            return errf(c, t, "%s: invalid address", t->text);
+            return cfg_errf(c, t, "%s: invalid address", t->text);
         *close = '\0';
         host = hp + 1;
         if (close[1] == ':')
@@ -663,15 +324,15 @@ static int parse_addr(ctx_t *c, const cf_token_t *t, cfg_addr_t *out)
         } /* several colons: a bare IPv6 host, as Go's SplitHostPort falls back */
     }
     if (strchr(host, '{') != NULL)
-        return errf(c, t, "%s: placeholders in site addresses are not supported by psproxy",
-                    t->text);
+        return cfg_errf(c, t, "%s: placeholders in site addresses are not supported by psproxy",
+                        t->text);
     for (const char *q = host; *q; q++) {
         if (!isalnum((unsigned char)*q) && strchr("-._*:%", *q) == NULL)
-            return errf(c, t, "%s: invalid host \"%s\"", t->text, host);
+            return cfg_errf(c, t, "%s: invalid host \"%s\"", t->text, host);
     }
     int scheme_v = 0, port_v = 0, http_port = c->cfg->http_port, https_port = c->cfg->https_port;
-    if (port[0] != '\0' && parse_port(port, &port_v) != 0)
-        return errf(c, t, "%s: invalid port \"%s\"", t->text, port);
+    if (port[0] != '\0' && cfg_parse_port(port, &port_v) != 0)
+        return cfg_errf(c, t, "%s: invalid port \"%s\"", t->text, port);
     if (port[0] == '\0')
         port_v = strcmp(scheme, "http") == 0 ? http_port : https_port;
     if (strcmp(scheme, "http") == 0)
@@ -686,10 +347,10 @@ static int parse_addr(ctx_t *c, const cf_token_t *t, cfg_addr_t *out)
         scheme_v = host[0] == '\0' ? CFG_SCHEME_HTTP : CFG_SCHEME_HTTPS;
     if ((scheme_v == CFG_SCHEME_HTTP && port_v == https_port && https_port != http_port) ||
         (scheme_v == CFG_SCHEME_HTTPS && port_v == http_port))
-        return errf(c, t, "%s: scheme and port violate convention (%s on the %s port)", t->text,
-                    scheme, scheme_v == CFG_SCHEME_HTTP ? "HTTPS" : "HTTP");
+        return cfg_errf(c, t, "%s: scheme and port violate convention (%s on the %s port)", t->text,
+                        scheme, scheme_v == CFG_SCHEME_HTTP ? "HTTPS" : "HTTP");
     out->scheme = scheme_v;
-    out->host = lower_dup(c->a, host);
+    out->host = cfg_lower_dup(c->a, host);
     out->port = port_v;
     out->line = t->line;
     return 0;
@@ -717,7 +378,7 @@ static int directive_rank(int kind)
 /* The matcher token after a directive name: "*" (all, stored as NULL), a
  * path starting with '/', or a named matcher, which psproxy rejects.
  * *ARGI is set to the index of the first argument after it. */
-static int take_matcher(ctx_t *c, const cf_line_t *l, const char **match, size_t *argi)
+static int take_matcher(cfg_ctx_t *c, const cf_line_t *l, const char **match, size_t *argi)
 {
     *match = NULL;
     *argi = 1;
@@ -725,14 +386,14 @@ static int take_matcher(ctx_t *c, const cf_line_t *l, const char **match, size_t
         return 0;
     const cf_token_t *t = &l->toks[1];
     if (t->text[0] == '@')
-        return errf(c, t, "%s: named matchers are not supported by psproxy", name_of(l));
+        return cfg_errf(c, t, "%s: named matchers are not supported by psproxy", cfg_line_name(l));
     if (strcmp(t->text, "*") == 0) {
         *argi = 2;
     } else if (t->text[0] == '/') {
         if (has_placeholder(t->text))
-            return errf(c, t, "%s: placeholders in path matchers are not supported by psproxy",
-                        name_of(l));
-        *match = lower_dup(c->a, t->text);
+            return cfg_errf(c, t, "%s: placeholders in path matchers are not supported by psproxy",
+                            cfg_line_name(l));
+        *match = cfg_lower_dup(c->a, t->text);
         *argi = 2;
     }
     return 0;
@@ -746,14 +407,14 @@ static int is_tchar(char ch)
 /* One header operation: [+|-|?]Name [value] (">" also, Caddy 2.7's
  * deferred set, when ALLOW_DEFER). A third argument is Caddy's
  * find/replace form, which psproxy does not do. */
-static int parse_hdr_op(ctx_t *c, const char *what, const cf_token_t *args, size_t n,
+static int parse_hdr_op(cfg_ctx_t *c, const char *what, const cf_token_t *args, size_t n,
                         int allow_defer, cfg_hdr_ops_t *ops, size_t *cap)
 {
     if (n == 0)
-        return errf(c, &args[-1], "%s: expected a header field name", what);
+        return cfg_errf(c, &args[-1], "%s: expected a header field name", what);
     if (n > 2)
-        return errf(c, &args[2], "%s: find/replace (a third argument) is not supported by psproxy",
-                    what);
+        return cfg_errf(c, &args[2],
+                        "%s: find/replace (a third argument) is not supported by psproxy", what);
     const char *name = args[0].text;
     int op = CFG_HDR_SET;
     if (name[0] == '+')
@@ -768,33 +429,33 @@ static int parse_hdr_op(ctx_t *c, const char *what, const cf_token_t *args, size
         name++;
     size_t len = strlen(name);
     if (len == 0)
-        return errf(c, &args[0], "%s: expected a header field name after \"%s\"", what,
-                    args[0].text);
+        return cfg_errf(c, &args[0], "%s: expected a header field name after \"%s\"", what,
+                        args[0].text);
     for (size_t i = 0; i < len; i++) {
         if (!is_tchar(name[i]))
-            return errf(c, &args[0], "%s: invalid header field name \"%s\"", what, name);
+            return cfg_errf(c, &args[0], "%s: invalid header field name \"%s\"", what, name);
     }
     cfg_hdr_op_t o = {.op = op, .name = arena_strdup(c->a, name)};
     if (op == CFG_HDR_DEL) {
         if (n > 1)
-            return errf(c, &args[1], "%s: deleting %s takes no value", what, name);
+            return cfg_errf(c, &args[1], "%s: deleting %s takes no value", what, name);
         if (strchr(name, '*') != NULL &&
             (name[len - 1] != '*' || strchr(name, '*') != name + len - 1))
-            return errf(c, &args[0], "%s: '*' may only end a field name to delete", what);
+            return cfg_errf(c, &args[0], "%s: '*' may only end a field name to delete", what);
     } else {
-        int rc =
-            tmpl_compile(c, n > 1 ? &args[1] : &args[0], what, n > 1 ? args[1].text : "", &o.value);
+        int rc = cfg_tmpl_compile(c, n > 1 ? &args[1] : &args[0], what, n > 1 ? args[1].text : "",
+                                  &o.value);
         if (rc != 0)
             return rc;
         if (strchr(name, '*') != NULL)
-            return errf(c, &args[0], "%s: invalid header field name \"%s\"", what, name);
+            return cfg_errf(c, &args[0], "%s: invalid header field name \"%s\"", what, name);
     }
-    ops->ops = grow(c->a, ops->ops, ops->n, cap, sizeof(*ops->ops));
+    ops->ops = cfg_grow(c->a, ops->ops, ops->n, cap, sizeof(*ops->ops));
     ops->ops[ops->n++] = o;
     return 0;
 }
 
-static int parse_header(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
+static int parse_header(cfg_ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
 {
     size_t argi, cap = 0;
     int rc = take_matcher(c, l, &h->match, &argi);
@@ -803,23 +464,24 @@ static int parse_header(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
     h->kind = CFG_H_HEADER;
     size_t n = l->n_toks - argi;
     if (l->open != NULL && n > 0)
-        return errf(c, &l->toks[argi], "header: expected either arguments or a block, not both");
+        return cfg_errf(c, &l->toks[argi],
+                        "header: expected either arguments or a block, not both");
     cfg_hdr_ops_t *ops = &h->u.header;
     if (l->open == NULL) {
         rc = parse_hdr_op(c, "header", &l->toks[argi], n, 1, ops, &cap);
-        ops->deferred = rc == 0 && (ops->ops[0].op == CFG_HDR_DEL ||
-                                    ops->ops[0].op == CFG_HDR_DEFAULT ||
-                                    l->toks[argi].text[0] == '>');
+        ops->deferred =
+            rc == 0 && (ops->ops[0].op == CFG_HDR_DEL || ops->ops[0].op == CFG_HDR_DEFAULT ||
+                        l->toks[argi].text[0] == '>');
         return rc;
     }
     for (size_t i = 0; i < l->n_block; i++) {
         const cf_line_t *s = &l->block[i];
-        if (strcmp(name_of(s), "defer") == 0 && s->n_toks == 1 && s->open == NULL) {
+        if (strcmp(cfg_line_name(s), "defer") == 0 && s->n_toks == 1 && s->open == NULL) {
             ops->deferred = 1;
             continue;
         }
         if (s->open != NULL)
-            return errf(c, s->open, "header: unexpected block");
+            return cfg_errf(c, s->open, "header: unexpected block");
         rc = parse_hdr_op(c, "header", &s->toks[0], s->n_toks, 1, ops, &cap);
         if (rc != 0)
             return rc;
@@ -830,7 +492,7 @@ static int parse_header(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
             ops->deferred = 1;
     }
     if (ops->n == 0)
-        return errf(c, &l->toks[0], "header: expected at least one header field");
+        return cfg_errf(c, &l->toks[0], "header: expected at least one header field");
     return 0;
 }
 
@@ -842,7 +504,7 @@ static int is_status3(const char *s)
 
 /* Caddy's respond: one argument is a status when it is three digits, else
  * a body; two are body then status. */
-static int parse_respond(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
+static int parse_respond(cfg_ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
 {
     size_t argi;
     int rc = take_matcher(c, l, &h->match, &argi);
@@ -853,11 +515,11 @@ static int parse_respond(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
     size_t n = l->n_toks - argi;
     const cf_token_t *body = NULL, *status = NULL;
     if (n == 0)
-        return errf(c, &l->toks[0], "respond: expected a body or a status code%s",
-                    h->match ? " (the first argument was taken as a path matcher)" : "");
+        return cfg_errf(c, &l->toks[0], "respond: expected a body or a status code%s",
+                        h->match ? " (the first argument was taken as a path matcher)" : "");
     if (n > 2)
-        return errf(c, &l->toks[argi + 2], "respond: unexpected argument \"%s\"",
-                    l->toks[argi + 2].text);
+        return cfg_errf(c, &l->toks[argi + 2], "respond: unexpected argument \"%s\"",
+                        l->toks[argi + 2].text);
     if (n == 1 && is_status3(l->toks[argi].text)) {
         status = &l->toks[argi];
     } else {
@@ -867,30 +529,31 @@ static int parse_respond(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
     }
     if (status != NULL) {
         if (!is_status3(status->text) || status->text[0] == '0')
-            return errf(c, status, "respond: expected a status code (100-999), got \"%s\"",
-                        status->text);
+            return cfg_errf(c, status, "respond: expected a status code (100-999), got \"%s\"",
+                            status->text);
         h->u.respond.status = atoi(status->text);
     }
     if (body != NULL) {
-        rc = tmpl_compile(c, body, "respond", body->text, &h->u.respond.body);
+        rc = cfg_tmpl_compile(c, body, "respond", body->text, &h->u.respond.body);
         if (rc != 0)
             return rc;
     }
     for (size_t i = 0; i < l->n_block; i++) {
         const cf_line_t *s = &l->block[i];
-        if (strcmp(name_of(s), "body") == 0) {
+        if (strcmp(cfg_line_name(s), "body") == 0) {
             if (body != NULL)
-                return errf(c, &s->toks[0], "respond: body given twice");
-            rc = want_args(c, s, "respond: body", 1, 1, 0);
+                return cfg_errf(c, &s->toks[0], "respond: body given twice");
+            rc = cfg_want_args(c, s, "respond: body", 1, 1, 0);
             if (rc != 0)
                 return rc;
             body = &s->toks[1];
-            rc = tmpl_compile(c, body, "respond", body->text, &h->u.respond.body);
-        } else if (strcmp(name_of(s), "close") == 0) {
-            rc = want_args(c, s, "respond: close", 0, 0, 0);
+            rc = cfg_tmpl_compile(c, body, "respond", body->text, &h->u.respond.body);
+        } else if (strcmp(cfg_line_name(s), "close") == 0) {
+            rc = cfg_want_args(c, s, "respond: close", 0, 0, 0);
             h->u.respond.close = 1;
         } else {
-            rc = errf(c, &s->toks[0], "respond: %s: not supported by psproxy", name_of(s));
+            rc =
+                cfg_errf(c, &s->toks[0], "respond: %s: not supported by psproxy", cfg_line_name(s));
         }
         if (rc != 0)
             return rc;
@@ -898,7 +561,7 @@ static int parse_respond(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
     return 0;
 }
 
-static int parse_redir(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
+static int parse_redir(cfg_ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
 {
     size_t argi;
     int rc = take_matcher(c, l, &h->match, &argi);
@@ -908,9 +571,9 @@ static int parse_redir(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
     h->u.redir.status = 302;
     size_t n = l->n_toks - argi;
     if (n == 0)
-        return errf(c, &l->toks[0], "redir: expected a target%s",
-                    h->match ? " (the first argument was taken as a path matcher)" : "");
-    rc = want_args(c, l, "redir", argi, argi + 1, 0);
+        return cfg_errf(c, &l->toks[0], "redir: expected a target%s",
+                        h->match ? " (the first argument was taken as a path matcher)" : "");
+    rc = cfg_want_args(c, l, "redir", argi, argi + 1, 0);
     if (rc != 0)
         return rc;
     if (n == 2) {
@@ -920,17 +583,17 @@ static int parse_redir(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
         } else if (strcmp(t->text, "temporary") == 0) {
             h->u.redir.status = 302;
         } else if (strcmp(t->text, "html") == 0) {
-            return errf(c, t, "redir: html: not supported by psproxy");
+            return cfg_errf(c, t, "redir: html: not supported by psproxy");
         } else {
             int v = is_status3(t->text) ? atoi(t->text) : 0;
             if (!((v >= 300 && v <= 399) || v == 401))
-                return errf(c, t,
-                            "redir: expected permanent, temporary or a 3xx status code, got \"%s\"",
-                            t->text);
+                return cfg_errf(
+                    c, t, "redir: expected permanent, temporary or a 3xx status code, got \"%s\"",
+                    t->text);
             h->u.redir.status = v;
         }
     }
-    return tmpl_compile(c, &l->toks[argi], "redir", l->toks[argi].text, &h->u.redir.to);
+    return cfg_tmpl_compile(c, &l->toks[argi], "redir", l->toks[argi].text, &h->u.redir.to);
 }
 
 /* ---- reverse_proxy ----------------------------------------------------- */
@@ -940,33 +603,34 @@ static int parse_redir(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
  * An empty host (":8080") is Go dialing the local system: psproxy dials
  * 127.0.0.1, which reaches a server listening on all IPv4 interfaces or on
  * loopback. */
-static int parse_upstream(ctx_t *c, const cf_token_t *t, cfg_upstream_t *u)
+static int parse_upstream(cfg_ctx_t *c, const cf_token_t *t, cfg_upstream_t *u)
 {
     const char *s = t->text;
     const char *defport = "80";
     if (strchr(s, '{') != NULL)
-        return errf(c, t, "reverse_proxy: placeholders in upstreams are not supported by psproxy");
+        return cfg_errf(c, t,
+                        "reverse_proxy: placeholders in upstreams are not supported by psproxy");
     const char *sep = strstr(s, "://");
     if (sep != NULL) {
         size_t sl = (size_t)(sep - s);
         if (sl == 4 && strncmp(s, "http", 4) == 0) {
             s = sep + 3;
         } else if (sl == 5 && strncmp(s, "https", 5) == 0) {
-            return errf(c, t, "reverse_proxy: %s: TLS to upstreams is not supported by psproxy",
-                        t->text);
+            return cfg_errf(c, t, "reverse_proxy: %s: TLS to upstreams is not supported by psproxy",
+                            t->text);
         } else {
-            return errf(c, t, "reverse_proxy: %s: scheme \"%.*s\" is not supported by psproxy",
-                        t->text, (int)sl, t->text);
+            return cfg_errf(c, t, "reverse_proxy: %s: scheme \"%.*s\" is not supported by psproxy",
+                            t->text, (int)sl, t->text);
         }
         if (strpbrk(s, "/?#") != NULL)
-            return errf(c, t,
-                        "reverse_proxy: %s: upstream URLs may only have scheme, host and port",
-                        t->text);
+            return cfg_errf(c, t,
+                            "reverse_proxy: %s: upstream URLs may only have scheme, host and port",
+                            t->text);
     } else if (strchr(s, '/') != NULL) {
-        return errf(c, t,
-                    "reverse_proxy: %s: network addresses (unix sockets) are not supported "
-                    "by psproxy",
-                    t->text);
+        return cfg_errf(c, t,
+                        "reverse_proxy: %s: network addresses (unix sockets) are not supported "
+                        "by psproxy",
+                        t->text);
     }
     char *hp = arena_strdup(c->a, s);
     const char *host = hp, *port = "";
@@ -974,7 +638,7 @@ static int parse_upstream(ctx_t *c, const cf_token_t *t, cfg_upstream_t *u)
     if (hp[0] == '[') {
         char *close = strchr(hp, ']');
         if (close == NULL || (close[1] != '\0' && close[1] != ':'))
-            return errf(c, t, "reverse_proxy: invalid upstream address \"%s\"", t->text);
+            return cfg_errf(c, t, "reverse_proxy: invalid upstream address \"%s\"", t->text);
         *close = '\0';
         host = hp + 1;
         port = close[1] == ':' ? close + 2 : "";
@@ -982,8 +646,8 @@ static int parse_upstream(ctx_t *c, const cf_token_t *t, cfg_upstream_t *u)
     } else {
         char *colon = strrchr(hp, ':');
         if (colon != NULL && strchr(hp, ':') != colon)
-            return errf(c, t, "reverse_proxy: %s: an IPv6 upstream needs brackets: [%s]:PORT",
-                        t->text, t->text);
+            return cfg_errf(c, t, "reverse_proxy: %s: an IPv6 upstream needs brackets: [%s]:PORT",
+                            t->text, t->text);
         if (colon != NULL) {
             *colon = '\0';
             port = colon + 1;
@@ -992,10 +656,10 @@ static int parse_upstream(ctx_t *c, const cf_token_t *t, cfg_upstream_t *u)
     if (port[0] == '\0')
         port = defport;
     int pv;
-    if (parse_port(port, &pv) != 0)
-        return errf(c, t, "reverse_proxy: %s: invalid port \"%s\"", t->text, port);
+    if (cfg_parse_port(port, &pv) != 0)
+        return cfg_errf(c, t, "reverse_proxy: %s: invalid port \"%s\"", t->text, port);
     if (sep != NULL && pv == 443)
-        return errf(c, t, "reverse_proxy: %s: http:// on port 443 (the HTTPS port)", t->text);
+        return cfg_errf(c, t, "reverse_proxy: %s: http:// on port 443 (the HTTPS port)", t->text);
     if (host[0] == '\0')
         host = "127.0.0.1";
     u->host = arena_strdup(c->a, host);
@@ -1010,10 +674,11 @@ static int parse_upstream(ctx_t *c, const cf_token_t *t, cfg_upstream_t *u)
     return 0;
 }
 
-static int add_upstreams(ctx_t *c, cfg_proxy_t *px, size_t *cap, const cf_token_t *toks, size_t n)
+static int add_upstreams(cfg_ctx_t *c, cfg_proxy_t *px, size_t *cap, const cf_token_t *toks,
+                         size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        px->ups = grow(c->a, px->ups, px->n_ups, cap, sizeof(*px->ups));
+        px->ups = cfg_grow(c->a, px->ups, px->n_ups, cap, sizeof(*px->ups));
         int rc = parse_upstream(c, &toks[i], &px->ups[px->n_ups]);
         if (rc != 0)
             return rc;
@@ -1022,43 +687,43 @@ static int add_upstreams(ctx_t *c, cfg_proxy_t *px, size_t *cap, const cf_token_
     return 0;
 }
 
-static int parse_transport(ctx_t *c, const cf_line_t *l, cfg_proxy_t *px)
+static int parse_transport(cfg_ctx_t *c, const cf_line_t *l, cfg_proxy_t *px)
 {
-    int rc = want_args(c, l, "reverse_proxy: transport", 1, 1, 1);
+    int rc = cfg_want_args(c, l, "reverse_proxy: transport", 1, 1, 1);
     if (rc != 0)
         return rc;
     if (strcmp(l->toks[1].text, "http") != 0)
-        return errf(c, &l->toks[1], "reverse_proxy: transport %s: not supported by psproxy",
-                    l->toks[1].text);
+        return cfg_errf(c, &l->toks[1], "reverse_proxy: transport %s: not supported by psproxy",
+                        l->toks[1].text);
     for (size_t i = 0; i < l->n_block; i++) {
         const cf_line_t *s = &l->block[i];
-        const char *n = name_of(s);
+        const char *n = cfg_line_name(s);
         if (strcmp(n, "dial_timeout") == 0) {
-            rc = arg_duration(c, s, n, &px->dial_timeout);
+            rc = cfg_arg_duration(c, s, n, &px->dial_timeout);
         } else if (strcmp(n, "response_header_timeout") == 0) {
-            rc = arg_duration(c, s, n, &px->response_header_timeout);
+            rc = cfg_arg_duration(c, s, n, &px->response_header_timeout);
         } else if (strcmp(n, "read_timeout") == 0) {
-            rc = arg_duration(c, s, n, &px->read_timeout);
+            rc = cfg_arg_duration(c, s, n, &px->read_timeout);
         } else if (strcmp(n, "write_timeout") == 0) {
-            rc = arg_duration(c, s, n, &px->write_timeout);
+            rc = cfg_arg_duration(c, s, n, &px->write_timeout);
         } else if (strcmp(n, "keepalive") == 0) {
-            rc = want_args(c, s, n, 1, 1, 0);
+            rc = cfg_want_args(c, s, n, 1, 1, 0);
             if (rc == 0 && strcmp(s->toks[1].text, "off") == 0)
                 px->keepalive_off = 1;
-            else if (rc == 0 && parse_duration(s->toks[1].text, &px->keepalive) != 0)
-                rc = errf(c, &s->toks[1], "keepalive: expected off or a duration, got \"%s\"",
-                          s->toks[1].text);
+            else if (rc == 0 && cfg_parse_duration(s->toks[1].text, &px->keepalive) != 0)
+                rc = cfg_errf(c, &s->toks[1], "keepalive: expected off or a duration, got \"%s\"",
+                              s->toks[1].text);
         } else if (strcmp(n, "keepalive_idle_conns") == 0) {
             long v = 0;
-            rc = want_args(c, s, n, 1, 1, 0);
-            if (rc == 0 && parse_uint(s->toks[1].text, 1000000, &v) != 0)
-                rc = errf(c, &s->toks[1], "keepalive_idle_conns: expected a number, got \"%s\"",
-                          s->toks[1].text);
+            rc = cfg_want_args(c, s, n, 1, 1, 0);
+            if (rc == 0 && cfg_parse_uint(s->toks[1].text, 1000000, &v) != 0)
+                rc = cfg_errf(c, &s->toks[1], "keepalive_idle_conns: expected a number, got \"%s\"",
+                              s->toks[1].text);
             if (rc == 0)
                 px->keepalive_idle_conns = (int)v;
         } else {
-            rc = errf(c, &s->toks[0], "reverse_proxy: transport http: %s: not supported by psproxy",
-                      n);
+            rc = cfg_errf(c, &s->toks[0],
+                          "reverse_proxy: transport http: %s: not supported by psproxy", n);
         }
         if (rc != 0)
             return rc;
@@ -1094,16 +759,16 @@ static int parse_cidr(const char *text, cfg_cidr_t *out)
     out->bits = max;
     if (slash != NULL) {
         long v = 0;
-        if (parse_uint(slash + 1, max, &v) != 0)
+        if (cfg_parse_uint(slash + 1, max, &v) != 0)
             return -1;
         out->bits = (int)v;
     }
     return 0;
 }
 
-static int parse_trusted(ctx_t *c, const cf_line_t *s, cfg_proxy_t *px, size_t *cap)
+static int parse_trusted(cfg_ctx_t *c, const cf_line_t *s, cfg_proxy_t *px, size_t *cap)
 {
-    int rc = want_args(c, s, "trusted_proxies", 1, SIZE_MAX, 0);
+    int rc = cfg_want_args(c, s, "trusted_proxies", 1, SIZE_MAX, 0);
     for (size_t i = 1; rc == 0 && i < s->n_toks; i++) {
         const char *t = s->toks[i].text;
         int priv = strcmp(t, "private_ranges") == 0;
@@ -1118,9 +783,9 @@ static int parse_trusted(ctx_t *c, const cf_line_t *s, cfg_proxy_t *px, size_t *
                 *cap = ncap;
             }
             if (parse_cidr(priv ? private_ranges[k] : t, &px->trusted[px->n_trusted]) != 0)
-                return errf(c, &s->toks[i],
-                            "trusted_proxies: expected an IP range like 10.0.0.0/8, got \"%s\"",
-                            t);
+                return cfg_errf(c, &s->toks[i],
+                                "trusted_proxies: expected an IP range like 10.0.0.0/8, got \"%s\"",
+                                t);
             px->n_trusted++;
         }
     }
@@ -1173,59 +838,59 @@ static int parse_status_match(const char *s, cfg_status_t *out)
         return 0;
     }
     long v = 0;
-    if (parse_uint(s, 599, &v) != 0 || v < 100)
+    if (cfg_parse_uint(s, 599, &v) != 0 || v < 100)
         return -1;
     out->code = (int)v;
     out->is_class = 0;
     return 0;
 }
 
-static int arg_status(ctx_t *c, const cf_line_t *s, const char *n, cfg_status_t *out)
+static int arg_status(cfg_ctx_t *c, const cf_line_t *s, const char *n, cfg_status_t *out)
 {
-    int rc = want_args(c, s, n, 1, 1, 0);
+    int rc = cfg_want_args(c, s, n, 1, 1, 0);
     if (rc == 0 && parse_status_match(s->toks[1].text, out) != 0)
-        rc = errf(c, &s->toks[1], "%s: expected a status like 200 or 2xx, got \"%s\"", n,
-                  s->toks[1].text);
+        rc = cfg_errf(c, &s->toks[1], "%s: expected a status like 200 or 2xx, got \"%s\"", n,
+                      s->toks[1].text);
     return rc;
 }
 
-static int arg_count(ctx_t *c, const cf_line_t *s, const char *n, int min, int *out)
+static int arg_count(cfg_ctx_t *c, const cf_line_t *s, const char *n, int min, int *out)
 {
     long v = 0;
-    int rc = want_args(c, s, n, 1, 1, 0);
-    if (rc == 0 && (parse_uint(s->toks[1].text, 1000000, &v) != 0 || v < min))
-        rc = errf(c, &s->toks[1], "%s: expected a number of at least %d, got \"%s\"", n, min,
-                  s->toks[1].text);
+    int rc = cfg_want_args(c, s, n, 1, 1, 0);
+    if (rc == 0 && (cfg_parse_uint(s->toks[1].text, 1000000, &v) != 0 || v < min))
+        rc = cfg_errf(c, &s->toks[1], "%s: expected a number of at least %d, got \"%s\"", n, min,
+                      s->toks[1].text);
     if (rc == 0)
         *out = (int)v;
     return rc;
 }
 
 /* The health-check sub-directives; 1 when N was one of them (RC set). */
-static int parse_health(ctx_t *c, const cf_line_t *s, const char *n, cfg_proxy_t *px, int *rc)
+static int parse_health(cfg_ctx_t *c, const cf_line_t *s, const char *n, cfg_proxy_t *px, int *rc)
 {
     if (strcmp(n, "health_uri") == 0 || strcmp(n, "health_path") == 0) {
-        *rc = arg_string(c, s, n, &px->health_uri);
+        *rc = cfg_arg_string(c, s, n, &px->health_uri);
         if (*rc == 0 && px->health_uri[0] != '/')
-            *rc = errf(c, &s->toks[1], "%s: expected a path starting with /, got \"%s\"", n,
-                       px->health_uri);
+            *rc = cfg_errf(c, &s->toks[1], "%s: expected a path starting with /, got \"%s\"", n,
+                           px->health_uri);
     } else if (strcmp(n, "health_port") == 0) {
-        *rc = want_args(c, s, n, 1, 1, 0);
-        if (*rc == 0 && parse_port(s->toks[1].text, &px->health_port) != 0)
-            *rc = errf(c, &s->toks[1], "health_port: expected a port number, got \"%s\"",
-                       s->toks[1].text);
+        *rc = cfg_want_args(c, s, n, 1, 1, 0);
+        if (*rc == 0 && cfg_parse_port(s->toks[1].text, &px->health_port) != 0)
+            *rc = cfg_errf(c, &s->toks[1], "health_port: expected a port number, got \"%s\"",
+                           s->toks[1].text);
     } else if (strcmp(n, "health_interval") == 0) {
-        *rc = arg_duration(c, s, n, &px->health_interval);
+        *rc = cfg_arg_duration(c, s, n, &px->health_interval);
     } else if (strcmp(n, "health_timeout") == 0) {
-        *rc = arg_duration(c, s, n, &px->health_timeout);
+        *rc = cfg_arg_duration(c, s, n, &px->health_timeout);
     } else if (strcmp(n, "health_status") == 0) {
         *rc = arg_status(c, s, n, &px->health_status);
     } else if (strcmp(n, "health_body") == 0) {
-        *rc = arg_string(c, s, n, &px->health_body);
+        *rc = cfg_arg_string(c, s, n, &px->health_body);
         regex_t re; /* a regular expression, as Caddy's: check it here */
         if (*rc == 0 && regcomp(&re, px->health_body, REG_EXTENDED | REG_NOSUB) != 0)
-            *rc = errf(c, &s->toks[1], "health_body: not a valid regular expression: \"%s\"",
-                       px->health_body);
+            *rc = cfg_errf(c, &s->toks[1], "health_body: not a valid regular expression: \"%s\"",
+                           px->health_body);
         else if (*rc == 0)
             regfree(&re);
     } else if (strcmp(n, "health_passes") == 0) {
@@ -1233,28 +898,28 @@ static int parse_health(ctx_t *c, const cf_line_t *s, const char *n, cfg_proxy_t
     } else if (strcmp(n, "health_fails") == 0) {
         *rc = arg_count(c, s, n, 1, &px->health_fails);
     } else if (strcmp(n, "health_fail_closed") == 0) {
-        *rc = want_args(c, s, n, 0, 0, 0);
+        *rc = cfg_want_args(c, s, n, 0, 0, 0);
         px->health_fail_closed = 1;
     } else if (strcmp(n, "fail_duration") == 0) {
-        *rc = arg_duration(c, s, n, &px->fail_duration);
+        *rc = cfg_arg_duration(c, s, n, &px->fail_duration);
         px->fail_duration_set = px->fail_duration != 0;
     } else if (strcmp(n, "max_fails") == 0) {
         *rc = arg_count(c, s, n, 1, &px->max_fails);
     } else if (strcmp(n, "unhealthy_status") == 0) {
         *rc = arg_status(c, s, n, &px->unhealthy_status);
     } else if (strcmp(n, "unhealthy_latency") == 0) {
-        *rc = arg_duration(c, s, n, &px->unhealthy_latency);
+        *rc = cfg_arg_duration(c, s, n, &px->unhealthy_latency);
     } else if (strcmp(n, "lb_retries") == 0) {
         *rc = arg_count(c, s, n, 0, &px->lb_retries);
     } else if (strcmp(n, "health_headers") == 0 || strcmp(n, "unhealthy_request_count") == 0) {
-        *rc = errf(c, &s->toks[0], "%s: not supported by psproxy yet", n);
+        *rc = cfg_errf(c, &s->toks[0], "%s: not supported by psproxy yet", n);
     } else {
         return 0;
     }
     return 1;
 }
 
-static int parse_proxy(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
+static int parse_proxy(cfg_ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
 {
     size_t argi, ucap = 0, upcap = 0, downcap = 0, tcap = 0;
     int rc = take_matcher(c, l, &h->match, &argi);
@@ -1281,30 +946,30 @@ static int parse_proxy(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
         return rc;
     for (size_t i = 0; i < l->n_block; i++) {
         const cf_line_t *s = &l->block[i];
-        const char *n = name_of(s);
+        const char *n = cfg_line_name(s);
         if (strcmp(n, "to") == 0) {
-            rc = want_args(c, s, "reverse_proxy: to", 1, SIZE_MAX, 0);
+            rc = cfg_want_args(c, s, "reverse_proxy: to", 1, SIZE_MAX, 0);
             if (rc == 0)
                 rc = add_upstreams(c, px, &ucap, &s->toks[1], s->n_toks - 1);
         } else if (strcmp(n, "lb_policy") == 0) {
             static const char *const names[] = {"random", "round_robin", "first", "least_conn",
                                                 "ip_hash"};
-            rc = want_args(c, s, n, 1, 1, 0);
+            rc = cfg_want_args(c, s, n, 1, 1, 0);
             px->lb_policy = -1;
             for (size_t k = 0; rc == 0 && k < PS_ARRAY_SIZE(names); k++)
                 if (strcmp(s->toks[1].text, names[k]) == 0)
                     px->lb_policy = (int)k;
             if (rc == 0 && px->lb_policy < 0)
-                rc = errf(c, &s->toks[1], "lb_policy: %s: not supported by psproxy",
-                          s->toks[1].text);
+                rc = cfg_errf(c, &s->toks[1], "lb_policy: %s: not supported by psproxy",
+                              s->toks[1].text);
         } else if (strcmp(n, "lb_try_duration") == 0) {
-            rc = arg_duration(c, s, n, &px->lb_try_duration);
+            rc = cfg_arg_duration(c, s, n, &px->lb_try_duration);
         } else if (strcmp(n, "lb_try_interval") == 0) {
-            rc = arg_duration(c, s, n, &px->lb_try_interval);
+            rc = cfg_arg_duration(c, s, n, &px->lb_try_interval);
         } else if (strcmp(n, "header_up") == 0 || strcmp(n, "header_down") == 0) {
             int up = n[7] == 'u';
             if (s->open != NULL)
-                return errf(c, s->open, "%s: unexpected block", n);
+                return cfg_errf(c, s->open, "%s: unexpected block", n);
             rc = parse_hdr_op(c, n, &s->toks[1], s->n_toks - 1, 0,
                               up ? &px->header_up : &px->header_down, up ? &upcap : &downcap);
         } else if (strcmp(n, "flush_interval") == 0) {
@@ -1312,64 +977,64 @@ static int parse_proxy(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
              * value is checked and otherwise ignored */
             uint64_t ms = 0;
             long v = 0;
-            rc = want_args(c, s, n, 1, 1, 0);
+            rc = cfg_want_args(c, s, n, 1, 1, 0);
             const char *a = rc == 0 ? s->toks[1].text : "0";
-            if (rc == 0 && strcmp(a, "-1") != 0 && parse_uint(a, 1L << 30, &v) != 0 &&
-                parse_duration(a, &ms) != 0)
-                rc = errf(c, &s->toks[1], "flush_interval: expected a duration or -1, got \"%s\"",
-                          a);
+            if (rc == 0 && strcmp(a, "-1") != 0 && cfg_parse_uint(a, 1L << 30, &v) != 0 &&
+                cfg_parse_duration(a, &ms) != 0)
+                rc = cfg_errf(c, &s->toks[1],
+                              "flush_interval: expected a duration or -1, got \"%s\"", a);
         } else if (strcmp(n, "transport") == 0) {
             rc = parse_transport(c, s, px);
         } else if (strcmp(n, "trusted_proxies") == 0) {
             rc = parse_trusted(c, s, px, &tcap);
         } else if (!parse_health(c, s, n, px, &rc)) {
-            rc = errf(c, &s->toks[0], "reverse_proxy: %s: not supported by psproxy", n);
+            rc = cfg_errf(c, &s->toks[0], "reverse_proxy: %s: not supported by psproxy", n);
         }
         if (rc != 0)
             return rc;
     }
     if (px->n_ups == 0)
-        return errf(c, &l->toks[0], "reverse_proxy: expected at least one upstream");
+        return cfg_errf(c, &l->toks[0], "reverse_proxy: expected at least one upstream");
     return 0;
 }
 
 /* request_body [matcher] { max_size SIZE } */
-static int parse_request_body(ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
+static int parse_request_body(cfg_ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
 {
     size_t argi;
     int rc = take_matcher(c, l, &h->match, &argi);
     if (rc != 0)
         return rc;
     if (l->n_toks > argi)
-        return errf(c, &l->toks[argi], "request_body: unexpected argument \"%s\"",
-                    l->toks[argi].text);
+        return cfg_errf(c, &l->toks[argi], "request_body: unexpected argument \"%s\"",
+                        l->toks[argi].text);
     h->kind = CFG_H_REQUEST_BODY;
     for (size_t i = 0; i < l->n_block; i++) {
         const cf_line_t *s = &l->block[i];
-        const char *n = name_of(s);
+        const char *n = cfg_line_name(s);
         if (strcmp(n, "max_size") != 0)
-            return errf(c, &s->toks[0], "request_body: %s: not supported by psproxy", n);
-        rc = want_args(c, s, "request_body: max_size", 1, 1, 0);
+            return cfg_errf(c, &s->toks[0], "request_body: %s: not supported by psproxy", n);
+        rc = cfg_want_args(c, s, "request_body: max_size", 1, 1, 0);
         if (rc != 0)
             return rc;
-        if (parse_size(s->toks[1].text, &h->u.request_body.max_size) != 0)
-            return errf(c, &s->toks[1],
-                        "request_body: max_size: expected a size like 10MB, got \"%s\"",
-                        s->toks[1].text);
+        if (cfg_parse_size(s->toks[1].text, &h->u.request_body.max_size) != 0)
+            return cfg_errf(c, &s->toks[1],
+                            "request_body: max_size: expected a size like 10MB, got \"%s\"",
+                            s->toks[1].text);
     }
     return 0;
 }
 
 /* ---- sites ------------------------------------------------------------- */
 
-static int parse_tls(ctx_t *c, const cf_line_t *l, cfg_site_t *site)
+static int parse_tls(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site)
 {
     if (site->tls.line != 0)
-        return errf(c, &l->toks[0], "tls: given twice in one site (first at line %d)",
-                    site->tls.line);
+        return cfg_errf(c, &l->toks[0], "tls: given twice in one site (first at line %d)",
+                        site->tls.line);
     if (l->open != NULL)
-        return errf(c, l->open, "tls: sub-directives are not supported by psproxy");
-    int rc = want_args(c, l, "tls", 1, 2, 0);
+        return cfg_errf(c, l->open, "tls: sub-directives are not supported by psproxy");
+    int rc = cfg_want_args(c, l, "tls", 1, 2, 0);
     if (rc != 0)
         return rc;
     const char *a = l->toks[1].text;
@@ -1381,10 +1046,10 @@ static int parse_tls(ctx_t *c, const cf_line_t *l, cfg_site_t *site)
     } else if (strchr(a, '@') != NULL) {
         site->tls.email = arena_strdup(c->a, a);
     } else {
-        return errf(c, &l->toks[1],
-                    "tls: expected internal, an email address, or CERT KEY, "
-                    "got \"%s\"",
-                    a);
+        return cfg_errf(c, &l->toks[1],
+                        "tls: expected internal, an email address, or CERT KEY, "
+                        "got \"%s\"",
+                        a);
     }
     site->tls.line = l->toks[0].line;
     return 0;
@@ -1392,28 +1057,28 @@ static int parse_tls(ctx_t *c, const cf_line_t *l, cfg_site_t *site)
 
 /* Caddy's roll_* options of `output file`: psproxy leaves rolling to
  * logrotate (SIGUSR1 reopens), and says so once rather than pretend. */
-static int parse_roll(ctx_t *c, const cf_line_t *s, cfg_site_t *site)
+static int parse_roll(cfg_ctx_t *c, const cf_line_t *s, cfg_site_t *site)
 {
-    static const char *const rolls[] = {"roll_size",     "roll_keep",        "roll_keep_for",
+    static const char *const rolls[] = {"roll_size",     "roll_keep",       "roll_keep_for",
                                         "roll_disabled", "roll_local_time", "roll_uncompressed"};
     for (size_t i = 0; i < s->n_block; i++) {
         const cf_line_t *r = &s->block[i];
-        const char *n = name_of(r);
+        const char *n = cfg_line_name(r);
         int known = 0;
         for (size_t k = 0; k < PS_ARRAY_SIZE(rolls); k++)
             known |= strcmp(n, rolls[k]) == 0;
         if (!known)
-            return errf(c, &r->toks[0], "log: output file: %s: not supported by psproxy", n);
+            return cfg_errf(c, &r->toks[0], "log: output file: %s: not supported by psproxy", n);
         site->log.roll_line = r->toks[0].line;
     }
     return 0;
 }
 
-static int parse_log(ctx_t *c, const cf_line_t *l, cfg_site_t *site)
+static int parse_log(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site)
 {
     if (site->log.enabled)
-        return errf(c, &l->toks[0], "log: given twice in one site");
-    int rc = want_args(c, l, "log", 0, 0, 1);
+        return cfg_errf(c, &l->toks[0], "log: given twice in one site");
+    int rc = cfg_want_args(c, l, "log", 0, 0, 1);
     if (rc != 0)
         return rc;
     site->log.enabled = 1;
@@ -1422,36 +1087,36 @@ static int parse_log(ctx_t *c, const cf_line_t *l, cfg_site_t *site)
     site->log.index = l->n_block > 0 ? c->n_logs++ : -1;
     for (size_t i = 0; i < l->n_block; i++) {
         const cf_line_t *s = &l->block[i];
-        const char *n = name_of(s);
+        const char *n = cfg_line_name(s);
         if (strcmp(n, "output") == 0) {
             int is_file = s->n_toks >= 2 && strcmp(s->toks[1].text, "file") == 0;
-            rc = want_args(c, s, "log: output", 1, 2, is_file);
+            rc = cfg_want_args(c, s, "log: output", 1, 2, is_file);
             const char *o = rc == 0 ? s->toks[1].text : "";
             if (rc != 0) {
             } else if (strcmp(o, "file") == 0) {
                 if (s->n_toks != 3)
-                    rc = errf(c, &s->toks[1], "log: output file: expected a path");
+                    rc = cfg_errf(c, &s->toks[1], "log: output file: expected a path");
                 else
                     site->log.file = arena_strdup(c->a, s->toks[2].text);
                 rc = rc != 0 ? rc : parse_roll(c, s, site);
             } else if (strcmp(o, "stderr") == 0 || strcmp(o, "stdout") == 0) {
                 /* stdout and stderr both reach the journal under systemd */
-                rc = want_args(c, s, "log: output", 1, 1, 0);
+                rc = cfg_want_args(c, s, "log: output", 1, 1, 0);
                 site->log.file = NULL;
             } else {
-                rc = errf(c, &s->toks[1], "log: output %s: not supported by psproxy", o);
+                rc = cfg_errf(c, &s->toks[1], "log: output %s: not supported by psproxy", o);
             }
         } else if (strcmp(n, "format") == 0) {
-            rc = want_args(c, s, "log: format", 1, 1, 0);
+            rc = cfg_want_args(c, s, "log: format", 1, 1, 0);
             if (rc == 0 && strcmp(s->toks[1].text, "json") == 0)
                 site->log.format = CFG_LOG_JSON;
             else if (rc == 0 && strcmp(s->toks[1].text, "console") == 0)
                 site->log.format = CFG_LOG_CONSOLE;
             else if (rc == 0)
-                rc = errf(c, &s->toks[1], "log: format %s: not supported by psproxy",
-                          s->toks[1].text);
+                rc = cfg_errf(c, &s->toks[1], "log: format %s: not supported by psproxy",
+                              s->toks[1].text);
         } else {
-            rc = errf(c, &s->toks[0], "log: %s: not supported by psproxy", n);
+            rc = cfg_errf(c, &s->toks[0], "log: %s: not supported by psproxy", n);
         }
         if (rc != 0)
             return rc;
@@ -1491,7 +1156,7 @@ static void sort_handlers(cfg_handler_t *v, size_t n)
     }
 }
 
-static int parse_site(ctx_t *c, const cf_block_t *b, cfg_site_t *site)
+static int parse_site(cfg_ctx_t *c, const cf_block_t *b, cfg_site_t *site)
 {
     size_t acap = 0, hcap = 0;
     int rc;
@@ -1508,12 +1173,12 @@ static int parse_site(ctx_t *c, const cf_block_t *b, cfg_site_t *site)
                    site->addrs[k].scheme == a.scheme;
         if (dup)
             continue;
-        site->addrs = grow(c->a, site->addrs, site->n_addrs, &acap, sizeof(*site->addrs));
+        site->addrs = cfg_grow(c->a, site->addrs, site->n_addrs, &acap, sizeof(*site->addrs));
         site->addrs[site->n_addrs++] = a;
     }
     for (size_t i = 0; i < b->n_lines; i++) {
         const cf_line_t *l = &b->lines[i];
-        const char *n = name_of(l);
+        const char *n = cfg_line_name(l);
         cfg_handler_t h = {.file = l->toks[0].file, .line = l->toks[0].line};
         rc = 0;
         if (strcmp(n, "reverse_proxy") == 0) {
@@ -1531,20 +1196,20 @@ static int parse_site(ctx_t *c, const cf_block_t *b, cfg_site_t *site)
         } else if (strcmp(n, "log") == 0) {
             rc = parse_log(c, l, site);
         } else if (n[0] == '@') {
-            rc = errf(c, &l->toks[0], "%s: named matchers are not supported by psproxy", n);
+            rc = cfg_errf(c, &l->toks[0], "%s: named matchers are not supported by psproxy", n);
         } else if (c->braceless && l->open != NULL) {
-            rc = errf(c, &l->toks[0],
-                      "%s: not supported by psproxy (if this is a site, every "
-                      "site needs braces when there are several)",
-                      n);
+            rc = cfg_errf(c, &l->toks[0],
+                          "%s: not supported by psproxy (if this is a site, every "
+                          "site needs braces when there are several)",
+                          n);
         } else {
-            rc = errf(c, &l->toks[0], "%s: not supported by psproxy", n);
+            rc = cfg_errf(c, &l->toks[0], "%s: not supported by psproxy", n);
         }
         if (rc != 0)
             return rc;
         if (h.kind != 0) {
             site->handlers =
-                grow(c->a, site->handlers, site->n_handlers, &hcap, sizeof(*site->handlers));
+                cfg_grow(c->a, site->handlers, site->n_handlers, &hcap, sizeof(*site->handlers));
             site->handlers[site->n_handlers++] = h;
         }
     }
@@ -1596,7 +1261,7 @@ static int site_less(const cfg_site_t *i, const cfg_site_t *j, int port)
     return il > jl;
 }
 
-static int build_listeners(ctx_t *c)
+static int build_listeners(cfg_ctx_t *c)
 {
     cfg_t *cfg = c->cfg;
     size_t lcap = 0;
@@ -1610,8 +1275,8 @@ static int build_listeners(ctx_t *c)
                     ln = &cfg->listeners[k];
             const cf_token_t at = {.file = s->file, .line = a->line};
             if (ln == NULL) {
-                cfg->listeners =
-                    grow(c->a, cfg->listeners, cfg->n_listeners, &lcap, sizeof(*cfg->listeners));
+                cfg->listeners = cfg_grow(c->a, cfg->listeners, cfg->n_listeners, &lcap,
+                                          sizeof(*cfg->listeners));
                 ln = &cfg->listeners[cfg->n_listeners++];
                 memset(ln, 0, sizeof(*ln));
                 ln->port = a->port;
@@ -1626,14 +1291,14 @@ static int build_listeners(ctx_t *c)
                     if (oa->port != a->port)
                         continue;
                     if (oa->scheme != a->scheme)
-                        return errf(c, &at,
-                                    "port %d serves %s (%s:%d) and %s here: one port cannot mix "
-                                    "http and https",
-                                    a->port, oa->scheme == CFG_SCHEME_HTTP ? "http" : "https",
-                                    o->file, oa->line,
-                                    a->scheme == CFG_SCHEME_HTTP ? "http" : "https");
+                        return cfg_errf(
+                            c, &at,
+                            "port %d serves %s (%s:%d) and %s here: one port cannot mix "
+                            "http and https",
+                            a->port, oa->scheme == CFG_SCHEME_HTTP ? "http" : "https", o->file,
+                            oa->line, a->scheme == CFG_SCHEME_HTTP ? "http" : "https");
                     if (o != s && strcmp(oa->host, a->host) == 0)
-                        return errf(
+                        return cfg_errf(
                             c, &at, "ambiguous site definition: %s:%d is also defined at %s:%d",
                             a->host[0] ? a->host : "(any host)", a->port, o->file, oa->line);
                 }
@@ -1661,7 +1326,7 @@ static int build_listeners(ctx_t *c)
                 ln = &cfg->listeners[k];
         if (ln == NULL) {
             cfg->listeners =
-                grow(c->a, cfg->listeners, cfg->n_listeners, &lcap, sizeof(*cfg->listeners));
+                cfg_grow(c->a, cfg->listeners, cfg->n_listeners, &lcap, sizeof(*cfg->listeners));
             ln = &cfg->listeners[cfg->n_listeners++];
             memset(ln, 0, sizeof(*ln));
             ln->port = cfg->http_port;
@@ -1693,7 +1358,7 @@ static int build_listeners(ctx_t *c)
     return 0;
 }
 
-static int interpret(ctx_t *c, const cf_block_t *blocks, size_t n)
+static int interpret(cfg_ctx_t *c, const cf_block_t *blocks, size_t n)
 {
     cfg_t *cfg = c->cfg;
     size_t first = 0;
@@ -1709,9 +1374,9 @@ static int interpret(ctx_t *c, const cf_block_t *blocks, size_t n)
         const cf_block_t *b = &blocks[i];
         if (b->n_keys == 0) {
             const cf_token_t at = {.file = b->file, .line = b->line};
-            return errf(c, &at,
-                        "a block without addresses is the global options block and "
-                        "must come first");
+            return cfg_errf(c, &at,
+                            "a block without addresses is the global options block and "
+                            "must come first");
         }
         c->braceless = !b->has_braces;
         rc = parse_site(c, b, &cfg->sites[cfg->n_sites]);
@@ -1743,7 +1408,7 @@ static int cfg_build(const char *name, const char *text, size_t len, cfg_t **out
     size_t n = 0;
     arena_t *a = arena_new();
     cfg_t *cfg = arena_alloc(a, sizeof(*cfg));
-    ctx_t c = {.cfg = cfg, .a = a, .err = err, .errlen = errlen};
+    cfg_ctx_t c = {.cfg = cfg, .a = a, .err = err, .errlen = errlen};
 
     *out = NULL;
     if (errlen > 0)
@@ -1862,7 +1527,8 @@ int cfg_check_certs(const cfg_t *cfg, char *err, size_t errlen)
             } else if ((what = acme_refusal(cfg, addr->host, &local)) != NULL) {
                 /* where Caddy would use its local CA psproxy differs on
                  * purpose: it has none yet, so the site needs its own */
-                snprintf(err, errlen, "%s:%d: %s: %s%s: give the site tls CERT_FILE KEY_FILE%s, "
+                snprintf(err, errlen,
+                         "%s:%d: %s: %s%s: give the site tls CERT_FILE KEY_FILE%s, "
                          "or serve it as http://%s%s%s",
                          site->file, addr->line, addr->host, what,
                          local ? " (Caddy would use its local CA, which psproxy does not have "
@@ -2039,15 +1705,13 @@ static cJSON *tmpl_json(const cfg_tmpl_t *t)
     for (size_t i = 0; i < t->n_parts; i++) {
         const cfg_tmpl_part_t *p = &t->parts[i];
         if (p->var != CFG_VAR_NONE) {
-            for (size_t k = 0; k < PS_ARRAY_SIZE(vars); k++)
-                if (vars[k].var == p->var)
-                    w += sprintf(w, "{%s}", vars[k].longname);
+            w += sprintf(w, "{%s}", cfg_var_name(p->var));
             continue;
         }
         for (size_t k = 0; k < p->len; k++) {
             if (p->lit[k] == '{') { /* escape only what would read as a placeholder */
                 size_t e = k + 1;
-                while (e < p->len && is_var_char(p->lit[e]))
+                while (e < p->len && cfg_is_var_char(p->lit[e]))
                     e++;
                 if (e > k + 1 && e < p->len && p->lit[e] == '}')
                     *w++ = '\\';

@@ -1,0 +1,72 @@
+/* What the files of src/config/ share while they read a Caddyfile into a
+ * cfg_t: the reading context, errors naming file:line, and the argument
+ * helpers (args.c). Private to src/config/; the API is config.h. */
+#ifndef PS_CONFIG_PARSE_H
+#define PS_CONFIG_PARSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "arena.h"
+#include "caddyfile.h"
+#include "config.h"
+
+/* One load: the snapshot being built, the arena it lives in, and where
+ * the first error goes. */
+typedef struct cfg_ctx {
+    cfg_t *cfg;
+    arena_t *a;
+    char *err;
+    size_t errlen;
+    int braceless; /* the site being read has no braces */
+    int n_logs;    /* `log` directives with options so far: Caddy names them log0, log1... */
+} cfg_ctx_t;
+
+/* Writes "file:line: " (T's) and the message into the context's error
+ * buffer. Returns PS_ECONFIG, so that callers can return it. */
+int cfg_errf(cfg_ctx_t *c, const cf_token_t *t, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Room for one more element of SIZE bytes in the arena array V of N
+ * elements (capacity *CAP): V itself, or a copy twice as large. */
+void *cfg_grow(arena_t *a, void *v, size_t n, size_t *cap, size_t size);
+char *cfg_lower_dup(arena_t *a, const char *s);
+
+/* ---- values: 0, or -1 when S is not one --------------------------------- */
+
+/* Go's time.ParseDuration plus Caddy's "d", in milliseconds rounded up. */
+int cfg_parse_duration(const char *s, uint64_t *ms);
+/* go-humanize ParseBytes: "16KB" is 16000, "16KiB" 16384. */
+int cfg_parse_size(const char *s, uint64_t *out);
+/* 1 to 65535 */
+int cfg_parse_port(const char *s, int *port);
+/* digits only, at most MAX */
+int cfg_parse_uint(const char *s, long max, long *out);
+
+/* ---- lines: 0, or PS_ECONFIG with the error written ---------------------- */
+
+static inline const char *cfg_line_name(const cf_line_t *l)
+{
+    return l->toks[0].text;
+}
+
+/* Requires MIN..MAX arguments after the name and, unless BLOCK_OK, no
+ * block. WHAT prefixes the message ("servers: timeouts"). */
+int cfg_want_args(cfg_ctx_t *c, const cf_line_t *l, const char *what, size_t min, size_t max,
+                  int block_ok);
+/* One argument, a duration (ms) or a string (copied into the arena). */
+int cfg_arg_duration(cfg_ctx_t *c, const cf_line_t *l, const char *what, uint64_t *ms);
+int cfg_arg_string(cfg_ctx_t *c, const cf_line_t *l, const char *what, const char **out);
+
+/* ---- placeholders -------------------------------------------------------- */
+
+/* Compiles S (from token T) into literal parts and the placeholders
+ * psproxy knows; an unknown one is an error. */
+int cfg_tmpl_compile(cfg_ctx_t *c, const cf_token_t *t, const char *what, const char *s,
+                     cfg_tmpl_t *out);
+/* Whether CH may appear in a placeholder's name. */
+int cfg_is_var_char(char ch);
+/* The long name of placeholder VAR (enum cfg_var), as Caddy's JSON spells it. */
+const char *cfg_var_name(int var);
+
+#endif
