@@ -69,4 +69,13 @@ int cfg_is_var_char(char ch);
 /* The long name of placeholder VAR (enum cfg_var), as Caddy's JSON spells it. */
 const char *cfg_var_name(int var);
 
+/* ---- matchers (matchers.c) ----------------------------------------------- */
+
+/* The matcher token after a directive name: "*" (*MATCH NULL), a path
+ * (lower-cased into *MATCH), or none; *ARGI is the index of the first
+ * argument after it. A named matcher (@name) is an error. */
+int cfg_take_matcher(cfg_ctx_t *c, const cf_line_t *l, const char **match, size_t *argi);
+/* "10.0.0.0/8", "::1": 0, or -1 when TEXT is no address range. */
+int cfg_parse_cidr(const char *text, cfg_cidr_t *out);
+
 #endif
