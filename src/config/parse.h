@@ -78,4 +78,14 @@ int cfg_take_matcher(cfg_ctx_t *c, const cf_line_t *l, const char **match, size_
 /* "10.0.0.0/8", "::1": 0, or -1 when TEXT is no address range. */
 int cfg_parse_cidr(const char *text, cfg_cidr_t *out);
 
+/* ---- site directives ----------------------------------------------------- */
+
+/* One header operation, [+|-|?]Name [value] (">Name value" too when
+ * ALLOW_DEFER), from the N tokens ARGS, appended to OPS (capacity *CAP).
+ * WHAT names the directive in messages. */
+int cfg_parse_hdr_op(cfg_ctx_t *c, const char *what, const cf_token_t *args, size_t n,
+                     int allow_defer, cfg_hdr_ops_t *ops, size_t *cap);
+/* reverse_proxy [matcher] UPSTREAMS... { ... } into H (reverse_proxy.c). */
+int cfg_parse_reverse_proxy(cfg_ctx_t *c, const cf_line_t *l, cfg_handler_t *h);
+
 #endif
