@@ -78,6 +78,11 @@ int cfg_take_matcher(cfg_ctx_t *c, const cf_line_t *l, const char **match, size_
 /* "10.0.0.0/8", "::1": 0, or -1 when TEXT is no address range. */
 int cfg_parse_cidr(const char *text, cfg_cidr_t *out);
 
+/* ---- blocks --------------------------------------------------------------- */
+
+/* The global options block B into the snapshot (global.c). */
+int cfg_parse_global(cfg_ctx_t *c, const cf_block_t *b);
+
 /* ---- site directives ----------------------------------------------------- */
 
 /* One header operation, [+|-|?]Name [value] (">Name value" too when
