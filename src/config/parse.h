@@ -83,6 +83,11 @@ int cfg_parse_cidr(const char *text, cfg_cidr_t *out);
 /* The global options block B into the snapshot (global.c). */
 int cfg_parse_global(cfg_ctx_t *c, const cf_block_t *b);
 
+/* Site block B (addresses, then directives) into SITE (site.c). */
+int cfg_parse_site(cfg_ctx_t *c, const cf_block_t *b, cfg_site_t *site);
+/* The listeners of the sites read so far, in Caddy's order (site.c). */
+int cfg_build_listeners(cfg_ctx_t *c);
+
 /* ---- site directives ----------------------------------------------------- */
 
 /* One header operation, [+|-|?]Name [value] (">Name value" too when
