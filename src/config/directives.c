@@ -82,7 +82,7 @@ int cfg_parse_hdr_op(cfg_ctx_t *c, const char *what, const cf_token_t *args, siz
     return 0;
 }
 
-static int parse_header(cfg_ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
+static int parse_header(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site, cfg_handler_t *h)
 {
     size_t argi, cap = 0;
     int rc = cfg_take_matcher(c, l, &h->match, &argi);
@@ -131,7 +131,7 @@ static int is_status3(const char *s)
 
 /* Caddy's respond: one argument is a status when it is three digits, else
  * a body; two are body then status. */
-static int parse_respond(cfg_ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
+static int parse_respond(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site, cfg_handler_t *h)
 {
     size_t argi;
     int rc = cfg_take_matcher(c, l, &h->match, &argi);
@@ -188,7 +188,7 @@ static int parse_respond(cfg_ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
     return 0;
 }
 
-static int parse_redir(cfg_ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
+static int parse_redir(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site, cfg_handler_t *h)
 {
     size_t argi;
     int rc = cfg_take_matcher(c, l, &h->match, &argi);
@@ -224,7 +224,7 @@ static int parse_redir(cfg_ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
 }
 
 /* request_body [matcher] { max_size SIZE } */
-static int parse_request_body(cfg_ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
+static int parse_request_body(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site, cfg_handler_t *h)
 {
     size_t argi;
     int rc = cfg_take_matcher(c, l, &h->match, &argi);
@@ -250,7 +250,7 @@ static int parse_request_body(cfg_ctx_t *c, const cf_line_t *l, cfg_handler_t *h
     return 0;
 }
 
-static int parse_tls(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site)
+static int parse_tls(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site, cfg_handler_t *h)
 {
     if (site->tls.line != 0)
         return cfg_errf(c, &l->toks[0], "tls: given twice in one site (first at line %d)",
@@ -297,7 +297,7 @@ static int parse_roll(cfg_ctx_t *c, const cf_line_t *s, cfg_site_t *site)
     return 0;
 }
 
-static int parse_log(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site)
+static int parse_log(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site, cfg_handler_t *h)
 {
     if (site->log.enabled)
         return cfg_errf(c, &l->toks[0], "log: given twice in one site");
@@ -379,6 +379,33 @@ static void sort_handlers(cfg_handler_t *v, size_t n)
     }
 }
 
+/* A site directive: PARSE reads line L into handler H, which joins the
+ * site when it sets h->kind, or into SITE's own settings (tls, log). */
+typedef struct directive {
+    const char *name;
+    int (*parse)(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site, cfg_handler_t *h);
+} directive_t;
+
+/* Every directive a site block takes; directive_rank orders their
+ * handlers as Caddy does. */
+static const directive_t directives[] = {
+    {"header", parse_header},                   /* response (or deferred) header fields */
+    {"request_body", parse_request_body},       /* a limit on request bodies */
+    {"redir", parse_redir},                     /* a redirect */
+    {"respond", parse_respond},                 /* a fixed answer */
+    {"reverse_proxy", cfg_parse_reverse_proxy}, /* reverse_proxy.c */
+    {"tls", parse_tls},                         /* the site's certificate */
+    {"log", parse_log},                         /* the site's access log */
+};
+
+static const directive_t *find_directive(const char *name)
+{
+    for (size_t i = 0; i < PS_ARRAY_SIZE(directives); i++)
+        if (strcmp(directives[i].name, name) == 0)
+            return &directives[i];
+    return NULL;
+}
+
 /* Reads the directive lines of site block B into SITE: its handlers, in
  * Caddy's order, and its tls and log settings. */
 int cfg_parse_directives(cfg_ctx_t *c, const cf_block_t *b, cfg_site_t *site)
@@ -389,21 +416,9 @@ int cfg_parse_directives(cfg_ctx_t *c, const cf_block_t *b, cfg_site_t *site)
         const cf_line_t *l = &b->lines[i];
         const char *n = cfg_line_name(l);
         cfg_handler_t h = {.file = l->toks[0].file, .line = l->toks[0].line};
-        rc = 0;
-        if (strcmp(n, "reverse_proxy") == 0) {
-            rc = cfg_parse_reverse_proxy(c, l, &h);
-        } else if (strcmp(n, "header") == 0) {
-            rc = parse_header(c, l, &h);
-        } else if (strcmp(n, "respond") == 0) {
-            rc = parse_respond(c, l, &h);
-        } else if (strcmp(n, "redir") == 0) {
-            rc = parse_redir(c, l, &h);
-        } else if (strcmp(n, "request_body") == 0) {
-            rc = parse_request_body(c, l, &h);
-        } else if (strcmp(n, "tls") == 0) {
-            rc = parse_tls(c, l, site);
-        } else if (strcmp(n, "log") == 0) {
-            rc = parse_log(c, l, site);
+        const directive_t *d = find_directive(n);
+        if (d != NULL) {
+            rc = d->parse(c, l, site, &h);
         } else if (n[0] == '@') {
             rc = cfg_errf(c, &l->toks[0], "%s: named matchers are not supported by psproxy", n);
         } else if (c->braceless && l->open != NULL) {

@@ -97,7 +97,8 @@ int cfg_parse_hdr_op(cfg_ctx_t *c, const char *what, const cf_token_t *args, siz
                      int allow_defer, cfg_hdr_ops_t *ops, size_t *cap);
 /* Reads the directive lines of site block B into SITE (directives.c). */
 int cfg_parse_directives(cfg_ctx_t *c, const cf_block_t *b, cfg_site_t *site);
-/* reverse_proxy [matcher] UPSTREAMS... { ... } into H (reverse_proxy.c). */
-int cfg_parse_reverse_proxy(cfg_ctx_t *c, const cf_line_t *l, cfg_handler_t *h);
+/* reverse_proxy [matcher] UPSTREAMS... { ... } into H (reverse_proxy.c);
+ * a row of directives.c's table, so it takes SITE, which it does not use. */
+int cfg_parse_reverse_proxy(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site, cfg_handler_t *h);
 
 #endif

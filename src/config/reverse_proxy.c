@@ -263,7 +263,7 @@ static int parse_health(cfg_ctx_t *c, const cf_line_t *s, const char *n, cfg_pro
     return 1;
 }
 
-int cfg_parse_reverse_proxy(cfg_ctx_t *c, const cf_line_t *l, cfg_handler_t *h)
+int cfg_parse_reverse_proxy(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site, cfg_handler_t *h)
 {
     size_t argi, ucap = 0, upcap = 0, downcap = 0, tcap = 0;
     int rc = cfg_take_matcher(c, l, &h->match, &argi);
