@@ -250,6 +250,15 @@ int cfg_arg_duration(cfg_ctx_t *c, const cf_line_t *l, const char *what, uint64_
     return 0;
 }
 
+int cfg_arg_port(cfg_ctx_t *c, const cf_line_t *l, const char *what, int *port)
+{
+    int rc = cfg_want_args(c, l, what, 1, 1, 0);
+    if (rc == 0 && cfg_parse_port(l->toks[1].text, port) != 0)
+        rc = cfg_errf(c, &l->toks[1], "%s: expected a port number, got \"%s\"", what,
+                      l->toks[1].text);
+    return rc;
+}
+
 int cfg_arg_string(cfg_ctx_t *c, const cf_line_t *l, const char *what, const char **out)
 {
     int rc = cfg_want_args(c, l, what, 1, 1, 0);

@@ -47,11 +47,7 @@ static int opt_duration(cfg_ctx_t *c, const cf_line_t *l, void *field)
 
 static int opt_port(cfg_ctx_t *c, const cf_line_t *l, void *field)
 {
-    const char *n = cfg_line_name(l);
-    int rc = cfg_want_args(c, l, n, 1, 1, 0);
-    if (rc == 0 && cfg_parse_port(l->toks[1].text, field) != 0)
-        rc = cfg_errf(c, &l->toks[1], "%s: expected a port number, got \"%s\"", n, l->toks[1].text);
-    return rc;
+    return cfg_arg_port(c, l, cfg_line_name(l), field);
 }
 
 /* ---- servers { } ---------------------------------------------------- */

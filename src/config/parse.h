@@ -54,8 +54,10 @@ static inline const char *cfg_line_name(const cf_line_t *l)
  * block. WHAT prefixes the message ("servers: timeouts"). */
 int cfg_want_args(cfg_ctx_t *c, const cf_line_t *l, const char *what, size_t min, size_t max,
                   int block_ok);
-/* One argument, a duration (ms) or a string (copied into the arena). */
+/* One argument: a duration (ms), a port, or a string (copied into the
+ * arena). */
 int cfg_arg_duration(cfg_ctx_t *c, const cf_line_t *l, const char *what, uint64_t *ms);
+int cfg_arg_port(cfg_ctx_t *c, const cf_line_t *l, const char *what, int *port);
 int cfg_arg_string(cfg_ctx_t *c, const cf_line_t *l, const char *what, const char **out);
 
 /* ---- placeholders -------------------------------------------------------- */
