@@ -9,22 +9,7 @@
 
 #include "common.h"
 
-/* Caddy's directive order (httpcaddyfile/directives.go) for the subset. */
-static int directive_rank(int kind)
-{
-    switch (kind) {
-    case CFG_H_HEADER:
-        return 0;
-    case CFG_H_REQUEST_BODY:
-        return 1;
-    case CFG_H_REDIR:
-        return 2;
-    case CFG_H_RESPOND:
-        return 3;
-    default:
-        return 4;
-    }
-}
+/* ---- header ------------------------------------------------------------ */
 
 static int is_tchar(char ch)
 {
@@ -120,6 +105,35 @@ static int parse_header(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site, cfg_
     }
     if (ops->n == 0)
         return cfg_errf(c, &l->toks[0], "header: expected at least one header field");
+    return 0;
+}
+
+/* ---- request_body, redir, respond -------------------------------------- */
+
+/* request_body [matcher] { max_size SIZE } */
+static int parse_request_body(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site, cfg_handler_t *h)
+{
+    size_t argi;
+    int rc = cfg_take_matcher(c, l, &h->match, &argi);
+    if (rc != 0)
+        return rc;
+    if (l->n_toks > argi)
+        return cfg_errf(c, &l->toks[argi], "request_body: unexpected argument \"%s\"",
+                        l->toks[argi].text);
+    h->kind = CFG_H_REQUEST_BODY;
+    for (size_t i = 0; i < l->n_block; i++) {
+        const cf_line_t *s = &l->block[i];
+        const char *n = cfg_line_name(s);
+        if (strcmp(n, "max_size") != 0)
+            return cfg_errf(c, &s->toks[0], "request_body: %s: not supported by psproxy", n);
+        rc = cfg_want_args(c, s, "request_body: max_size", 1, 1, 0);
+        if (rc != 0)
+            return rc;
+        if (cfg_parse_size(s->toks[1].text, &h->u.request_body.max_size) != 0)
+            return cfg_errf(c, &s->toks[1],
+                            "request_body: max_size: expected a size like 10MB, got \"%s\"",
+                            s->toks[1].text);
+    }
     return 0;
 }
 
@@ -223,32 +237,7 @@ static int parse_redir(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site, cfg_h
     return cfg_tmpl_compile(c, &l->toks[argi], "redir", l->toks[argi].text, &h->u.redir.to);
 }
 
-/* request_body [matcher] { max_size SIZE } */
-static int parse_request_body(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site, cfg_handler_t *h)
-{
-    size_t argi;
-    int rc = cfg_take_matcher(c, l, &h->match, &argi);
-    if (rc != 0)
-        return rc;
-    if (l->n_toks > argi)
-        return cfg_errf(c, &l->toks[argi], "request_body: unexpected argument \"%s\"",
-                        l->toks[argi].text);
-    h->kind = CFG_H_REQUEST_BODY;
-    for (size_t i = 0; i < l->n_block; i++) {
-        const cf_line_t *s = &l->block[i];
-        const char *n = cfg_line_name(s);
-        if (strcmp(n, "max_size") != 0)
-            return cfg_errf(c, &s->toks[0], "request_body: %s: not supported by psproxy", n);
-        rc = cfg_want_args(c, s, "request_body: max_size", 1, 1, 0);
-        if (rc != 0)
-            return rc;
-        if (cfg_parse_size(s->toks[1].text, &h->u.request_body.max_size) != 0)
-            return cfg_errf(c, &s->toks[1],
-                            "request_body: max_size: expected a size like 10MB, got \"%s\"",
-                            s->toks[1].text);
-    }
-    return 0;
-}
+/* ---- tls, log: the site's own settings --------------------------------- */
 
 static int parse_tls(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site, cfg_handler_t *h)
 {
@@ -347,6 +336,25 @@ static int parse_log(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site, cfg_han
     return 0;
 }
 
+/* ---- order ------------------------------------------------------------- */
+
+/* Caddy's directive order (httpcaddyfile/directives.go) for the subset. */
+static int directive_rank(int kind)
+{
+    switch (kind) {
+    case CFG_H_HEADER:
+        return 0;
+    case CFG_H_REQUEST_BODY:
+        return 1;
+    case CFG_H_REDIR:
+        return 2;
+    case CFG_H_RESPOND:
+        return 3;
+    default:
+        return 4;
+    }
+}
+
 static size_t match_len(const cfg_handler_t *h)
 {
     return h->match ? strlen(h->match) : 0;
@@ -378,6 +386,8 @@ static void sort_handlers(cfg_handler_t *v, size_t n)
         }
     }
 }
+
+/* ---- the table --------------------------------------------------------- */
 
 /* A site directive: PARSE reads line L into handler H, which joins the
  * site when it sets h->kind, or into SITE's own settings (tls, log). */

@@ -33,7 +33,7 @@ static int read_option(cfg_ctx_t *c, const option_t *o, const cf_line_t *l)
     return o->parse(c, l, (char *)c->cfg + o->offset);
 }
 
-/* ---- values: the option's name leads the message -------------------- */
+/* ---- values: the option's name leads the message ----------------------- */
 
 static int opt_string(cfg_ctx_t *c, const cf_line_t *l, void *field)
 {
@@ -50,7 +50,7 @@ static int opt_port(cfg_ctx_t *c, const cf_line_t *l, void *field)
     return cfg_arg_port(c, l, cfg_line_name(l), field);
 }
 
-/* ---- servers { } ---------------------------------------------------- */
+/* ---- servers { } ------------------------------------------------------- */
 
 static const option_t timeouts_options[] = {
     {"read_header", opt_duration, AT(timeouts.read_header)},
@@ -143,7 +143,7 @@ static int opt_servers(cfg_ctx_t *c, const cf_line_t *l, void *field)
     return 0;
 }
 
-/* ---- storage -------------------------------------------------------- */
+/* ---- storage ----------------------------------------------------------- */
 
 /* a postgres option's value; its messages name the module */
 static int opt_postgres_string(cfg_ctx_t *c, const cf_line_t *l, void *field)
@@ -227,7 +227,7 @@ static int opt_storage(cfg_ctx_t *c, const cf_line_t *l, void *field)
     return 0;
 }
 
-/* ---- the global options block ---------------------------------------- */
+/* ---- the global options block ------------------------------------------ */
 
 static int opt_admin(cfg_ctx_t *c, const cf_line_t *l, void *field)
 {

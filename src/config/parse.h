@@ -1,6 +1,7 @@
 /* What the files of src/config/ share while they read a Caddyfile into a
- * cfg_t: the reading context, errors naming file:line, and the argument
- * helpers (args.c). Private to src/config/; the API is config.h. */
+ * cfg_t: the reading context, errors naming file:line, the argument
+ * helpers (args.c), and each file's entry point. Private to src/config/;
+ * the API is config.h. */
 #ifndef PS_CONFIG_PARSE_H
 #define PS_CONFIG_PARSE_H
 
@@ -32,7 +33,7 @@ int cfg_errf(cfg_ctx_t *c, const cf_token_t *t, const char *fmt, ...)
 void *cfg_grow(arena_t *a, void *v, size_t n, size_t *cap, size_t size);
 char *cfg_lower_dup(arena_t *a, const char *s);
 
-/* ---- values: 0, or -1 when S is not one --------------------------------- */
+/* ---- values: 0, or -1 when S is not one -------------------------------- */
 
 /* Go's time.ParseDuration plus Caddy's "d", in milliseconds rounded up. */
 int cfg_parse_duration(const char *s, uint64_t *ms);
@@ -43,7 +44,7 @@ int cfg_parse_port(const char *s, int *port);
 /* digits only, at most MAX */
 int cfg_parse_uint(const char *s, long max, long *out);
 
-/* ---- lines: 0, or PS_ECONFIG with the error written ---------------------- */
+/* ---- lines: 0, or PS_ECONFIG with the error written -------------------- */
 
 static inline const char *cfg_line_name(const cf_line_t *l)
 {
@@ -60,7 +61,7 @@ int cfg_arg_duration(cfg_ctx_t *c, const cf_line_t *l, const char *what, uint64_
 int cfg_arg_port(cfg_ctx_t *c, const cf_line_t *l, const char *what, int *port);
 int cfg_arg_string(cfg_ctx_t *c, const cf_line_t *l, const char *what, const char **out);
 
-/* ---- placeholders -------------------------------------------------------- */
+/* ---- placeholders ------------------------------------------------------ */
 
 /* Compiles S (from token T) into literal parts and the placeholders
  * psproxy knows; an unknown one is an error. */
@@ -71,7 +72,7 @@ int cfg_is_var_char(char ch);
 /* The long name of placeholder VAR (enum cfg_var), as Caddy's JSON spells it. */
 const char *cfg_var_name(int var);
 
-/* ---- matchers (matchers.c) ----------------------------------------------- */
+/* ---- matchers (matchers.c) --------------------------------------------- */
 
 /* The matcher token after a directive name: "*" (*MATCH NULL), a path
  * (lower-cased into *MATCH), or none; *ARGI is the index of the first
@@ -80,7 +81,7 @@ int cfg_take_matcher(cfg_ctx_t *c, const cf_line_t *l, const char **match, size_
 /* "10.0.0.0/8", "::1": 0, or -1 when TEXT is no address range. */
 int cfg_parse_cidr(const char *text, cfg_cidr_t *out);
 
-/* ---- blocks --------------------------------------------------------------- */
+/* ---- blocks ------------------------------------------------------------ */
 
 /* The global options block B into the snapshot (global.c). */
 int cfg_parse_global(cfg_ctx_t *c, const cf_block_t *b);
@@ -90,7 +91,7 @@ int cfg_parse_site(cfg_ctx_t *c, const cf_block_t *b, cfg_site_t *site);
 /* The listeners of the sites read so far, in Caddy's order (site.c). */
 int cfg_build_listeners(cfg_ctx_t *c);
 
-/* ---- site directives ----------------------------------------------------- */
+/* ---- site directives --------------------------------------------------- */
 
 /* One header operation, [+|-|?]Name [value] (">Name value" too when
  * ALLOW_DEFER), from the N tokens ARGS, appended to OPS (capacity *CAP).

@@ -132,7 +132,7 @@ static int add_upstreams(rp_t *r, const cf_token_t *toks, size_t n)
     return 0;
 }
 
-/* ---- values: the sub-directive's name leads the message --------------- */
+/* ---- values: the sub-directive's name leads the message ---------------- */
 
 /* "200" or "2xx" (Caddy's health_status / unhealthy_status) */
 static int parse_status_match(const char *s, cfg_status_t *out)
@@ -188,7 +188,7 @@ static int rp_status(rp_t *r, const cf_line_t *s, void *field)
     return rc;
 }
 
-/* ---- upstreams and balancing ------------------------------------------ */
+/* ---- upstreams and balancing ------------------------------------------- */
 
 static int rp_to(rp_t *r, const cf_line_t *s, void *field)
 {
@@ -219,7 +219,7 @@ static int rp_lb_retries(rp_t *r, const cf_line_t *s, void *field)
     return arg_count(r->c, s, cfg_line_name(s), 0, field);
 }
 
-/* ---- headers ---------------------------------------------------------- */
+/* ---- headers ----------------------------------------------------------- */
 
 static int header_op(rp_t *r, const cf_line_t *s, cfg_hdr_ops_t *ops, size_t *cap)
 {
@@ -254,7 +254,7 @@ static int rp_flush_interval(rp_t *r, const cf_line_t *s, void *field)
     return rc;
 }
 
-/* ---- transport http { } ----------------------------------------------- */
+/* ---- transport http { } ------------------------------------------------ */
 
 static int rp_keepalive(rp_t *r, const cf_line_t *s, void *field)
 {
@@ -311,7 +311,7 @@ static int rp_transport(rp_t *r, const cf_line_t *l, void *field)
     return 0;
 }
 
-/* ---- trusted_proxies -------------------------------------------------- */
+/* ---- trusted_proxies --------------------------------------------------- */
 
 /* Caddy's private_ranges shorthand */
 static const char *const private_ranges[] = {
@@ -347,7 +347,7 @@ static int rp_trusted(rp_t *r, const cf_line_t *s, void *field)
     return rc;
 }
 
-/* ---- health checks ---------------------------------------------------- */
+/* ---- health checks ----------------------------------------------------- */
 
 static int rp_health_uri(rp_t *r, const cf_line_t *s, void *field)
 {
@@ -393,7 +393,7 @@ static int rp_not_yet(rp_t *r, const cf_line_t *s, void *field)
     return cfg_errf(r->c, &s->toks[0], "%s: not supported by psproxy yet", cfg_line_name(s));
 }
 
-/* ---- reverse_proxy { } ------------------------------------------------ */
+/* ---- reverse_proxy { } ------------------------------------------------- */
 
 static const rp_option_t proxy_options[] = {
     {"to", rp_to, 0},
