@@ -1,7 +1,7 @@
-/* libFuzzer target: the Caddyfile parser (caddyfile.c lexer, imports and
- * snippets; config.c meaning), then the JSON dump of what loaded. Relative
- * imports resolve against tests/unit/config, so "import snippets.conf"
- * and a glob over sites/ reach real files. */
+/* libFuzzer target: the Caddyfile parser (config/caddyfile.c: lexer,
+ * imports and snippets; the rest of src/config/: meaning), then the JSON
+ * dump of what loaded. Relative imports resolve against tests/unit/config,
+ * so "import snippets.conf" and a glob over sites/ reach real files. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

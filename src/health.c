@@ -153,7 +153,7 @@ health_t *health_start(uv_loop_t *loop, const cfg_t *cfg, up_targets_t *targets)
         int v6 = strchr(t->host, ':') != NULL;
         snprintf(c->url, sizeof(c->url), "http://%s%s%s:%s%s", v6 ? "[" : "", t->host,
                  v6 ? "]" : "", c->p->health_port != 0 ? port : t->port, c->p->health_uri);
-        /* config.c compiled it once already: it is valid */
+        /* config/reverse_proxy.c compiled it once: it is valid */
         c->has_re = c->p->health_body != NULL &&
                     regcomp(&c->body_re, c->p->health_body, REG_EXTENDED | REG_NOSUB) == 0;
         uv_timer_init(loop, &c->timer);

@@ -1,6 +1,7 @@
-/* Unit tests for the Caddyfile parser (caddyfile.c) and the configuration
- * built from it (config.c): each case is one behaviour, with Caddy 2.6's
- * meaning checked against `caddy adapt`. Runs with workdir tests/unit. */
+/* Unit tests for the Caddyfile parser (config/caddyfile.c) and the
+ * configuration built from it (the rest of src/config/): each case is one
+ * behaviour, with Caddy 2.6's meaning checked against `caddy adapt`. Runs
+ * with workdir tests/unit. */
 #include "config.h"
 
 #include <stdlib.h>
