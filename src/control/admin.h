@@ -6,7 +6,7 @@
 
 #include <uv.h>
 
-#include "server.h"
+#include "service.h"
 
 typedef struct admin admin_t;
 

@@ -22,7 +22,7 @@
 #include "import_caddy.h"
 #include "log.h"
 #include "notify.h"
-#include "server.h"
+#include "service.h"
 #include "tls.h"
 
 static const char usage[] =

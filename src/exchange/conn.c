@@ -59,7 +59,7 @@ static void on_closed(uv_handle_t *h)
         h2_stream_free(c);
     free(c);
     if (!stream)
-        srv_conn_closed(w); /* a socket closed: the accept cap counts those */
+        worker_conn_closed(w); /* a socket closed: the accept cap counts those */
 }
 
 void conn_close(conn_t *c)
@@ -88,10 +88,10 @@ void conn_close(conn_t *c)
     c->pending_closes = 2;
     uv_close((uv_handle_t *)&c->tcp, on_closed);
     uv_close((uv_handle_t *)&c->timer, on_closed);
-    srv_worker_drained(c->w);
+    worker_drained(c->w);
 }
 
-void conn_drain(conn_t *c)
+static void conn_drain(conn_t *c)
 {
     c->keep_alive = 0;
     if (c->state == CONN_S_H2) {
@@ -1371,3 +1371,35 @@ void conn_accept(listener_t *l)
     c->head_clock = 1;
     uv_timer_start(&c->timer, on_timeout, c->cfg->timeouts.read_header, 0);
 }
+
+/* ---- what the worker asks of its connections ---------------------------- */
+
+static void drain_all(worker_t *w)
+{
+    for (conn_t *c = w->conns, *next; c != NULL; c = next) {
+        next = c->next;
+        conn_drain(c);
+    }
+}
+
+static void close_all(worker_t *w)
+{
+    while (w->conns != NULL)
+        conn_close(w->conns);
+}
+
+/* HTTP/2 clients reconnect for the new config (GOAWAY), as Caddy's do; an
+ * HTTP/1.1 connection takes it at its next one. */
+static void on_reloaded(worker_t *w)
+{
+    for (conn_t *c = w->conns; c != NULL; c = c->next)
+        if (c->state == CONN_S_H2)
+            h2_goaway(c);
+}
+
+const worker_conn_ops_t conn_worker_ops = {
+    .accept = conn_accept,
+    .drain = drain_all,
+    .close_all = close_all,
+    .reloaded = on_reloaded,
+};

@@ -11,7 +11,7 @@
 #include "config.h"
 #include "h2.h"
 #include "http.h"
-#include "server.h"
+#include "worker.h"
 #include "tls.h"
 #include "upstream.h"
 
@@ -146,6 +146,9 @@ struct conn {
     uint32_t n_requests;       /* heads read on this connection */
 };
 
+/* What a worker asks of its connections (accept, drain, reload, stop). */
+extern const worker_conn_ops_t conn_worker_ops;
+
 /* Accepts a connection from the listener. */
 void conn_accept(listener_t *l);
 
@@ -166,9 +169,6 @@ void conn_linger(conn_t *c);
 
 /* The one door out: idempotent; closes the upstream it holds too. */
 void conn_close(conn_t *c);
-
-/* The worker stops: close C if it is idle, else after its response. */
-void conn_drain(conn_t *c);
 
 /* The worker's periodic timer: frees the record buffers of TLS connections
  * that stayed quiet; stops itself when no connection holds any. */

@@ -651,7 +651,7 @@ static void proxy_try(conn_t *c)
     int pick = UP_PICK_HEALTHY;
     int i = -1;
     if (p->lb_retries < 0 || c->attempts <= p->lb_retries)
-        i = up_select(w, p, c->targets, c->tried, c->peer_ip, &pick);
+        i = up_select(&w->up, p, c->targets, c->tried, c->peer_ip, &pick);
     if (i < 0) {
         /* lb_try_duration: keep trying every lb_try_interval until it runs out */
         uint64_t now = uv_now(&w->loop);
@@ -680,7 +680,7 @@ static void proxy_try(conn_t *c)
     c->attempts++;
     c->tried |= 1ull << i;
     up_target_t *tg = up_target_find(c->targets, p->ups[i].hostport);
-    c->pool = up_pool_get(w, tg);
+    c->pool = up_pool_get(&w->up, tg);
     c->vars.upstream_hostport =
         uv_buf_init((char *)p->ups[i].hostport, strlen(p->ups[i].hostport));
     c->up = up_take(c->pool, c);

@@ -166,22 +166,45 @@ void up_targets_unref(up_targets_t *t)
 
 /* ---- pools -------------------------------------------------------------- */
 
-up_pool_t *up_pool_get(worker_t *w, up_target_t *target)
+void up_pools_init(up_pools_t *ps, uv_loop_t *loop, buf_pool_t *bufs, buf_pool_t *tables,
+                   const atomic_int *stop, int index)
+{
+    memset(ps, 0, sizeof(*ps));
+    ps->loop = loop;
+    ps->bufs = bufs;
+    ps->tables = tables;
+    ps->stop = stop;
+    ps->index = index;
+    ps->rand_state = (uint32_t)(uv_hrtime() ^ ((uint64_t)index * 2654435761u)) | 1;
+}
+
+uint32_t up_rand(up_pools_t *ps)
+{
+    /* xorshift32: cheap, per worker, good enough to spread load */
+    uint32_t x = ps->rand_state;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    ps->rand_state = x;
+    return x;
+}
+
+up_pool_t *up_pool_get(up_pools_t *ps, up_target_t *target)
 {
     /* one target object per upstream across reloads (up_targets_new) */
-    for (up_pool_t *p = w->pools; p != NULL; p = p->next)
+    for (up_pool_t *p = ps->first; p != NULL; p = p->next)
         if (p->target == target)
             return p;
     up_pool_t *p = calloc(1, sizeof(*p));
     if (p == NULL)
         abort();
     p->target = target_ref(target);
-    p->w = w;
+    p->set = ps;
     p->lookup.data = p;
     if (target->literal)
         res_store_literal(&p->answer, (const struct sockaddr *)&target->literal_addr);
-    p->next = w->pools;
-    w->pools = p;
+    p->next = ps->first;
+    ps->first = p;
     return p;
 }
 
@@ -218,8 +241,8 @@ static void on_closed(uv_handle_t *h)
     up_conn_t *u = h->data;
     if (--u->pending_closes > 0)
         return;
-    buf_put(&u->pool->w->bufs, u->rbuf);
-    buf_put(&u->pool->w->tables, (char *)u->resp.hdrs);
+    buf_put(u->pool->set->bufs, u->rbuf);
+    buf_put(u->pool->set->tables, (char *)u->resp.hdrs);
     u->pool->n_closing--;
     free(u);
 }
@@ -257,7 +280,7 @@ static void on_alloc(uv_handle_t *h, size_t size, uv_buf_t *buf)
     if (u->rbuf == NULL) /* idle: it has nothing to say (see on_read) */
         *buf = uv_buf_init(scratch, sizeof(scratch));
     else
-        *buf = uv_buf_init(u->rbuf + u->rlen, (unsigned)(u->pool->w->bufs.size - u->rlen));
+        *buf = uv_buf_init(u->rbuf + u->rlen, (unsigned)(u->pool->set->bufs->size - u->rlen));
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -279,7 +302,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 void up_update_reading(up_conn_t *u)
 {
     int want = u->state == UP_S_IDLE ||
-               (u->state == UP_S_ACTIVE && !u->eof && u->rlen < u->pool->w->bufs.size);
+               (u->state == UP_S_ACTIVE && !u->eof && u->rlen < u->pool->set->bufs->size);
     int reading = u->tcp.read_cb != NULL;
     if (want && !reading)
         uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read);
@@ -316,7 +339,7 @@ void up_release(up_conn_t *u, uint64_t keepalive_ms, int max_idle)
 {
     up_pool_t *p = u->pool;
     if (keepalive_ms == 0 || p->n_idle >= max_idle || u->rstart != u->rlen ||
-        atomic_load(&p->w->stop) || !still_listed(u)) {
+        atomic_load(p->set->stop) || !still_listed(u)) {
         up_close(u);
         return;
     }
@@ -324,9 +347,9 @@ void up_release(up_conn_t *u, uint64_t keepalive_ms, int max_idle)
     u->state = UP_S_IDLE;
     u->owner = NULL;
     u->reused = 1;
-    buf_put(&p->w->bufs, u->rbuf);
+    buf_put(p->set->bufs, u->rbuf);
     u->rbuf = NULL;
-    buf_put(&p->w->tables, (char *)u->resp.hdrs);
+    buf_put(p->set->tables, (char *)u->resp.hdrs);
     u->resp.hdrs = NULL;
     u->rstart = u->rlen = 0;
     u->next_idle = p->idle;
@@ -343,7 +366,7 @@ up_conn_t *up_take(up_pool_t *p, void *owner)
 {
     /* an expired answer is refreshed while the pool serves on: a move
      * shows at the next take (still_listed) or dial */
-    if (!res_fresh(&p->answer, (int64_t)uv_now(&p->w->loop)))
+    if (!res_fresh(&p->answer, (int64_t)uv_now(p->set->loop)))
         lookup_start(p);
     up_conn_t *u;
     while ((u = p->idle) != NULL && !still_listed(u))
@@ -358,9 +381,9 @@ up_conn_t *up_take(up_pool_t *p, void *owner)
     return u;
 }
 
-void up_pools_close_idle(worker_t *w)
+void up_pools_close_idle(up_pools_t *ps)
 {
-    for (up_pool_t *p = w->pools; p != NULL; p = p->next) {
+    for (up_pool_t *p = ps->first; p != NULL; p = p->next) {
         while (p->idle != NULL)
             up_close(p->idle);
         /* a refresh nobody waits for need not hold the stop up; once running
@@ -382,12 +405,12 @@ static void pool_free(up_pool_t *p)
     free(p);
 }
 
-void up_pools_retire(worker_t *w)
+void up_pools_retire(up_pools_t *ps, const up_targets_t *current)
 {
-    up_pool_t **pp = &w->pools;
+    up_pool_t **pp = &ps->first;
     while (*pp != NULL) {
         up_pool_t *p = *pp;
-        if (table_has(w->targets, p->target)) {
+        if (table_has(current, p->target)) {
             pp = &p->next;
             continue;
         }
@@ -402,11 +425,11 @@ void up_pools_retire(worker_t *w)
     }
 }
 
-void up_pools_free(worker_t *w)
+void up_pools_free(up_pools_t *ps)
 {
-    while (w->pools != NULL) {
-        up_pool_t *p = w->pools;
-        w->pools = p->next;
+    while (ps->first != NULL) {
+        up_pool_t *p = ps->first;
+        ps->first = p->next;
         /* the worker's loop ran until no request was left, lookups included */
         assert(pool_unused(p));
         pool_free(p);
@@ -452,7 +475,7 @@ static void on_lookup(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         return;
     }
     int had = p->answer.n_addrs, failed = p->answer.err;
-    int moved = res_store(&p->answer, status, res, (int64_t)uv_now(&p->w->loop));
+    int moved = res_store(&p->answer, status, res, (int64_t)uv_now(p->set->loop));
     uv_freeaddrinfo(res);
     if (p->answer.err != 0 && p->answer.err != failed)
         log_warn("upstream %s: cannot resolve %s: %s", t->hostport, t->host,
@@ -461,7 +484,7 @@ static void on_lookup(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         char addr[64];
         res_addr_name(&p->answer, 0, addr, sizeof(addr));
         log_info("upstream %s: %s is %s%s (worker %d)%s", t->hostport, t->host, addr,
-                 p->answer.n_addrs > 1 ? " and more" : "", p->w->index,
+                 p->answer.n_addrs > 1 ? " and more" : "", p->set->index,
                  had > 0 && moved ? ": moved" : "");
     }
     /* each waiter dials the fresh answer or hears it failed, from the loop:
@@ -487,7 +510,7 @@ static void lookup_start(up_pool_t *p)
     /* no AI_ADDRCONFIG: it hides ::1 and 127.0.0.1 on hosts with only
      * loopback; an address of a family the host lacks fails its connect at
      * once and the dial goes on to the next */
-    int err = uv_getaddrinfo(&p->w->loop, &p->lookup, on_lookup, p->target->host, p->target->port,
+    int err = uv_getaddrinfo(p->set->loop, &p->lookup, on_lookup, p->target->host, p->target->port,
                              &hints);
     if (err == 0) {
         p->looking_up = 1;
@@ -495,7 +518,7 @@ static void lookup_start(up_pool_t *p)
     }
     log_warn("upstream %s: cannot start a lookup of %s: %s", p->target->hostport, p->target->host,
              uv_strerror(err));
-    res_store(&p->answer, err, NULL, (int64_t)uv_now(&p->w->loop));
+    res_store(&p->answer, err, NULL, (int64_t)uv_now(p->set->loop));
     while (p->waiting != NULL) {
         up_conn_t *u = p->waiting;
         wait_unlink(u);
@@ -520,7 +543,7 @@ static void wait_for_lookup(up_conn_t *u)
 static void dial_start(up_conn_t *u)
 {
     up_pool_t *p = u->pool;
-    if (!res_fresh(&p->answer, (int64_t)uv_now(&p->w->loop))) {
+    if (!res_fresh(&p->answer, (int64_t)uv_now(p->set->loop))) {
         wait_for_lookup(u);
         return;
     }
@@ -602,7 +625,7 @@ static void dial_next(up_conn_t *u)
     const struct sockaddr *sa = (const struct sockaddr *)&u->pool->answer.addrs[u->addr_idx];
     u->state = UP_S_CONNECTING;
     u->dial_err = 0;
-    uv_tcp_init(&u->pool->w->loop, &u->tcp);
+    uv_tcp_init(u->pool->set->loop, &u->tcp);
     u->tcp.data = u;
     u->creq.data = u;
     int err = uv_tcp_connect(&u->creq, &u->tcp, sa, on_connected);
@@ -624,7 +647,7 @@ up_conn_t *up_dial(up_pool_t *p, void *owner, uint64_t timeout_ms, up_connect_cb
     u->state = UP_S_RESOLVING;
     u->on_connect = cb;
     p->n_active++;
-    uv_timer_init(&p->w->loop, &u->timer);
+    uv_timer_init(p->set->loop, &u->timer);
     u->timer.data = u;
     uv_timer_start(&u->timer, on_dial_timeout, timeout_ms, 0);
     dial_start(u);
@@ -697,7 +720,7 @@ static uint32_t fnv1a(const char *s)
 }
 
 /* The policy's pick among the upstreams whose bit is set in CAND. */
-static int pick_of(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t cand, int n,
+static int pick_of(up_pools_t *ps, const cfg_proxy_t *p, up_targets_t *t, uint64_t cand, int n,
                    const char *client_ip)
 {
     int avail = 0;
@@ -728,12 +751,12 @@ static int pick_of(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t 
             if (!(cand & (1ull << i)))
                 continue;
             up_target_t *tg = up_target_find(t, p->ups[i].hostport);
-            int active = tg != NULL ? up_pool_get(w, tg)->n_active : 0;
+            int active = tg != NULL ? up_pool_get(ps, tg)->n_active : 0;
             if (best < 0 || active < best_active) {
                 best = i;
                 best_active = active;
                 ties = 1;
-            } else if (active == best_active && srv_rand(w) % (unsigned)++ties == 0) {
+            } else if (active == best_active && up_rand(ps) % (unsigned)++ties == 0) {
                 best = i; /* reservoir sampling breaks ties at random, as Caddy */
             }
         }
@@ -748,7 +771,7 @@ static int pick_of(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t 
         return -1;
     }
     default: { /* random */
-        int k = (int)(srv_rand(w) % (unsigned)avail);
+        int k = (int)(up_rand(ps) % (unsigned)avail);
         for (int i = 0; i < n; i++)
             if ((cand & (1ull << i)) && k-- == 0)
                 return i;
@@ -757,7 +780,7 @@ static int pick_of(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t 
     }
 }
 
-int up_select(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t tried,
+int up_select(up_pools_t *ps, const cfg_proxy_t *p, up_targets_t *t, uint64_t tried,
               const char *client_ip, int *pick)
 {
     int n = (int)p->n_ups;
@@ -781,7 +804,7 @@ int up_select(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t tried
     }
     *pick = UP_PICK_HEALTHY;
     if (ok != 0)
-        return pick_of(w, p, t, ok, n, client_ip);
+        return pick_of(ps, p, t, ok, n, client_ip);
     if (active_down != 0) {
         if (p->health_fail_closed) {
             *pick = UP_PICK_CLOSED;
@@ -789,9 +812,9 @@ int up_select(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t tried
         }
         /* fail open: a health endpoint that fails alone is not an outage */
         *pick = UP_PICK_FAIL_OPEN;
-        return pick_of(w, p, t, active_down, n, client_ip);
+        return pick_of(ps, p, t, active_down, n, client_ip);
     }
-    int i = pick_of(w, p, t, passive_down, n, client_ip);
+    int i = pick_of(ps, p, t, passive_down, n, client_ip);
     *pick = i >= 0 && (checked_down >> i) & 1 ? UP_PICK_FAIL_OPEN : UP_PICK_PASSIVE;
     return i;
 }

@@ -10,8 +10,8 @@
 
 #include "config.h"
 #include "http.h"
+#include "buf.h"
 #include "resolve.h"
-#include "server.h"
 
 /* One upstream address as the config names it; workers read it without
  * locks. A name is looked up by each worker when it dials (up_dial), never
@@ -47,14 +47,14 @@ int up_target_out_at(const up_target_t *t, int64_t now);
 /* The upstreams of one config generation. Refcounted: the server, each
  * worker, each connection accepted under it and the health checks hold it;
  * the last to let go frees it (from any thread). */
-struct up_targets {
+typedef struct up_targets {
     atomic_int refs;
     up_target_t **items;
     /* per item: the first reverse_proxy with health_uri for it, in the
      * config that made the table (valid while that config lives) */
     const cfg_proxy_t **checks;
     size_t n;
-};
+} up_targets_t;
 
 /* The upstreams named in CFG, each once, with one reference. One PREV (the
  * table being replaced, or NULL) names too is the same object: health and
@@ -78,6 +78,29 @@ enum up_state {
 };
 
 typedef struct up_conn up_conn_t;
+typedef struct up_pool up_pool_t;
+
+/* A worker's upstream side: its pools, and what they borrow from the
+ * worker (loop, buffers, stop flag). One per worker, used by its thread
+ * only. */
+typedef struct up_pools {
+    /* read-only, set by up_pools_init */
+    uv_loop_t *loop;
+    buf_pool_t *bufs;       /* upstream reads */
+    buf_pool_t *tables;     /* response header tables */
+    const atomic_int *stop; /* the worker stops: released connections close */
+    int index;              /* the worker's, for logs */
+    /* private */
+    up_pool_t *first;
+    uint32_t rand_state;
+} up_pools_t;
+
+void up_pools_init(up_pools_t *ps, uv_loop_t *loop, buf_pool_t *bufs, buf_pool_t *tables,
+                   const atomic_int *stop, int index);
+
+/* A pseudo-random number for load balancing, per worker. */
+uint32_t up_rand(up_pools_t *ps);
+
 typedef void (*up_connect_cb)(up_conn_t *u, int status);
 /* Bytes arrived in rbuf[rlen - NREAD, rlen), or NREAD < 0 is EOF/error. */
 typedef void (*up_read_cb)(up_conn_t *u, ssize_t nread);
@@ -85,7 +108,7 @@ typedef void (*up_read_cb)(up_conn_t *u, ssize_t nread);
 struct up_pool {
     /* read-only */
     up_target_t *target; /* referenced */
-    worker_t *w;
+    up_pools_t *set;     /* the worker's pools, this one among them */
     /* private */
     up_conn_t *idle; /* most recently used first: warm connections win */
     int n_idle;
@@ -135,7 +158,7 @@ struct up_conn {
 };
 
 /* The worker's pool for TARGET, created on first use. */
-up_pool_t *up_pool_get(worker_t *w, up_target_t *target);
+up_pool_t *up_pool_get(up_pools_t *ps, up_target_t *target);
 up_target_t *up_target_find(up_targets_t *t, const char *hostport);
 
 /* An idle pooled connection, now UP_S_ACTIVE and owned by OWNER, or NULL.
@@ -165,12 +188,12 @@ void up_close(up_conn_t *u);
 
 /* Closes every pooled idle connection of the worker (at stop), and cancels
  * lookups nobody waits for. */
-void up_pools_close_idle(worker_t *w);
-/* Frees the pools of upstreams the worker's current table no longer names
- * once nothing uses them (their idle connections are closed now). Run
- * after a reload and from the worker's trim timer. */
-void up_pools_retire(worker_t *w);
-void up_pools_free(worker_t *w);
+void up_pools_close_idle(up_pools_t *ps);
+/* Frees the pools of upstreams CURRENT (the worker's table) no longer
+ * names once nothing uses them (their idle connections are closed now).
+ * Run after a reload and from the worker's trim timer. */
+void up_pools_retire(up_pools_t *ps, const up_targets_t *current);
+void up_pools_free(up_pools_t *ps);
 
 /* What up_select picked from: Caddy, which neither fails open nor probes,
  * would have tried only a healthy one, so a failed try of the others does
@@ -187,7 +210,7 @@ enum up_pick {
  * only the active check rejects (unless health_fail_closed), then to those
  * passive checks took out (a dial is the best probe then). -1 when none is
  * left. *PICK says which (enum up_pick). CLIENT_IP feeds ip_hash. */
-int up_select(worker_t *w, const cfg_proxy_t *p, up_targets_t *t, uint64_t tried,
+int up_select(up_pools_t *ps, const cfg_proxy_t *p, up_targets_t *t, uint64_t tried,
               const char *client_ip, int *pick);
 
 #endif
