@@ -56,7 +56,7 @@ static void on_closed(uv_handle_t *h)
     worker_t *w = c->w;
     int stream = c->h2s != NULL;
     if (stream)
-        h2_stream_free(c);
+        h2_stream_free(c->h2s);
     free(c);
     if (!stream)
         worker_conn_closed(w); /* a socket closed: the accept cap counts those */
@@ -72,12 +72,13 @@ void conn_close(conn_t *c)
     release_request_bufs(c);
     if (c->h2s != NULL) {
         /* a stream conn: no socket, not in the worker's list */
-        h2_stream_detach(c);
+        h2_stream_detach(c->h2s);
         c->pending_closes = 1;
         uv_close((uv_handle_t *)&c->timer, on_closed);
         return;
     }
-    h2_session_close(c);
+    h2_session_close(c->h2);
+    c->h2 = NULL;
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -95,7 +96,7 @@ static void conn_drain(conn_t *c)
 {
     c->keep_alive = 0;
     if (c->state == CONN_S_H2) {
-        h2_goaway(c); /* it closes once its streams are answered */
+        h2_goaway(c->h2); /* it closes once its streams are answered */
         return;
     }
     int idle = (c->state == CONN_S_READ_HEAD && !c->head_started && c->rlen == 0 &&
@@ -123,8 +124,18 @@ static void on_timeout(uv_timer_t *t)
         proxy_on_retry_timer(c);
         return;
     case CONN_S_H2:
-        h2_on_timeout(c);
-        return;
+        switch (h2_on_timeout(c->h2)) {
+        case H2_ENDING:
+            h2_session_close(c->h2);
+            c->h2 = NULL;
+            conn_linger(c);
+            return;
+        case H2_IDLE:
+            return; /* a GOAWAY went out: it closes once that is written */
+        default:
+            break; /* timed out */
+        }
+        break;
     case CONN_S_HANDSHAKE:
         log_debug("conn %llu %s: TLS handshake not done in time", (unsigned long long)c->id,
                   c->peer_ip);
@@ -180,7 +191,7 @@ void conn_arm_timer(conn_t *c)
             ms = cfg->timeouts.read_body; /* a stalled upstream has its own clock */
         break;
     case CONN_S_H2:
-        switch (h2_phase(c)) {
+        switch (h2_phase(c->h2)) {
         case H2_ENDING:
             ms = 1; /* close from the loop, not from under the session */
             break;
@@ -208,6 +219,7 @@ void conn_arm_timer(conn_t *c)
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static int start_h2(conn_t *c);
 
 /* ---- writing ------------------------------------------------------------ */
 
@@ -242,7 +254,7 @@ void conn_write_done(conn_t *c)
     else if (c->state == CONN_S_PROXY || c->state == CONN_S_TUNNEL)
         proxy_on_client_written(c);
     else if (c->state == CONN_S_H2) {
-        h2_on_written(c);
+        h2_on_written(c->h2);
         if (c->state == CONN_S_H2 && !c->write_pending)
             release_idle_buffer(c); /* OpenSSL's buffers too, once no stream is open */
     }
@@ -328,7 +340,7 @@ int conn_write(conn_t *c, uv_buf_t *bufs, unsigned n)
 {
     int r;
     if (c->h2s != NULL) {
-        r = h2_stream_write(c, bufs, n);
+        r = h2_stream_write(c->h2s, bufs, n, c->head_method);
     } else if (c->tls != NULL) {
         memcpy(c->tls_pend, bufs, n * sizeof(*bufs));
         c->n_tls_pend = n;
@@ -365,7 +377,7 @@ void conn_shutdown_write(conn_t *c)
 void conn_update_reading(conn_t *c)
 {
     if (c->h2s != NULL) {
-        h2_stream_update(c); /* the window is a stream conn's reading */
+        h2_stream_update(c->h2s); /* the window is a stream conn's reading */
         return;
     }
     /* a request in flight keeps reading too: pipelined requests queue in the
@@ -437,7 +449,7 @@ static void release_idle_buffer(conn_t *c)
 {
     /* an idle keep-alive connection holds no buffer; an HTTP/2 one has no
      * stream open */
-    int idle = c->state == CONN_S_READ_HEAD || (c->state == CONN_S_H2 && h2_phase(c) == H2_IDLE);
+    int idle = c->state == CONN_S_READ_HEAD || (c->state == CONN_S_H2 && h2_phase(c->h2) == H2_IDLE);
     if (c->rbuf != NULL && c->rlen == 0 && (c->state == CONN_S_READ_HEAD || c->state == CONN_S_H2)) {
         buf_put(&c->w->bufs, c->rbuf);
         c->rbuf = NULL;
@@ -534,7 +546,7 @@ static void on_tls_input(conn_t *c)
             return;
         }
         if (tls_conn_is_h2(t)) {
-            if (h2_start(c) < 0)
+            if (start_h2(c) < 0)
                 conn_close(c);
             else if (c->state == CONN_S_H2)
                 release_idle_buffer(c);
@@ -543,7 +555,7 @@ static void on_tls_input(conn_t *c)
     }
     switch (c->state) {
     case CONN_S_H2:
-        h2_on_input(c);
+        h2_on_input(c->h2);
         if (c->state == CONN_S_H2)
             release_idle_buffer(c);
         break;
@@ -675,7 +687,7 @@ static llhttp_errno_t stream_body(conn_t *c)
         c->body_len = n;
         c->rstart = c->rlen;
     }
-    if (h2_stream_input_ended(c)) {
+    if (h2_stream_input_ended(c->h2s)) {
         c->req_done = 1;
         return HPE_PAUSED;
     }
@@ -733,7 +745,7 @@ void conn_linger(conn_t *c)
         release_request_bufs(c);
         uv_timer_stop(&c->timer);
         conn_arm_timer(c); /* closes it if the stream is not over in time */
-        h2_stream_end(c);  /* last: the stream may close (and C with it) */
+        h2_stream_end(c->h2s);  /* last: the stream may close (and C with it) */
         return;
     }
     if (c->eof) {
@@ -800,7 +812,7 @@ void conn_malformed(conn_t *c)
 {
     c->keep_alive = 0;
     if (c->h2s != NULL) {
-        h2_stream_malformed(c); /* RST_STREAM(PROTOCOL_ERROR), RFC 9113 8.1.1 */
+        h2_stream_malformed(c->h2s); /* RST_STREAM(PROTOCOL_ERROR), RFC 9113 8.1.1 */
         conn_close(c);
     } else if (c->resp_started || c->write_pending) {
         conn_close(c);
@@ -1098,7 +1110,7 @@ static void conn_on_head(conn_t *c)
     conn_route(c, c->head_end > c->cfg->max_header_size ? 431 : 0);
 }
 
-void conn_stream_head(conn_t *c, char *head, int len)
+static void conn_stream_head(conn_t *c, char *head, int len)
 {
     if (c->state == CONN_S_CLOSING)
         return;
@@ -1157,7 +1169,7 @@ void conn_process(conn_t *c)
         if (c->state == CONN_S_RESPOND) {
             /* a stream conn's request may end with no byte (END_STREAM) */
             if (c->req_done ||
-                (c->rstart == c->rlen && !(c->h2s != NULL && h2_stream_input_ended(c))))
+                (c->rstart == c->rlen && !(c->h2s != NULL && h2_stream_input_ended(c->h2s))))
                 break;
             llhttp_errno_t err = conn_parse(c);
             if (err != HPE_OK && err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE) {
@@ -1223,9 +1235,9 @@ void conn_access_log(conn_t *c)
     e.req_hdrs = c->req.hdrs;
     e.n_req_hdrs = c->req.n_hdrs;
     if (c->h2s != NULL && e.n_req_hdrs > 0)
-        e.n_req_hdrs -= (unsigned)h2_stream_added_fields(c); /* not the client's */
+        e.n_req_hdrs -= (unsigned)h2_stream_added_fields(c->h2s); /* not the client's */
     tls_info_t tls;
-    const conn_t *tc = c->h2s != NULL ? h2_stream_parent(c) : c;
+    const conn_t *tc = c->h2s != NULL ? h2_stream_parent(c->h2s) : c;
     if (tc != NULL && tc->tls != NULL) {
         tls_conn_info(tc->tls, &tls);
         e.tls = &tls;
@@ -1306,17 +1318,101 @@ static conn_t *conn_new(worker_t *w, cfg_t *cfg, up_targets_t *targets,
     return c;
 }
 
-conn_t *conn_new_stream(conn_t *parent)
+/* HTTP/2: a stream conn of PARENT for S, waiting for its request head. */
+static conn_t *conn_new_stream(conn_t *parent, h2_stream_t *s)
 {
     conn_t *c = conn_new(parent->w, parent->cfg, parent->targets, parent->listener);
     c->peer = parent->peer;
     memcpy(c->peer_ip, parent->peer_ip, sizeof(c->peer_ip));
     memcpy(c->peer_port, parent->peer_port, sizeof(c->peer_port));
+    c->h2s = s;
     c->state = CONN_S_READ_HEAD;
     /* the whole head (HEADERS and CONTINUATIONs) within read_header */
     c->head_clock = 1;
     uv_timer_start(&c->timer, on_timeout, c->cfg->timeouts.read_header, 0);
     return c;
+}
+
+/* ---- HTTP/2: what the session asks of the connection and its streams ---- */
+
+static uv_buf_t h2_read(conn_t *c, size_t *added)
+{
+    *added = conn_fill(c);
+    return uv_buf_init(c->rbuf, (unsigned)c->rlen);
+}
+
+static void h2_consume(conn_t *c)
+{
+    c->rlen = 0;
+}
+
+static int h2_writing(const conn_t *c)
+{
+    return c->write_pending;
+}
+
+static int h2_ended(const conn_t *c)
+{
+    return c->tls_eof || c->tls->sock_eof;
+}
+
+static ssize_t h2_stream_body(conn_t *sc, const char *data, size_t len)
+{
+    if (sc->state == CONN_S_RESPOND || sc->state == CONN_S_LINGER ||
+        sc->state == CONN_S_CLOSING)
+        return -1; /* answered already */
+    if (len == 0)
+        return 0;
+    if (sc->rbuf == NULL)
+        sc->rbuf = buf_get(&sc->w->bufs);
+    size_t room = sc->w->bufs.size - sc->rlen;
+    size_t fit = len < room ? len : room;
+    memcpy(sc->rbuf + sc->rlen, data, fit);
+    sc->rlen += fit;
+    return (ssize_t)fit;
+}
+
+static size_t h2_stream_buffered(const conn_t *sc)
+{
+    return sc->rlen;
+}
+
+static void h2_stream_input(conn_t *sc)
+{
+    if (sc->state != CONN_S_CLOSING)
+        conn_process(sc);
+}
+
+static const h2_host_ops_t h2_ops = {
+    .read = h2_read,
+    .consume = h2_consume,
+    .write = conn_write,
+    .writing = h2_writing,
+    .ended = h2_ended,
+    .close = conn_close,
+    .arm_timer = conn_arm_timer,
+    .stream_open = conn_new_stream,
+    .stream_head = conn_stream_head,
+    .stream_body = h2_stream_body,
+    .stream_buffered = h2_stream_buffered,
+    .stream_input = h2_stream_input,
+    .stream_written = conn_write_done,
+    .stream_close = conn_close,
+};
+
+/* The handshake chose h2: our SETTINGS, then the client's preface. */
+static int start_h2(conn_t *c)
+{
+    h2_host_t host = {&h2_ops, c->w, c->cfg->max_header_size, c->id, c->peer_ip};
+    c->h2 = h2_session_new(c, &host);
+    if (c->h2 == NULL)
+        return PS_EPROTO;
+    conn_set_state(c, CONN_S_H2);
+    atomic_fetch_add_explicit(&c->w->metrics.h2_conns, 1, memory_order_relaxed);
+    if (c->w->draining)
+        h2_goaway(c->h2);
+    h2_on_input(c->h2); /* the client's preface may be decrypted already */
+    return 0;
 }
 
 void conn_accept(listener_t *l)
@@ -1394,7 +1490,7 @@ static void on_reloaded(worker_t *w)
 {
     for (conn_t *c = w->conns; c != NULL; c = c->next)
         if (c->state == CONN_S_H2)
-            h2_goaway(c);
+            h2_goaway(c->h2);
 }
 
 const worker_conn_ops_t conn_worker_ops = {

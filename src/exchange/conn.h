@@ -152,14 +152,6 @@ extern const worker_conn_ops_t conn_worker_ops;
 /* Accepts a connection from the listener. */
 void conn_accept(listener_t *l);
 
-/* HTTP/2: a stream conn of PARENT, waiting for its request head. */
-conn_t *conn_new_stream(conn_t *parent);
-
-/* HTTP/2: the stream's request head as HTTP/1.1, HEAD..LEN (a buffer that
- * lives as long as the stream), or -status when it was refused already:
- * checked, routed and acted on like a head read from a socket. */
-void conn_stream_head(conn_t *c, char *head, int len);
-
 /* A write of the conn's finished: go on with whatever waited for it. */
 void conn_write_done(conn_t *c);
 

@@ -7,9 +7,9 @@
 #include <string.h>
 
 #include "common.h"
-#include "conn.h"
 #include "h2_msg.h"
 #include "log.h"
+#include "worker.h"
 
 /* Frames that cost us work and carry no request (PING, SETTINGS, PRIORITY,
  * empty DATA): a token bucket per connection. A client that needs more is
@@ -30,7 +30,9 @@
 
 struct h2_stream {
     h2_session_t *h;       /* NULL once the session is gone */
-    conn_t *next;          /* the session's stream conns */
+    conn_t *ex;            /* the connection layer's exchange for it */
+    h2_stream_t *next;     /* the session's streams */
+    buf_pool_t *bufs;      /* the worker's, HEAD's home */
     int32_t id;            /* 0 once nghttp2 closed the stream or we reset it */
     char *head;            /* the request head as HTTP/1.1 (its slices live here) */
     h2_req_t req;
@@ -57,8 +59,9 @@ struct h2_stream {
 
 struct h2_session {
     nghttp2_session *ng;
-    conn_t *c;
-    conn_t *streams;
+    conn_t *c;        /* the parent connection */
+    h2_host_t host;   /* what the parent lends: ops, worker, limits */
+    h2_stream_t *streams;
     unsigned n_streams;
     char *sbuf; /* frames gathered for the parent's write */
     struct h2_bucket {
@@ -90,7 +93,7 @@ struct h2_session {
 static void h2_flush(h2_session_t *h);
 static void flush_now(h2_session_t *h);
 
-static conn_t *stream_conn(nghttp2_session *ng, int32_t id)
+static h2_stream_t *stream_of(nghttp2_session *ng, int32_t id)
 {
     return id > 0 ? nghttp2_session_get_stream_user_data(ng, id) : NULL;
 }
@@ -101,8 +104,8 @@ static void session_error(h2_session_t *h, uint32_t code, const char *why)
 {
     if (h->failed)
         return;
-    log_info("conn %llu %s: h2: %s: closing the connection", (unsigned long long)h->c->id,
-             h->c->peer_ip, why);
+    log_info("conn %llu %s: h2: %s: closing the connection", (unsigned long long)h->host.id,
+             h->host.peer_ip, why);
     nghttp2_session_terminate_session(h->ng, code);
     h->failed = 1;
 }
@@ -143,7 +146,7 @@ static int check_stream_id(h2_session_t *h, int32_t id)
  * PER_S more a second). */
 static int spend_token(h2_session_t *h, struct h2_bucket *b, double burst, double per_s)
 {
-    uint64_t now = uv_now(&h->c->w->loop);
+    uint64_t now = uv_now(&h->host.w->loop);
     b->tokens += (double)(now - b->at) * per_s / 1000.0;
     if (b->tokens > burst)
         b->tokens = burst;
@@ -170,10 +173,9 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
          * (RFC 9113 8.1.1) and drops the chunk without a word to us: a
          * stream whose frame might do so starts only once the frame came
          * through whole, so a malformed one never reaches an upstream */
-        conn_t *sc = stream_conn(ng, hd->stream_id);
-        if (sc != NULL && sc->h2s->req.has_length &&
-            sc->h2s->in_total + hd->length > sc->h2s->req.length)
-            sc->h2s->held = 1;
+        h2_stream_t *s = stream_of(ng, hd->stream_id);
+        if (s != NULL && s->req.has_length && s->in_total + hd->length > s->req.length)
+            s->held = 1;
     } else if (hd->type == NGHTTP2_HEADERS) {
         h->continuations = 0;
         if (check_stream_id(h, hd->stream_id) < 0)
@@ -187,11 +189,11 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
 
 /* ---- streams ------------------------------------------------------------ */
 
-static void unlink_stream(h2_session_t *h, conn_t *sc)
+static void unlink_stream(h2_session_t *h, h2_stream_t *s)
 {
-    for (conn_t **p = &h->streams; *p != NULL; p = &(*p)->h2s->next)
-        if (*p == sc) {
-            *p = sc->h2s->next;
+    for (h2_stream_t **p = &h->streams; *p != NULL; p = &(*p)->next)
+        if (*p == s) {
+            *p = s->next;
             h->n_streams--;
             return;
         }
@@ -204,20 +206,19 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
         return 0;
     if (h->failed)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* no new work after a GOAWAY */
-    conn_t *c = h->c;
-    conn_t *sc = conn_new_stream(c);
     h2_stream_t *s = calloc(1, sizeof(*s));
     if (s == NULL)
         abort();
     s->h = h;
     s->id = f->hd.stream_id;
-    s->head = buf_get(&c->w->bufs);
-    h2_req_init(&s->req, s->head, c->w->bufs.size, c->cfg->max_header_size);
-    sc->h2s = s;
+    s->bufs = &h->host.w->bufs;
+    s->head = buf_get(s->bufs);
+    h2_req_init(&s->req, s->head, s->bufs->size, h->host.max_header_size);
     s->next = h->streams;
-    h->streams = sc;
+    h->streams = s;
     h->n_streams++;
-    nghttp2_session_set_stream_user_data(ng, s->id, sc);
+    s->ex = h->host.ops->stream_open(h->c, s);
+    nghttp2_session_set_stream_user_data(ng, s->id, s);
     return 0;
 }
 
@@ -225,111 +226,104 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
                      size_t nlen, const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
 {
     h2_session_t *h = ud;
-    conn_t *sc = stream_conn(ng, f->hd.stream_id);
-    if (sc == NULL || f->hd.type != NGHTTP2_HEADERS)
+    h2_stream_t *s = stream_of(ng, f->hd.stream_id);
+    if (s == NULL || f->hd.type != NGHTTP2_HEADERS)
         return 0;
     /* trailers are decoded (HPACK needs it) and dropped, as on HTTP/1.1 */
-    if (h2_req_field(&sc->h2s->req, name, nlen, value, vlen) < 0) {
+    if (h2_req_field(&s->req, name, nlen, value, vlen) < 0) {
         calm_down(h, "header block far over max_header_size (HPACK bomb)");
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
     return 0;
 }
 
-/* New body bytes or the request's end: let the stream conn act on them
- * (once it has its head; until then they wait in its buffer). */
-static void stream_input(conn_t *sc)
+/* New body bytes or the request's end: let the exchange act on them (once
+ * it has its head; until then they wait in its buffer). */
+static void stream_input(h2_stream_t *s)
 {
-    if (sc->state != CONN_S_CLOSING && sc->h2s->head_done)
-        conn_process(sc);
+    if (s->head_done && s->h != NULL)
+        s->h->host.ops->stream_input(s->ex);
 }
 
-/* The heads that came complete in one read go to conn.c once nghttp2 has
- * read it all: a stream the client reset in the same read (rapid reset)
- * never reaches routing, let alone an upstream. */
+/* The heads that came complete in one read go to the exchanges once
+ * nghttp2 has read it all: a stream the client reset in the same read
+ * (rapid reset) never reaches routing, let alone an upstream. */
 static void start_ready_streams(h2_session_t *h)
 {
     for (;;) {
-        conn_t *sc = h->streams;
-        while (sc != NULL && !(sc->h2s->head_ready && !sc->h2s->head_done && !sc->h2s->held))
-            sc = sc->h2s->next;
-        if (sc == NULL || h->failed)
+        h2_stream_t *s = h->streams;
+        while (s != NULL && !(s->head_ready && !s->head_done && !s->held))
+            s = s->next;
+        if (s == NULL || h->failed)
             return;
-        h2_stream_t *s = sc->h2s;
         s->head_done = 1;
         /* nghttp2 found the request malformed in this read (a content-length
          * the DATA did not match, RFC 9113 8.1.1): its RST_STREAM closes the
          * stream, and nothing of it reaches an upstream */
         if (!s->in_end && nghttp2_session_get_stream_remote_close(h->ng, s->id))
             continue;
-        conn_stream_head(sc, s->head, s->head_len);
+        h->host.ops->stream_head(s->ex, s->head, s->head_len);
     }
 }
 
 static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data,
                          size_t len, void *ud)
 {
-    conn_t *sc = stream_conn(ng, id);
-    (void)ud;
-    if (sc == NULL || sc->state == CONN_S_RESPOND || sc->state == CONN_S_LINGER ||
-        sc->state == CONN_S_CLOSING) {
+    h2_session_t *h = ud;
+    h2_stream_t *s = stream_of(ng, id);
+    /* the spill keeps the order: nothing passes it into the buffer */
+    ssize_t fit = s == NULL ? -1
+                  : s->spill_len == 0 ? h->host.ops->stream_body(s->ex, (const char *)data, len)
+                  : h->host.ops->stream_body(s->ex, NULL, 0);
+    if (fit < 0) {
         nghttp2_session_consume(ng, id, len); /* answered already: dropped */
         return 0;
     }
-    h2_stream_t *s = sc->h2s;
-    size_t size = sc->w->bufs.size;
-    if (sc->rbuf == NULL)
-        sc->rbuf = buf_get(&sc->w->bufs);
     s->in_total += len;
-    size_t fit = s->spill_len == 0 && len <= size - sc->rlen ? len
-                 : s->spill_len == 0                          ? size - sc->rlen
-                                                              : 0;
-    memcpy(sc->rbuf + sc->rlen, data, fit);
-    sc->rlen += fit;
-    if (fit < len) {
+    if ((size_t)fit < len) {
         /* nghttp2 holds the client to the window it may still use: the
          * spill never passes 65,535 bytes */
-        char *p = realloc(s->spill, s->spill_len + len - fit);
+        char *p = realloc(s->spill, s->spill_len + len - (size_t)fit);
         if (p == NULL)
             abort();
         s->spill = p;
-        memcpy(s->spill + s->spill_len, data + fit, len - fit);
-        s->spill_len += len - fit;
+        memcpy(s->spill + s->spill_len, data + fit, len - (size_t)fit);
+        s->spill_len += len - (size_t)fit;
     }
-    stream_input(sc);
+    stream_input(s);
     return 0;
 }
 
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
 {
     h2_session_t *h = ud;
-    conn_t *sc = stream_conn(ng, f->hd.stream_id);
+    h2_stream_t *s = stream_of(ng, f->hd.stream_id);
     int end = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     switch (f->hd.type) {
     case NGHTTP2_HEADERS:
-        if (sc == NULL)
+        if (s == NULL)
             break;
         if (end)
-            sc->h2s->in_end = 1;
-        if (!sc->h2s->head_ready) {
+            s->in_end = 1;
+        if (!s->head_ready) {
             /* The head's framing is this frame's to decide, never the
              * read's: END_STREAM here means no body; without it the body
              * goes up with its content-length, else chunked. DATA (and
              * its END_STREAM) in the same read must not change that. */
-            sc->h2s->head_len = h2_req_finish(&sc->h2s->req, end);
-            sc->h2s->head_ready = 1; /* started after this read: start_ready_streams */
+            s->head_len = h2_req_finish(&s->req, end);
+            s->head_ready = 1; /* started after this read: start_ready_streams */
         } else {
-            stream_input(sc); /* trailers, dropped; their END_STREAM counts */
+            stream_input(s); /* trailers, dropped; their END_STREAM counts */
         }
         break;
     case NGHTTP2_DATA:
-        if (sc != NULL)
-            sc->h2s->held = 0; /* within its content-length after all */
+        if (s != NULL)
+            s->held = 0; /* within its content-length after all */
         if (f->hd.length == 0 && !end && spend_control(h) < 0)
             calm_down(h, "empty DATA frames flood");
-        else if (sc != NULL && end) {
-            sc->h2s->in_end = 1;
-            stream_input(sc);
+        else if (s != NULL && end) {
+            s->in_end = 1;
+            stream_input(s);
         }
         break;
     case NGHTTP2_PING:
@@ -353,17 +347,16 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
 
 static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void *ud)
 {
-    (void)ud;
-    conn_t *sc = stream_conn(ng, id);
-    if (sc == NULL)
+    h2_session_t *h = ud;
+    h2_stream_t *s = stream_of(ng, id);
+    if (s == NULL)
         return 0;
-    if (code != NGHTTP2_NO_ERROR && !sc->h2s->ended)
-        log_debug("conn %llu: h2 stream %d closed: %s", (unsigned long long)sc->id, id,
+    if (code != NGHTTP2_NO_ERROR && !s->ended)
+        log_debug("conn %llu: h2 stream %d closed: %s", (unsigned long long)h->host.id, id,
                   nghttp2_http2_strerror(code));
     nghttp2_session_set_stream_user_data(ng, id, NULL);
-    sc->h2s->id = 0; /* gone: nothing to reset */
-    if (sc->state != CONN_S_CLOSING)
-        conn_close(sc);
+    s->id = 0; /* gone: nothing to reset */
+    h->host.ops->stream_close(s->ex);
     return 0;
 }
 
@@ -373,10 +366,9 @@ static ssize_t on_data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
 {
     (void)src;
     h2_session_t *h = ud;
-    conn_t *sc = stream_conn(ng, id);
-    if (sc == NULL)
+    h2_stream_t *s = stream_of(ng, id);
+    if (s == NULL)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    h2_stream_t *s = sc->h2s;
     size_t done = 0;
     while (done < length && s->i_out < s->n_out) {
         uv_buf_t *b = &s->out[s->i_out];
@@ -403,9 +395,8 @@ static ssize_t on_data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     return (ssize_t)done;
 }
 
-int h2_stream_write(conn_t *sc, uv_buf_t *bufs, unsigned n)
+int h2_stream_write(h2_stream_t *s, uv_buf_t *bufs, unsigned n, int head_method)
 {
-    h2_stream_t *s = sc->h2s;
     h2_session_t *h = s->h;
     if (h == NULL || s->id == 0)
         return PS_EPROTO; /* the stream is gone: the exchange ends */
@@ -430,7 +421,7 @@ int h2_stream_write(conn_t *sc, uv_buf_t *bufs, unsigned n)
             prd.source.ptr = NULL;
             prd.read_callback = on_data_read;
             s->resp_head = 1;
-            s->bodiless = sc->head_method || code == 204 || code == 304;
+            s->bodiless = head_method || code == 204 || code == 304;
             rv = nghttp2_submit_response(h->ng, s->id, nv, (size_t)k, s->bodiless ? NULL : &prd);
         }
         if (rv != 0)
@@ -459,9 +450,8 @@ int h2_stream_write(conn_t *sc, uv_buf_t *bufs, unsigned n)
     return 0;
 }
 
-void h2_stream_end(conn_t *sc)
+void h2_stream_end(h2_stream_t *s)
 {
-    h2_stream_t *s = sc->h2s;
     h2_session_t *h = s->h;
     s->ended = 1;
     if (h == NULL || s->id == 0)
@@ -473,23 +463,22 @@ void h2_stream_end(conn_t *sc)
     h2_flush(h);
 }
 
-void h2_stream_update(conn_t *sc)
+void h2_stream_update(h2_stream_t *s)
 {
-    h2_stream_t *s = sc->h2s;
     h2_session_t *h = s->h;
     if (h == NULL || s->id == 0)
         return;
-    size_t room = sc->rbuf != NULL ? sc->w->bufs.size - sc->rlen : 0;
-    if (s->spill_len > 0 && room > 0 && sc->state != CONN_S_CLOSING) {
-        size_t k = s->spill_len < room ? s->spill_len : room;
-        memcpy(sc->rbuf + sc->rlen, s->spill, k);
-        sc->rlen += k;
-        memmove(s->spill, s->spill + k, s->spill_len - k);
-        s->spill_len -= k;
-        conn_process(sc); /* goes round until the buffer or the spill is empty */
-        return;
+    const h2_host_ops_t *ops = h->host.ops;
+    if (s->spill_len > 0) {
+        ssize_t k = ops->stream_body(s->ex, s->spill, s->spill_len);
+        if (k > 0) {
+            memmove(s->spill, s->spill + k, s->spill_len - (size_t)k);
+            s->spill_len -= (size_t)k;
+            stream_input(s); /* goes round until the buffer or the spill is empty */
+            return;
+        }
     }
-    uint64_t freed = s->in_total - sc->rlen - s->spill_len;
+    uint64_t freed = s->in_total - ops->stream_buffered(s->ex) - s->spill_len;
     if (freed > s->in_consumed) {
         nghttp2_session_consume(h->ng, s->id, (size_t)(freed - s->in_consumed));
         s->in_consumed = freed;
@@ -497,38 +486,37 @@ void h2_stream_update(conn_t *sc)
     }
 }
 
-int32_t h2_stream_id(const conn_t *sc)
+int32_t h2_stream_id(const h2_stream_t *s)
 {
-    return sc->h2s->id;
+    return s->id;
 }
 
-conn_t *h2_stream_parent(const conn_t *sc)
+conn_t *h2_stream_parent(const h2_stream_t *s)
 {
-    return sc->h2s->h != NULL ? sc->h2s->h->c : NULL;
+    return s->h != NULL ? s->h->c : NULL;
 }
 
-int h2_stream_added_fields(const conn_t *sc)
+int h2_stream_added_fields(const h2_stream_t *s)
 {
-    return sc->h2s->req.added;
+    return s->req.added;
 }
 
-int h2_stream_input_ended(const conn_t *sc)
+int h2_stream_input_ended(const h2_stream_t *s)
 {
-    return sc->h2s->in_end && sc->h2s->spill_len == 0;
+    return s->in_end && s->spill_len == 0;
 }
 
-void h2_stream_malformed(conn_t *sc)
+void h2_stream_malformed(h2_stream_t *s)
 {
-    sc->h2s->malformed = 1;
+    s->malformed = 1;
 }
 
-void h2_stream_detach(conn_t *sc)
+void h2_stream_detach(h2_stream_t *s)
 {
-    h2_stream_t *s = sc->h2s;
     h2_session_t *h = s->h;
     if (h == NULL)
         return;
-    unlink_stream(h, sc);
+    unlink_stream(h, s);
     s->h = NULL;
     if (s->id != 0 && !h->closing) {
         nghttp2_session_set_stream_user_data(h->ng, s->id, NULL);
@@ -539,17 +527,15 @@ void h2_stream_detach(conn_t *sc)
         s->id = 0;
         h2_flush(h);
     }
-    if (!h->closing && h->c->state == CONN_S_H2)
-        conn_arm_timer(h->c); /* the last stream gone: idle, or the end */
+    if (!h->closing)
+        h->host.ops->arm_timer(h->c); /* the last stream gone: idle, or the end */
 }
 
-void h2_stream_free(conn_t *sc)
+void h2_stream_free(h2_stream_t *s)
 {
-    h2_stream_t *s = sc->h2s;
-    buf_put(&sc->w->bufs, s->head);
+    buf_put(s->bufs, s->head);
     free(s->spill);
     free(s);
-    sc->h2s = NULL;
 }
 
 /* ---- the session -------------------------------------------------------- */
@@ -558,13 +544,13 @@ void h2_stream_free(conn_t *sc)
 static void run_done_streams(h2_session_t *h)
 {
     for (;;) {
-        conn_t *sc = h->streams;
-        while (sc != NULL && !sc->h2s->done)
-            sc = sc->h2s->next;
-        if (sc == NULL)
+        h2_stream_t *s = h->streams;
+        while (s != NULL && !s->done)
+            s = s->next;
+        if (s == NULL)
             return;
-        sc->h2s->done = 0;
-        conn_write_done(sc);
+        s->done = 0;
+        h->host.ops->stream_written(s->ex);
     }
 }
 
@@ -593,21 +579,23 @@ static void h2_flush(h2_session_t *h)
 static void flush_now(h2_session_t *h)
 {
     conn_t *c = h->c;
+    const h2_host_ops_t *ops = h->host.ops;
+    buf_pool_t *bufs = &h->host.w->bufs;
     if (h->flushing || h->closing)
         return;
     h->flushing = 1;
     do {
         h->again = 0;
         run_done_streams(h);
-        while (c->state == CONN_S_H2 && !c->write_pending) {
-            size_t size = c->w->bufs.size, len = 0;
+        while (!h->closing && !ops->writing(c)) {
+            size_t size = bufs->size, len = 0;
             const uint8_t *extra = NULL;
             ssize_t elen = 0;
             for (;;) {
                 const uint8_t *d;
                 ssize_t k = nghttp2_session_mem_send(h->ng, &d);
                 if (k < 0) {
-                    log_debug("conn %llu: h2: %s", (unsigned long long)c->id,
+                    log_debug("conn %llu: h2: %s", (unsigned long long)h->host.id,
                               nghttp2_strerror((int)k));
                     h->failed = 1;
                     break;
@@ -615,7 +603,7 @@ static void flush_now(h2_session_t *h)
                 if (k == 0)
                     break;
                 if (h->sbuf == NULL)
-                    h->sbuf = buf_get(&c->w->bufs);
+                    h->sbuf = buf_get(bufs);
                 if ((size_t)k <= size - len) {
                     memcpy(h->sbuf + len, d, (size_t)k);
                     len += (size_t)k;
@@ -635,21 +623,21 @@ static void flush_now(h2_session_t *h)
                 iov[n++] = uv_buf_init(h->sbuf, (unsigned)len);
             if (elen > 0)
                 iov[n++] = uv_buf_init((char *)extra, (unsigned)elen);
-            if (conn_write(c, iov, n) < 0) {
+            if (ops->write(c, iov, n) < 0) {
                 h->flushing = 0;
-                conn_close(c);
+                ops->close(c);
                 return;
             }
         }
-    } while (h->again && c->state == CONN_S_H2);
+    } while (h->again && !h->closing);
     h->flushing = 0;
-    if (c->state != CONN_S_H2)
+    if (h->closing)
         return;
-    if (!c->write_pending && h->sbuf != NULL) {
-        buf_put(&c->w->bufs, h->sbuf);
+    if (!ops->writing(c) && h->sbuf != NULL) {
+        buf_put(bufs, h->sbuf);
         h->sbuf = NULL;
     }
-    conn_arm_timer(c);
+    ops->arm_timer(c);
 }
 
 static void free_session(uv_handle_t *hd)
@@ -657,13 +645,12 @@ static void free_session(uv_handle_t *hd)
     free(hd->data);
 }
 
-int h2_phase(const conn_t *c)
+int h2_phase(const h2_session_t *h)
 {
-    const h2_session_t *h = c->h2;
-    if (h == NULL)
+    if (h == NULL || h->closing)
         return H2_ENDING;
     /* over once the last frame (a GOAWAY saying why) is out */
-    if (!c->write_pending && (h->failed ? h->sent_all || !nghttp2_session_want_write(h->ng)
+    if (!h->host.ops->writing(h->c) && (h->failed ? h->sent_all || !nghttp2_session_want_write(h->ng)
                                         : !nghttp2_session_want_read(h->ng) &&
                                               !nghttp2_session_want_write(h->ng)))
         return H2_ENDING;
@@ -695,80 +682,80 @@ static void callbacks_init(void)
     options = o;
 }
 
-int h2_start(conn_t *c)
+h2_session_t *h2_session_new(conn_t *c, const h2_host_t *host)
 {
     uv_once(&callbacks_once, callbacks_init);
     h2_session_t *h = calloc(1, sizeof(*h));
     if (h == NULL)
         abort();
     h->c = c;
+    h->host = *host;
     h->last_id = -1; /* so that skipping stream 1 counts */
-    h->control = (struct h2_bucket){H2_CONTROL_BURST, uv_now(&c->w->loop)};
-    h->resets = (struct h2_bucket){H2_RESET_BURST, uv_now(&c->w->loop)};
+    uv_loop_t *loop = &host->w->loop;
+    h->control = (struct h2_bucket){H2_CONTROL_BURST, uv_now(loop)};
+    h->resets = (struct h2_bucket){H2_RESET_BURST, uv_now(loop)};
     if (nghttp2_session_server_new2(&h->ng, callbacks, h, options) != 0) {
         free(h);
-        return PS_EPROTO;
+        return NULL;
     }
-    uv_idle_init(&c->w->loop, &h->flusher);
-    h->flusher.data = h;
-    c->h2 = h;
-    uint32_t window = (uint32_t)c->w->bufs.size;
+    uint32_t window = (uint32_t)host->w->bufs.size;
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, H2_MAX_STREAMS},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, window},
-        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)c->cfg->max_header_size},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)host->max_header_size},
     };
     if (nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, iv, PS_ARRAY_SIZE(iv)) != 0 ||
         nghttp2_session_set_local_window_size(h->ng, NGHTTP2_FLAG_NONE, 0,
-                                              (int32_t)(H2_MAX_STREAMS * window)) != 0)
-        return PS_EPROTO;
-    conn_set_state(c, CONN_S_H2);
-    atomic_fetch_add_explicit(&c->w->metrics.h2_conns, 1, memory_order_relaxed);
-    if (c->w->draining)
-        h2_goaway(c);
-    h2_on_input(c); /* the client's preface may be decrypted already */
-    return 0;
+                                              (int32_t)(H2_MAX_STREAMS * window)) != 0) {
+        nghttp2_session_del(h->ng);
+        free(h);
+        return NULL;
+    }
+    uv_idle_init(loop, &h->flusher);
+    h->flusher.data = h;
+    return h;
 }
 
-void h2_on_input(conn_t *c)
+void h2_on_input(h2_session_t *h)
 {
-    h2_session_t *h = c->h2;
+    conn_t *c = h->c;
+    const h2_host_ops_t *ops = h->host.ops;
     for (;;) {
-        size_t got = conn_fill(c);
-        if (c->state != CONN_S_H2)
+        size_t got = 0;
+        uv_buf_t in = ops->read(c, &got);
+        if (h->closing)
             return;
-        if (c->rlen > 0 && !h->failed) {
-            ssize_t r = nghttp2_session_mem_recv(h->ng, (const uint8_t *)c->rbuf, c->rlen);
-            if (c->state != CONN_S_H2)
+        if (in.len > 0 && !h->failed) {
+            ssize_t r = nghttp2_session_mem_recv(h->ng, (const uint8_t *)in.base, in.len);
+            if (h->closing)
                 return;
             if (r < 0 && !h->failed) {
-                log_debug("conn %llu %s: h2: %s", (unsigned long long)c->id, c->peer_ip,
-                          nghttp2_strerror((int)r));
+                log_debug("conn %llu %s: h2: %s", (unsigned long long)h->host.id,
+                          h->host.peer_ip, nghttp2_strerror((int)r));
                 h->failed = 1;
             }
         }
-        c->rlen = 0; /* after a GOAWAY of ours: read and dropped */
+        ops->consume(c); /* after a GOAWAY of ours: read and dropped */
         if (got == 0)
             break;
     }
     start_ready_streams(h);
-    if (c->state != CONN_S_H2)
+    if (h->closing)
         return;
-    if (c->tls_eof || c->tls->sock_eof) {
-        conn_close(c); /* the client went away: its streams end with it */
+    if (ops->ended(c)) {
+        ops->close(c); /* the client went away: its streams end with it */
         return;
     }
     h2_flush(h);
 }
 
-void h2_on_written(conn_t *c)
+void h2_on_written(h2_session_t *h)
 {
-    flush_now(c->h2); /* the socket took the last write: go on at once */
+    flush_now(h); /* the socket took the last write: go on at once */
 }
 
-void h2_goaway(conn_t *c)
+void h2_goaway(h2_session_t *h)
 {
-    h2_session_t *h = c->h2;
     if (h == NULL || h->goaway)
         return;
     h->goaway = 1;
@@ -777,36 +764,32 @@ void h2_goaway(conn_t *c)
     h2_flush(h);
 }
 
-void h2_on_timeout(conn_t *c)
+int h2_on_timeout(h2_session_t *h)
 {
-    switch (h2_phase(c)) {
+    switch (h2_phase(h)) {
     case H2_ENDING:
-        h2_session_close(c);
-        conn_linger(c);
-        return;
+        return H2_ENDING;
     case H2_IDLE:
-        if (!c->write_pending && !c->h2->goaway) {
-            h2_goaway(c); /* idle: say so, then close */
-            return;
+        if (!h->host.ops->writing(h->c) && !h->goaway) {
+            h2_goaway(h); /* idle: say so, then close */
+            return H2_IDLE;
         }
         break;
     default:
         break;
     }
-    log_debug("conn %llu %s: h2: timed out", (unsigned long long)c->id, c->peer_ip);
-    conn_close(c);
+    log_debug("conn %llu %s: h2: timed out", (unsigned long long)h->host.id, h->host.peer_ip);
+    return H2_BUSY;
 }
 
-void h2_session_close(conn_t *c)
+void h2_session_close(h2_session_t *h)
 {
-    h2_session_t *h = c->h2;
-    if (h == NULL)
+    if (h == NULL || h->closing)
         return;
     h->closing = 1;
     while (h->streams != NULL)
-        conn_close(h->streams);
+        h->host.ops->stream_close(h->streams->ex);
     nghttp2_session_del(h->ng);
-    buf_put(&c->w->bufs, h->sbuf);
-    c->h2 = NULL;
+    buf_put(&h->host.w->bufs, h->sbuf);
     uv_close((uv_handle_t *)&h->flusher, free_session);
 }

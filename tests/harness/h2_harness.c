@@ -1,6 +1,7 @@
-/* The in-process HTTP/2 session of h2_harness.h: conn_* functions for the
- * parent conn and its stream conns, a recording exchange per stream, and
- * a reader of the server's frames. */
+/* The in-process HTTP/2 session of h2_harness.h: the h2_host_ops_t of a
+ * parent connection with no socket and of a recording exchange per stream,
+ * and a reader of the server's frames. h2.c sees conn_t only through the
+ * ops, so the harness has a conn of its own. */
 #include "h2_harness.h"
 
 #include <nghttp2/nghttp2.h>
@@ -9,28 +10,40 @@
 #include <string.h>
 
 #include "common.h"
-#include "conn.h"
 #include "h2.h"
 #include "http.h"
+#include "worker.h"
 
-/* A conn with the harness's record of it (streams only). */
-typedef struct hconn {
-    conn_t c;
+enum hconn_state { H_READ_HEAD, H_PROXY, H_RESPOND, H_CLOSING };
+
+/* The parent connection, or a stream's exchange with the harness's record
+ * of it. */
+struct conn {
+    int state; /* enum hconn_state */
+    uint64_t id;
+    h2_stream_t *s; /* streams only */
     h2h_stream_t *rec;
-    struct hconn *next_live; /* streams not yet closed */
-    struct hconn *next_dead;
-} hconn_t;
+    conn_t *next_live; /* streams not yet closed */
+    conn_t *next_dead;
+    http_head_t req;
+    char *rbuf;
+    size_t rstart, rlen;
+    char *hbuf, *obuf;
+    unsigned head_done : 1, req_done : 1, head_method : 1, in_process : 1;
+    int req_framing;
+    uint64_t req_length, body_up;
+    http_vars_t vars;
+};
 
 struct h2h {
     worker_t w;
-    cfg_t cfg;
-    tls_conn_t tls; /* never used for TLS: h2.c asks it whether the socket ended */
-    hconn_t *parent;
-    const uint8_t *in; /* the read being handed over (conn_fill) */
+    h2_session_t *h;
+    conn_t parent;
+    const uint8_t *in; /* the read being handed over (h_read) */
     size_t in_len;
     h2h_stream_t *streams, **tail;
-    hconn_t *live; /* stream conns not closed yet */
-    hconn_t *dead; /* closed stream conns, freed once the loop ran (as conn.c does) */
+    conn_t *live; /* stream exchanges not closed yet */
+    conn_t *dead; /* closed ones, freed once the loop ran (as conn.c does) */
     uint64_t next_id;
     /* the server's frames */
     h2h_bytes_t out;
@@ -41,13 +54,8 @@ struct h2h {
     int goaway;
 };
 
-static h2h_t *cur; /* the harness the conn_* functions below serve */
+static h2h_t *cur; /* the harness the ops below serve */
 static llhttp_settings_t req_settings;
-
-static h2h_stream_t *rec_of(conn_t *c)
-{
-    return container_of(c, hconn_t, c)->rec;
-}
 
 /* ---- bytes -------------------------------------------------------------- */
 
@@ -84,6 +92,8 @@ static void rec_put(h2h_stream_t *r, const void *p, size_t n)
 
 /* ---- the exchange a stream runs (conn.c and proxy.c, in brief) ---------- */
 
+static void h_close(conn_t *c);
+
 static int on_headers_complete(llhttp_t *p)
 {
     conn_t *c = container_of(p, conn_t, req.parser);
@@ -94,30 +104,29 @@ static int on_headers_complete(llhttp_t *p)
 /* The answer the upstream (or psproxy itself) gives: STATUS and "ok". */
 static void respond(conn_t *sc, int status)
 {
+    buf_pool_t *bufs = &cur->w.bufs;
     if (sc->hbuf == NULL)
-        sc->hbuf = buf_get(&sc->w->bufs);
-    int n = snprintf(sc->hbuf, sc->w->bufs.size,
+        sc->hbuf = buf_get(bufs);
+    int n = snprintf(sc->hbuf, bufs->size,
                      "HTTP/1.1 %d X\r\ncontent-length: 2\r\nx-from: harness\r\n\r\nok", status);
     uv_buf_t b = uv_buf_init(sc->hbuf, (unsigned)n);
-    int r = h2_stream_write(sc, &b, 1);
+    int r = h2_stream_write(sc->s, &b, 1, sc->head_method);
     if (r < 0)
-        conn_close(sc);
+        h_close(sc);
     else if (r == 1)
-        h2_stream_end(sc);
-    else
-        sc->write_pending = 1;
+        h2_stream_end(sc->s);
 }
 
 static void answer_here(conn_t *sc, int status)
 {
-    rec_of(sc)->answered = status;
-    sc->state = CONN_S_RESPOND; /* what is left of the body is dropped */
+    sc->rec->answered = status;
+    sc->state = H_RESPOND; /* what is left of the body is dropped */
     respond(sc, status);
 }
 
 static void up_body(conn_t *sc, const char *p, size_t n)
 {
-    h2h_stream_t *r = rec_of(sc);
+    h2h_stream_t *r = sc->rec;
     if (n == 0)
         return;
     if (sc->req_framing == HTTP_BODY_CHUNKED) {
@@ -129,41 +138,41 @@ static void up_body(conn_t *sc, const char *p, size_t n)
         rec_put(r, "\r\n", 2);
 }
 
-conn_t *conn_new_stream(conn_t *parent)
+static conn_t *h_stream_open(conn_t *parent, h2_stream_t *s)
 {
     h2h_t *t = cur;
-    hconn_t *hc = calloc(1, sizeof(*hc));
+    (void)parent;
+    conn_t *c = calloc(1, sizeof(*c));
     h2h_stream_t *r = calloc(1, sizeof(*r));
-    if (hc == NULL || r == NULL)
+    if (c == NULL || r == NULL)
         abort();
     r->rst = -1;
     *t->tail = r;
     t->tail = &r->next;
-    hc->rec = r;
-    hc->next_live = t->live;
-    t->live = hc;
-    conn_t *c = &hc->c;
-    c->w = parent->w;
-    c->cfg = parent->cfg;
+    c->rec = r;
+    c->s = s;
+    c->next_live = t->live;
+    t->live = c;
     c->id = ++t->next_id;
-    c->state = CONN_S_READ_HEAD;
-    c->keep_alive = 1;
+    c->state = H_READ_HEAD;
     http_head_init(&c->req, HTTP_REQUEST, &req_settings);
     return c;
 }
 
-void conn_stream_head(conn_t *sc, char *head, int len)
+static void h_process(conn_t *sc);
+
+static void h_stream_head(conn_t *sc, char *head, int len)
 {
-    h2h_stream_t *r = rec_of(sc);
-    r->id = h2_stream_id(sc);
-    if (sc->state == CONN_S_CLOSING)
+    h2h_stream_t *r = sc->rec;
+    r->id = h2_stream_id(sc->s);
+    if (sc->state == H_CLOSING)
         return;
     if (len < 0) {
         answer_here(sc, -len);
         return;
     }
     if (sc->req.hdrs == NULL)
-        sc->req.hdrs = (http_hdr_t *)buf_get(&sc->w->tables);
+        sc->req.hdrs = (http_hdr_t *)buf_get(&cur->w.tables);
     llhttp_errno_t err = llhttp_execute(&sc->req.parser, head, (size_t)len);
     if (err != HPE_PAUSED || !sc->head_done) {
         answer_here(sc, http_request_error_status(&sc->req, err));
@@ -190,8 +199,8 @@ void conn_stream_head(conn_t *sc, char *head, int len)
     o.https = 1;
     o.framing = sc->req_framing;
     o.length = sc->req_length;
-    sc->obuf = buf_get(&sc->w->bufs);
-    int n = http_build_request(sc->obuf, sc->w->bufs.size, &o);
+    sc->obuf = buf_get(&cur->w.bufs);
+    int n = http_build_request(sc->obuf, cur->w.bufs.size, &o);
     if (n < 0) {
         answer_here(sc, 431);
         return;
@@ -199,28 +208,29 @@ void conn_stream_head(conn_t *sc, char *head, int len)
     r->forwarded = 1;
     r->framing = sc->req_framing;
     rec_put(r, sc->obuf, (size_t)n);
-    sc->state = CONN_S_PROXY;
-    sc->rstart = sc->head_end = 0;
-    conn_process(sc);
+    sc->state = H_PROXY;
+    sc->rstart = 0;
+    h_process(sc);
 }
 
 /* The body bytes in the stream's buffer go up (as stream_body and
  * proxy_pump_request take them), the buffer's room goes back to the
  * window; round again while the spill refills it. */
-void conn_process(conn_t *sc)
+static void h_process(conn_t *sc)
 {
-    if (sc->in_process || sc->h2s == NULL)
+    if (sc->in_process)
         return;
     sc->in_process = 1;
-    while (sc->state == CONN_S_PROXY || sc->state == CONN_S_RESPOND) {
+    while (sc->state == H_PROXY || sc->state == H_RESPOND) {
         size_t n = sc->rlen - sc->rstart;
-        if (sc->state == CONN_S_PROXY && !sc->req_done) {
-            int ends = h2_stream_input_ended(sc);
+        if (sc->state == H_PROXY && !sc->req_done) {
+            int ends = h2_stream_input_ended(sc->s);
             if (http_body_keeps_framing(sc->req_framing, sc->req_length, sc->body_up, n, ends) <
                 0) {
-                rec_of(sc)->broken = 1;
+                sc->rec->broken = 1;
                 sc->in_process = 0;
-                conn_malformed(sc);
+                h2_stream_malformed(sc->s); /* as conn_malformed */
+                h_close(sc);
                 return;
             }
             if (n > 0)
@@ -228,90 +238,71 @@ void conn_process(conn_t *sc)
             sc->body_up += n;
             if (ends) {
                 if (sc->req_framing == HTTP_BODY_CHUNKED)
-                    rec_put(rec_of(sc), HTTP_LAST_CHUNK, sizeof(HTTP_LAST_CHUNK) - 1);
+                    rec_put(sc->rec, HTTP_LAST_CHUNK, sizeof(HTTP_LAST_CHUNK) - 1);
                 sc->req_done = 1;
-                rec_of(sc)->complete = 1;
+                sc->rec->complete = 1;
                 respond(sc, 200);
             }
         }
         sc->rstart = sc->rlen = 0;
-        if (sc->state == CONN_S_CLOSING)
+        if (sc->state == H_CLOSING)
             break;
-        h2_stream_update(sc);
+        h2_stream_update(sc->s);
         if (sc->rlen == 0)
             break;
     }
     sc->in_process = 0;
 }
 
-void conn_malformed(conn_t *sc)
+static void h_close(conn_t *c)
 {
-    h2_stream_malformed(sc);
-    conn_close(sc);
-}
-
-void conn_write_done(conn_t *sc)
-{
-    sc->write_pending = 0;
-    h2_stream_end(sc);
-}
-
-void conn_close(conn_t *c)
-{
-    if (c->state == CONN_S_CLOSING)
+    if (c->state == H_CLOSING)
         return;
-    c->state = CONN_S_CLOSING;
-    if (c->h2s != NULL) {
-        h2_stream_detach(c);
-        hconn_t *hc = container_of(c, hconn_t, c);
-        for (hconn_t **p = &cur->live; *p != NULL; p = &(*p)->next_live)
-            if (*p == hc) {
-                *p = hc->next_live;
-                break;
-            }
-        hc->next_dead = cur->dead;
-        cur->dead = hc;
+    c->state = H_CLOSING;
+    if (c->s == NULL) { /* the parent */
+        h2_session_close(cur->h);
+        cur->h = NULL;
         return;
     }
-    h2_session_close(c);
-}
-
-void conn_linger(conn_t *c)
-{
-    conn_close(c);
-}
-
-void conn_set_state(conn_t *c, int state)
-{
-    c->state = state;
-}
-
-void conn_arm_timer(conn_t *c)
-{
-    (void)c; /* no clocks here: a test decides what happens next */
+    h2_stream_detach(c->s);
+    for (conn_t **p = &cur->live; *p != NULL; p = &(*p)->next_live)
+        if (*p == c) {
+            *p = c->next_live;
+            break;
+        }
+    c->next_dead = cur->dead;
+    cur->dead = c;
 }
 
 /* The "decrypted" plaintext of the read in hand, as much as fits. */
-size_t conn_fill(conn_t *c)
+static uv_buf_t h_read(conn_t *c, size_t *added)
 {
     h2h_t *t = cur;
-    if (c->state == CONN_S_CLOSING || t->in_len == 0)
-        return 0;
-    if (c->rbuf == NULL)
-        c->rbuf = buf_get(&c->w->bufs);
-    size_t k = c->w->bufs.size - c->rlen;
-    if (k > t->in_len)
-        k = t->in_len;
-    memcpy(c->rbuf + c->rlen, t->in, k);
-    c->rlen += k;
-    t->in += k;
-    t->in_len -= k;
-    return k;
+    buf_pool_t *bufs = &t->w.bufs;
+    *added = 0;
+    if (c->state != H_CLOSING && t->in_len > 0) {
+        if (c->rbuf == NULL)
+            c->rbuf = buf_get(bufs);
+        size_t k = bufs->size - c->rlen;
+        if (k > t->in_len)
+            k = t->in_len;
+        memcpy(c->rbuf + c->rlen, t->in, k);
+        c->rlen += k;
+        t->in += k;
+        t->in_len -= k;
+        *added = k;
+    }
+    return uv_buf_init(c->rbuf, (unsigned)c->rlen);
+}
+
+static void h_consume(conn_t *c)
+{
+    c->rlen = 0;
 }
 
 static void read_output(h2h_t *t);
 
-int conn_write(conn_t *c, uv_buf_t *bufs, unsigned n)
+static int h_write(conn_t *c, uv_buf_t *bufs, unsigned n)
 {
     (void)c;
     for (unsigned i = 0; i < n; i++)
@@ -319,6 +310,66 @@ int conn_write(conn_t *c, uv_buf_t *bufs, unsigned n)
     read_output(cur);
     return 1; /* the "socket" took it all */
 }
+
+static int h_never(const conn_t *c)
+{
+    (void)c;
+    return 0; /* no write waits; the client never closes its side */
+}
+
+static void h_arm_timer(conn_t *c)
+{
+    (void)c; /* no clocks here: a test decides what happens next */
+}
+
+static ssize_t h_stream_body(conn_t *sc, const char *data, size_t len)
+{
+    if (sc->state == H_RESPOND || sc->state == H_CLOSING)
+        return -1;
+    buf_pool_t *bufs = &cur->w.bufs;
+    if (len == 0)
+        return 0;
+    if (sc->rbuf == NULL)
+        sc->rbuf = buf_get(bufs);
+    size_t room = bufs->size - sc->rlen;
+    size_t fit = len < room ? len : room;
+    memcpy(sc->rbuf + sc->rlen, data, fit);
+    sc->rlen += fit;
+    return (ssize_t)fit;
+}
+
+static size_t h_stream_buffered(const conn_t *sc)
+{
+    return sc->rlen;
+}
+
+static void h_stream_input(conn_t *sc)
+{
+    if (sc->state != H_CLOSING)
+        h_process(sc);
+}
+
+static void h_stream_written(conn_t *sc)
+{
+    h2_stream_end(sc->s);
+}
+
+static const h2_host_ops_t harness_ops = {
+    .read = h_read,
+    .consume = h_consume,
+    .write = h_write,
+    .writing = h_never,
+    .ended = h_never,
+    .close = h_close,
+    .arm_timer = h_arm_timer,
+    .stream_open = h_stream_open,
+    .stream_head = h_stream_head,
+    .stream_body = h_stream_body,
+    .stream_buffered = h_stream_buffered,
+    .stream_input = h_stream_input,
+    .stream_written = h_stream_written,
+    .stream_close = h_close,
+};
 
 /* ---- the server's frames, as the client reads them ---------------------- */
 
@@ -416,16 +467,16 @@ static void read_output(h2h_t *t)
 
 static void free_dead(h2h_t *t)
 {
+    buf_pool_t *bufs = &t->w.bufs;
     while (t->dead != NULL) {
-        hconn_t *hc = t->dead;
-        t->dead = hc->next_dead;
-        conn_t *c = &hc->c;
-        buf_put(&c->w->bufs, c->rbuf);
-        buf_put(&c->w->bufs, c->hbuf);
-        buf_put(&c->w->bufs, c->obuf);
-        buf_put(&c->w->tables, (char *)c->req.hdrs);
-        h2_stream_free(c);
-        free(hc);
+        conn_t *c = t->dead;
+        t->dead = c->next_dead;
+        buf_put(bufs, c->rbuf);
+        buf_put(bufs, c->hbuf);
+        buf_put(bufs, c->obuf);
+        buf_put(&t->w.tables, (char *)c->req.hdrs);
+        h2_stream_free(c->s);
+        free(c);
     }
 }
 
@@ -449,24 +500,15 @@ h2h_t *h2h_new(size_t max_header_size)
     t->goaway = -1;
     if (uv_loop_init(&t->w.loop) != 0 || nghttp2_hd_inflate_new(&t->inf) != 0)
         abort();
-    t->cfg.max_header_size = max_header_size;
-    size_t size = (max_header_size + 4096 + 4095) & ~(size_t)4095; /* server.c's sizing */
+    size_t size = (max_header_size + 4096 + 4095) & ~(size_t)4095; /* worker_buffer_size's */
     buf_pool_init(&t->w.bufs, size < 16384 ? 16384 : size, 16);
     buf_pool_init(&t->w.tables, HTTP_HDR_TABLE_SIZE, 16);
-    hconn_t *hc = calloc(1, sizeof(*hc));
-    if (hc == NULL)
+    t->parent.id = ++t->next_id;
+    h2_host_t host = {&harness_ops, &t->w, max_header_size, t->parent.id, "192.0.2.1"};
+    t->h = h2_session_new(&t->parent, &host);
+    if (t->h == NULL)
         abort();
-    t->parent = hc;
-    conn_t *c = &hc->c;
-    c->w = &t->w;
-    c->cfg = &t->cfg;
-    c->tls = &t->tls;
-    c->id = ++t->next_id;
-    c->https = 1;
-    strcpy(c->peer_ip, "192.0.2.1");
-    c->state = CONN_S_HANDSHAKE;
-    if (h2_start(c) != 0)
-        abort();
+    h2_on_input(t->h);
     run_loop(t);
     return t;
 }
@@ -474,17 +516,16 @@ h2h_t *h2h_new(size_t max_header_size)
 void h2h_read(h2h_t *t, const void *p, size_t n)
 {
     cur = t;
-    conn_t *c = &t->parent->c;
-    if (c->state == CONN_S_H2) {
+    if (t->h != NULL) {
         t->in = p;
         t->in_len = n;
-        h2_on_input(c);
+        h2_on_input(t->h);
         t->in_len = 0;
         /* a stream's id is known once nghttp2 opened it: before anything
          * (a reset) about it is sent */
-        for (hconn_t *hc = t->live; hc != NULL; hc = hc->next_live)
-            if (hc->rec->id == 0)
-                hc->rec->id = h2_stream_id(&hc->c);
+        for (conn_t *c = t->live; c != NULL; c = c->next_live)
+            if (c->rec->id == 0)
+                c->rec->id = h2_stream_id(c->s);
     }
     run_loop(t);
 }
@@ -510,15 +551,12 @@ int h2h_goaway(h2h_t *t)
 void h2h_free(h2h_t *t)
 {
     cur = t;
-    conn_t *c = &t->parent->c;
-    if (c->state != CONN_S_CLOSING)
-        conn_close(c);
+    h_close(&t->parent);
     run_loop(t);
     uv_run(&t->w.loop, UV_RUN_DEFAULT); /* the session's idle handle closes */
     if (uv_loop_close(&t->w.loop) != 0)
         abort(); /* a handle the session left open */
-    buf_put(&t->w.bufs, c->rbuf);
-    free(t->parent);
+    buf_put(&t->w.bufs, t->parent.rbuf);
     while (t->streams != NULL) {
         h2h_stream_t *s = t->streams;
         t->streams = s->next;

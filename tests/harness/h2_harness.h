@@ -1,8 +1,8 @@
 /* An HTTP/2 server session in one process, for unit tests and fuzzing: the
  * real h2.c, h2_msg.c and nghttp2 on a parent conn with no socket and no
  * TLS, fed one "read" at a time. The harness stands in for conn.c and
- * proxy.c (it defines the conn_* functions h2.c calls, so it is linked
- * instead of them): each stream's HTTP/1.1 head is parsed and checked by
+ * proxy.c (it lends the session an h2_host_ops_t of its own): each
+ * stream's HTTP/1.1 head is parsed and checked by
  * http.c and rebuilt as the upstream head psproxy writes, its body is
  * framed as proxy.c frames it and passes the same framing invariant
  * (http_body_keeps_framing), and what would go upstream is recorded per
