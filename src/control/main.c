@@ -19,6 +19,7 @@
 #include "ca_bundle.h"
 #include "common.h"
 #include "config.h"
+#include "handlers.h"
 #include "import_caddy.h"
 #include "log.h"
 #include "notify.h"
@@ -297,6 +298,7 @@ int main(int argc, char **argv)
     int cfg_admin_off = cfg->admin_off;
     ca_bundle_log(cfg->acme_ca_root);
     raise_open_file_limit();
+    handlers_init(); /* what routing can pick, before a worker runs */
     int err = srv_start(&server, cfg);
     cfg_unref(cfg); /* the server holds its references */
     if (err != 0) {

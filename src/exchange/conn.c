@@ -7,9 +7,7 @@
 #include <string.h>
 
 #include "access_log.h"
-#include "chal.h"
 #include "common.h"
-#include "json.h"
 #include "log.h"
 
 #define CONN_LINGER_MS 2000
@@ -67,8 +65,8 @@ void conn_close(conn_t *c)
     if (c->state == CONN_S_CLOSING)
         return;
     conn_set_state(c, CONN_S_CLOSING);
-    if (c->up != NULL)
-        proxy_abort(c);
+    if (c->ops != NULL && c->ops->abort != NULL)
+        c->ops->abort(c);
     release_request_bufs(c);
     if (c->h2s != NULL) {
         /* a stream conn: no socket, not in the worker's list */
@@ -121,8 +119,11 @@ static void on_timeout(uv_timer_t *t)
         }
         break;
     case CONN_S_CONNECT_UP:
-        proxy_on_retry_timer(c);
-        return;
+        if (c->ops->timer != NULL) {
+            c->ops->timer(c);
+            return;
+        }
+        break;
     case CONN_S_H2:
         switch (h2_on_timeout(c->h2)) {
         case H2_ENDING:
@@ -187,7 +188,7 @@ void conn_arm_timer(conn_t *c)
         if (c->write_pending)
             ms = cfg->timeouts.write;
         else if (!c->req_done && c->state != CONN_S_TUNNEL &&
-                 !(c->up != NULL && c->up->write_pending))
+                 !(c->ops != NULL && c->ops->body_blocked != NULL && c->ops->body_blocked(c)))
             ms = cfg->timeouts.read_body; /* a stalled upstream has its own clock */
         break;
     case CONN_S_H2:
@@ -251,8 +252,9 @@ void conn_write_done(conn_t *c)
     c->write_pending = 0;
     if (c->state == CONN_S_RESPOND || c->state == CONN_S_READ_HEAD)
         respond_maybe_done(c);
-    else if (c->state == CONN_S_PROXY || c->state == CONN_S_TUNNEL)
-        proxy_on_client_written(c);
+    else if ((c->state == CONN_S_PROXY || c->state == CONN_S_TUNNEL) &&
+             c->ops->client_written != NULL)
+        c->ops->client_written(c);
     else if (c->state == CONN_S_H2) {
         h2_on_written(c->h2);
         if (c->state == CONN_S_H2 && !c->write_pending)
@@ -475,8 +477,8 @@ static void on_client_eof(conn_t *c)
     case CONN_S_TUNNEL:
         if (!c->req_done && c->state != CONN_S_TUNNEL)
             conn_close(c); /* gone mid-request: the exchange cannot complete */
-        else
-            proxy_on_client_eof(c);
+        else if (c->ops->client_eof != NULL)
+            c->ops->client_eof(c);
         break;
     case CONN_S_RESPOND:
         if (!c->req_done)
@@ -565,7 +567,7 @@ static void on_tls_input(conn_t *c)
             conn_close(c);
         break;
     case CONN_S_TUNNEL:
-        proxy_tunnel_from_client(c);
+        c->ops->tunnel_input(c);
         break;
     default:
         conn_process(c);
@@ -603,7 +605,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             c->rstart = c->rlen = 0; /* drained and dropped */
             break;
         case CONN_S_TUNNEL:
-            proxy_tunnel_from_client(c);
+            c->ops->tunnel_input(c);
             break;
         default:
             conn_process(c);
@@ -642,7 +644,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
     c->bytes_in += len;
     if (c->state == CONN_S_RESPOND)
         return 0; /* answered here: the body is read and dropped */
-    if (c->body_limit != 0 && c->bytes_in > c->body_limit) {
+    if (c->route.body_limit != 0 && c->bytes_in > c->route.body_limit) {
         c->req.err_status = 413; /* a chunked body grew past request_body max_size */
         llhttp_set_error_reason(p, "request body too large");
         return HPE_USER;
@@ -678,7 +680,7 @@ static llhttp_errno_t stream_body(conn_t *c)
     if (c->state == CONN_S_RESPOND) {
         c->rstart = c->rlen = 0; /* answered here: read and dropped */
     } else if (n > 0) {
-        if (c->body_limit != 0 && c->bytes_in > c->body_limit) {
+        if (c->route.body_limit != 0 && c->bytes_in > c->route.body_limit) {
             c->req.err_status = 413;
             llhttp_set_error_reason(&c->req.parser, "request body too large");
             return HPE_USER;
@@ -833,190 +835,6 @@ static void respond_error(conn_t *c, int status)
 
 /* ---- routing ------------------------------------------------------------ */
 
-/* The site on this listener whose host matches the request's, else NULL;
- * *ANY is set to the catch-all site (host ""), if there is one. */
-static const cfg_site_t *route_site(conn_t *c, const cfg_site_t **any)
-{
-    uv_buf_t host = http_host_without_port(c->req.host);
-    const cfg_listener_t *l = c->listener;
-    *any = NULL;
-    for (size_t i = 0; i < l->n_sites; i++) {
-        const cfg_site_t *s = l->sites[i];
-        for (size_t a = 0; a < s->n_addrs; a++) {
-            const cfg_addr_t *addr = &s->addrs[a];
-            if (addr->port != l->port)
-                continue;
-            if (addr->host[0] == '\0') {
-                if (*any == NULL)
-                    *any = s;
-            } else if (cfg_match_host(addr->host, host.base, host.len)) {
-                return s;
-            }
-        }
-    }
-    return NULL;
-}
-
-/* The port of an HTTPS site serving HOST, https_port when one there does
- * (Caddy prefers it for a name on several ports); 0 when none serves it. */
-static int https_port_of(const cfg_t *cfg, uv_buf_t host)
-{
-    int port = 0;
-    if (host.len == 0)
-        return 0; /* no Host (HTTP/1.0) matches no host name */
-    for (size_t i = 0; i < cfg->n_sites; i++)
-        for (size_t a = 0; a < cfg->sites[i].n_addrs; a++) {
-            const cfg_addr_t *addr = &cfg->sites[i].addrs[a];
-            if (addr->scheme == CFG_SCHEME_HTTPS && addr->host[0] != '\0' &&
-                cfg_match_host(addr->host, host.base, host.len) &&
-                (port == 0 || addr->port == cfg->https_port))
-                port = addr->port;
-        }
-    return port;
-}
-
-#define ACME_CHALLENGE_PREFIX "/.well-known/acme-challenge/"
-
-/* HTTP-01 on http_port: the key authorization of a pending challenge.
- * Returns 0 when it answered. */
-static int answer_acme_challenge(conn_t *c)
-{
-    const size_t plen = sizeof(ACME_CHALLENGE_PREFIX) - 1;
-    uv_buf_t path = c->vars.path;
-    if (c->listener->port != c->cfg->http_port || c->https || path.len <= plen ||
-        memcmp(path.base, ACME_CHALLENGE_PREFIX, plen) != 0)
-        return -1;
-    char ka[512];
-    if (chal_http_get(path.base + plen, path.len - plen, ka, sizeof(ka)) != 0)
-        return -1;
-    log_info("acme: answered the http-01 challenge for %.*s from %s", (int)c->vars.host.len,
-             c->vars.host.base, c->peer_ip);
-    conn_respond(c, 200, NULL, ka, strlen(ka));
-    return 0;
-}
-
-/* http_port under automatic HTTPS: 308 to the same URI over https on PORT,
- * as Caddy's redirect routes (makeRedirRoute), except the ACME HTTP-01
- * path. Caddy names no port when PORT is http_port, https_port, 80 or 443:
- * the redirect leaves the machine, where https_port is assumed to be
- * reached as 443; a site's own port (example.com:8443) is named. The
- * connection closes after it, as Caddy's does. */
-static void redirect_to_https(conn_t *c, int port)
-{
-    uv_buf_t host = http_host_without_port(c->req.host);
-    const cfg_t *cfg = c->cfg;
-    if (c->vars.path.len >= sizeof(ACME_CHALLENGE_PREFIX) - 1 &&
-        memcmp(c->vars.path.base, ACME_CHALLENGE_PREFIX, sizeof(ACME_CHALLENGE_PREFIX) - 1) == 0) {
-        conn_respond(c, 404, NULL, NULL, 0); /* no such challenge is pending */
-        return;
-    }
-    char ps[16] = "";
-    if (port != cfg->http_port && port != cfg->https_port && port != 80 && port != 443)
-        snprintf(ps, sizeof(ps), ":%d", port);
-    if (host.len == 0)
-        host = uv_buf_init("", 0); /* no Host: a NULL slice */
-    int v6 = memchr(host.base, ':', host.len) != NULL;
-    c->obuf = buf_get(&c->w->bufs);
-    /* the host as the client wrote it (case kept), without its port; an
-     * empty one gives "https:///..." as Caddy's {http.request.host} does */
-    int n = snprintf(c->obuf, c->w->bufs.size, "Location: https://%s%.*s%s%s%.*s\r\n",
-                     v6 ? "[" : "", (int)host.len, host.base, v6 ? "]" : "", ps,
-                     (int)c->req.target.len, c->req.target.base);
-    c->keep_alive = 0;
-    if (n < 0 || (size_t)n >= c->w->bufs.size)
-        conn_respond(c, 414, NULL, NULL, 0);
-    else
-        conn_respond(c, 308, c->obuf, NULL, 0);
-}
-
-/* Length of the Unicode white space (Go's unicode.IsSpace) that starts at
- * P (BACK: that ends at P + N) in UTF-8, or 0. */
-static size_t utf8_space(const char *p, size_t n, int back)
-{
-    static const char *const wide[] = {
-        "\xc2\x85" /* U+0085 */, "\u00a0", "\u1680", "\u2000", "\u2001", "\u2002", "\u2003",
-        "\u2004", "\u2005", "\u2006", "\u2007", "\u2008", "\u2009", "\u200a",
-        "\u2028", "\u2029", "\u202f", "\u205f", "\u3000",
-    };
-    if (n == 0)
-        return 0;
-    if (memchr(" \t\n\v\f\r", back ? p[n - 1] : p[0], 6) != NULL)
-        return 1;
-    for (size_t k = 0; k < PS_ARRAY_SIZE(wide); k++) {
-        size_t wl = strlen(wide[k]);
-        if (n >= wl && memcmp(back ? p + n - wl : p, wide[k], wl) == 0)
-            return wl;
-    }
-    return 0;
-}
-
-/* Caddy's static_response (Caddy 2.6.2, caddy run): a body that, trimmed
- * of white space as Go's strings.TrimSpace does, is a JSON object or array
- * of more than two bytes gets application/json, any other body text/plain;
- * a Content-Type the site's header ops set wins over both. */
-static uv_buf_t respond_content_type(const char *body, size_t len)
-{
-    size_t k;
-    while ((k = utf8_space(body, len, 0)) > 0) {
-        body += k;
-        len -= k;
-    }
-    while ((k = utf8_space(body, len, 1)) > 0)
-        len -= k;
-    if (len > 2 &&
-        ((body[0] == '{' && body[len - 1] == '}') || (body[0] == '[' && body[len - 1] == ']')) &&
-        json_valid(body, len))
-        return uv_buf_init("application/json", 16);
-    return uv_buf_init("text/plain; charset=utf-8", 25);
-}
-
-static void answer_local(conn_t *c, const cfg_handler_t *h)
-{
-    char *extra = NULL;
-    size_t elen = 0;
-    char body[4096];
-    size_t blen = 0;
-    int status = 200;
-    const cfg_hdr_ops_t *const *ops = c->resp_ops;
-    unsigned n_ops = c->n_resp_ops;
-    http_hdr_t own, *ownp = NULL;
-    if (h != NULL && h->kind == CFG_H_RESPOND) {
-        status = h->u.respond.status;
-        if (http_tmpl_expand(&h->u.respond.body, &c->vars, body, sizeof(body), &blen) < 0)
-            blen = 0;
-        if (h->u.respond.close)
-            c->keep_alive = 0;
-        if (blen > 0) {
-            own.name = uv_buf_init("Content-Type", 12);
-            own.value = respond_content_type(body, blen);
-            ownp = &own;
-        }
-    }
-    c->obuf = buf_get(&c->w->bufs);
-    extra = c->obuf;
-    /* the site's header ops apply to answers made here too, around
-     * respond's Content-Type as in Caddy; one a deferred op deleted is
-     * Go's sniffing in Caddy: plain text (http_build_simple) for all but
-     * a few signatures (HTML, XML, PDF, images) psproxy does not sniff */
-    if (http_expand_ops(ops, n_ops, &c->vars, extra, c->w->bufs.size - 1, &elen, ownp) < 0)
-        elen = 0;
-    if (h != NULL && h->kind == CFG_H_REDIR) {
-        size_t start = elen;
-        memcpy(extra + elen, "Location: ", 10);
-        elen += 10;
-        if (http_tmpl_expand(&h->u.redir.to, &c->vars, extra, c->w->bufs.size - 3, &elen) < 0) {
-            elen = start;
-            status = 500;
-        } else {
-            memcpy(extra + elen, "\r\n", 2);
-            elen += 2;
-            status = h->u.redir.status;
-        }
-    }
-    extra[elen] = '\0';
-    conn_respond(c, status, extra, body, blen);
-}
-
 /* The head is complete and the parser paused on it: check, route, act.
  * ST: a status to answer instead, or 0. */
 static void conn_route(conn_t *c, int st)
@@ -1041,66 +859,17 @@ static void conn_route(conn_t *c, int st)
         return;
     }
     http_vars_from_request(&c->vars, &c->req, c->https, c->peer_ip, c->peer_port);
-
-    if (answer_acme_challenge(c) == 0)
-        return;
-    /* Caddy's route order on http_port (autohttps.go): the sites whose host
-     * matches, the redirects for the HTTPS sites' hosts, the catch-all
-     * site, then a redirect for any other host */
-    const cfg_site_t *any = NULL;
-    c->site = route_site(c, &any);
-    if (c->site == NULL && c->listener->redirect_https) {
-        int port = c->listener->redirect_hosts ? https_port_of(c->cfg, c->vars.host) : 0;
-        if (port == 0 && any == NULL)
-            port = c->cfg->https_port;
-        if (port != 0) {
-            redirect_to_https(c, port);
-            return;
-        }
-    }
-    if (c->site == NULL)
-        c->site = any;
+    route_pick(&c->route, c->cfg, c->listener, c->https, &c->vars);
     c->bytes_in = c->bytes_out = 0;
-    c->body_limit = 0;
-    c->handler = NULL;
-    c->n_resp_ops = 0;
-    if (c->site != NULL) {
-        const cfg_site_t *s = c->site;
-        for (size_t i = 0; i < s->n_handlers; i++) {
-            const cfg_handler_t *h = &s->handlers[i];
-            if (h->match != NULL && !cfg_match_path(h->match, c->vars.path.base, c->vars.path.len))
-                continue;
-            if (h->kind == CFG_H_HEADER) {
-                if (c->n_resp_ops < CONN_MAX_HEADER_OPS)
-                    c->resp_ops[c->n_resp_ops++] = &h->u.header;
-                continue;
-            }
-            if (h->kind == CFG_H_REQUEST_BODY) {
-                /* Caddy wraps the body once per matching request_body, so
-                 * every limit holds: the smallest wins (0 is no limit) */
-                uint64_t max = h->u.request_body.max_size;
-                if (max != 0 && (c->body_limit == 0 || max < c->body_limit))
-                    c->body_limit = max;
-                continue;
-            }
-            c->handler = h;
-            break;
-        }
-    }
-    if (c->handler != NULL && c->handler->kind == CFG_H_PROXY) {
-        /* a declared length over the limit never reaches the upstream */
-        if (c->body_limit != 0 && (p->flags & F_CONTENT_LENGTH) &&
-            p->content_length > c->body_limit) {
-            c->keep_alive = 0;
-            conn_respond(c, 413, NULL, NULL, 0);
-            return;
-        }
-        conn_set_state(c, CONN_S_CONNECT_UP);
-        proxy_start(c);
+    c->ops = handler_of(c->route.id);
+    if (c->ops == NULL) {
+        log_err("conn %llu: no handler registered for route %d", (unsigned long long)c->id,
+                c->route.id);
+        c->keep_alive = 0;
+        conn_respond(c, 500, NULL, NULL, 0);
         return;
     }
-    /* no terminal handler: Caddy answers an empty 200 */
-    answer_local(c, c->handler);
+    c->ops->start(c);
 }
 
 static void conn_on_head(conn_t *c)
@@ -1181,7 +950,7 @@ void conn_process(conn_t *c)
         }
         if (c->state == CONN_S_PROXY) {
             size_t rstart = c->rstart, rlen = c->rlen;
-            proxy_pump_request(c);
+            c->ops->request_body(c);
             /* TLS: while this makes progress, go round again: what was sent
              * made room, and OpenSSL may hold more that no socket event
              * would announce */
@@ -1214,14 +983,12 @@ void conn_access_log(conn_t *c)
     if (c->counted || c->status == 0)
         return;
     c->counted = 1;
-    const char *upstream = c->handler != NULL && c->handler->kind == CFG_H_PROXY &&
-                                   c->pool != NULL
-                               ? c->pool->target->hostport
-                               : NULL;
-    const char *site = c->site != NULL && c->site->n_addrs > 0 ? c->site->addrs[0].host : NULL;
+    const char *upstream =
+        c->ops != NULL && c->ops->upstream != NULL ? c->ops->upstream(c) : NULL;
+    const char *site = c->route.site != NULL && c->route.site->n_addrs > 0 ? c->route.site->addrs[0].host : NULL;
     metrics_request(&c->w->metrics, site != NULL && site[0] ? site : "*", c->status, upstream,
                     (uv_hrtime() - c->t_start) / 1000, c->h2s != NULL);
-    if (c->site == NULL || !c->site->log.enabled)
+    if (c->route.site == NULL || !c->route.site->log.enabled)
         return;
     /* built only for a site that logs; everything is a slice of what the
      * connection holds until the request is done */
@@ -1251,7 +1018,7 @@ void conn_access_log(conn_t *c)
     e.size = c->bytes_out;
     e.duration_ns = uv_hrtime() - c->t_start;
     e.upstream = upstream;
-    alog_write(c->w->alog, c->site, &e);
+    alog_write(c->w->alog, c->route.site, &e);
 }
 
 void conn_request_done(conn_t *c)
@@ -1273,9 +1040,8 @@ void conn_request_done(conn_t *c)
     llhttp_reset(&c->req.parser);
     c->head_done = c->req_done = c->resp_started = c->resp_sent = 0;
     c->upgrade = c->head_method = 0;
-    c->site = NULL;
-    c->handler = NULL;
-    c->n_resp_ops = 0;
+    memset(&c->route, 0, sizeof(c->route));
+    c->ops = NULL;
     c->status = 0;
     conn_set_state(c, CONN_S_READ_HEAD);
     if (c->eof && c->rstart == c->rlen) {

@@ -10,12 +10,12 @@
 
 #include "config.h"
 #include "h2.h"
+#include "handler.h"
 #include "http.h"
+#include "route.h"
 #include "worker.h"
 #include "tls.h"
 #include "upstream.h"
-
-#define CONN_MAX_HEADER_OPS 16
 
 enum conn_state {
     CONN_S_HANDSHAKE,  /* TLS: the handshake is under way; no plaintext yet */
@@ -76,11 +76,8 @@ struct conn {
     http_chunk_check_t chunk_check; /* a chunked body's framing, strictly */
 
     /* the request in flight */
-    const cfg_site_t *site;
-    const cfg_handler_t *handler;
-    /* every matching `header` of the site, in route order */
-    const cfg_hdr_ops_t *resp_ops[CONN_MAX_HEADER_OPS];
-    unsigned n_resp_ops;
+    route_t route;              /* what serves it */
+    const handler_ops_t *ops;   /* the handler running it; NULL before routing */
     http_vars_t vars;
     unsigned head_done : 1;     /* the head is complete, the parser paused on it */
     unsigned req_done : 1;      /* the whole request was read */
@@ -142,7 +139,6 @@ struct conn {
     uint64_t t_start;          /* uv_hrtime() at the head, when the site logs */
     uint64_t bytes_in;         /* request body bytes read */
     uint64_t bytes_out;        /* response body bytes sent */
-    uint64_t body_limit;       /* request_body max_size; 0 = none */
     uint32_t n_requests;       /* heads read on this connection */
 };
 
@@ -213,17 +209,5 @@ void conn_malformed(conn_t *c);
 /* Writes BUFS to STREAM now if the socket takes them, else queues the rest
  * on REQ. Returns 1 when all went out now, 0 when queued, <0 on error. */
 int stream_write(uv_stream_t *s, uv_write_t *req, uv_buf_t *bufs, unsigned n, uv_write_cb cb);
-
-/* proxy.c */
-void proxy_start(conn_t *c);
-/* The client side moved (body bytes parsed, write done, EOF): push on. */
-void proxy_pump_request(conn_t *c);
-void proxy_on_client_written(conn_t *c);
-void proxy_on_client_eof(conn_t *c);
-void proxy_tunnel_from_client(conn_t *c);
-/* Detaches and closes the upstream (the exchange failed or the conn ends). */
-void proxy_abort(conn_t *c);
-/* The client timer fired while waiting to try an upstream again. */
-void proxy_on_retry_timer(conn_t *c);
 
 #endif

@@ -6,6 +6,7 @@
 
 #include "common.h"
 #include "conn.h"
+#include "handlers.h"
 #include "log.h"
 
 static llhttp_settings_t resp_settings;
@@ -41,7 +42,7 @@ static void add_end(uv_buf_t *iov, unsigned *n, int framing)
 
 static const cfg_proxy_t *proxy_cfg(const conn_t *c)
 {
-    return &c->handler->u.proxy;
+    return &c->route.handler->u.proxy;
 }
 
 static conn_t *owner(const up_conn_t *u)
@@ -50,6 +51,9 @@ static conn_t *owner(const up_conn_t *u)
 }
 
 static void proxy_try(conn_t *c);
+static void proxy_abort(conn_t *c);
+static void proxy_pump_request(conn_t *c);
+static void proxy_tunnel_from_client(conn_t *c);
 static void on_up_connected(up_conn_t *u, int status);
 static void pump_response(conn_t *c);
 static void tunnel_from_upstream(conn_t *c);
@@ -67,7 +71,7 @@ static int idempotent(int method)
 
 /* ---- failures ----------------------------------------------------------- */
 
-void proxy_abort(conn_t *c)
+static void proxy_abort(conn_t *c)
 {
     if (c->up == NULL)
         return;
@@ -311,8 +315,8 @@ static int relay_head(conn_t *c, uv_buf_t *iov, unsigned *n)
     r.http10 = client_http10(c);
     if (!interim) {
         r.down = &proxy_cfg(c)->header_down;
-        r.ops = c->resp_ops;
-        r.n_ops = c->n_resp_ops;
+        r.ops = c->route.resp_ops;
+        r.n_ops = c->route.n_resp_ops;
         r.upgrade = status == 101;
         /* HTTP/2 frames the body itself: the bytes as they are, ended with the stream */
         c->resp_framing =
@@ -448,7 +452,7 @@ static void pump_response(conn_t *c)
         proxy_finish(c);
 }
 
-void proxy_on_client_written(conn_t *c)
+static void proxy_on_client_written(conn_t *c)
 {
     up_conn_t *u = c->up;
     if (c->state == CONN_S_TUNNEL) {
@@ -512,7 +516,7 @@ static void framing_broken(conn_t *c, size_t len)
     conn_malformed(c);
 }
 
-void proxy_pump_request(conn_t *c)
+static void proxy_pump_request(conn_t *c)
 {
     up_conn_t *u = c->up;
     if (c->state != CONN_S_PROXY || u == NULL || u->write_pending)
@@ -693,14 +697,23 @@ static void proxy_try(conn_t *c)
     c->up = up_dial(c->pool, c, p->dial_timeout, on_up_connected);
 }
 
-void proxy_on_retry_timer(conn_t *c)
+static void proxy_on_retry_timer(conn_t *c)
 {
     proxy_try(c);
 }
 
-void proxy_start(conn_t *c)
+static void proxy_start(conn_t *c)
 {
     const cfg_proxy_t *p = proxy_cfg(c);
+    const llhttp_t *req = &c->req.parser;
+    /* a declared length over the limit never reaches the upstream */
+    if (c->route.body_limit != 0 && (req->flags & F_CONTENT_LENGTH) &&
+        req->content_length > c->route.body_limit) {
+        c->keep_alive = 0;
+        conn_respond(c, 413, NULL, NULL, 0);
+        return;
+    }
+    conn_set_state(c, CONN_S_CONNECT_UP);
     uv_once(&settings_once, settings_init);
     uv_timer_stop(&c->timer);
     c->req_framing = http_request_framing(&c->req);
@@ -718,7 +731,7 @@ void proxy_start(conn_t *c)
     proxy_try(c);
 }
 
-void proxy_on_client_eof(conn_t *c)
+static void proxy_on_client_eof(conn_t *c)
 {
     /* the request is whole; a half-closed client still gets its response */
     if (c->state == CONN_S_TUNNEL)
@@ -746,7 +759,7 @@ static void tunnel_check_end(conn_t *c)
         conn_close(c);
 }
 
-void proxy_tunnel_from_client(conn_t *c)
+static void proxy_tunnel_from_client(conn_t *c)
 {
     up_conn_t *u = c->up;
     if (u == NULL) {
@@ -819,3 +832,28 @@ static void start_tunnel(conn_t *c)
         conn_arm_timer(c);
     }
 }
+
+/* ---- the handler -------------------------------------------------------- */
+
+static int proxy_body_blocked(const conn_t *c)
+{
+    return c->up != NULL && c->up->write_pending;
+}
+
+static const char *proxy_upstream(const conn_t *c)
+{
+    return c->pool != NULL ? c->pool->target->hostport : NULL;
+}
+
+const handler_ops_t proxy_handler = {
+    .name = "reverse_proxy",
+    .start = proxy_start,
+    .request_body = proxy_pump_request,
+    .client_written = proxy_on_client_written,
+    .client_eof = proxy_on_client_eof,
+    .tunnel_input = proxy_tunnel_from_client,
+    .timer = proxy_on_retry_timer,
+    .abort = proxy_abort,
+    .body_blocked = proxy_body_blocked,
+    .upstream = proxy_upstream,
+};

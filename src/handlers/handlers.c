@@ -1,0 +1,11 @@
+/* Which handler serves which routing id. */
+#include "handlers.h"
+
+void handlers_init(void)
+{
+    handler_register(HANDLER_REVERSE_PROXY, &proxy_handler);
+    handler_register(HANDLER_RESPOND, &respond_handler);
+    handler_register(HANDLER_REDIR, &redir_handler);
+    handler_register(HANDLER_ACME_HTTP01, &acme_http01_handler);
+    handler_register(HANDLER_HTTPS_REDIRECT, &https_redirect_handler);
+}
