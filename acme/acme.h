@@ -44,7 +44,8 @@ acme_t *acme_new(uv_loop_t *loop, const acme_config_t *cfg, certs_t *certs, char
 int acme_manage(acme_t *a, const char *name);
 
 /* psproxy certs: prints what storage knows of the N names (no network).
- * 0, or -1 when the storage cannot be opened. */
+ * 0, or store_open's <0 code when the storage cannot be opened (its
+ * "ROOT: reason" goes to stderr). */
 int acme_print_status(const acme_config_t *cfg, const char *const *names, size_t n, FILE *out);
 
 /* Orders that ended with a certificate, and that failed, since start. */
