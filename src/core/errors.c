@@ -26,6 +26,10 @@ const char *ps_strerror(int err)
         return "invalid configuration";
     case PS_EPROTO:
         return "protocol error: malformed data or failed authentication";
+    case PS_ECA:
+        return "the CA answered with an error";
+    case PS_EEXPIRED:
+        return "certificate expired";
     default:
         break;
     }

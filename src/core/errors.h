@@ -14,6 +14,11 @@
 /* A peer broke its protocol (a malformed HTTP head, a TLS alert, an HTTP/2
  * stream gone), or sealed data failed authentication (seal.h). */
 #define PS_EPROTO (UV_ERRNO_MAX - 2)
+/* The ACME CA answered with an error status (its problem document,
+ * acme_problem_text(), says why) where a result was expected. */
+#define PS_ECA (UV_ERRNO_MAX - 3)
+/* A stored certificate has expired: there is nothing to serve. */
+#define PS_EEXPIRED (UV_ERRNO_MAX - 4)
 
 /* A short English name for ERR, for logs: the project codes above by name,
  * a libuv code as uv_strerror() words it, another -errno as strerror()

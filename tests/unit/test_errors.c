@@ -11,7 +11,7 @@
 
 TEST(project_codes_are_distinct_and_below_libuv)
 {
-    const int codes[] = {PS_ECONFIG, PS_EPROTO};
+    const int codes[] = {PS_ECONFIG, PS_EPROTO, PS_ECA, PS_EEXPIRED};
 
     for (size_t i = 0; i < PS_ARRAY_SIZE(codes); i++) {
         CHECK(codes[i] < UV_ERRNO_MAX);
@@ -24,6 +24,8 @@ TEST(project_codes_have_names)
 {
     CHECK_STR(ps_strerror(PS_ECONFIG), "invalid configuration");
     CHECK_STR(ps_strerror(PS_EPROTO), "protocol error: malformed data or failed authentication");
+    CHECK_STR(ps_strerror(PS_ECA), "the CA answered with an error");
+    CHECK_STR(ps_strerror(PS_EEXPIRED), "certificate expired");
 }
 
 TEST(libuv_codes_read_as_uv_strerror)
