@@ -40,11 +40,13 @@ acme_t *acme_new(uv_loop_t *loop, const acme_config_t *cfg, certs_t *certs, char
                  size_t errlen);
 
 /* Takes NAME under management: a valid stored certificate is served at
- * once (and renewed when due); without one, an order starts. */
+ * once (and renewed when due); without one, an order starts. Returns 0
+ * (also when NAME is managed already), or UV_ENOMEM. */
 int acme_manage(acme_t *a, const char *name);
 
 /* psproxy certs: prints what storage knows of the N names (no network).
- * 0, or -1 when the storage cannot be opened. */
+ * 0, or store_open's <0 code when the storage cannot be opened (its
+ * "ROOT: reason" goes to stderr). */
 int acme_print_status(const acme_config_t *cfg, const char *const *names, size_t n, FILE *out);
 
 /* Orders that ended with a certificate, and that failed, since start. */

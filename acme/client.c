@@ -22,6 +22,7 @@
 
 #include "acme_json.h"
 #include "chal.h"
+#include "common.h"
 #include "csr.h"
 #include "fetch.h"
 #include "jws.h"
@@ -676,7 +677,6 @@ static void run_step(acme_t *a)
     }
 }
 
-/* Keeps the directory's URLs; names waiting for ARI go on. 0 or -1. */
 static void take_str(char **dst, char **src)
 {
     free(*dst);
@@ -684,11 +684,21 @@ static void take_str(char **dst, char **src)
     *src = NULL;
 }
 
+/* Keeps the directory's URLs from R; names waiting for ARI go on. Returns
+ * 0; UV_EIO when no answer came (R->error says why), PS_ECA when the CA
+ * answered with an error status, PS_EPROTO when the answer is no directory
+ * (another status, not JSON, or newNonce, newAccount or newOrder missing),
+ * PS_ECONFIG when the CA does not offer acme_profile (A is fatal now and
+ * on_fatal has been told). */
 static int parse_directory(acme_t *a, const fetch_resp_t *r)
 {
     acme_dir_t d;
-    if (acme_dir_parse(r->status == 200 ? r->body : NULL, a->profile, &d) != 0)
-        return -1;
+    if (r->status == 0)
+        return UV_EIO;
+    if (r->status != 200)
+        return r->status >= 400 ? PS_ECA : PS_EPROTO;
+    if (acme_dir_parse(r->body, a->profile, &d) != 0)
+        return PS_EPROTO;
     take_str(&a->new_nonce, &d.new_nonce);
     take_str(&a->new_account, &d.new_account);
     take_str(&a->new_order, &d.new_order);
@@ -703,11 +713,11 @@ static int parse_directory(acme_t *a, const fetch_resp_t *r)
         if (a->on_fatal != NULL)
             a->on_fatal(a->fatal_arg, why);
         acme_dir_dispose(&d);
-        return -1;
+        return PS_ECONFIG;
     }
     acme_dir_dispose(&d);
     if (a->new_nonce == NULL || a->new_account == NULL || a->new_order == NULL)
-        return -1;
+        return PS_EPROTO;
     a->dir_state = 2;
     for (struct name *n = a->names; n != NULL; n = n->next) {
         if (n->ari_waiting) {
@@ -809,7 +819,7 @@ static void on_response(void *arg, const fetch_resp_t *r)
         char err[512];
         int rc = pem != NULL ? store_save_account(a->store, a->directory, pem, len, a->kid, err,
                                                   sizeof(err))
-                             : -1;
+                             : UV_EIO;
         if (pem != NULL) {
             OPENSSL_cleanse(pem, len);
             free(pem);
@@ -1049,7 +1059,10 @@ static void ari_fetch(struct name *n)
     }
 }
 
-/* A stored certificate that loads and is not expired serves at once. */
+/* A stored certificate that loads and is not expired serves at once.
+ * Returns 0 when it does; UV_ENOENT when none is stored; else, logged
+ * here: store_load_cert's code (unreadable or corrupt storage), UV_EINVAL
+ * when the chain and key do not load, PS_EEXPIRED when it has expired. */
 static int load_stored(acme_t *a, struct name *n)
 {
     char *chain = NULL, *key = NULL, err[512];
@@ -1067,7 +1080,7 @@ static int load_stored(acme_t *a, struct name *n)
     if (rc != 0) {
         if (rc != UV_ENOENT)
             log_err("acme: %s: stored certificate: %s", n->name, err);
-        return -1;
+        return rc;
     }
     certs_entry_t *e = NULL;
     rc = certs_entry_from_pem(chain, chain_len, key, key_len, n->name, &e, err, sizeof(err));
@@ -1076,12 +1089,12 @@ static int load_stored(acme_t *a, struct name *n)
     free(chain);
     if (rc != 0) {
         log_err("acme: %s: stored certificate does not load: %s", n->name, err);
-        return -1;
+        return UV_EINVAL;
     }
     if (e->not_after <= time(NULL)) {
         log_warn("acme: %s: the stored certificate has expired", n->name);
         certs_entry_unref(e);
-        return -1;
+        return PS_EEXPIRED;
     }
     certs_put(a->certs, n->name, e);
     plan_renewal(a, n, e);
@@ -1099,8 +1112,12 @@ int acme_manage(acme_t *a, const char *name)
             return 0; /* a reload names it again */
     struct name *n = calloc(1, sizeof(*n));
     if (n == NULL)
-        return -1;
+        return UV_ENOMEM;
     n->name = strdup(name);
+    if (n->name == NULL) {
+        free(n);
+        return UV_ENOMEM;
+    }
     n->a = a;
     uv_timer_init(a->loop, &n->timer);
     n->timer.data = n;

@@ -10,6 +10,7 @@
 #include <openssl/x509v3.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
 #include "certs.h"
 #include "jws.h"
@@ -105,21 +106,24 @@ int csr_make(EVP_PKEY *key, const char *const *names, size_t n, unsigned char **
     GENERAL_NAMES *sans = NULL;
     X509_REQ *req = NULL;
     unsigned char *tmp = NULL, *out = NULL;
-    int tmplen, rc = -1;
+    int tmplen, rc = UV_EINVAL;
 
     if (key == NULL || names == NULL || n == 0 || n > INT_MAX || der == NULL || len == NULL)
         goto fail;
     for (size_t i = 0; i < n; i++)
         if (!valid_name(names[i], 1))
             goto fail;
+    rc = UV_ENOMEM;
     req = X509_REQ_new();
-    if (req == NULL || X509_REQ_set_version(req, X509_REQ_VERSION_1) != 1 ||
+    sans = dns_names(names, n);
+    if (req == NULL || sans == NULL)
+        goto fail;
+    rc = UV_EIO; /* OpenSSL fails from here on, or KEY cannot sign */
+    if (X509_REQ_set_version(req, X509_REQ_VERSION_1) != 1 ||
         set_cn(X509_REQ_get_subject_name(req), names[0]) < 0)
         goto fail;
     /* the CA issues for the SAN names (RFC 8555 7.4); the CN alone is not enough */
-    sans = dns_names(names, n);
-    if (sans == NULL ||
-        X509V3_add1_i2d(&exts, NID_subject_alt_name, sans, 0, X509V3_ADD_DEFAULT) != 1)
+    if (X509V3_add1_i2d(&exts, NID_subject_alt_name, sans, 0, X509V3_ADD_DEFAULT) != 1)
         goto fail;
     if (X509_REQ_add_extensions(req, exts) != 1 || X509_REQ_set_pubkey(req, key) != 1 ||
         X509_REQ_sign(req, key, EVP_sha256()) <= 0)
@@ -129,8 +133,10 @@ int csr_make(EVP_PKEY *key, const char *const *names, size_t n, unsigned char **
         goto fail;
     /* callers free() it; OPENSSL_malloc memory may come from another allocator */
     out = malloc((size_t)tmplen);
-    if (out == NULL)
+    if (out == NULL) {
+        rc = UV_ENOMEM;
         goto fail;
+    }
     memcpy(out, tmp, (size_t)tmplen);
     *der = out;
     *len = (size_t)tmplen;
@@ -185,11 +191,12 @@ int csr_alpn_challenge_cert(const char *name, const char *key_auth, X509 **cert,
     BIGNUM *serial = NULL;
     EVP_PKEY *pk = NULL;
     X509 *x = NULL;
-    int has_cn, rc = -1;
+    int has_cn, rc = UV_EINVAL;
 
     /* RFC 8737 3: no wildcards; the validator dials the name itself */
     if (!valid_name(name, 0) || key_auth == NULL || cert == NULL || key == NULL)
         goto fail;
+    rc = UV_ENOMEM;
     ident = acme_identifier(key_auth);
     san = dns_names(&name, 1);
     pk = csr_key_new();
@@ -197,6 +204,7 @@ int csr_alpn_challenge_cert(const char *name, const char *key_auth, X509 **cert,
     serial = BN_new();
     if (ident == NULL || san == NULL || pk == NULL || x == NULL || serial == NULL)
         goto fail;
+    rc = UV_EIO; /* OpenSSL fails from here on */
     if (X509_set_version(x, X509_VERSION_3) != 1 ||
         BN_rand(serial, 127, BN_RAND_TOP_ONE, BN_RAND_BOTTOM_ANY) != 1 ||
         BN_to_ASN1_INTEGER(serial, X509_get_serialNumber(x)) == NULL ||

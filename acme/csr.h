@@ -19,14 +19,18 @@ EVP_PKEY *csr_key_new(void);
  * empty subject; a subjectAltName with a dNSName for every name. Names are
  * ASCII host names (letters, digits, '-', '.', a leading "*." for a
  * wildcard), at most 253 characters; anything else is refused. Returns 0
- * and a malloc'd *DER of *LEN bytes, or -1. */
+ * and a malloc'd *DER of *LEN bytes; UV_EINVAL for a name refused, no
+ * names or a NULL argument; UV_ENOMEM; UV_EIO when OpenSSL fails otherwise
+ * (KEY cannot sign, say). */
 int csr_make(EVP_PKEY *key, const char *const *names, size_t n, unsigned char **der, size_t *len);
 
 /* The TLS-ALPN-01 certificate for NAME (RFC 8737 3): self-signed with a
  * fresh P-256 key, exactly one dNSName SAN (NAME), the critical extension
  * id-pe-acmeIdentifier (1.3.6.1.5.5.7.1.31) holding the DER OCTET STRING
  * SHA-256(KEY_AUTH), valid from now - 1 h to now + 7 d. Returns 0 and a
- * new *CERT and *KEY (the caller frees both), or -1. */
+ * new *CERT and *KEY (the caller frees both); UV_EINVAL for a NAME refused
+ * (a wildcard too) or a NULL argument; UV_ENOMEM when a part cannot be
+ * made; UV_EIO when OpenSSL fails otherwise. */
 int csr_alpn_challenge_cert(const char *name, const char *key_auth, X509 **cert, EVP_PKEY **key);
 
 /* The ARI CertID of CERT (RFC 9773 4.1): base64url(AKI keyIdentifier) "."

@@ -121,6 +121,8 @@ static void on_sock_closed(uv_handle_t *h)
     free(h->data);
 }
 
+/* CURLMOPT_SOCKETFUNCTION: 0, or -1 (libcurl's contract: its one error
+ * value) when the socket cannot be watched. */
 static int on_curl_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
 {
     fetch_t *f = userp;
@@ -287,14 +289,14 @@ int fetch_start_timeout(fetch_t *f, const char *method, const char *url, const c
 {
     struct req *r = calloc(1, sizeof(*r));
     if (r == NULL)
-        return -1;
+        return UV_ENOMEM;
     r->f = f;
     r->cb = cb;
     r->arg = arg;
     r->easy = curl_easy_init();
     if (r->easy == NULL) {
         free(r);
-        return -1;
+        return UV_ENOMEM;
     }
     CURL *e = r->easy;
     curl_easy_setopt(e, CURLOPT_URL, url);
@@ -334,9 +336,10 @@ int fetch_start_timeout(fetch_t *f, const char *method, const char *url, const c
     /* no "Expect: 100-continue" round trip for our small bodies */
     r->headers = curl_slist_append(r->headers, "Expect:");
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
-    if (curl_multi_add_handle(f->multi, e) != CURLM_OK) {
+    CURLMcode mc = curl_multi_add_handle(f->multi, e);
+    if (mc != CURLM_OK) {
         req_free(r);
-        return -1;
+        return mc == CURLM_OUT_OF_MEMORY ? UV_ENOMEM : UV_EINVAL;
     }
     r->next = f->reqs;
     f->reqs = r;

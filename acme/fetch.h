@@ -36,7 +36,9 @@ void fetch_free(fetch_t *f);
 
 /* METHOD is "GET", "HEAD" or "POST" (with BODY as application/jose+json).
  * ACCEPT may be NULL. CB runs exactly once, from the loop, never from
- * inside this call. Returns 0 or -1 when the request cannot be made. */
+ * inside this call. Returns 0, or when the request cannot be made (CB then
+ * never runs) UV_ENOMEM, or UV_EINVAL when libcurl refuses the transfer
+ * (a call from inside one of its callbacks, say). */
 int fetch_start(fetch_t *f, const char *method, const char *url, const char *body,
                 const char *accept, fetch_cb cb, void *arg);
 

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
 #define JWS_P256_BYTES 32 /* field and order size of P-256 */
 
@@ -71,7 +72,7 @@ int jws_b64url_decode(const char *s, unsigned char **out, size_t *len)
     unsigned char *buf = NULL;
     uint32_t acc = 0;
     size_t i, n, o = 0;
-    int bits = 0;
+    int bits = 0, rc = UV_EINVAL;
 
     if (s == NULL || out == NULL || len == NULL)
         goto fail;
@@ -79,8 +80,10 @@ int jws_b64url_decode(const char *s, unsigned char **out, size_t *len)
     if (n % 4 == 1)
         goto fail; /* 6 bits cannot make a byte */
     buf = malloc(n / 4 * 3 + 3);
-    if (buf == NULL)
+    if (buf == NULL) {
+        rc = UV_ENOMEM;
         goto fail;
+    }
     for (i = 0; i < n; i++) {
         int v = b64url_value((unsigned char)s[i]);
         if (v < 0)
@@ -101,7 +104,7 @@ int jws_b64url_decode(const char *s, unsigned char **out, size_t *len)
 
 fail:
     free(buf);
-    return -1;
+    return rc;
 }
 
 int jws_is_b64url(const char *s)
@@ -197,7 +200,8 @@ fail:
 }
 
 /* Signs INPUT with KEY (ECDSA P-256, SHA-256) into RAW = R || S, each
- * left-padded to 32 bytes (RFC 7518 3.4); OpenSSL gives DER. 0 or -1. */
+ * left-padded to 32 bytes (RFC 7518 3.4); OpenSSL gives DER. 0, or -1
+ * when OpenSSL cannot sign (one meaning: jws_sign gives NULL). */
 static int es256_sign(EVP_PKEY *key, const char *input, unsigned char raw[2 * JWS_P256_BYTES])
 {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();

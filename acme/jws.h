@@ -15,7 +15,8 @@ char *jws_b64url(const void *data, size_t len);
  * [A-Za-z0-9_-] (so '+', '/', '=' and whitespace), a length of 4k+1, and
  * non-zero unused bits in the last character, so each byte string has
  * exactly one accepted spelling. Returns 0 and a malloc'd *OUT (never NULL,
- * even for "") of *LEN bytes, or -1. */
+ * even for "") of *LEN bytes; UV_EINVAL when S is not such a string (or an
+ * argument is NULL), UV_ENOMEM. */
 int jws_b64url_decode(const char *s, unsigned char **out, size_t *len);
 
 /* 1 if S is a non-empty base64url string (only [A-Za-z0-9_-]), else 0: the

@@ -672,8 +672,9 @@ static void on_timer(uv_timer_t *t)
 
 /* -- running queries ---------------------------------------------------------- */
 
-/* Each returns non-zero when the connection went down or PG is closing:
- * the caller stops touching the connection. */
+/* Each returns 0, or non-zero when the connection went down (go_down has
+ * the reason, for the log and on_down) or PG is closing: one meaning, the
+ * caller stops touching the connection. */
 
 static int emit_notifies(pg_t *pg)
 {

@@ -693,6 +693,7 @@ void pgstore_free(pgstore_t *ps)
 
 /* ---- locks --------------------------------------------------------------- */
 
+/* The slot of NAME's lock, or -1 when this instance holds none. */
 static int lock_find(pgstore_t *ps, const char *name)
 {
     for (int i = 0; i < MAX_LOCKS; i++)

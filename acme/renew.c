@@ -88,7 +88,8 @@ static int days_in_month(int64_t y, int m)
     return days[m - 1];
 }
 
-/* Exactly N digits at *P into *OUT; advances *P. */
+/* Exactly N digits at *P into *OUT; advances *P. 0, or -1 when a
+ * character is no digit. */
 static int digits(const char **p, int n, int *out)
 {
     int v = 0;
@@ -104,8 +105,9 @@ static int digits(const char **p, int n, int *out)
     return 0;
 }
 
-/* Checks a date and time of day and gives Unix seconds. Second 60 is a
- * leap second (RFC 3339 5.6); it counts as the next minute's :00. */
+/* Checks a date and time of day and gives Unix seconds, or -1 when it is
+ * no such date or time. Second 60 is a leap second (RFC 3339 5.6); it
+ * counts as the next minute's :00. */
 static int64_t civil_to_unix(int y, int mo, int d, int h, int mi, int s)
 {
     if (mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || s > 60)
@@ -156,7 +158,8 @@ int64_t renew_parse_rfc3339(const char *s)
 }
 
 /* IMF-fixdate (RFC 9110 5.6.7): "Sun, 06 Nov 1994 08:49:37 GMT", case
- * sensitive. The day name is checked for form, not against the date. */
+ * sensitive, as Unix seconds, or -1 when S is not one. The day name is
+ * checked for form, not against the date. */
 static int64_t parse_imf_fixdate(const char *s, size_t len)
 {
     static const char *const wdays[] = {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"};

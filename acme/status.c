@@ -77,9 +77,10 @@ int acme_print_status(const acme_config_t *cfg, const char *const *names, size_t
 {
     store_t *s = NULL;
     char err[512];
-    if (store_open(cfg->storage, &s, err, sizeof(err)) != 0) {
+    int rc = store_open(cfg->storage, &s, err, sizeof(err));
+    if (rc != 0) {
         fprintf(stderr, "psproxy: %s\n", err);
-        return -1;
+        return rc;
     }
     fprintf(out, "CA %s, storage %s\n", cfg->directory, cfg->storage);
     if (n == 0)

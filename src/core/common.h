@@ -1,13 +1,11 @@
-/* Project-wide helpers: error codes and container_of. */
+/* Project-wide helpers: error codes (errors.h) and container_of. */
 #ifndef PS_COMMON_H
 #define PS_COMMON_H
 
 #include <stddef.h>
 #include <uv.h>
 
-/* Project error codes sit below libuv's so one int carries both. */
-#define PS_ECONFIG (UV_ERRNO_MAX - 1)
-#define PS_EPROTO (UV_ERRNO_MAX - 2)
+#include "errors.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 

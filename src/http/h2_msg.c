@@ -5,6 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common.h"
 #include "http.h"
 
 /* A head whose decoded fields pass this many times the limit is an attack
@@ -201,13 +202,14 @@ int h2_resp_head(char *head, size_t len, nghttp2_nv *nv, size_t max, char status
     const char *end = head + len;
     const char *eol = line_end(head, end);
     /* "HTTP/1.1 200 OK" */
-    if (eol == NULL || eol - head < 12 || memcmp(head, "HTTP/1.", 7) != 0 || head[8] != ' ' ||
-        max == 0)
-        return -1;
+    if (eol == NULL || eol - head < 12 || memcmp(head, "HTTP/1.", 7) != 0 || head[8] != ' ')
+        return PS_EPROTO;
+    if (max == 0)
+        return UV_ENOBUFS;
     for (int i = 0; i < 3; i++) {
         char d = head[9 + i];
         if (d < '0' || d > '9')
-            return -1;
+            return PS_EPROTO;
         status[i] = d;
     }
     status[3] = '\0';
@@ -217,12 +219,12 @@ int h2_resp_head(char *head, size_t len, nghttp2_nv *nv, size_t max, char status
     for (;;) {
         eol = line_end(p, end);
         if (eol == NULL)
-            return -1; /* not a complete head */
+            return PS_EPROTO; /* not a complete head */
         if (eol == p)
             break;
         char *colon = memchr(p, ':', (size_t)(eol - p));
         if (colon == NULL || colon == p)
-            return -1;
+            return PS_EPROTO;
         size_t nlen = (size_t)(colon - p);
         const char *v = colon + 1;
         const char *ve = eol;
@@ -232,14 +234,14 @@ int h2_resp_head(char *head, size_t len, nghttp2_nv *nv, size_t max, char status
             ve--;
         if (!connection_specific(p, nlen)) {
             if (n == max)
-                return -1;
+                return UV_ENOBUFS;
             for (size_t i = 0; i < nlen; i++)
                 if (p[i] >= 'A' && p[i] <= 'Z')
                     p[i] = (char)(p[i] - 'A' + 'a'); /* HTTP/2 names are lowercase */
             /* what we send must be a field a peer takes (no NUL, bare LF) */
             if (!nghttp2_check_header_name((const uint8_t *)p, nlen) ||
                 !nghttp2_check_header_value((const uint8_t *)v, (size_t)(ve - v)))
-                return -1;
+                return PS_EPROTO;
             nv[n++] = (nghttp2_nv){(uint8_t *)p, (uint8_t *)v, nlen, (size_t)(ve - v),
                                    NGHTTP2_NV_FLAG_NONE};
         }

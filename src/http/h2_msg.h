@@ -50,7 +50,9 @@ int h2_req_finish(h2_req_t *r, int end_stream);
  * line) as HEADERS fields: ":status", then the fields with their names
  * lowercased in place, minus the ones HTTP/2 forbids (RFC 9113 8.2.2).
  * STATUS (4 bytes) holds the :status value. Returns the number of fields
- * (at most MAX) and the head's length in *HEAD_LEN, or -1. */
+ * (at most MAX) and the head's length in *HEAD_LEN; PS_EPROTO when the head
+ * is incomplete or malformed, or has a field HTTP/2 cannot carry;
+ * UV_ENOBUFS when its fields are more than MAX. */
 int h2_resp_head(char *head, size_t len, nghttp2_nv *nv, size_t max, char status[4],
                  size_t *head_len);
 

@@ -517,6 +517,7 @@ void http_chunk_check_init(http_chunk_check_t *k)
     k->left = 0;
 }
 
+/* The value of the hex digit C (either case), or -1. */
 static int hex_value(unsigned char c)
 {
     if (c >= '0' && c <= '9')

@@ -162,7 +162,8 @@ int http_fields_have(const char *fields, const char *name);
 
 /* A complete response made by psproxy itself: status line, the given extra
  * header lines (each ending in CRLF, may be NULL), Content-Length and body.
- * HEAD requests get the head only. */
+ * HEAD requests get the head only. Returns its length, or -1 when it does
+ * not fit in CAP. */
 int http_build_simple(char *out, size_t cap, int status, const char *extra, const char *body,
                       size_t body_len, int keep_alive, int head_only);
 

@@ -11,6 +11,7 @@
 #include <openssl/x509v3.h>
 #include <string.h>
 #include <time.h>
+#include <uv.h>
 
 #include "csr.h"
 #include "test.h"
@@ -234,7 +235,7 @@ TEST(b64url_decode_rejects_base64_padding_and_stray_characters)
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         unsigned char *out = NULL;
         size_t n = 0;
-        CHECK_INT(jws_b64url_decode(bad[i], &out, &n), -1);
+        CHECK_INT(jws_b64url_decode(bad[i], &out, &n), UV_EINVAL);
         CHECK(out == NULL);
     }
     CHECK(!jws_is_b64url("Zm9v+w") && !jws_is_b64url("Zg==") && !jws_is_b64url(""));
@@ -246,7 +247,7 @@ TEST(b64url_decode_rejects_base64_padding_and_stray_characters)
     CHECK(out != NULL);
     CHECK_INT(n, 0);
     free(out);
-    CHECK_INT(jws_b64url_decode(NULL, &out, &n), -1);
+    CHECK_INT(jws_b64url_decode(NULL, &out, &n), UV_EINVAL);
 }
 
 TEST(jwk_of_vector_account_key_is_canonical)
@@ -535,16 +536,29 @@ TEST(csr_refuses_names_that_are_not_host_names)
         const char *const names[] = {"ok.example.com", bad[i]};
         unsigned char *der = NULL;
         size_t len = 0;
-        CHECK_INT(csr_make(key, names, 2, &der, &len), -1);
+        CHECK_INT(csr_make(key, names, 2, &der, &len), UV_EINVAL);
         CHECK(der == NULL);
     }
     const char *const none[] = {NULL};
     unsigned char *der = NULL;
     size_t len = 0;
-    CHECK_INT(csr_make(key, none, 0, &der, &len), -1);
-    CHECK_INT(csr_make(key, none, 1, &der, &len), -1);
-    CHECK_INT(csr_make(NULL, (const char *const[]){"a.com"}, 1, &der, &len), -1);
+    CHECK_INT(csr_make(key, none, 0, &der, &len), UV_EINVAL);
+    CHECK_INT(csr_make(key, none, 1, &der, &len), UV_EINVAL);
+    CHECK_INT(csr_make(NULL, (const char *const[]){"a.com"}, 1, &der, &len), UV_EINVAL);
     EVP_PKEY_free(key);
+}
+
+/* Good names and a key that cannot sign: OpenSSL fails, not the input. */
+TEST(csr_with_a_public_only_key_is_an_openssl_failure)
+{
+    EVP_PKEY *pub = account_pub();
+    const char *const names[] = {"ok.example.com"};
+    unsigned char *der = NULL;
+    size_t len = 0;
+    CHECK(pub != NULL);
+    CHECK_INT(csr_make(pub, names, 1, &der, &len), UV_EIO);
+    CHECK(der == NULL);
+    EVP_PKEY_free(pub);
 }
 
 TEST(alpn_cert_has_critical_acme_identifier_vector)
@@ -610,9 +624,9 @@ TEST(alpn_cert_refuses_wildcards_and_bad_names)
 {
     X509 *cert = NULL;
     EVP_PKEY *key = NULL;
-    CHECK_INT(csr_alpn_challenge_cert("*.example.com", vector_key_auth, &cert, &key), -1);
-    CHECK_INT(csr_alpn_challenge_cert("a b", vector_key_auth, &cert, &key), -1);
-    CHECK_INT(csr_alpn_challenge_cert("example.com", NULL, &cert, &key), -1);
+    CHECK_INT(csr_alpn_challenge_cert("*.example.com", vector_key_auth, &cert, &key), UV_EINVAL);
+    CHECK_INT(csr_alpn_challenge_cert("a b", vector_key_auth, &cert, &key), UV_EINVAL);
+    CHECK_INT(csr_alpn_challenge_cert("example.com", NULL, &cert, &key), UV_EINVAL);
     CHECK(cert == NULL && key == NULL);
 }
 

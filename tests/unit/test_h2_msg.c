@@ -2,6 +2,7 @@
  * heads turned into HEADERS fields (h2_msg.c). */
 #include <string.h>
 
+#include "common.h"
 #include "h2_msg.h"
 #include "test.h"
 
@@ -163,17 +164,21 @@ TEST(response_head_becomes_lowercase_fields_without_connection_ones)
 
 TEST(incomplete_or_bad_response_heads_are_refused)
 {
-    nghttp2_nv nv[4];
+    nghttp2_nv nv[5];
     char status[4];
     size_t hl;
     char a[] = "HTTP/1.1 200 OK\r\nX: 1\r\n";
-    CHECK_INT(h2_resp_head(a, strlen(a), nv, 4, status, &hl), -1);
+    CHECK_INT(h2_resp_head(a, strlen(a), nv, 4, status, &hl), PS_EPROTO);
     char b[] = "HTTP/1.1 2x0 OK\r\n\r\n";
-    CHECK_INT(h2_resp_head(b, strlen(b), nv, 4, status, &hl), -1);
+    CHECK_INT(h2_resp_head(b, strlen(b), nv, 4, status, &hl), PS_EPROTO);
     char c[] = "HTTP/1.1 200 OK\r\nNoColon\r\n\r\n";
-    CHECK_INT(h2_resp_head(c, strlen(c), nv, 4, status, &hl), -1);
+    CHECK_INT(h2_resp_head(c, strlen(c), nv, 4, status, &hl), PS_EPROTO);
+    char e[] = "HTTP/1.1 200 OK\r\nX: a\x01b\r\n\r\n";
+    CHECK_INT(h2_resp_head(e, strlen(e), nv, 4, status, &hl), PS_EPROTO); /* no field in h2 */
+    /* a sound head with more fields than room: not malformed */
     char d[] = "HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n";
-    CHECK_INT(h2_resp_head(d, strlen(d), nv, 4, status, &hl), -1); /* more than fit */
+    CHECK_INT(h2_resp_head(d, strlen(d), nv, 4, status, &hl), UV_ENOBUFS);
+    CHECK_INT(h2_resp_head(d, strlen(d), nv, 5, status, &hl), 5);
 }
 
 TEST_MAIN()

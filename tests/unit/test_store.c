@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "acme.h"
 #include "test.h"
 
 #define LE "https://acme-v02.api.letsencrypt.org/directory"
@@ -55,6 +56,29 @@ static void teardown(struct fixture *f)
     store_close(f->s);
     store_test_fail_after_write = 0;
     nftw(f->dir, on_rm, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* psproxy certs: the storage's own code when it does not open, so the
+ * caller can tell a bad path (ENOTDIR) from, say, a permission problem. */
+TEST(certs_status_returns_the_code_the_storage_failed_with)
+{
+    char dir[] = "/tmp/psproxy-store-XXXXXX", root[128];
+    const char *names[] = {"example.com"};
+    acme_config_t cfg = {.directory = PEBBLE};
+    FILE *out = fopen("/dev/null", "w");
+    int fd;
+
+    CHECK(out != NULL && mkdtemp(dir) != NULL);
+    snprintf(root, sizeof(root), "%s/file", dir);
+    fd = open(root, O_CREAT | O_WRONLY, 0600);
+    CHECK(fd >= 0);
+    close(fd);
+    cfg.storage = root;
+    CHECK_INT(acme_print_status(&cfg, names, 1, out), UV_ENOTDIR);
+    snprintf(root, sizeof(root), "%s/root", dir);
+    CHECK_INT(acme_print_status(&cfg, names, 1, out), 0);
+    fclose(out);
+    nftw(dir, on_rm, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* The permission bits of ROOT/REL, or -1 when it is absent. */
