@@ -503,4 +503,115 @@ TEST(upstream_closing_while_a_write_to_the_client_is_pending_loses_no_byte)
     lt_end(&t);
 }
 
+/* ---- 3. timers ---------------------------------------------------------- */
+
+TEST(client_stalling_mid_body_is_closed_after_read_body)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_READ(5),
+        LT_END(),
+    };
+    static const lt_step_t client[] = {
+        LT_WRITE("POST /slow HTTP/1.1\r\nHost: example.test\r\nContent-Length: 10\r\n\r\nhello"),
+        LT_EOF(),
+        LT_DONE(),
+    };
+    lt_t t;
+    if (lt_start(&t, CONF) != 0) {
+        CHECK(!"lt_start");
+        return;
+    }
+    lt_upstream(&t, 0, up0);
+    lt_peer_t *c = lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    /* conn.c on_timeout in PROXY: the exchange cannot complete, so both
+     * connections close; no 408 (the upstream may have answered already) */
+    CHECK_STR(lt_events(&t, "u"), "u0: accept\n"
+                                  "u0: POST /slow\n"
+                                  "u0: body \"hello\"\n"
+                                  "u0: eof\n");
+    CHECK_STR(lt_events(&t, "c"), "c0: eof\n");
+    CHECK_STR(lt_rx(c), "");
+    /* read_body runs from the last body bytes, which left after the write */
+    int64_t waited = lt_time(&t, "c0: eof") - (int64_t)c->t_writes[0];
+    CHECK(waited >= READ_BODY_MS);
+    CHECK(waited < READ_BODY_MS + 1000);
+    lt_end(&t);
+}
+
+TEST(client_stalling_mid_head_gets_408_after_read_header)
+{
+    static const lt_step_t client[] = {
+        LT_WRITE("GET /slow HTTP/1.1\r\nHost: exam"),
+        LT_RESPONSE(),
+        LT_EOF(),
+        LT_DONE(),
+    };
+    lt_t t;
+    if (lt_start(&t, CONF_WITH("150ms", "200ms", "200ms")) != 0) {
+        CHECK(!"lt_start");
+        return;
+    }
+    lt_peer_t *c = lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    CHECK_STR(lt_events(&t, ""), "c0: 408\n"
+                                 "c0: body \"\"\n"
+                                 "c0: eof\n");
+    CHECK_STR(lt_rx(c), "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n"
+                        "Connection: close\r\n\r\n");
+    CHECK_INT(t.n_ups, 0);
+    /* read_header runs from the accept, which came after the connect */
+    int64_t waited = lt_time(&t, "c0: 408") - (int64_t)c->t_connect;
+    CHECK(waited >= READ_HEADER_SHORT_MS);
+    CHECK(waited < READ_HEADER_SHORT_MS + 1000);
+    lt_end(&t);
+}
+
+TEST(upstream_silent_past_response_header_timeout_is_504)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_END(), /* no answer */
+    };
+    static const lt_step_t up1[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        LT_END(),
+    };
+    static const lt_step_t client[] = {
+        LT_WRITE("GET /slow HTTP/1.1\r\nHost: example.test\r\n\r\n"),
+        LT_RESPONSE(),
+        LT_WRITE("GET /again HTTP/1.1\r\nHost: example.test\r\n\r\n"),
+        LT_RESPONSE(),
+        LT_DONE(),
+    };
+    lt_t t;
+    if (lt_start(&t, CONF) != 0) {
+        CHECK(!"lt_start");
+        return;
+    }
+    lt_upstream(&t, 0, up0);
+    lt_upstream(&t, 1, up1);
+    lt_peer_t *c = lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    /* the upstream connection is dropped, the client's is kept */
+    CHECK_STR(lt_events(&t, "u0"), "u0: accept\n"
+                                   "u0: GET /slow\n"
+                                   "u0: eof\n");
+    CHECK_STR(lt_events(&t, "c0 u1"), "c0: 504\n"
+                                      "c0: body \"\"\n"
+                                      "u1: accept\n"
+                                      "u1: GET /again\n"
+                                      "c0: 200\n"
+                                      "c0: body \"ok\"\n");
+    /* response_header_timeout runs from the end of the request upstream */
+    int64_t waited = lt_time(&t, "c0: 504") - (int64_t)c->t_writes[0];
+    CHECK(waited >= RESPONSE_HEADER_MS);
+    CHECK(waited < RESPONSE_HEADER_MS + 1000);
+    CHECK_STR(lt_rx(c), "HTTP/1.1 504 Gateway Timeout\r\nContent-Length: 0\r\n\r\n"
+                        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    lt_end(&t);
+}
+
 TEST_MAIN()
