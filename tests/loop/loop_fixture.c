@@ -699,6 +699,8 @@ void lt_finish(lt_t *t)
     if (t->finished)
         return;
     t->finished = 1;
+    if (t->on_finish != NULL)
+        t->on_finish(t);
     for (int i = 0; i < t->n_clients; i++)
         peer_close(t->clients[i], 0);
     for (int i = 0; i < t->n_ups; i++)
@@ -806,6 +808,11 @@ static char *expand(const char *conf, int port, int up_port)
 
 int lt_start(lt_t *t, const char *conf)
 {
+    return lt_start_tls(t, conf, NULL);
+}
+
+int lt_start_tls(lt_t *t, const char *conf, tls_server_t *tls)
+{
     memset(t, 0, sizeof(*t));
     signal(SIGPIPE, SIG_IGN); /* a peer writing to a closed socket gets EPIPE, as psproxy does */
     if (getenv("LT_DEBUG") != NULL)
@@ -827,7 +834,7 @@ int lt_start(lt_t *t, const char *conf)
         fprintf(stderr, "  loop fixture: %s\n", err);
         goto fail;
     }
-    worker_init(&t->w, 0, (worker_gen_t){cfg_ref(t->cfg), up_targets_new(t->cfg, NULL), NULL, 64},
+    worker_init(&t->w, 0, (worker_gen_t){cfg_ref(t->cfg), up_targets_new(t->cfg, NULL), tls, 64},
                 &t->alog, &conn_worker_ops);
     if (worker_listen(&t->w) != 0) {
         worker_abort(&t->w);

@@ -124,6 +124,8 @@ struct lt_peer {
 struct lt {
     /* public */
     void *data; /* the test's */
+    /* the test's own handles close here (lt_finish, from LT_DONE or the guard) */
+    void (*on_finish)(lt_t *t);
     worker_t w;
     cfg_t *cfg;
     alog_t alog;
@@ -157,6 +159,11 @@ char lt_pattern(uint64_t offset);
  * server and a worker listening on the loop. Returns 0, or -1 with the
  * reason on stderr (nothing left to free). */
 int lt_start(lt_t *t, const char *conf);
+
+/* The same for a config with HTTPS sites: the worker serves TLS (h2 too
+ * when the config allows it) from TLS, which the caller made and frees
+ * after lt_end. */
+int lt_start_tls(lt_t *t, const char *conf, tls_server_t *tls);
 
 /* The script the upstream server's connection number I (in accept order)
  * plays. A connection without one reads and logs what it gets. */
