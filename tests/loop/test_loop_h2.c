@@ -97,9 +97,15 @@ typedef struct h2c_stream {
     size_t body_len;
 } h2c_stream_t;
 
+/* A request of the client's plan; BODY NULL: none (END_STREAM on HEADERS). */
+typedef struct h2c_req {
+    const char *method, *path, *body;
+} h2c_req_t;
+
 /* One connection: ciphertext through memory BIOs, frames through nghttp2.
- * Its plan: GET /get; once that stream closed, POST /post with a body;
- * once that closed, the scenario is done. */
+ * It sends its plan's requests one after the other, each once the stream
+ * before it closed (so the upstream sees them in order); when the last
+ * stream closed, the scenario is done. */
 typedef struct h2c {
     uv_tcp_t tcp;
     uv_connect_t creq;
@@ -108,11 +114,12 @@ typedef struct h2c {
     SSL *ssl;
     BIO *rbio, *wbio; /* ciphertext in, out (OpenSSL's side) */
     nghttp2_session *ng;
-    int handshaken, closed, post_sent, n_closed;
+    int handshaken, closed, n_closed;
     h2c_stream_t streams[H2C_MAX_STREAMS];
     int n_streams;
-    const char *post_body;
-    size_t post_len, post_off;
+    const h2c_req_t *plan;
+    int n_plan;
+    size_t body_off; /* of the request being sent */
     char abuf[65536];
 } h2c_t;
 
@@ -207,18 +214,19 @@ static int on_ng_stream_close(nghttp2_session *s, int32_t id, uint32_t error, vo
     return 0;
 }
 
-static ssize_t post_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len, uint32_t *flags,
+static ssize_t body_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len, uint32_t *flags,
                          nghttp2_data_source *src, void *arg)
 {
     h2c_t *h = arg;
-    size_t k = h->post_len - h->post_off;
+    const char *body = ((const h2c_req_t *)src->ptr)->body;
+    size_t k = strlen(body) - h->body_off;
     if (k > len)
         k = len;
-    memcpy(buf, h->post_body + h->post_off, k);
-    h->post_off += k;
-    if (h->post_off == h->post_len)
+    memcpy(buf, body + h->body_off, k);
+    h->body_off += k;
+    if (h->body_off == strlen(body))
         *flags |= NGHTTP2_DATA_FLAG_EOF;
-    (void)s, (void)id, (void)src;
+    (void)s, (void)id;
     return (ssize_t)k;
 }
 
@@ -227,16 +235,20 @@ static ssize_t post_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
         (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE             \
     }
 
-static void h2c_submit(h2c_t *h, const char *method, const char *path, const char *len)
+/* Sends the plan's next request, its body with a content-length. */
+static void h2c_submit_next(h2c_t *h)
 {
-    char authority[32];
+    const h2c_req_t *r = &h->plan[h->n_streams];
+    char authority[32], len[24];
     snprintf(authority, sizeof(authority), "localhost:%d", h->t->port);
-    nghttp2_nv nv[] = {NV(":method", method), NV(":scheme", "https"), NV(":path", path),
-                       NV(":authority", authority), NV("content-length", len != NULL ? len : "")};
-    nghttp2_data_provider body = {.read_callback = post_read};
-    int32_t id =
-        nghttp2_submit_request(h->ng, NULL, nv, len != NULL ? 5 : 4, len != NULL ? &body : NULL, h);
-    if (id < 0 || h->n_streams == H2C_MAX_STREAMS) {
+    snprintf(len, sizeof(len), "%zu", r->body != NULL ? strlen(r->body) : 0);
+    nghttp2_nv nv[] = {NV(":method", r->method), NV(":scheme", "https"), NV(":path", r->path),
+                       NV(":authority", authority), NV("content-length", len)};
+    nghttp2_data_provider body = {.source.ptr = (void *)r, .read_callback = body_read};
+    h->body_off = 0;
+    int32_t id = nghttp2_submit_request(h->ng, NULL, nv, r->body != NULL ? 5 : 4,
+                                        r->body != NULL ? &body : NULL, h);
+    if (id < 0) {
         h2c_fail(h, "submit failed");
         return;
     }
@@ -257,7 +269,7 @@ static void h2c_start_session(h2c_t *h)
     nghttp2_session_client_new(&h->ng, cbs, h);
     nghttp2_session_callbacks_del(cbs);
     nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, NULL, 0);
-    h2c_submit(h, "GET", "/get", NULL);
+    h2c_submit_next(h);
 }
 
 static void on_h2c_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -296,13 +308,12 @@ static void on_h2c_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             h2c_fail(h, "nghttp2_session_mem_recv failed");
             return;
         }
-    if (h->n_closed == 1 && !h->post_sent) {
-        h->post_sent = 1; /* one stream after the other: the upstream sees them in order */
-        h2c_submit(h, "POST", "/post", "11");
-    } else if (h->n_closed == 2) {
+    if (h->n_closed == h->n_plan) {
         lt_finish(h->t);
         return;
     }
+    if (h->n_closed == h->n_streams)
+        h2c_submit_next(h);
     h2c_flush(h);
 }
 
@@ -335,15 +346,16 @@ static void h2c_finish(lt_t *t)
     }
 }
 
-/* Connects to the proxy; TLS verifies the certificate in CA_FILE. */
-static int h2c_start(h2c_t *h, lt_t *t, const char *ca_file)
+/* Connects to the proxy to send PLAN (N requests, at most H2C_MAX_STREAMS);
+ * TLS verifies the certificate in CA_FILE. */
+static int h2c_start(h2c_t *h, lt_t *t, const char *ca_file, const h2c_req_t *plan, int n)
 {
     memset(h, 0, sizeof(*h));
     h->t = t;
     t->data = h;
     t->on_finish = h2c_finish;
-    h->post_body = "hello world";
-    h->post_len = 11;
+    h->plan = plan;
+    h->n_plan = n < H2C_MAX_STREAMS ? n : H2C_MAX_STREAMS;
     static const unsigned char alpn[] = "\x02h2";
     if ((h->ctx = SSL_CTX_new(TLS_client_method())) == NULL ||
         SSL_CTX_load_verify_locations(h->ctx, ca_file, NULL) != 1 ||
@@ -394,20 +406,23 @@ static tls_server_t *tls_for(const tmp_cert_t *tc, certs_t **store)
     return tls;
 }
 
-TEST(h2_get_then_post_reach_the_upstream_as_http1)
-{
-    static const lt_step_t up0[] = {
-        LT_READ_HEAD(),
-        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nget"),
-        LT_READ_HEAD(),
-        LT_READ(11),
-        LT_WRITE("HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\npost"),
-        LT_END(),
-    };
+/* A worker serving https://localhost with a fresh certificate, proxying
+ * to the scripted upstream. */
+typedef struct h2_env {
     tmp_cert_t tc;
-    if (tmp_cert_make(&tc) != 0) {
-        CHECK(!"a self-signed certificate");
-        return;
+    certs_t *store;
+    tls_server_t *tls;
+    lt_t t;
+    h2c_t h;
+} h2_env_t;
+
+static int h2_env_start(h2_env_t *e)
+{
+    memset(e, 0, sizeof(*e));
+    if (tmp_cert_make(&e->tc) != 0) {
+        fprintf(stderr, "  cannot make a self-signed certificate\n");
+        tmp_cert_remove(&e->tc);
+        return -1;
     }
     char conf[2048];
     snprintf(conf, sizeof(conf),
@@ -421,32 +436,60 @@ TEST(h2_get_then_post_reach_the_upstream_as_http1)
              "\ttls %s %s\n"
              "\treverse_proxy 127.0.0.1:@UP@\n"
              "}\n",
-             tc.cert, tc.key);
-    certs_t *store = NULL;
-    tls_server_t *tls = tls_for(&tc, &store);
-    lt_t t;
-    h2c_t h;
-    if (tls == NULL || lt_start_tls(&t, conf, tls) != 0) {
-        CHECK(!"lt_start_tls");
-        tls_server_free(tls);
-        certs_free(store);
-        tmp_cert_remove(&tc);
+             e->tc.cert, e->tc.key);
+    e->tls = tls_for(&e->tc, &e->store);
+    if (e->tls == NULL || lt_start_tls(&e->t, conf, e->tls) != 0) {
+        tls_server_free(e->tls);
+        certs_free(e->store);
+        tmp_cert_remove(&e->tc);
+        return -1;
+    }
+    return 0;
+}
+
+static void h2_env_end(h2_env_t *e)
+{
+    lt_end(&e->t);
+    h2c_free(&e->h);
+    tls_server_free(e->tls);
+    certs_free(e->store);
+    tmp_cert_remove(&e->tc);
+}
+
+TEST(h2_get_then_post_reach_the_upstream_as_http1)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nget"),
+        LT_READ_HEAD(),
+        LT_READ(11),
+        LT_WRITE("HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\npost"),
+        LT_END(),
+    };
+    static const h2c_req_t plan[] = {
+        {"GET", "/get", NULL},
+        {"POST", "/post", "hello world"},
+    };
+    h2_env_t e;
+    if (h2_env_start(&e) != 0) {
+        CHECK(!"h2_env_start");
         return;
     }
-    lt_upstream(&t, 0, up0);
-    CHECK_INT(h2c_start(&h, &t, tc.cert), 0);
-    CHECK_INT(lt_run(&t), 0);
-    /* two streams on one connection, one upstream connection for both;
-     * :authority becomes host (h2_msg.c writes the name as it came) */
-    CHECK_STR(lt_events(&t, ""), "c0: tls h2\n"
-                                 "u0: accept\n"
-                                 "u0: GET /get\n"
-                                 "c0: stream 1: 200 \"get\" (error 0)\n"
-                                 "u0: POST /post\n"
-                                 "u0: body \"hello world\"\n"
-                                 "c0: stream 3: 201 \"post\" (error 0)\n");
+    lt_t *t = &e.t;
+    lt_upstream(t, 0, up0);
+    CHECK_INT(h2c_start(&e.h, t, e.tc.cert, plan, 2), 0);
+    CHECK_INT(lt_run(t), 0);
+    /* two streams on one connection, one upstream connection for both */
+    CHECK_STR(lt_events(t, ""), "c0: tls h2\n"
+                                "u0: accept\n"
+                                "u0: GET /get\n"
+                                "c0: stream 1: 200 \"get\" (error 0)\n"
+                                "u0: POST /post\n"
+                                "u0: body \"hello world\"\n"
+                                "c0: stream 3: 201 \"post\" (error 0)\n");
+    /* :authority becomes host (h2_msg.c writes the name as it came); the
+     * body's length from content-length, as Content-Length */
     char want[1024];
-    /* the body's length from content-length, as Content-Length */
     snprintf(want, sizeof(want),
              "GET /get HTTP/1.1\r\nhost: localhost:%d\r\n"
              "X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: https\r\n"
@@ -454,14 +497,53 @@ TEST(h2_get_then_post_reach_the_upstream_as_http1)
              "POST /post HTTP/1.1\r\nhost: localhost:%d\r\n"
              "X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: https\r\n"
              "X-Forwarded-Host: localhost:%d\r\nContent-Length: 11\r\n\r\nhello world",
-             t.port, t.port, t.port, t.port);
-    CHECK_STR(lt_rx(t.n_ups > 0 ? t.ups[0] : NULL), want);
-    CHECK_INT(t.n_ups, 1);
-    lt_end(&t);
-    h2c_free(&h);
-    tls_server_free(tls);
-    certs_free(store);
-    tmp_cert_remove(&tc);
+             t->port, t->port, t->port, t->port);
+    CHECK_STR(lt_rx(t->n_ups > 0 ? t->ups[0] : NULL), want);
+    CHECK_INT(t->n_ups, 1);
+    h2_env_end(&e);
+}
+
+TEST(h2_upstream_closing_mid_body_resets_the_stream_not_the_connection)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello"),
+        LT_CLOSE(),
+    };
+    static const lt_step_t up1[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        LT_END(),
+    };
+    static const h2c_req_t plan[] = {
+        {"GET", "/cut", NULL},
+        {"GET", "/next", NULL},
+    };
+    h2_env_t e;
+    if (h2_env_start(&e) != 0) {
+        CHECK(!"h2_env_start");
+        return;
+    }
+    lt_t *t = &e.t;
+    lt_upstream(t, 0, up0);
+    lt_upstream(t, 1, up1);
+    CHECK_INT(h2c_start(&e.h, t, e.tc.cert, plan, 2), 0);
+    CHECK_INT(lt_run(t), 0);
+    /* the cut stream ends with RST_STREAM, never END_STREAM (which would
+     * make a 5-byte body look whole); the connection serves the next */
+    CHECK_STR(lt_events(t, "u"), "u0: accept\n"
+                                 "u0: GET /cut\n"
+                                 "u0: close\n"
+                                 "u1: accept\n"
+                                 "u1: GET /next\n");
+    char want[256];
+    snprintf(want, sizeof(want),
+             "c0: tls h2\n"
+             "c0: stream 1: 200 \"hello\" (error %d)\n"
+             "c0: stream 3: 200 \"ok\" (error 0)\n",
+             NGHTTP2_INTERNAL_ERROR);
+    CHECK_STR(lt_events(t, "c"), want);
+    h2_env_end(&e);
 }
 
 TEST_MAIN()
