@@ -1,7 +1,28 @@
 /* In-process event-loop tests: psproxy's real worker, a scripted upstream
  * server and scripted clients as handles on one uv loop, over loopback TCP,
  * run to completion on this thread. Every peer writes what it sees into one
- * event log that the test compares with the sequence it expects. */
+ * event log that the test compares with the sequence it expects:
+ *
+ *     static const lt_step_t up0[] = {
+ *         LT_READ_HEAD(), LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"), LT_END()};
+ *     static const lt_step_t client[] = {
+ *         LT_WRITE("GET /a HTTP/1.1\r\nHost: x\r\n\r\n"), LT_RESPONSE(), LT_DONE()};
+ *     lt_t t;
+ *     lt_start(&t, "http://:@PORT@ {\n\treverse_proxy 127.0.0.1:@UP@\n}\n");
+ *     lt_upstream(&t, 0, up0);
+ *     lt_client(&t, client);
+ *     lt_run(&t);
+ *     CHECK_STR(lt_events(&t, ""), "u0: accept\nu0: GET /a\nc0: 200\nc0: body \"a\"\n");
+ *     lt_end(&t);
+ *
+ * Events: "uN: accept", "uN: GET /a" (a head read), "uN: body \"...\"" (a
+ * read step's bytes), "uN: close" (its script closed it), "uN: eof" (the
+ * proxy closed it); "cN: 200" (a response head), "cN: body \"...\"" (the
+ * response ended), "cN: eof [mid-head | mid-body [K bytes]]". Bytes are
+ * quoted up to 48 (\r \n escaped), counted beyond. Only what one loop
+ * iteration cannot reorder belongs in one expected sequence; compare the
+ * peers apart (lt_events(&t, "u"), (&t, "c")) where two events are only
+ * simultaneous. */
 #ifndef PS_LOOP_FIXTURE_H
 #define PS_LOOP_FIXTURE_H
 
