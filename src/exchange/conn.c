@@ -475,7 +475,10 @@ static void on_client_eof(conn_t *c)
     case CONN_S_CONNECT_UP:
     case CONN_S_PROXY:
     case CONN_S_TUNNEL:
-        if (!c->req_done && c->state != CONN_S_TUNNEL)
+        /* a request without a body is whole once its head is (the parser
+         * stays paused on it until the upstream is ready) */
+        if (!c->req_done && c->state != CONN_S_TUNNEL &&
+            !(c->head_done && http_request_framing(&c->req) == HTTP_BODY_NONE))
             conn_close(c); /* gone mid-request: the exchange cannot complete */
         else if (c->ops->client_eof != NULL)
             c->ops->client_eof(c);

@@ -224,6 +224,8 @@ static void on_up_read(up_conn_t *u, ssize_t nread)
         }
         if (c->resp_done)
             return; /* complete already; the connection just won't be pooled */
+        if (nread == UV_EOF && c->resp_started && (c->write_pending || u->rstart < u->rlen))
+            return; /* what came before the close goes out first (pump_response) */
         up_failed(c, (int)nread);
         return;
     }
@@ -448,8 +450,12 @@ static void pump_response(conn_t *c)
     }
     if (c->state == CONN_S_PROXY && flush_response(c, iov, &n) < 0)
         return;
-    if (c->state == CONN_S_PROXY && c->resp_sent && !c->write_pending)
+    if (c->state != CONN_S_PROXY || c->up != u || c->write_pending)
+        return;
+    if (c->resp_sent)
         proxy_finish(c);
+    else if (u->eof && u->rstart == u->rlen)
+        up_failed(c, UV_EOF); /* the upstream cut it short; all it sent is out */
 }
 
 static void proxy_on_client_written(conn_t *c)

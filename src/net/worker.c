@@ -359,7 +359,7 @@ void worker_stop(worker_t *w)
     uv_async_send(&w->wakeup);
 }
 
-static void worker_dispose(worker_t *w)
+void worker_dispose(worker_t *w)
 {
     uv_run(&w->loop, UV_RUN_NOWAIT); /* run the close callbacks */
     up_pools_free(&w->up);

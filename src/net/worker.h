@@ -107,6 +107,10 @@ void worker_stop(worker_t *w);
 /* After worker_stop: waits for the thread, then frees what W holds. */
 void worker_join(worker_t *w);
 
+/* A worker whose loop ended on the caller's thread (tests run it there):
+ * frees what W holds. */
+void worker_dispose(worker_t *w);
+
 /* A worker whose thread never ran: stops it on this thread and frees it. */
 void worker_abort(worker_t *w);
 

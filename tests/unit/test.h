@@ -17,6 +17,7 @@ struct test_case {
 extern struct test_case test_cases[];
 extern int test_n_cases;
 extern int test_failed_now;
+extern const char *test_todo_now;
 
 #define TEST_MAX 512
 
@@ -57,11 +58,18 @@ extern int test_failed_now;
         }                                                                                          \
     } while (0)
 
+/* The case shows a known bug: it asserts the right behaviour, and TAP's
+ * TODO directive keeps its failure from failing the run (meson counts an
+ * expected failure; once the bug is fixed it reports an unexpected pass,
+ * and the mark goes). */
+#define TEST_TODO(reason) (test_todo_now = (reason))
+
 /* Defines the registry and main(); include in exactly one file per binary. */
 #define TEST_MAIN()                                                                                \
     struct test_case test_cases[TEST_MAX];                                                         \
     int test_n_cases;                                                                              \
     int test_failed_now;                                                                           \
+    const char *test_todo_now;                                                                     \
     int main(int argc, char **argv)                                                                \
     {                                                                                              \
         int failed = 0, run = 0;                                                                   \
@@ -70,10 +78,13 @@ extern int test_failed_now;
             if (argc > 1 && strstr(test_cases[i].name, argv[1]) == NULL)                          \
                 continue;                                                                          \
             test_failed_now = 0;                                                                   \
+            test_todo_now = NULL;                                                                  \
             test_cases[i].fn();                                                                    \
             run++;                                                                                 \
-            failed += test_failed_now;                                                             \
-            printf("%s %d - %s\n", test_failed_now ? "not ok" : "ok", i + 1, test_cases[i].name);  \
+            failed += test_failed_now && test_todo_now == NULL;                                    \
+            printf("%s %d - %s%s%s\n", test_failed_now ? "not ok" : "ok", i + 1,                  \
+                   test_cases[i].name, test_todo_now ? " # TODO " : "",                            \
+                   test_todo_now ? test_todo_now : "");                                            \
         }                                                                                          \
         fprintf(stderr, "%d passed, %d failed\n", run - failed, failed);                           \
         return failed ? 1 : 0;                                                                     \

@@ -1,0 +1,549 @@
+/* HTTP/2 through the real worker, on one loop: a client of OpenSSL memory
+ * BIOs and an nghttp2 session on a uv_tcp_t talks h2 over TLS (ALPN) to
+ * psproxy, which speaks HTTP/1.1 to the scripted upstream. */
+#include "loop_fixture.h"
+
+#include <nghttp2/nghttp2.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "certs.h"
+#include "common.h"
+#include "tls.h"
+
+#include "test.h"
+
+/* ---- a self-signed certificate for localhost, in a temp dir ------------- */
+
+typedef struct tmp_cert {
+    char dir[256];
+    char cert[300];
+    char key[300];
+} tmp_cert_t;
+
+static int write_pem(const char *path, X509 *x, EVP_PKEY *k)
+{
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return -1;
+    int ok =
+        x != NULL ? PEM_write_X509(f, x) : PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL);
+    return fclose(f) == 0 && ok == 1 ? 0 : -1;
+}
+
+/* A P-256 key and a certificate for "localhost" (CN and SAN), valid a day. */
+static int tmp_cert_make(tmp_cert_t *tc)
+{
+    int rc = -1;
+    EVP_PKEY *key = NULL;
+    X509 *x = NULL;
+    X509_EXTENSION *san = NULL;
+    const char *tmp = getenv("TMPDIR");
+    snprintf(tc->dir, sizeof(tc->dir), "%s/psproxy-loop-XXXXXX",
+             tmp != NULL && tmp[0] != '\0' ? tmp : "/tmp");
+    if (mkdtemp(tc->dir) == NULL)
+        return -1;
+    snprintf(tc->cert, sizeof(tc->cert), "%s/cert.pem", tc->dir);
+    snprintf(tc->key, sizeof(tc->key), "%s/key.pem", tc->dir);
+    if ((key = EVP_EC_gen("P-256")) == NULL || (x = X509_new()) == NULL)
+        goto out;
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+    X509_gmtime_adj(X509_getm_notBefore(x), -60);
+    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+    X509_set_pubkey(x, key);
+    X509_NAME *name = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1, -1,
+                               0);
+    X509_set_issuer_name(x, name);
+    X509V3_CTX v3;
+    X509V3_set_ctx_nodb(&v3);
+    X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
+    if ((san = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, "DNS:localhost")) == NULL ||
+        !X509_add_ext(x, san, -1) || !X509_sign(x, key, EVP_sha256()))
+        goto out;
+    if (write_pem(tc->cert, x, NULL) == 0 && write_pem(tc->key, NULL, key) == 0)
+        rc = 0;
+out:
+    X509_EXTENSION_free(san);
+    X509_free(x);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
+static void tmp_cert_remove(tmp_cert_t *tc)
+{
+    unlink(tc->cert);
+    unlink(tc->key);
+    rmdir(tc->dir);
+}
+
+/* ---- an h2 client on the loop ------------------------------------------- */
+
+#define H2C_MAX_STREAMS 4
+
+typedef struct h2c_stream {
+    int32_t id;
+    int status;
+    char body[256];
+    size_t body_len;
+} h2c_stream_t;
+
+/* A request of the client's plan; BODY NULL: none (END_STREAM on HEADERS). */
+typedef struct h2c_req {
+    const char *method, *path, *body;
+} h2c_req_t;
+
+/* One connection: ciphertext through memory BIOs, frames through nghttp2.
+ * It sends its plan's requests one after the other, each once the stream
+ * before it closed (so the upstream sees them in order); when the last
+ * stream closed, the scenario is done. */
+typedef struct h2c {
+    uv_tcp_t tcp;
+    uv_connect_t creq;
+    lt_t *t;
+    SSL_CTX *ctx;
+    SSL *ssl;
+    BIO *rbio, *wbio; /* ciphertext in, out (OpenSSL's side) */
+    nghttp2_session *ng;
+    int handshaken, closed, n_closed;
+    h2c_stream_t streams[H2C_MAX_STREAMS];
+    int n_streams;
+    const h2c_req_t *plan;
+    int n_plan;
+    size_t body_off; /* of the request being sent */
+    char abuf[65536];
+} h2c_t;
+
+typedef struct h2c_write {
+    uv_write_t req;
+    char *data;
+} h2c_write_t;
+
+static void h2c_fail(h2c_t *h, const char *what)
+{
+    lt_event(h->t, "c0: %s", what);
+    lt_finish(h->t);
+}
+
+static void on_h2c_written(uv_write_t *req, int status)
+{
+    h2c_write_t *w = container_of(req, h2c_write_t, req);
+    free(w->data);
+    free(w);
+    (void)status;
+}
+
+/* Frames nghttp2 has to send go through TLS; the records to the socket. */
+static void h2c_flush(h2c_t *h)
+{
+    if (h->closed)
+        return;
+    if (h->ng != NULL) {
+        const uint8_t *data;
+        ssize_t n;
+        while ((n = nghttp2_session_mem_send(h->ng, &data)) > 0)
+            if (SSL_write(h->ssl, data, (int)n) != (int)n) {
+                h2c_fail(h, "SSL_write failed");
+                return;
+            }
+    }
+    size_t pending = BIO_ctrl_pending(h->wbio);
+    if (pending == 0)
+        return;
+    h2c_write_t *w = malloc(sizeof(*w));
+    if (w == NULL || (w->data = malloc(pending)) == NULL)
+        abort();
+    int n = BIO_read(h->wbio, w->data, (int)pending);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+    if (uv_write(&w->req, (uv_stream_t *)&h->tcp, &b, 1, on_h2c_written) < 0) {
+        free(w->data);
+        free(w);
+    }
+}
+
+static h2c_stream_t *h2c_stream(h2c_t *h, int32_t id)
+{
+    for (int i = 0; i < h->n_streams; i++)
+        if (h->streams[i].id == id)
+            return &h->streams[i];
+    return NULL;
+}
+
+static int on_ng_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8_t *name,
+                        size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                        void *arg)
+{
+    h2c_stream_t *st = h2c_stream(arg, frame->hd.stream_id);
+    if (st != NULL && namelen == 7 && memcmp(name, ":status", 7) == 0)
+        st->status = atoi((const char *)value);
+    (void)s, (void)valuelen, (void)flags;
+    return 0;
+}
+
+static int on_ng_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data,
+                      size_t len, void *arg)
+{
+    h2c_stream_t *st = h2c_stream(arg, id);
+    if (st != NULL && st->body_len + len < sizeof(st->body)) {
+        memcpy(st->body + st->body_len, data, len);
+        st->body_len += len;
+    }
+    (void)s, (void)flags;
+    return 0;
+}
+
+static int on_ng_stream_close(nghttp2_session *s, int32_t id, uint32_t error, void *arg)
+{
+    h2c_t *h = arg;
+    h2c_stream_t *st = h2c_stream(h, id);
+    if (st != NULL) {
+        lt_event(h->t, "c0: stream %d: %d \"%.*s\" (error %u)", id, st->status, (int)st->body_len,
+                 st->body, error);
+        h->n_closed++;
+    }
+    (void)s;
+    return 0;
+}
+
+static ssize_t body_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len, uint32_t *flags,
+                         nghttp2_data_source *src, void *arg)
+{
+    h2c_t *h = arg;
+    const char *body = ((const h2c_req_t *)src->ptr)->body;
+    size_t k = strlen(body) - h->body_off;
+    if (k > len)
+        k = len;
+    memcpy(buf, body + h->body_off, k);
+    h->body_off += k;
+    if (h->body_off == strlen(body))
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+    (void)s, (void)id;
+    return (ssize_t)k;
+}
+
+#define NV(n, v)                                                                                   \
+    {                                                                                              \
+        (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE             \
+    }
+
+/* Sends the plan's next request, its body with a content-length. */
+static void h2c_submit_next(h2c_t *h)
+{
+    const h2c_req_t *r = &h->plan[h->n_streams];
+    char authority[32], len[24];
+    snprintf(authority, sizeof(authority), "localhost:%d", h->t->port);
+    snprintf(len, sizeof(len), "%zu", r->body != NULL ? strlen(r->body) : 0);
+    nghttp2_nv nv[] = {NV(":method", r->method), NV(":scheme", "https"), NV(":path", r->path),
+                       NV(":authority", authority), NV("content-length", len)};
+    nghttp2_data_provider body = {.source.ptr = (void *)r, .read_callback = body_read};
+    h->body_off = 0;
+    int32_t id = nghttp2_submit_request(h->ng, NULL, nv, r->body != NULL ? 5 : 4,
+                                        r->body != NULL ? &body : NULL, h);
+    if (id < 0) {
+        h2c_fail(h, "submit failed");
+        return;
+    }
+    h->streams[h->n_streams++] = (h2c_stream_t){.id = id};
+}
+
+static void h2c_start_session(h2c_t *h)
+{
+    const unsigned char *alpn = NULL;
+    unsigned alpn_len = 0;
+    SSL_get0_alpn_selected(h->ssl, &alpn, &alpn_len);
+    lt_event(h->t, "c0: tls %.*s", (int)alpn_len, alpn != NULL ? (const char *)alpn : "");
+    nghttp2_session_callbacks *cbs;
+    nghttp2_session_callbacks_new(&cbs);
+    nghttp2_session_callbacks_set_on_header_callback(cbs, on_ng_header);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_ng_data);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_ng_stream_close);
+    nghttp2_session_client_new(&h->ng, cbs, h);
+    nghttp2_session_callbacks_del(cbs);
+    nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, NULL, 0);
+    h2c_submit_next(h);
+}
+
+static void on_h2c_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    h2c_t *h = s->data;
+    if (nread == 0 || h->closed)
+        return;
+    if (nread < 0) {
+        h2c_fail(h, nread == UV_EOF ? "eof" : "read error");
+        return;
+    }
+    BIO_write(h->rbio, buf->base, (int)nread);
+    if (!h->handshaken) {
+        int r = SSL_do_handshake(h->ssl);
+        if (r != 1) {
+            int e = SSL_get_error(h->ssl, r);
+            if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+                char msg[160];
+                snprintf(msg, sizeof(msg), "handshake failed: %s",
+                         ERR_reason_error_string(ERR_peek_last_error()));
+                h2c_fail(h, msg);
+                return;
+            }
+            h2c_flush(h);
+            return;
+        }
+        h->handshaken = 1;
+        h2c_start_session(h);
+        if (h->ng == NULL || h->t->finished)
+            return;
+    }
+    char plain[16384];
+    int n;
+    while ((n = SSL_read(h->ssl, plain, sizeof(plain))) > 0)
+        if (nghttp2_session_mem_recv(h->ng, (const uint8_t *)plain, (size_t)n) < 0) {
+            h2c_fail(h, "nghttp2_session_mem_recv failed");
+            return;
+        }
+    if (h->n_closed == h->n_plan) {
+        lt_finish(h->t);
+        return;
+    }
+    if (h->n_closed == h->n_streams)
+        h2c_submit_next(h);
+    h2c_flush(h);
+}
+
+static void on_h2c_alloc(uv_handle_t *hd, size_t hint, uv_buf_t *buf)
+{
+    h2c_t *h = hd->data;
+    (void)hint;
+    *buf = uv_buf_init(h->abuf, sizeof(h->abuf));
+}
+
+static void on_h2c_connected(uv_connect_t *req, int status)
+{
+    h2c_t *h = container_of(req, h2c_t, creq);
+    if (status < 0 || h->closed) {
+        if (!h->closed)
+            h2c_fail(h, "connect failed");
+        return;
+    }
+    uv_read_start((uv_stream_t *)&h->tcp, on_h2c_alloc, on_h2c_read);
+    SSL_do_handshake(h->ssl); /* the ClientHello */
+    h2c_flush(h);
+}
+
+static void h2c_finish(lt_t *t)
+{
+    h2c_t *h = t->data;
+    if (!h->closed) {
+        h->closed = 1;
+        uv_close((uv_handle_t *)&h->tcp, NULL);
+    }
+}
+
+/* Connects to the proxy to send PLAN (N requests, at most H2C_MAX_STREAMS);
+ * TLS verifies the certificate in CA_FILE. */
+static int h2c_start(h2c_t *h, lt_t *t, const char *ca_file, const h2c_req_t *plan, int n)
+{
+    memset(h, 0, sizeof(*h));
+    h->t = t;
+    t->data = h;
+    t->on_finish = h2c_finish;
+    h->plan = plan;
+    h->n_plan = n < H2C_MAX_STREAMS ? n : H2C_MAX_STREAMS;
+    static const unsigned char alpn[] = "\x02h2";
+    if ((h->ctx = SSL_CTX_new(TLS_client_method())) == NULL ||
+        SSL_CTX_load_verify_locations(h->ctx, ca_file, NULL) != 1 ||
+        SSL_CTX_set_alpn_protos(h->ctx, alpn, sizeof(alpn) - 1) != 0 ||
+        (h->ssl = SSL_new(h->ctx)) == NULL)
+        return -1;
+    SSL_set_verify(h->ssl, SSL_VERIFY_PEER, NULL);
+    SSL_set1_host(h->ssl, "localhost");
+    SSL_set_tlsext_host_name(h->ssl, "localhost");
+    h->rbio = BIO_new(BIO_s_mem());
+    h->wbio = BIO_new(BIO_s_mem());
+    SSL_set_bio(h->ssl, h->rbio, h->wbio); /* the SSL owns them now */
+    SSL_set_connect_state(h->ssl);
+    uv_tcp_init(&t->w.loop, &h->tcp);
+    h->tcp.data = h;
+    struct sockaddr_in sa;
+    uv_ip4_addr("127.0.0.1", t->port, &sa);
+    return uv_tcp_connect(&h->creq, &h->tcp, (const struct sockaddr *)&sa, on_h2c_connected);
+}
+
+static void h2c_free(h2c_t *h)
+{
+    nghttp2_session_del(h->ng);
+    SSL_free(h->ssl);
+    SSL_CTX_free(h->ctx);
+}
+
+/* ---- the scenario ------------------------------------------------------- */
+
+/* psproxy's TLS as service.c sets it up: a store with the site's entry
+ * under its name (srv_load_certs), a context with h2 on. */
+static tls_server_t *tls_for(const tmp_cert_t *tc, certs_t **store)
+{
+    char err[512];
+    certs_entry_t *e = NULL;
+    *store = certs_new();
+    if (certs_entry_load(tc->cert, tc->key, &e, err, sizeof(err)) != 0) {
+        fprintf(stderr, "  %s\n", err);
+        return NULL;
+    }
+    certs_put(*store, "localhost", e);
+    certs_entry_unref(e);
+    tls_server_t *tls = tls_server_new(*store, "localhost", err, sizeof(err));
+    if (tls == NULL)
+        fprintf(stderr, "  %s\n", err);
+    else
+        tls_server_set_h2(tls, 1);
+    return tls;
+}
+
+/* A worker serving https://localhost with a fresh certificate, proxying
+ * to the scripted upstream. */
+typedef struct h2_env {
+    tmp_cert_t tc;
+    certs_t *store;
+    tls_server_t *tls;
+    lt_t t;
+    h2c_t h;
+} h2_env_t;
+
+static int h2_env_start(h2_env_t *e)
+{
+    memset(e, 0, sizeof(*e));
+    if (tmp_cert_make(&e->tc) != 0) {
+        fprintf(stderr, "  cannot make a self-signed certificate\n");
+        tmp_cert_remove(&e->tc);
+        return -1;
+    }
+    char conf[2048];
+    snprintf(conf, sizeof(conf),
+             "{\n"
+             "\tadmin off\n"
+             "\tauto_https disable_redirects\n"
+             "\tgrace_period 500ms\n"
+             "}\n"
+             "\n"
+             "https://localhost:@PORT@ {\n"
+             "\ttls %s %s\n"
+             "\treverse_proxy 127.0.0.1:@UP@\n"
+             "}\n",
+             e->tc.cert, e->tc.key);
+    e->tls = tls_for(&e->tc, &e->store);
+    if (e->tls == NULL || lt_start_tls(&e->t, conf, e->tls) != 0) {
+        tls_server_free(e->tls);
+        certs_free(e->store);
+        tmp_cert_remove(&e->tc);
+        return -1;
+    }
+    return 0;
+}
+
+static void h2_env_end(h2_env_t *e)
+{
+    lt_end(&e->t);
+    h2c_free(&e->h);
+    tls_server_free(e->tls);
+    certs_free(e->store);
+    tmp_cert_remove(&e->tc);
+}
+
+TEST(h2_get_then_post_reach_the_upstream_as_http1)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nget"),
+        LT_READ_HEAD(),
+        LT_READ(11),
+        LT_WRITE("HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\npost"),
+        LT_END(),
+    };
+    static const h2c_req_t plan[] = {
+        {"GET", "/get", NULL},
+        {"POST", "/post", "hello world"},
+    };
+    h2_env_t e;
+    if (h2_env_start(&e) != 0) {
+        CHECK(!"h2_env_start");
+        return;
+    }
+    lt_t *t = &e.t;
+    lt_upstream(t, 0, up0);
+    CHECK_INT(h2c_start(&e.h, t, e.tc.cert, plan, 2), 0);
+    CHECK_INT(lt_run(t), 0);
+    /* two streams on one connection, one upstream connection for both */
+    CHECK_STR(lt_events(t, ""), "c0: tls h2\n"
+                                "u0: accept\n"
+                                "u0: GET /get\n"
+                                "c0: stream 1: 200 \"get\" (error 0)\n"
+                                "u0: POST /post\n"
+                                "u0: body \"hello world\"\n"
+                                "c0: stream 3: 201 \"post\" (error 0)\n");
+    /* :authority becomes host (h2_msg.c writes the name as it came); the
+     * body's length from content-length, as Content-Length */
+    char want[1024];
+    snprintf(want, sizeof(want),
+             "GET /get HTTP/1.1\r\nhost: localhost:%d\r\n"
+             "X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: https\r\n"
+             "X-Forwarded-Host: localhost:%d\r\n\r\n"
+             "POST /post HTTP/1.1\r\nhost: localhost:%d\r\n"
+             "X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: https\r\n"
+             "X-Forwarded-Host: localhost:%d\r\nContent-Length: 11\r\n\r\nhello world",
+             t->port, t->port, t->port, t->port);
+    CHECK_STR(lt_rx(t->n_ups > 0 ? t->ups[0] : NULL), want);
+    CHECK_INT(t->n_ups, 1);
+    h2_env_end(&e);
+}
+
+TEST(h2_upstream_closing_mid_body_resets_the_stream_not_the_connection)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello"),
+        LT_CLOSE(),
+    };
+    static const lt_step_t up1[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        LT_END(),
+    };
+    static const h2c_req_t plan[] = {
+        {"GET", "/cut", NULL},
+        {"GET", "/next", NULL},
+    };
+    h2_env_t e;
+    if (h2_env_start(&e) != 0) {
+        CHECK(!"h2_env_start");
+        return;
+    }
+    lt_t *t = &e.t;
+    lt_upstream(t, 0, up0);
+    lt_upstream(t, 1, up1);
+    CHECK_INT(h2c_start(&e.h, t, e.tc.cert, plan, 2), 0);
+    CHECK_INT(lt_run(t), 0);
+    /* the cut stream ends with RST_STREAM, never END_STREAM (which would
+     * make a 5-byte body look whole); the connection serves the next */
+    CHECK_STR(lt_events(t, "u"), "u0: accept\n"
+                                 "u0: GET /cut\n"
+                                 "u0: close\n"
+                                 "u1: accept\n"
+                                 "u1: GET /next\n");
+    char want[256];
+    snprintf(want, sizeof(want),
+             "c0: tls h2\n"
+             "c0: stream 1: 200 \"hello\" (error %d)\n"
+             "c0: stream 3: 200 \"ok\" (error 0)\n",
+             NGHTTP2_INTERNAL_ERROR);
+    CHECK_STR(lt_events(t, "c"), want);
+    h2_env_end(&e);
+}
+
+TEST_MAIN()
