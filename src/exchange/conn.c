@@ -1041,7 +1041,7 @@ void conn_request_done(conn_t *c)
      * upstream refused, llhttp would otherwise take the next head for the
      * upgraded protocol (HPE_PAUSED_UPGRADE) */
     llhttp_reset(&c->req.parser);
-    c->head_done = c->req_done = c->resp_started = c->resp_sent = 0;
+    c->head_done = c->req_done = c->resp_started = 0;
     c->upgrade = c->head_method = 0;
     memset(&c->route, 0, sizeof(c->route));
     c->ops = NULL;

@@ -5,6 +5,7 @@
 #define PS_CONN_H
 
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -16,6 +17,9 @@
 #include "worker.h"
 #include "tls.h"
 #include "upstream.h"
+
+/* Room for a handler's per-request state (conn_t.hstate). */
+#define CONN_HANDLER_STATE 256
 
 enum conn_state {
     CONN_S_HANDSHAKE,  /* TLS: the handshake is under way; no plaintext yet */
@@ -105,36 +109,13 @@ struct conn {
     unsigned tls_quiet : 2;   /* enum conn_tls_quiet */
     unsigned tls_streak : 2;  /* quiet periods in a row that began quickly */
 
-    /* proxying (proxy.c) */
-    up_conn_t *up;
-    up_pool_t *pool;
+    /* the exchange's buffers and upstream table */
     up_targets_t *targets; /* of the config this request started with */
-    char *obuf;     /* the upstream request head, kept for a retry */
-    size_t olen;
+    char *obuf;     /* a head the handler builds: the upstream's, or extra fields */
     char *hbuf;     /* the response head for the client */
-    uint64_t tried; /* bit i: upstream i was tried for this request */
-    int attempts;   /* upstreams dialled or taken for this request (lb_retries) */
-    int replayable; /* the whole request is still at hand: it may go again */
-    char *replay;   /* its body, in rbuf, when replayable */
-    size_t replay_len;
-    uint64_t t_head_sent; /* uv_now() when the head went up (unhealthy_latency) */
-    uint64_t try_deadline;
-    /* the answer when no try succeeds: Caddy's, the last failure of an
-     * upstream it would have tried too, 503 when it would have tried none */
-    int fail_status;
-    int try_counts; /* the upstream tried now is one Caddy would have tried */
-    unsigned head_sent : 1;    /* the request head went upstream */
-    unsigned req_sent : 1;     /* all of the request went upstream */
-    unsigned resp_done : 1;    /* the whole response was read from upstream */
-    unsigned resp_head : 1;    /* the response head is parsed, paused on it */
-    unsigned resp_bytes : 1;   /* the upstream sent anything at all */
-    unsigned resp_sent : 1;    /* all of the response went to the client (or is queued) */
-    int req_framing;           /* enum http_framing, towards the upstream */
-    uint64_t req_length;       /* the body's length with HTTP_BODY_LENGTH */
-    uint64_t body_up;          /* body bytes this upstream got after the head */
-    int resp_framing;          /* enum http_framing, towards the client */
-    char up_chunk[20];         /* chunk-size line of the body going up */
-    char down_chunk[20];       /* chunk-size line of the body going down */
+    /* the running handler's own state for this request (its start zeroes
+     * what it uses): no allocation per request */
+    _Alignas(max_align_t) unsigned char hstate[CONN_HANDLER_STATE];
     int status;                /* the status sent, for the log */
     uint64_t t_start;          /* uv_hrtime() at the head, when the site logs */
     uint64_t bytes_in;         /* request body bytes read */

@@ -15,9 +15,43 @@ static uv_once_t settings_once = UV_ONCE_INIT;
 static const char CRLF[] = "\r\n";
 static const char LAST_CHUNK[] = HTTP_LAST_CHUNK;
 
-_Static_assert(sizeof(((conn_t *)0)->up_chunk) >= HTTP_CHUNK_LINE_MAX &&
-                   sizeof(((conn_t *)0)->down_chunk) >= HTTP_CHUNK_LINE_MAX,
-               "a conn holds a whole chunk-size line");
+/* One request's exchange with its upstreams: the handler's state in the
+ * exchange (conn_t.hstate), zeroed by proxy_start. */
+typedef struct proxy_req {
+    up_conn_t *up;
+    up_pool_t *pool;
+    size_t olen;    /* the upstream request head in obuf, kept for a retry */
+    uint64_t tried; /* bit i: upstream i was tried for this request */
+    int attempts;   /* upstreams dialled or taken for this request (lb_retries) */
+    int replayable; /* the whole request is still at hand: it may go again */
+    char *replay;   /* its body, in rbuf, when replayable */
+    size_t replay_len;
+    uint64_t t_head_sent; /* uv_now() when the head went up (unhealthy_latency) */
+    uint64_t try_deadline;
+    /* the answer when no try succeeds: Caddy's, the last failure of an
+     * upstream it would have tried too, 503 when it would have tried none */
+    int fail_status;
+    int try_counts; /* the upstream tried now is one Caddy would have tried */
+    unsigned head_sent : 1;  /* the request head went upstream */
+    unsigned req_sent : 1;   /* all of the request went upstream */
+    unsigned resp_done : 1;  /* the whole response was read from upstream */
+    unsigned resp_head : 1;  /* the response head is parsed, paused on it */
+    unsigned resp_bytes : 1; /* the upstream sent anything at all */
+    unsigned resp_sent : 1;  /* all of the response went to the client (or is queued) */
+    int req_framing;         /* enum http_framing, towards the upstream */
+    uint64_t req_length;     /* the body's length with HTTP_BODY_LENGTH */
+    uint64_t body_up;        /* body bytes this upstream got after the head */
+    int resp_framing;        /* enum http_framing, towards the client */
+    char up_chunk[HTTP_CHUNK_LINE_MAX];   /* chunk-size line of the body going up */
+    char down_chunk[HTTP_CHUNK_LINE_MAX]; /* chunk-size line of the body going down */
+} proxy_req_t;
+
+_Static_assert(sizeof(proxy_req_t) <= CONN_HANDLER_STATE, "proxy_req_t fits conn_t.hstate");
+
+static proxy_req_t *pr(const conn_t *c)
+{
+    return (proxy_req_t *)c->hstate;
+}
 
 /* Queues LEN body bytes in IOV as FRAMING wants them: as they are, or as
  * one chunk whose size line is written into CHUNK (HTTP_CHUNK_LINE_MAX). */
@@ -60,7 +94,7 @@ static void tunnel_from_upstream(conn_t *c);
 
 static up_target_t *target_of(const conn_t *c)
 {
-    return (up_target_t *)c->pool->target; /* its health fields are atomics, shared */
+    return (up_target_t *)pr(c)->pool->target; /* its health fields are atomics, shared */
 }
 
 static int idempotent(int method)
@@ -73,10 +107,11 @@ static int idempotent(int method)
 
 static void proxy_abort(conn_t *c)
 {
-    if (c->up == NULL)
+    proxy_req_t *q = pr(c);
+    if (q->up == NULL)
         return;
-    up_close(c->up);
-    c->up = NULL;
+    up_close(q->up);
+    q->up = NULL;
 }
 
 /* The upstream failed this request (ERR: a libuv error, or PS_EPROTO for a
@@ -84,11 +119,12 @@ static void proxy_abort(conn_t *c)
  * 502/504 if the client has seen nothing yet, else cut the client off. */
 static void up_failed(conn_t *c, int err)
 {
-    up_conn_t *u = c->up;
+    proxy_req_t *q = pr(c);
+    up_conn_t *u = q->up;
     const char *why = err == PS_EPROTO ? "malformed response" : uv_strerror(err);
     /* a pooled connection the upstream closed as we reused it: the request
      * never reached it, so try once more on a fresh one (as Go does) */
-    int stale = u->reused && !c->resp_bytes && c->req_framing == HTTP_BODY_NONE &&
+    int stale = u->reused && !q->resp_bytes && q->req_framing == HTTP_BODY_NONE &&
                 (err == UV_EOF || err == UV_ECONNRESET || err == UV_EPIPE);
     if (!stale) {
         log_warn("conn %llu %s: upstream %s: %s (state %s)", (unsigned long long)c->id,
@@ -101,17 +137,17 @@ static void up_failed(conn_t *c, int err)
         return;
     if (stale) {
         conn_set_state(c, CONN_S_CONNECT_UP);
-        c->up = up_dial(c->pool, c, proxy_cfg(c)->dial_timeout, on_up_connected);
+        q->up = up_dial(q->pool, c, proxy_cfg(c)->dial_timeout, on_up_connected);
         return;
     }
     /* nothing came back and the request can be sent again unchanged: an
      * idempotent one without a body goes to another upstream; anything else
      * might run twice (a POST whose upstream died after reading it) */
-    if (!c->resp_bytes && !c->write_pending && c->replayable &&
+    if (!q->resp_bytes && !c->write_pending && q->replayable &&
         idempotent(c->req.parser.method) && err != UV_ETIMEDOUT) {
         conn_set_state(c, CONN_S_CONNECT_UP);
-        if (c->try_counts)
-            c->fail_status = 502;
+        if (q->try_counts)
+            q->fail_status = 502;
         proxy_try(c);
         return;
     }
@@ -158,7 +194,8 @@ static void on_up_timeout(uv_timer_t *t)
 
 static void up_arm_timer(conn_t *c)
 {
-    up_conn_t *u = c->up;
+    proxy_req_t *q = pr(c);
+    up_conn_t *u = q->up;
     if (u == NULL || u->state != UP_S_ACTIVE)
         return;
     const cfg_proxy_t *p = proxy_cfg(c);
@@ -170,7 +207,7 @@ static void up_arm_timer(conn_t *c)
     else if (c->write_pending)
         ms = 0; /* we stopped reading it; the client's write clock runs */
     else if (!c->resp_started)
-        ms = c->req_sent ? p->response_header_timeout : 0;
+        ms = q->req_sent ? p->response_header_timeout : 0;
     else
         ms = p->read_timeout;
     if (ms == 0)
@@ -185,8 +222,9 @@ static void on_up_read(up_conn_t *u, ssize_t nread);
 
 static void update_up_reading(conn_t *c)
 {
-    if (c->up != NULL)
-        up_update_reading(c->up);
+    proxy_req_t *q = pr(c);
+    if (q->up != NULL)
+        up_update_reading(q->up);
 }
 
 static void tunnel_shutdown_done(uv_shutdown_t *req, int status)
@@ -200,6 +238,7 @@ static void tunnel_check_end(conn_t *c);
 static void on_up_read(up_conn_t *u, ssize_t nread)
 {
     conn_t *c = owner(u);
+    proxy_req_t *q = pr(c);
     if (nread < 0) {
         u->eof = 1;
         uv_read_stop((uv_stream_t *)&u->tcp);
@@ -212,29 +251,29 @@ static void on_up_read(up_conn_t *u, ssize_t nread)
             return;
         }
         llhttp_t *p = &u->resp.parser;
-        if (nread == UV_EOF && c->resp_started && !c->resp_done &&
+        if (nread == UV_EOF && c->resp_started && !q->resp_done &&
             llhttp_message_needs_eof(p)) {
             /* a close-delimited body ends here (RFC 9112 6.3 rule 8) */
             if (llhttp_get_errno(p) == HPE_PAUSED)
                 llhttp_resume(p);
-            if (llhttp_finish(p) == HPE_OK || c->resp_done) {
+            if (llhttp_finish(p) == HPE_OK || q->resp_done) {
                 pump_response(c);
                 return;
             }
         }
-        if (c->resp_done)
+        if (q->resp_done)
             return; /* complete already; the connection just won't be pooled */
         if (nread == UV_EOF && c->resp_started && (c->write_pending || u->rstart < u->rlen))
             return; /* what came before the close goes out first (pump_response) */
         up_failed(c, (int)nread);
         return;
     }
-    c->resp_bytes = 1;
+    q->resp_bytes = 1;
     if (c->state == CONN_S_TUNNEL)
         tunnel_from_upstream(c);
     else if (c->state == CONN_S_PROXY)
         pump_response(c);
-    if (c->state != CONN_S_CLOSING && c->up == u) {
+    if (c->state != CONN_S_CLOSING && q->up == u) {
         update_up_reading(c);
         up_arm_timer(c);
     }
@@ -253,7 +292,7 @@ static int on_resp_headers(llhttp_t *p)
 {
     up_conn_t *u = container_of(p, up_conn_t, resp.parser);
     conn_t *c = owner(u);
-    c->resp_head = 1;
+    pr(c)->resp_head = 1;
     /* a response to HEAD, a 1xx, 204 or 304 has no body whatever its
      * fields say (RFC 9112 6.3); llhttp cannot know the method and waits
      * for a 304's Content-Length bytes, so tell it as its "return 1"
@@ -275,7 +314,7 @@ static int on_resp_complete(llhttp_t *p)
     up_conn_t *u = container_of(p, up_conn_t, resp.parser);
     if (p->status_code < 200)
         return 0; /* an interim response; the final one follows */
-    owner(u)->resp_done = 1;
+    pr(owner(u))->resp_done = 1;
     return HPE_PAUSED;
 }
 
@@ -299,7 +338,8 @@ static void start_tunnel(conn_t *c);
  * 0, 1 when the exchange became a tunnel, -1 when it failed. */
 static int relay_head(conn_t *c, uv_buf_t *iov, unsigned *n)
 {
-    up_conn_t *u = c->up;
+    proxy_req_t *q = pr(c);
+    up_conn_t *u = q->up;
     llhttp_t *p = &u->resp.parser;
     int status = p->status_code;
     if (http_head_analyze(&u->resp) != 0 || (status == 101 && !c->upgrade)) {
@@ -321,10 +361,10 @@ static int relay_head(conn_t *c, uv_buf_t *iov, unsigned *n)
         r.n_ops = c->route.n_resp_ops;
         r.upgrade = status == 101;
         /* HTTP/2 frames the body itself: the bytes as they are, ended with the stream */
-        c->resp_framing =
+        q->resp_framing =
             http_response_framing(&u->resp, c->head_method, r.http10 || c->h2s != NULL);
         /* the client is still sending: after this response we must close */
-        if (!c->req_done || c->resp_framing == HTTP_BODY_EOF)
+        if (!c->req_done || q->resp_framing == HTTP_BODY_EOF)
             c->keep_alive = 0;
         const cfg_proxy_t *px = proxy_cfg(c);
         const cfg_status_t *us = &px->unhealthy_status;
@@ -334,10 +374,10 @@ static int relay_head(conn_t *c, uv_buf_t *iov, unsigned *n)
             up_target_failed(target_of(c), px, 0, why);
         }
         if (px->unhealthy_latency != 0 &&
-            uv_now(&c->w->loop) - c->t_head_sent > px->unhealthy_latency)
+            uv_now(&c->w->loop) - q->t_head_sent > px->unhealthy_latency)
             up_target_failed(target_of(c), px, 0, "slow response head");
         r.keep_alive = c->keep_alive;
-        r.framing = c->resp_framing;
+        r.framing = q->resp_framing;
         c->status = status;
     }
     if (c->hbuf == NULL)
@@ -365,11 +405,12 @@ static int relay_head(conn_t *c, uv_buf_t *iov, unsigned *n)
 
 static void proxy_finish(conn_t *c)
 {
-    up_conn_t *u = c->up;
+    proxy_req_t *q = pr(c);
+    up_conn_t *u = q->up;
     const cfg_proxy_t *p = proxy_cfg(c);
-    c->up = NULL;
+    q->up = NULL;
     /* pool it only if both messages were framed cleanly to their ends */
-    if (c->req_sent && !u->write_pending && !u->eof && !p->keepalive_off &&
+    if (q->req_sent && !u->write_pending && !u->eof && !p->keepalive_off &&
         llhttp_should_keep_alive(&u->resp.parser) && u->rstart == u->rlen) {
         uv_timer_stop(&u->timer);
         up_release(u, p->keepalive, p->keepalive_idle_conns);
@@ -384,7 +425,7 @@ static void proxy_finish(conn_t *c)
 /* Writes what pump_response gathered; 0, or -1 when the client is gone. */
 static int flush_response(conn_t *c, uv_buf_t *iov, unsigned *n)
 {
-    up_conn_t *u = c->up;
+    up_conn_t *u = pr(c)->up;
     if (*n == 0)
         return 0;
     int r = conn_write(c, iov, *n);
@@ -400,14 +441,15 @@ static int flush_response(conn_t *c, uv_buf_t *iov, unsigned *n)
 
 static void pump_response(conn_t *c)
 {
-    up_conn_t *u = c->up;
+    proxy_req_t *q = pr(c);
+    up_conn_t *u = q->up;
     uv_buf_t iov[8];
     unsigned n = 0;
-    while (c->state == CONN_S_PROXY && !c->write_pending && !c->resp_sent) {
+    while (c->state == CONN_S_PROXY && !c->write_pending && !q->resp_sent) {
         int head = 0;
         u->body = NULL;
         u->body_len = 0;
-        if (!c->resp_done) {
+        if (!q->resp_done) {
             llhttp_t *p = &u->resp.parser;
             int paused = llhttp_get_errno(p) == HPE_PAUSED;
             if (!paused && u->rstart == u->rlen)
@@ -426,33 +468,33 @@ static void pump_response(conn_t *c)
                 up_failed(c, PS_EPROTO);
                 return;
             }
-            if (c->resp_head) {
-                c->resp_head = 0;
+            if (q->resp_head) {
+                q->resp_head = 0;
                 head = 1;
                 if (relay_head(c, iov, &n) != 0)
                     return;
             }
         }
-        if (u->body_len > 0 && c->resp_framing != HTTP_BODY_NONE) {
-            add_body(iov, &n, c->resp_framing, c->down_chunk, u->body, u->body_len);
+        if (u->body_len > 0 && q->resp_framing != HTTP_BODY_NONE) {
+            add_body(iov, &n, q->resp_framing, q->down_chunk, u->body, u->body_len);
             c->bytes_out += u->body_len;
         }
-        if (c->resp_done) {
-            add_end(iov, &n, c->resp_framing);
-            c->resp_sent = 1;
+        if (q->resp_done) {
+            add_end(iov, &n, q->resp_framing);
+            q->resp_sent = 1;
         }
         /* a final head goes out with the body bytes behind it: one writev
          * (an interim one goes alone: the next head is built in hbuf too) */
-        if (head && c->resp_started && !c->resp_done && n <= 2)
+        if (head && c->resp_started && !q->resp_done && n <= 2)
             continue;
         if (flush_response(c, iov, &n) < 0)
             return;
     }
     if (c->state == CONN_S_PROXY && flush_response(c, iov, &n) < 0)
         return;
-    if (c->state != CONN_S_PROXY || c->up != u || c->write_pending)
+    if (c->state != CONN_S_PROXY || q->up != u || c->write_pending)
         return;
-    if (c->resp_sent)
+    if (q->resp_sent)
         proxy_finish(c);
     else if (u->eof && u->rstart == u->rlen)
         up_failed(c, UV_EOF); /* the upstream cut it short; all it sent is out */
@@ -460,7 +502,8 @@ static void pump_response(conn_t *c)
 
 static void proxy_on_client_written(conn_t *c)
 {
-    up_conn_t *u = c->up;
+    proxy_req_t *q = pr(c);
+    up_conn_t *u = q->up;
     if (c->state == CONN_S_TUNNEL) {
         if (u != NULL && u->rstart == u->rlen)
             u->rstart = u->rlen = 0;
@@ -472,7 +515,7 @@ static void proxy_on_client_written(conn_t *c)
     if (u->rstart == u->rlen)
         u->rstart = u->rlen = 0;
     pump_response(c);
-    if (c->state == CONN_S_PROXY && c->up == u) {
+    if (c->state == CONN_S_PROXY && q->up == u) {
         update_up_reading(c);
         up_arm_timer(c);
     }
@@ -493,7 +536,7 @@ static void on_up_written(uv_write_t *req, int status)
         up_failed(c, status);
         return;
     }
-    if (c->rstart == c->rlen && !(c->req_done && c->replayable))
+    if (c->rstart == c->rlen && !(c->req_done && pr(c)->replayable))
         c->rstart = c->rlen = c->head_end; /* sent: the body area is free again */
     up_arm_timer(c);
     if (c->state == CONN_S_TUNNEL) {
@@ -517,24 +560,25 @@ static void framing_broken(conn_t *c, size_t len)
 {
     log_warn("conn %llu %s: request body does not match its framing (%llu bytes up, %zu more, "
              "%s): not forwarded", (unsigned long long)c->id, c->peer_ip,
-             (unsigned long long)c->body_up, len, c->req_done ? "ended" : "open");
+             (unsigned long long)pr(c)->body_up, len, c->req_done ? "ended" : "open");
     proxy_abort(c);
     conn_malformed(c);
 }
 
 static void proxy_pump_request(conn_t *c)
 {
-    up_conn_t *u = c->up;
+    proxy_req_t *q = pr(c);
+    up_conn_t *u = q->up;
     if (c->state != CONN_S_PROXY || u == NULL || u->write_pending)
         return;
     uv_buf_t iov[6];
     unsigned n = 0;
     int resend = 0; /* the head goes again, to another upstream (a retry) */
-    if (!c->head_sent) {
-        iov[n++] = uv_buf_init(c->obuf, (unsigned)c->olen);
-        c->head_sent = 1;
-        c->body_up = 0;
-        c->t_head_sent = uv_now(&c->w->loop);
+    if (!q->head_sent) {
+        iov[n++] = uv_buf_init(c->obuf, (unsigned)q->olen);
+        q->head_sent = 1;
+        q->body_up = 0;
+        q->t_head_sent = uv_now(&c->w->loop);
         resend = c->req_done;
     }
     char *body = NULL;
@@ -559,28 +603,28 @@ static void proxy_pump_request(conn_t *c)
         len = c->body_len;
         /* a body that arrived whole in one pass stays in the buffer, so the
          * request can go to another upstream if this one dies without a word */
-        c->replayable = resend == 0 && c->req_done && c->bytes_in == c->body_len;
-        if (c->replayable) {
-            c->replay = c->body;
-            c->replay_len = c->body_len;
+        q->replayable = resend == 0 && c->req_done && c->bytes_in == c->body_len;
+        if (q->replayable) {
+            q->replay = c->body;
+            q->replay_len = c->body_len;
         }
-    } else if (resend && c->req_done && c->replayable) {
-        body = c->replay;
-        len = c->replay_len;
+    } else if (resend && c->req_done && q->replayable) {
+        body = q->replay;
+        len = q->replay_len;
     }
-    int ends = c->req_done && !c->req_sent;
+    int ends = c->req_done && !q->req_sent;
     /* every body byte that goes up passes here, whichever protocol brought it */
-    if (http_body_keeps_framing(c->req_framing, c->req_length, c->body_up, len, ends) < 0) {
+    if (http_body_keeps_framing(q->req_framing, q->req_length, q->body_up, len, ends) < 0) {
         framing_broken(c, len);
         return;
     }
     if (len > 0) {
-        add_body(iov, &n, c->req_framing, c->up_chunk, body, len);
-        c->body_up += len;
+        add_body(iov, &n, q->req_framing, q->up_chunk, body, len);
+        q->body_up += len;
     }
     if (ends) {
-        add_end(iov, &n, c->req_framing);
-        c->req_sent = 1;
+        add_end(iov, &n, q->req_framing);
+        q->req_sent = 1;
     }
     if (n == 0)
         return;
@@ -591,7 +635,7 @@ static void proxy_pump_request(conn_t *c)
     }
     if (r == 0)
         u->write_pending = 1;
-    else if (c->rstart == c->rlen && !(c->req_done && c->replayable))
+    else if (c->rstart == c->rlen && !(c->req_done && q->replayable))
         c->rstart = c->rlen = c->head_end; /* free for more body (a replay keeps it) */
     up_arm_timer(c);
 }
@@ -599,7 +643,8 @@ static void proxy_pump_request(conn_t *c)
 /* The upstream connection is ready: send the head, then the body. */
 static void on_up_ready(conn_t *c)
 {
-    up_conn_t *u = c->up;
+    proxy_req_t *q = pr(c);
+    up_conn_t *u = q->up;
     const cfg_proxy_t *p = proxy_cfg(c);
     http_head_init(&u->resp, HTTP_RESPONSE, &resp_settings);
     if (u->rbuf == NULL)
@@ -618,8 +663,8 @@ static void on_up_ready(conn_t *c)
     r.client_ip = c->peer_ip;
     r.https = c->https;
     r.trusted = cfg_cidr_contains(p->trusted, p->n_trusted, (const struct sockaddr *)&c->peer);
-    r.framing = c->req_framing;
-    r.length = c->req_length;
+    r.framing = q->req_framing;
+    r.length = q->req_length;
     r.upgrade = c->upgrade;
     int len = http_build_request(c->obuf, c->w->bufs.size, &r);
     if (len < 0) {
@@ -627,9 +672,9 @@ static void on_up_ready(conn_t *c)
         conn_respond(c, 431, NULL, NULL, 0);
         return;
     }
-    c->olen = (size_t)len;
-    c->head_sent = c->req_sent = c->resp_done = c->resp_head = c->resp_bytes = 0;
-    c->resp_sent = 0;
+    q->olen = (size_t)len;
+    q->head_sent = q->req_sent = q->resp_done = q->resp_head = q->resp_bytes = 0;
+    q->resp_sent = 0;
     conn_set_state(c, CONN_S_PROXY);
     update_up_reading(c);
     /* send the head and what is buffered of the body; on TLS that loop
@@ -640,14 +685,15 @@ static void on_up_ready(conn_t *c)
 static void on_up_connected(up_conn_t *u, int status)
 {
     conn_t *c = owner(u);
+    proxy_req_t *q = pr(c);
     if (status < 0) {
         log_warn("conn %llu %s: upstream %s: dial failed: %s", (unsigned long long)c->id,
                  c->peer_ip, u->pool->target->hostport, uv_strerror(status));
         /* refused or unreachable: out at once; a timeout counts towards max_fails */
         up_target_failed(target_of(c), proxy_cfg(c), status != UV_ETIMEDOUT, uv_strerror(status));
         proxy_abort(c);
-        if (c->try_counts)
-            c->fail_status = status == UV_ETIMEDOUT ? 504 : 502;
+        if (q->try_counts)
+            q->fail_status = status == UV_ETIMEDOUT ? 504 : 502;
         proxy_try(c);
         return;
     }
@@ -656,18 +702,19 @@ static void on_up_connected(up_conn_t *u, int status)
 
 static void proxy_try(conn_t *c)
 {
+    proxy_req_t *q = pr(c);
     const cfg_proxy_t *p = proxy_cfg(c);
     worker_t *w = c->w;
     int pick = UP_PICK_HEALTHY;
     int i = -1;
-    if (p->lb_retries < 0 || c->attempts <= p->lb_retries)
-        i = up_select(&w->up, p, c->targets, c->tried, c->peer_ip, &pick);
+    if (p->lb_retries < 0 || q->attempts <= p->lb_retries)
+        i = up_select(&w->up, p, c->targets, q->tried, c->peer_ip, &pick);
     if (i < 0) {
         /* lb_try_duration: keep trying every lb_try_interval until it runs out */
         uint64_t now = uv_now(&w->loop);
-        if (c->try_deadline != 0 && now < c->try_deadline) {
-            uint64_t left = c->try_deadline - now;
-            c->tried = 0;
+        if (q->try_deadline != 0 && now < q->try_deadline) {
+            uint64_t left = q->try_deadline - now;
+            q->tried = 0;
             conn_start_timer(c, left < p->lb_try_interval ? left : p->lb_try_interval);
             return;
         }
@@ -679,28 +726,28 @@ static void proxy_try(conn_t *c)
             /* as Caddy: the last dial or exchange error (502, 504), also
              * after lb_try_duration; 503 only when no upstream was
              * available to try at all */
-            fail_request(c, c->fail_status);
+            fail_request(c, q->fail_status);
         }
         return;
     }
     /* Caddy tries no upstream its checks took out (passive ones only when
      * fail_duration is given: it has none by default); psproxy still dials
      * them as a probe, but their failure is not Caddy's */
-    c->try_counts = pick == UP_PICK_HEALTHY || (pick == UP_PICK_PASSIVE && !p->fail_duration_set);
-    c->attempts++;
-    c->tried |= 1ull << i;
+    q->try_counts = pick == UP_PICK_HEALTHY || (pick == UP_PICK_PASSIVE && !p->fail_duration_set);
+    q->attempts++;
+    q->tried |= 1ull << i;
     up_target_t *tg = up_target_find(c->targets, p->ups[i].hostport);
-    c->pool = up_pool_get(&w->up, tg);
+    q->pool = up_pool_get(&w->up, tg);
     c->vars.upstream_hostport =
         uv_buf_init((char *)p->ups[i].hostport, strlen(p->ups[i].hostport));
-    c->up = up_take(c->pool, c);
-    if (c->up != NULL) {
+    q->up = up_take(q->pool, c);
+    if (q->up != NULL) {
         on_up_ready(c);
         return;
     }
     /* a name that does not resolve fails in on_up_connected, as a
      * refused dial: the next upstream is tried from there */
-    c->up = up_dial(c->pool, c, p->dial_timeout, on_up_connected);
+    q->up = up_dial(q->pool, c, p->dial_timeout, on_up_connected);
 }
 
 static void proxy_on_retry_timer(conn_t *c)
@@ -710,6 +757,8 @@ static void proxy_on_retry_timer(conn_t *c)
 
 static void proxy_start(conn_t *c)
 {
+    proxy_req_t *q = pr(c);
+    memset(pr(c), 0, sizeof(proxy_req_t));
     const cfg_proxy_t *p = proxy_cfg(c);
     const llhttp_t *req = &c->req.parser;
     /* a declared length over the limit never reaches the upstream */
@@ -722,18 +771,18 @@ static void proxy_start(conn_t *c)
     conn_set_state(c, CONN_S_CONNECT_UP);
     uv_once(&settings_once, settings_init);
     uv_timer_stop(&c->timer);
-    c->req_framing = http_request_framing(&c->req);
+    q->req_framing = http_request_framing(&c->req);
     /* llhttp counts content_length down as the body passes: keep it now */
-    c->req_length = c->req_framing == HTTP_BODY_LENGTH ? c->req.parser.content_length : 0;
-    c->tried = 0;
-    c->attempts = 0;
-    c->pool = NULL;
-    c->fail_status = 503; /* Caddy's "no upstreams available" */
-    c->try_counts = 0;
-    c->replayable = c->req_framing == HTTP_BODY_NONE; /* a body must arrive whole first */
-    c->replay = NULL;
-    c->replay_len = 0;
-    c->try_deadline = p->lb_try_duration > 0 ? uv_now(&c->w->loop) + p->lb_try_duration : 0;
+    q->req_length = q->req_framing == HTTP_BODY_LENGTH ? c->req.parser.content_length : 0;
+    q->tried = 0;
+    q->attempts = 0;
+    q->pool = NULL;
+    q->fail_status = 503; /* Caddy's "no upstreams available" */
+    q->try_counts = 0;
+    q->replayable = q->req_framing == HTTP_BODY_NONE; /* a body must arrive whole first */
+    q->replay = NULL;
+    q->replay_len = 0;
+    q->try_deadline = p->lb_try_duration > 0 ? uv_now(&c->w->loop) + p->lb_try_duration : 0;
     proxy_try(c);
 }
 
@@ -748,7 +797,7 @@ static void proxy_on_client_eof(conn_t *c)
 
 static void tunnel_check_end(conn_t *c)
 {
-    up_conn_t *u = c->up;
+    up_conn_t *u = pr(c)->up;
     if (u == NULL) {
         conn_close(c);
         return;
@@ -767,7 +816,7 @@ static void tunnel_check_end(conn_t *c)
 
 static void proxy_tunnel_from_client(conn_t *c)
 {
-    up_conn_t *u = c->up;
+    up_conn_t *u = pr(c)->up;
     if (u == NULL) {
         conn_close(c);
         return;
@@ -799,7 +848,7 @@ static void proxy_tunnel_from_client(conn_t *c)
 
 static void tunnel_from_upstream(conn_t *c)
 {
-    up_conn_t *u = c->up;
+    up_conn_t *u = pr(c)->up;
     if (!c->write_pending && u->rstart < u->rlen) {
         uv_buf_t b = uv_buf_init(u->rbuf + u->rstart, (unsigned)(u->rlen - u->rstart));
         int r = conn_write(c, &b, 1);
@@ -823,12 +872,13 @@ static void tunnel_from_upstream(conn_t *c)
 
 static void start_tunnel(conn_t *c)
 {
+    proxy_req_t *q = pr(c);
     conn_access_log(c);
     conn_set_state(c, CONN_S_TUNNEL);
     uv_tcp_keepalive(&c->tcp, 1, PROXY_TUNNEL_KEEPALIVE_S);
-    uv_tcp_keepalive(&c->up->tcp, 1, PROXY_TUNNEL_KEEPALIVE_S);
+    uv_tcp_keepalive(&q->up->tcp, 1, PROXY_TUNNEL_KEEPALIVE_S);
     /* the head is relayed; what follows either head is the new protocol */
-    uv_timer_stop(&c->up->timer);
+    uv_timer_stop(&q->up->timer);
     c->head_end = 0;
     tunnel_from_upstream(c);
     if (c->state == CONN_S_TUNNEL)
@@ -843,12 +893,14 @@ static void start_tunnel(conn_t *c)
 
 static int proxy_body_blocked(const conn_t *c)
 {
-    return c->up != NULL && c->up->write_pending;
+    proxy_req_t *q = pr(c);
+    return q->up != NULL && q->up->write_pending;
 }
 
 static const char *proxy_upstream(const conn_t *c)
 {
-    return c->pool != NULL ? c->pool->target->hostport : NULL;
+    proxy_req_t *q = pr(c);
+    return q->pool != NULL ? q->pool->target->hostport : NULL;
 }
 
 const handler_ops_t proxy_handler = {

@@ -907,20 +907,65 @@ void lt_end(lt_t *t)
 
 /* ---- the worker's state (white box) ------------------------------------- */
 
-int lt_proxy_holds_upstream(lt_t *t)
+/* The proxy's sockets to the scripted upstreams (their peer is t->up_port),
+ * found among the loop's handles: the fixture looks at what the kernel and
+ * libuv see, not inside the handler. */
+struct up_sockets {
+    const lt_t *t;
+    uv_tcp_t *found[16];
+    int n;
+};
+
+static void on_walk_up(uv_handle_t *h, void *arg)
+{
+    struct up_sockets *us = arg;
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (h->type != UV_TCP || uv_is_closing(h) || us->n == (int)PS_ARRAY_SIZE(us->found) ||
+        uv_tcp_getpeername((uv_tcp_t *)h, (struct sockaddr *)&ss, &len) != 0)
+        return;
+    int port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                        : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    /* the scripted upstream's own sockets have it as their local port */
+    if (port == us->t->up_port)
+        us->found[us->n++] = (uv_tcp_t *)h;
+}
+
+static int up_sockets(lt_t *t, struct up_sockets *us)
+{
+    us->t = t;
+    us->n = 0;
+    uv_walk(&t->w.loop, on_walk_up, us);
+    return us->n;
+}
+
+/* A client connection of the worker has a write in flight. */
+static int client_write_pending(lt_t *t)
 {
     for (conn_t *c = t->w.conns; c != NULL; c = c->next)
-        if (c->state == CONN_S_PROXY && c->up != NULL && c->write_pending &&
-            c->up->tcp.read_cb == NULL)
+        if (c->state == CONN_S_PROXY && c->write_pending)
+            return 1;
+    return 0;
+}
+
+int lt_proxy_holds_upstream(lt_t *t)
+{
+    struct up_sockets us;
+    if (!client_write_pending(t))
+        return 0;
+    for (int i = 0; i < up_sockets(t, &us); i++)
+        if (us.found[i]->read_cb == NULL)
             return 1;
     return 0;
 }
 
 int lt_proxy_client_write_pending(lt_t *t)
 {
-    for (conn_t *c = t->w.conns; c != NULL; c = c->next)
-        if (c->state == CONN_S_PROXY && c->up != NULL && c->write_pending &&
-            c->up->tcp.read_cb != NULL)
+    struct up_sockets us;
+    if (!client_write_pending(t))
+        return 0;
+    for (int i = 0; i < up_sockets(t, &us); i++)
+        if (us.found[i]->read_cb != NULL)
             return 1;
     return 0;
 }
@@ -929,10 +974,11 @@ int lt_proxy_client_write_pending(lt_t *t)
  * LT_FEED's next piece waits for it, so what is in flight stays small. */
 static int proxy_has_read_all(lt_t *t)
 {
-    for (conn_t *c = t->w.conns; c != NULL; c = c->next) {
+    struct up_sockets us;
+    for (int i = 0; i < up_sockets(t, &us); i++) {
         uv_os_fd_t fd;
         int unread = 0;
-        if (c->up != NULL && uv_fileno((uv_handle_t *)&c->up->tcp, &fd) == 0 &&
+        if (uv_fileno((uv_handle_t *)us.found[i], &fd) == 0 &&
             ioctl(fd, FIONREAD, &unread) == 0 && unread > 0)
             return 0;
     }
