@@ -167,6 +167,10 @@ enum cfg_handler_kind {
     CFG_H_PROXY,      /* terminal */
 };
 
+/* `header` directives one site may have: each is a response filter of a
+ * request they match (src/exchange/route.h). */
+#define CFG_MAX_SITE_HEADERS 16
+
 typedef struct cfg_handler {
     int kind;          /* enum cfg_handler_kind */
     const char *match; /* path matcher: "/exact", "/api*", "*.js"; NULL for all */

@@ -421,7 +421,7 @@ static const directive_t *find_directive(const char *name)
 int cfg_parse_directives(cfg_ctx_t *c, const cf_block_t *b, cfg_site_t *site)
 {
     size_t hcap = 0;
-    int rc;
+    int rc, n_headers = 0;
     for (size_t i = 0; i < b->n_lines; i++) {
         const cf_line_t *l = &b->lines[i];
         const char *n = cfg_line_name(l);
@@ -441,6 +441,9 @@ int cfg_parse_directives(cfg_ctx_t *c, const cf_block_t *b, cfg_site_t *site)
         }
         if (rc != 0)
             return rc;
+        if (h.kind == CFG_H_HEADER && ++n_headers > CFG_MAX_SITE_HEADERS)
+            return cfg_errf(c, &l->toks[0], "header: at most %d header directives in a site",
+                            CFG_MAX_SITE_HEADERS);
         if (h.kind != 0) {
             site->handlers =
                 cfg_grow(c->a, site->handlers, site->n_handlers, &hcap, sizeof(*site->handlers));

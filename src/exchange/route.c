@@ -101,8 +101,8 @@ void route_pick(route_t *r, const cfg_t *cfg, const cfg_listener_t *l, int https
         if (h->match != NULL && !cfg_match_path(h->match, v->path.base, v->path.len))
             continue;
         if (h->kind == CFG_H_HEADER) {
-            if (r->n_resp_ops < ROUTE_MAX_HEADER_OPS)
-                r->resp_ops[r->n_resp_ops++] = &h->u.header;
+            /* config keeps a site to ROUTE_MAX_FILTERS of them */
+            r->filters[r->n_filters++] = (filter_t){filter_of(FILTER_HEADER), &h->u.header};
             continue;
         }
         if (h->kind == CFG_H_REQUEST_BODY) {

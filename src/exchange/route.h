@@ -9,9 +9,11 @@
 #include <uv.h>
 
 #include "config.h"
+#include "filter.h"
 #include "http.h"
 
-#define ROUTE_MAX_HEADER_OPS 16
+/* Every filter-making directive of a site may match (config enforces it). */
+#define ROUTE_MAX_FILTERS CFG_MAX_SITE_HEADERS
 
 typedef struct route {
     const cfg_site_t *site;       /* NULL: no site serves the host */
@@ -19,18 +21,18 @@ typedef struct route {
     int id;                       /* enum handler_id: what runs */
     int port;                     /* HANDLER_HTTPS_REDIRECT: the HTTPS port named */
     uint64_t body_limit;          /* the smallest matching request_body max_size; 0: none */
-    /* every matching `header`, in route order */
-    const cfg_hdr_ops_t *resp_ops[ROUTE_MAX_HEADER_OPS];
-    unsigned n_resp_ops;
+    /* the response filters: every matching `header`, in route order */
+    filter_t filters[ROUTE_MAX_FILTERS];
+    unsigned n_filters;
 } route_t;
 
 /* Routes a request with the variables V of its head that came on listener
  * L of CFG (HTTPS: over TLS). Caddy's order on http_port (autohttps.go): a
  * pending ACME HTTP-01 challenge, the sites whose host matches, the
  * redirects for the HTTPS sites' hosts, the catch-all site, then a
- * redirect for any other host. Within a site: every matching `header` and
- * `request_body`, then the first matching terminal handler (none: the
- * empty 200 of HANDLER_RESPOND). */
+ * redirect for any other host. Within a site: every matching `header` (a
+ * response filter) and `request_body`, then the first matching terminal
+ * handler (none: the empty 200 of HANDLER_RESPOND). */
 void route_pick(route_t *r, const cfg_t *cfg, const cfg_listener_t *l, int https,
                 const http_vars_t *v);
 

@@ -355,10 +355,20 @@ static int relay_head(conn_t *c, uv_buf_t *iov, unsigned *n)
     r.resp = &u->resp;
     r.vars = &c->vars;
     r.http10 = client_http10(c);
+    filter_head_t fh;
     if (!interim) {
+        if (filter_head(c->route.filters, c->route.n_filters, &fh) < 0) {
+            /* a filter refused: the failure is ours, not the upstream's */
+            proxy_abort(c);
+            if (c->resp_started)
+                conn_close(c);
+            else
+                conn_respond(c, 500, NULL, NULL, 0);
+            return -1;
+        }
         r.down = &proxy_cfg(c)->header_down;
-        r.ops = c->route.resp_ops;
-        r.n_ops = c->route.n_resp_ops;
+        r.ops = fh.ops;
+        r.n_ops = fh.n_ops;
         r.upgrade = status == 101;
         /* HTTP/2 frames the body itself: the bytes as they are, ended with the stream */
         q->resp_framing =

@@ -59,8 +59,7 @@ static void answer(conn_t *c, const cfg_handler_t *h)
     char body[4096];
     size_t blen = 0;
     int status = 200;
-    const cfg_hdr_ops_t *const *ops = c->route.resp_ops;
-    unsigned n_ops = c->route.n_resp_ops;
+    filter_head_t fh;
     http_hdr_t own, *ownp = NULL;
     if (h != NULL && h->kind == CFG_H_RESPOND) {
         status = h->u.respond.status;
@@ -80,7 +79,11 @@ static void answer(conn_t *c, const cfg_handler_t *h)
      * respond's Content-Type as in Caddy; one a deferred op deleted is
      * Go's sniffing in Caddy: plain text (http_build_simple) for all but
      * a few signatures (HTML, XML, PDF, images) psproxy does not sniff */
-    if (http_expand_ops(ops, n_ops, &c->vars, extra, c->w->bufs.size - 1, &elen, ownp) < 0)
+    if (filter_head(c->route.filters, c->route.n_filters, &fh) < 0) {
+        conn_respond(c, 500, NULL, NULL, 0);
+        return;
+    }
+    if (http_expand_ops(fh.ops, fh.n_ops, &c->vars, extra, c->w->bufs.size - 1, &elen, ownp) < 0)
         elen = 0;
     if (h != NULL && h->kind == CFG_H_REDIR) {
         size_t start = elen;

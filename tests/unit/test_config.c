@@ -1967,4 +1967,24 @@ TEST(log_output_file_roll_options_are_accepted)
               "t.conf:4: log: output file: roll_bogus: not supported by psproxy");
 }
 
+/* Each `header` is a response filter of the requests it matches: a site
+ * has room for CFG_MAX_SITE_HEADERS of them, and one more is an error that
+ * names its line, never an operation silently dropped. */
+TEST(header_directives_beyond_the_filter_chain_are_an_error)
+{
+    char text[4096];
+    size_t n = (size_t)snprintf(text, sizeof(text), ":80 {\n");
+    for (int i = 0; i < CFG_MAX_SITE_HEADERS; i++)
+        n += (size_t)snprintf(text + n, sizeof(text) - n, "\theader X-%d %d\n", i, i);
+    snprintf(text + n, sizeof(text) - n, "}\n");
+    cfg_t *cfg = parse(text);
+    CHECK(cfg != NULL);
+    cfg_unref(cfg);
+    snprintf(text + n, sizeof(text) - n, "\theader X-Last 1\n}\n");
+    char want[128];
+    snprintf(want, sizeof(want), "t.conf:%d: header: at most %d header directives in a site",
+             CFG_MAX_SITE_HEADERS + 2, CFG_MAX_SITE_HEADERS);
+    CHECK_ERR(text, want);
+}
+
 TEST_MAIN()
