@@ -3,6 +3,7 @@
 #include "certs.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
@@ -110,16 +111,21 @@ static int entry_from_bios(BIO *chain_bio, BIO *key_bio, const char *source,
 fail:
     certs_entry_unref(e);
     ERR_clear_error();
-    return -1;
+    return UV_EINVAL;
 }
 
 int certs_entry_load(const char *cert_file, const char *key_file, certs_entry_t **out,
                      char *err, size_t errlen)
 {
-    int rc = -1;
+    int rc = UV_EIO;
+    errno = 0;
     BIO *cb = BIO_new_file(cert_file, "r");
-    BIO *kb = BIO_new_file(key_file, "r");
+    int cert_errno = errno;
+    BIO *kb = cb != NULL ? BIO_new_file(key_file, "r") : NULL;
     if (cb == NULL || kb == NULL) {
+        rc = cb == NULL ? -cert_errno : -errno; /* fopen's: ENOENT, EACCES ... */
+        if (rc == 0)
+            rc = UV_EIO;
         snprintf(err, errlen, "cannot read %s: %s", cb == NULL ? cert_file : key_file,
                  ssl_reason());
         ERR_clear_error();

@@ -33,12 +33,14 @@ certs_t *certs_new(void);
 void certs_free(certs_t *s);
 
 /* Reads a PEM chain (leaf first) and its private key; checks that they
- * belong together. Returns 0 and a new entry (refcount 1), or -1 with the
- * reason in ERR. */
+ * belong together. Returns 0 and a new entry (refcount 1), or with the
+ * reason in ERR: a file that cannot be opened (-errno: UV_ENOENT,
+ * UV_EACCES ...), UV_EINVAL for PEM that is not a certificate and its key. */
 int certs_entry_load(const char *cert_file, const char *key_file, certs_entry_t **out,
                      char *err, size_t errlen);
 
-/* The same from PEM text in memory (the ACME client's downloads). */
+/* The same from PEM text in memory (the ACME client's downloads): 0, or
+ * UV_EINVAL with the reason in ERR. */
 int certs_entry_from_pem(const char *chain_pem, size_t chain_len, const char *key_pem,
                          size_t key_len, const char *source, certs_entry_t **out, char *err,
                          size_t errlen);

@@ -60,7 +60,7 @@ int srv_load_certs(srv_t *s, const cfg_t *cfg)
     char why[1024];
     if (cfg_check_certs(cfg, why, sizeof(why)) != 0) {
         log_err("%s", why); /* a site the ACME client cannot serve */
-        return -1;
+        return PS_ECONFIG;
     }
     int rc = 0;
     for (size_t i = 0; i < cfg->n_sites; i++) {
@@ -74,10 +74,12 @@ int srv_load_certs(srv_t *s, const cfg_t *cfg)
             continue; /* its names are the ACME client's (srv_start_control) */
         char err[512];
         certs_entry_t *e = NULL;
-        if (certs_entry_load(site->tls.cert_file, site->tls.key_file, &e, err, sizeof(err)) !=
-            0) {
+        int err_code = certs_entry_load(site->tls.cert_file, site->tls.key_file, &e, err,
+                                        sizeof(err));
+        if (err_code != 0) {
             log_err("%s:%d: tls: %s", site->file, site->tls.line, err);
-            rc = -1;
+            if (rc == 0)
+                rc = err_code; /* the first failure's: every one is logged */
             continue;
         }
         for (size_t a = 0; a < site->n_addrs; a++)
@@ -160,7 +162,7 @@ int srv_start_control(srv_t *s, uv_loop_t *loop)
     if (ac.challenges == 0) {
         log_err("acme: no challenge type is possible: http-01 needs a listener on http_port "
                 "(:%d)", cfg->http_port);
-        return -1;
+        return PS_ECONFIG;
     }
     ac.on_fatal = s->on_fatal;
     ac.fatal_arg = s->fatal_arg;
@@ -168,7 +170,7 @@ int srv_start_control(srv_t *s, uv_loop_t *loop)
     s->acme = acme_new(loop, &ac, s->certs, err, sizeof(err));
     if (s->acme == NULL) {
         log_err("acme: %s", err);
-        return -1;
+        return PS_ECONFIG; /* its settings or its storage cannot work */
     }
     for (size_t i = 0; i < n; i++)
         acme_manage(s->acme, names[i]);
@@ -181,14 +183,15 @@ int srv_reload(srv_t *s, const char *path, uv_loop_t *loop)
 {
     char err[1024];
     cfg_t *cfg = NULL;
-    if (cfg_load(path, &cfg, err, sizeof(err)) != 0) {
+    int rc = cfg_load(path, &cfg, err, sizeof(err));
+    if (rc != 0) {
         log_err("reload: %s; the running configuration stays", err);
-        return -1;
+        return rc;
     }
-    if (alog_open(&s->alog, cfg, err, sizeof(err)) != 0) {
+    if ((rc = alog_open(&s->alog, cfg, err, sizeof(err))) != 0) {
         log_err("reload: %s; the running configuration stays", err);
         cfg_unref(cfg);
-        return -1;
+        return rc;
     }
     int https = 0;
     for (size_t k = 0; k < cfg->n_listeners; k++)
@@ -199,15 +202,15 @@ int srv_reload(srv_t *s, const char *path, uv_loop_t *loop)
         if (s->tls == NULL) {
             log_err("reload: %s; the running configuration stays", err);
             cfg_unref(cfg);
-            return -1;
+            return PS_EPROTO; /* OpenSSL would not make the context */
         }
     }
     if (s->tls != NULL)
         tls_server_set_h2(s->tls, (cfg->protocols & CFG_PROTO_H2) != 0);
-    if (https && srv_load_certs(s, cfg) != 0) {
+    if (https && (rc = srv_load_certs(s, cfg)) != 0) {
         log_err("reload: the running configuration stays");
         cfg_unref(cfg);
-        return -1;
+        return rc;
     }
     /* Upstreams named again keep their target (health, pools); the old
      * table lives while connections accepted under it do. */

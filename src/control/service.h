@@ -34,17 +34,20 @@ int srv_start(srv_t *s, cfg_t *cfg);
 /* SIGHUP: loads PATH again; a bad config is logged with file:line and the
  * running one stays. A good one is swapped in: new connections get it,
  * connections already open finish on theirs, unchanged listeners stay
- * open. Returns 0 when the new config serves. */
+ * open. Returns 0 when the new config serves, else why it does not
+ * (cfg_load's PS_ECONFIG, a certificate's or a log file's code). */
 int srv_reload(srv_t *s, const char *path, uv_loop_t *loop);
 
 /* Loads the manual certificates (tls CERT KEY) of CFG's HTTPS sites into
- * the store. Returns 0, or -1 after logging what failed: at start that
- * stops psproxy; on SIGHUP the certificates already served stay. */
+ * the store. Returns 0, or after logging every one that failed, the first
+ * failure (PS_ECONFIG for a site ACME cannot serve, certs_entry_load's
+ * code for a file): at start that stops psproxy; on SIGHUP the
+ * certificates already served stay. */
 int srv_load_certs(srv_t *s, const cfg_t *cfg);
 
 /* Starts the control loop's services on LOOP: active health checks, and the
- * ACME client for the HTTPS names without a manual certificate. 0, or -1
- * after logging why. */
+ * ACME client for the HTTPS names without a manual certificate. 0, or
+ * PS_ECONFIG after logging why the ACME client cannot run. */
 int srv_start_control(srv_t *s, uv_loop_t *loop);
 /* The ACME settings of CFG, and the names ACME manages (HTTPS hosts of
  * sites without tls CERT KEY), at most MAX. */

@@ -366,7 +366,7 @@ int tls_conn_init(tls_conn_t *t, tls_server_t *s, buf_pool_t *bufs)
         BIO_free(bio);
         t->ssl = NULL;
         ERR_clear_error();
-        return -1;
+        return UV_ENOMEM; /* OpenSSL fails these only for memory */
     }
     BIO_set_data(bio, t);
     SSL_set_bio(t->ssl, bio, bio); /* one BIO both ways; SSL owns it */

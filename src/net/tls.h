@@ -44,7 +44,7 @@ typedef struct tls_conn {
     unsigned peer_closed : 1; /* close_notify received */
 } tls_conn_t;
 
-/* Returns 0, or -1 when OpenSSL cannot make a connection object. */
+/* Returns 0, or UV_ENOMEM when OpenSSL cannot make a connection object. */
 int tls_conn_init(tls_conn_t *t, tls_server_t *s, buf_pool_t *bufs);
 void tls_conn_dispose(tls_conn_t *t);
 

@@ -6,6 +6,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <string.h>
+#include <uv.h>
 
 #include "test.h"
 
@@ -75,10 +76,10 @@ TEST(mismatched_key_is_refused)
     make_pem("a.test", 1, &c1, &cl1, &k1, &kl1);
     make_pem("b.test", 2, &c2, &cl2, &k2, &kl2);
     certs_entry_t *e = NULL;
-    CHECK(certs_entry_from_pem(c1, cl1, k2, kl2, "a.pem", &e, err, sizeof(err)) == -1);
+    CHECK(certs_entry_from_pem(c1, cl1, k2, kl2, "a.pem", &e, err, sizeof(err)) == UV_EINVAL);
     CHECK(e == NULL);
     CHECK_STR(err, "a.pem: the private key does not match the certificate");
-    CHECK(certs_entry_from_pem("junk", 4, k1, kl1, "j.pem", &e, err, sizeof(err)) == -1);
+    CHECK(certs_entry_from_pem("junk", 4, k1, kl1, "j.pem", &e, err, sizeof(err)) == UV_EINVAL);
     CHECK(strncmp(err, "j.pem: no PEM certificate", 25) == 0);
     free(c1);
     free(k1);
@@ -91,7 +92,7 @@ TEST(missing_file_is_an_error_naming_it)
     char err[256] = "";
     certs_entry_t *e = NULL;
     CHECK(certs_entry_load("/nonexistent/a.crt", "/nonexistent/a.key", &e, err, sizeof(err)) ==
-          -1);
+          UV_ENOENT);
     CHECK(strstr(err, "/nonexistent/a.crt") != NULL);
 }
 
