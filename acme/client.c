@@ -1,5 +1,8 @@
 /* The ACME client: one order at a time, as an explicit state machine driven
- * by fetch callbacks and timers on the control loop.
+ * by fetch callbacks and timers on the control loop. Over 1,000 lines on
+ * purpose: the states read top to bottom in the order an order runs, each
+ * next to the fetch callback that leaves it; the pure parts are
+ * acme_json.c, renew.c, jws.c and csr.c already.
  *
  *   [LOCK] -> DIRECTORY -> ACCOUNT -> ORDER -> AUTHZ (per authorization:
  *   CHALLENGE, POLL_AUTHZ) -> FINALIZE -> POLL_ORDER -> CERT -> installed

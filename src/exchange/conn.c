@@ -1,5 +1,10 @@
 /* The client connection state machine: read and check request heads, route
- * them, answer locally or hand them to proxy.c, then the next request. */
+ * them, run the handler routing picked (handler.h), then the next request;
+ * the TLS record pump and the HTTP/2 host ops too.
+ *
+ * Over 1,000 lines because it is still the HTTP/1.1 transport and the
+ * exchange in one (docs/ARCHITECTURE.md, "The request pipeline"); the
+ * exchange split that issue #21 asks for divides it. */
 #include "conn.h"
 
 #include <arpa/inet.h>

@@ -1,6 +1,7 @@
-/* A client connection: reads requests, answers the ones the config answers
- * itself, and hands the others to proxy.c. conn.c and proxy.c share this
- * struct; nothing else looks inside. */
+/* A client connection and the exchange it carries: reads requests, routes
+ * them, runs the handler routing picked (handler.h) and writes its answer.
+ * Handlers see this struct (they run the exchange); a handler keeps its
+ * own per-request state in hstate, never in new fields here. */
 #ifndef PS_CONN_H
 #define PS_CONN_H
 
@@ -24,8 +25,9 @@
 enum conn_state {
     CONN_S_HANDSHAKE,  /* TLS: the handshake is under way; no plaintext yet */
     CONN_S_READ_HEAD,  /* no request in flight: idle, or reading a head from offset 0 */
-    CONN_S_CONNECT_UP, /* head parsed, parser paused; getting an upstream connection */
-    CONN_S_PROXY,      /* upstream attached: request body up, response down */
+    CONN_S_CONNECT_UP, /* head parsed, parser paused; the handler gets ready
+                        * (reverse_proxy: an upstream connection) */
+    CONN_S_PROXY,      /* the handler runs: request body to it, response from it */
     CONN_S_RESPOND,    /* writing a response made here; request body read and dropped */
     CONN_S_TUNNEL,     /* after 101: opaque bytes both ways */
     CONN_S_H2,         /* HTTP/2: nghttp2 frames the connection, its streams are conns */
@@ -136,7 +138,8 @@ void conn_write_done(conn_t *c);
  * conn: end the stream). */
 void conn_linger(conn_t *c);
 
-/* The one door out: idempotent; closes the upstream it holds too. */
+/* The one door out: idempotent; aborts the handler (which lets go of its
+ * upstream), then closes. */
 void conn_close(conn_t *c);
 
 /* The worker's periodic timer: frees the record buffers of TLS connections
@@ -166,7 +169,8 @@ void conn_process(conn_t *c);
 /* Starts or stops reading from the client as buffer space and state allow. */
 void conn_update_reading(conn_t *c);
 
-/* Starts the client timer for MS; in CONN_S_CONNECT_UP it retries. */
+/* Starts the client timer for MS; in CONN_S_CONNECT_UP it runs the
+ * handler's timer op (reverse_proxy: the next try). */
 void conn_start_timer(conn_t *c, uint64_t ms);
 
 /* Re-arms the client timer for what the connection waits on now. */
