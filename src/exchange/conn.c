@@ -1048,7 +1048,9 @@ void conn_request_done(conn_t *c)
     llhttp_reset(&c->req.parser);
     c->head_done = c->req_done = c->resp_started = 0;
     c->upgrade = c->head_method = 0;
-    memset(&c->route, 0, sizeof(c->route));
+    c->route.site = NULL;
+    c->route.handler = NULL;
+    c->route.n_filters = 0;
     c->ops = NULL;
     c->status = 0;
     conn_set_state(c, CONN_S_READ_HEAD);

@@ -20,7 +20,7 @@
 #include "upstream.h"
 
 /* Room for a handler's per-request state (conn_t.hstate). */
-#define CONN_HANDLER_STATE 256
+#define CONN_HANDLER_STATE 160
 
 enum conn_state {
     CONN_S_HANDSHAKE,  /* TLS: the handshake is under way; no plaintext yet */

@@ -1,8 +1,8 @@
 /* Response filters: what a response passes through on its way to the
  * client, in route order (nginx's header filter chain, h2o's ostreams).
- * Routing puts one in the chain per matching directive that shapes
- * responses; a handler builds its response head through filter_head and
- * never names a filter. `header` is the first; `encode` adds a body hook
+ * The chain is the route's matching directives that shape responses (each
+ * a config row, run by the filter its kind maps to); a handler builds its
+ * response head through filter_head and never names a filter. `header` is the first; `encode` adds a body hook
  * (and turns the framing) when it comes. Filters live in src/handlers and
  * are registered at start, as handlers are. */
 #ifndef PS_FILTER_H
@@ -29,27 +29,25 @@ typedef struct filter_head {
     unsigned n_ops;
 } filter_head_t;
 
-typedef struct filter filter_t;
-
 typedef struct filter_ops {
     const char *name;
-    /* The response head is being built: add what F does to it to H.
-     * Returns 0, or -1 when it cannot (the answer is then a 500). */
-    int (*head)(const filter_t *f, filter_head_t *h);
+    /* The response head is being built: add what the directive ROW does
+     * to it to H. Returns 0, or -1 when it cannot (the answer is then a
+     * 500). */
+    int (*head)(const cfg_handler_t *row, filter_head_t *h);
 } filter_ops_t;
-
-/* One filter in a route's chain: what it does and its directive's config. */
-struct filter {
-    const filter_ops_t *ops;
-    const void *conf;
-};
 
 /* Makes OPS the filter for ID (at start, before any worker runs). */
 void filter_register(int id, const filter_ops_t *ops);
 const filter_ops_t *filter_of(int id);
 
-/* Runs the head hooks of CHAIN (N filters) into H, zeroed first. Returns
- * 0, or -1 when one could not. */
-int filter_head(const filter_t *chain, unsigned n, filter_head_t *h);
+/* The filter a directive of KIND (enum cfg_handler_kind) is; FILTER_NONE
+ * when it shapes no response. */
+int filter_id_of(int kind);
+
+/* Runs the head hook of each directive of CHAIN (N rows, route order) into
+ * H, emptied first. Returns 0, or -1 when one could not or has no filter
+ * registered. */
+int filter_head(const cfg_handler_t *const *chain, unsigned n, filter_head_t *h);
 
 #endif

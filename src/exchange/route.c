@@ -73,7 +73,13 @@ static int handler_id_of(int kind)
 void route_pick(route_t *r, const cfg_t *cfg, const cfg_listener_t *l, int https,
                 const http_vars_t *v)
 {
-    memset(r, 0, sizeof(*r));
+    /* field by field: the filter array is filled only as far as n_filters */
+    r->site = NULL;
+    r->handler = NULL;
+    r->id = HANDLER_NONE;
+    r->port = 0;
+    r->body_limit = 0;
+    r->n_filters = 0;
     if (acme_pending(cfg, l, https, v->path)) {
         r->id = HANDLER_ACME_HTTP01;
         return;
@@ -100,9 +106,9 @@ void route_pick(route_t *r, const cfg_t *cfg, const cfg_listener_t *l, int https
         const cfg_handler_t *h = &s->handlers[i];
         if (h->match != NULL && !cfg_match_path(h->match, v->path.base, v->path.len))
             continue;
-        if (h->kind == CFG_H_HEADER) {
+        if (filter_id_of(h->kind) != FILTER_NONE) {
             /* config keeps a site to ROUTE_MAX_FILTERS of them */
-            r->filters[r->n_filters++] = (filter_t){filter_of(FILTER_HEADER), &h->u.header};
+            r->filters[r->n_filters++] = h;
             continue;
         }
         if (h->kind == CFG_H_REQUEST_BODY) {

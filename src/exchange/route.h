@@ -21,8 +21,9 @@ typedef struct route {
     int id;                       /* enum handler_id: what runs */
     int port;                     /* HANDLER_HTTPS_REDIRECT: the HTTPS port named */
     uint64_t body_limit;          /* the smallest matching request_body max_size; 0: none */
-    /* the response filters: every matching `header`, in route order */
-    filter_t filters[ROUTE_MAX_FILTERS];
+    /* the response filters (filter.h): every matching `header`, in route
+     * order */
+    const cfg_handler_t *filters[ROUTE_MAX_FILTERS];
     unsigned n_filters;
 } route_t;
 

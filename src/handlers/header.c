@@ -2,11 +2,11 @@
  * the head being built. */
 #include "handlers.h"
 
-static int header_head(const filter_t *f, filter_head_t *h)
+static int header_head(const cfg_handler_t *row, filter_head_t *h)
 {
     if (h->n_ops == FILTER_MAX_OPS)
         return -1;
-    h->ops[h->n_ops++] = f->conf;
+    h->ops[h->n_ops++] = &row->u.header;
     return 0;
 }
 

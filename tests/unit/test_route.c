@@ -103,9 +103,8 @@ TEST(filters_in_route_order_the_first_matching_terminal_handler_and_the_smallest
     pick(&r, cfg, 8080, "a.test", "/api/users");
     CHECK_INT(r.id, HANDLER_REVERSE_PROXY);
     CHECK_INT(r.n_filters, 2);
-    CHECK(r.filters[0].ops == &header_filter);
-    CHECK(r.filters[0].conf == &r.site->handlers[0].u.header ||
-          r.filters[0].conf == &r.site->handlers[1].u.header);
+    CHECK(r.filters[0]->kind == CFG_H_HEADER && r.filters[1]->kind == CFG_H_HEADER);
+    CHECK(r.filters[0] < r.filters[1]); /* in route order */
     CHECK_INT((int)r.body_limit, 10000);
     pick(&r, cfg, 8080, "a.test", "/api/health");
     CHECK_INT(r.id, HANDLER_RESPOND); /* respond sorts before reverse_proxy, as in Caddy */
@@ -143,16 +142,16 @@ TEST(http_port_redirects_hosts_an_https_site_serves_and_answers_pending_challeng
 
 static int saw_head;
 
-static int counting_head(const filter_t *f, filter_head_t *h)
+static int counting_head(const cfg_handler_t *row, filter_head_t *h)
 {
     saw_head++;
-    h->ops[h->n_ops++] = f->conf;
+    h->ops[h->n_ops++] = &row->u.header;
     return 0;
 }
 
-static int refusing_head(const filter_t *f, filter_head_t *h)
+static int refusing_head(const cfg_handler_t *row, filter_head_t *h)
 {
-    (void)f;
+    (void)row;
     (void)h;
     return -1;
 }
@@ -161,15 +160,21 @@ TEST(the_filter_chain_runs_each_head_hook_in_order_and_stops_at_a_refusal)
 {
     static const filter_ops_t counting = {"counting", counting_head};
     static const filter_ops_t refusing = {"refusing", refusing_head};
-    cfg_hdr_ops_t a, b;
-    filter_t chain[3] = {{&counting, &a}, {&counting, &b}, {&refusing, NULL}};
+    cfg_handler_t a = {.kind = CFG_H_HEADER}, b = {.kind = CFG_H_HEADER};
+    cfg_handler_t not_a_filter = {.kind = CFG_H_RESPOND};
+    const cfg_handler_t *chain[] = {&a, &b, &not_a_filter};
     filter_head_t h;
+    filter_register(FILTER_HEADER, &counting);
     saw_head = 0;
     CHECK_INT(filter_head(chain, 2, &h), 0);
     CHECK_INT(saw_head, 2);
     CHECK_INT(h.n_ops, 2);
-    CHECK(h.ops[0] == &a && h.ops[1] == &b);
-    CHECK_INT(filter_head(chain, 3, &h), -1);
+    CHECK(h.ops[0] == &a.u.header && h.ops[1] == &b.u.header);
+    CHECK_INT(filter_head(chain, 3, &h), -1); /* a row no filter runs */
+    filter_register(FILTER_HEADER, &refusing);
+    CHECK_INT(filter_head(chain, 2, &h), -1);
+    handlers_init(); /* the real header filter again */
+    CHECK(filter_of(FILTER_HEADER) == &header_filter);
 }
 
 TEST_MAIN()
