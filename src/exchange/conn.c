@@ -229,25 +229,6 @@ static int start_h2(conn_t *c);
 
 /* ---- writing ------------------------------------------------------------ */
 
-int stream_write(uv_stream_t *s, uv_write_t *req, uv_buf_t *bufs, unsigned n, uv_write_cb cb)
-{
-    int w = uv_try_write(s, bufs, n);
-    if (w < 0 && w != UV_EAGAIN)
-        return w;
-    size_t done = w > 0 ? (size_t)w : 0;
-    while (n > 0 && done >= bufs->len) {
-        done -= bufs->len;
-        bufs++;
-        n--;
-    }
-    if (n == 0)
-        return 1;
-    bufs->base += done;
-    bufs->len -= done;
-    int err = uv_write(req, s, bufs, n, cb);
-    return err < 0 ? err : 0;
-}
-
 static void respond_maybe_done(conn_t *c);
 static void on_shutdown(uv_shutdown_t *req, int status);
 static void release_idle_buffer(conn_t *c);
@@ -285,52 +266,23 @@ static void on_client_written(uv_write_t *req, int status)
 
 static void on_tls_written(uv_write_t *req, int status);
 
-/* TLS: encrypts the pending plaintext and writes the records until the
- * socket pushes back. 1: everything is out; 0: a write is in flight and
- * on_tls_written goes on; <0: failed. */
+/* TLS: writes the records waiting (tls.c's pump): 1 all out, 0 a write is
+ * in flight and on_tls_written goes on, <0 failed. */
 static int tls_pump(conn_t *c)
 {
-    tls_conn_t *t = c->tls;
-    if (c->tls_writing)
-        return 0;
-    for (;;) {
-        if (c->n_tls_pend > 0) {
-            if (tls_conn_encrypt(t, c->tls_pend, c->n_tls_pend, &c->tls_done) < 0)
-                return PS_EPROTO;
-            size_t total = 0;
-            for (unsigned i = 0; i < c->n_tls_pend; i++)
-                total += c->tls_pend[i].len;
-            if (c->tls_done == total)
-                c->n_tls_pend = 0;
-        }
-        uv_buf_t out = tls_conn_out(t);
-        size_t len = out.len; /* stream_write advances OUT past what it wrote now */
-        if (len == 0)
-            return c->n_tls_pend == 0 ? 1 : PS_EPROTO;
-        int w = stream_write((uv_stream_t *)&c->tcp, &c->wreq, &out, 1, on_tls_written);
-        if (w < 0)
-            return w;
-        if (w == 0) {
-            c->tls_writing = 1;
-            c->tls_inflight = len;
-            return 0;
-        }
-        tls_conn_out_sent(t, len);
-    }
+    return tls_conn_flush(c->tls, (uv_stream_t *)&c->tcp, &c->wreq, on_tls_written);
 }
 
 static void on_tls_written(uv_write_t *req, int status)
 {
     conn_t *c = container_of(req, conn_t, wreq);
-    c->tls_writing = 0;
     if (status == UV_ECANCELED || c->state == CONN_S_CLOSING)
         return;
     if (status < 0) {
         conn_close(c);
         return;
     }
-    tls_conn_out_sent(c->tls, c->tls_inflight);
-    int r = tls_pump(c);
+    int r = tls_conn_sent(c->tls, (uv_stream_t *)&c->tcp, &c->wreq, on_tls_written);
     if (r == 0)
         return;
     if (r < 0) {
@@ -349,12 +301,9 @@ int conn_write(conn_t *c, uv_buf_t *bufs, unsigned n)
     if (c->h2s != NULL) {
         r = h2_stream_write(c->h2s, bufs, n, c->head_method);
     } else if (c->tls != NULL) {
-        memcpy(c->tls_pend, bufs, n * sizeof(*bufs));
-        c->n_tls_pend = n;
-        c->tls_done = 0;
-        r = tls_pump(c);
+        r = tls_conn_send(c->tls, (uv_stream_t *)&c->tcp, &c->wreq, bufs, n, on_tls_written);
     } else {
-        r = stream_write((uv_stream_t *)&c->tcp, &c->wreq, bufs, n, on_client_written);
+        r = sock_write((uv_stream_t *)&c->tcp, &c->wreq, bufs, n, on_client_written);
     }
     if (r == 0) {
         c->write_pending = 1;
@@ -461,7 +410,7 @@ static void release_idle_buffer(conn_t *c)
         buf_put(&c->w->bufs, c->rbuf);
         c->rbuf = NULL;
     }
-    if (c->tls != NULL && !c->tls_writing && idle) {
+    if (c->tls != NULL && !c->tls->writing && idle) {
         tls_conn_release_idle(c->tls);
         tls_went_quiet(c);
     }

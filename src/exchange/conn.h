@@ -15,6 +15,7 @@
 #include "handler.h"
 #include "http.h"
 #include "route.h"
+#include "sock.h"
 #include "worker.h"
 #include "tls.h"
 #include "upstream.h"
@@ -97,14 +98,8 @@ struct conn {
     unsigned head_clock : 1;    /* the read_header timer runs for the head being read */
     unsigned head_started : 1;  /* llhttp began a head and has not finished it */
     unsigned tls_eof : 1;       /* TLS: the peer closed; act once the plaintext is used */
-    unsigned tls_writing : 1;   /* TLS: ciphertext is in flight on wreq */
     unsigned counted : 1;       /* this request is in /metrics and the access log */
 
-    /* TLS: the plaintext of the write in progress, encrypted as room allows */
-    uv_buf_t tls_pend[8];
-    unsigned n_tls_pend;
-    size_t tls_done;     /* plaintext bytes of tls_pend encrypted so far */
-    size_t tls_inflight; /* ciphertext bytes on wreq */
     /* TLS: OpenSSL's record buffers stay with a connection that keeps
      * sending requests and go back once it is quiet (see tls_went_quiet) */
     uint64_t tls_quiet_at;    /* loop time its last quiet period began; 0 never */
@@ -191,8 +186,5 @@ void conn_respond(conn_t *c, int status, const char *extra, const char *body, si
  * connection closes. Neither is reused. */
 void conn_malformed(conn_t *c);
 
-/* Writes BUFS to STREAM now if the socket takes them, else queues the rest
- * on REQ. Returns 1 when all went out now, 0 when queued, <0 on error. */
-int stream_write(uv_stream_t *s, uv_write_t *req, uv_buf_t *bufs, unsigned n, uv_write_cb cb);
 
 #endif

@@ -638,7 +638,7 @@ static void proxy_pump_request(conn_t *c)
     }
     if (n == 0)
         return;
-    int r = stream_write((uv_stream_t *)&u->tcp, &u->wreq, iov, n, on_up_written);
+    int r = sock_write((uv_stream_t *)&u->tcp, &u->wreq, iov, n, on_up_written);
     if (r < 0) {
         up_failed(c, r);
         return;
@@ -840,7 +840,7 @@ static void proxy_tunnel_from_client(conn_t *c)
         if (c->state == CONN_S_CLOSING || u->write_pending || c->rstart == c->rlen)
             break;
         uv_buf_t b = uv_buf_init(c->rbuf + c->rstart, (unsigned)(c->rlen - c->rstart));
-        int r = stream_write((uv_stream_t *)&u->tcp, &u->wreq, &b, 1, on_up_written);
+        int r = sock_write((uv_stream_t *)&u->tcp, &u->wreq, &b, 1, on_up_written);
         if (r < 0) {
             conn_close(c);
             return;

@@ -15,6 +15,7 @@
 #include "chal.h"
 #include "common.h"
 #include "log.h"
+#include "sock.h"
 
 /* Mozilla's "intermediate" TLS 1.2 suites without DHE: forward secrecy from
  * ECDHE only, over the groups below. TLS 1.3 keeps OpenSSL's three suites. */
@@ -521,6 +522,61 @@ void tls_conn_out_sent(tls_conn_t *t, size_t n)
     t->out_sent += n;
     if (t->out_sent == t->out_len)
         t->out_sent = t->out_len = 0;
+}
+
+/* Encrypts what of the send fits and writes the records until the socket
+ * pushes back; one write in flight at a time. */
+static int pump(tls_conn_t *t, uv_stream_t *s, uv_write_t *req, uv_write_cb cb)
+{
+    if (t->writing)
+        return 0;
+    for (;;) {
+        if (t->n_pend > 0) {
+            if (tls_conn_encrypt(t, t->pend, t->n_pend, &t->pend_done) < 0)
+                return PS_EPROTO;
+            size_t total = 0;
+            for (unsigned i = 0; i < t->n_pend; i++)
+                total += t->pend[i].len;
+            if (t->pend_done == total)
+                t->n_pend = 0;
+        }
+        uv_buf_t out = tls_conn_out(t);
+        size_t len = out.len; /* sock_write advances OUT past what it wrote now */
+        if (len == 0)
+            return t->n_pend == 0 ? 1 : PS_EPROTO;
+        int w = sock_write(s, req, &out, 1, cb);
+        if (w < 0)
+            return w;
+        if (w == 0) {
+            t->writing = 1;
+            t->inflight = len;
+            return 0;
+        }
+        tls_conn_out_sent(t, len);
+    }
+}
+
+int tls_conn_send(tls_conn_t *t, uv_stream_t *s, uv_write_t *req, uv_buf_t *bufs, unsigned n,
+                  uv_write_cb cb)
+{
+    if (n > PS_ARRAY_SIZE(t->pend))
+        return UV_EINVAL;
+    memcpy(t->pend, bufs, n * sizeof(*bufs));
+    t->n_pend = n;
+    t->pend_done = 0;
+    return pump(t, s, req, cb);
+}
+
+int tls_conn_flush(tls_conn_t *t, uv_stream_t *s, uv_write_t *req, uv_write_cb cb)
+{
+    return pump(t, s, req, cb);
+}
+
+int tls_conn_sent(tls_conn_t *t, uv_stream_t *s, uv_write_t *req, uv_write_cb cb)
+{
+    t->writing = 0;
+    tls_conn_out_sent(t, t->inflight);
+    return pump(t, s, req, cb);
 }
 
 void tls_conn_release_idle(tls_conn_t *t)
