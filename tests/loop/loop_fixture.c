@@ -948,26 +948,27 @@ static int client_write_pending(lt_t *t)
     return 0;
 }
 
-int lt_proxy_holds_upstream(lt_t *t)
+/* A client write is pending and an upstream socket of the proxy is
+ * (READING 1) or is not (0) being read. */
+static int client_waits_with_upstream(lt_t *t, int reading)
 {
     struct up_sockets us;
     if (!client_write_pending(t))
         return 0;
     for (int i = 0; i < up_sockets(t, &us); i++)
-        if (us.found[i]->read_cb == NULL)
+        if ((us.found[i]->read_cb != NULL) == reading)
             return 1;
     return 0;
 }
 
+int lt_proxy_holds_upstream(lt_t *t)
+{
+    return client_waits_with_upstream(t, 0);
+}
+
 int lt_proxy_client_write_pending(lt_t *t)
 {
-    struct up_sockets us;
-    if (!client_write_pending(t))
-        return 0;
-    for (int i = 0; i < up_sockets(t, &us); i++)
-        if (us.found[i]->read_cb != NULL)
-            return 1;
-    return 0;
+    return client_waits_with_upstream(t, 1);
 }
 
 /* No upstream connection of the proxy has unread bytes in its socket:
