@@ -1,68 +1,57 @@
-/* The client connection state machine: read and check request heads, route
- * them, run the handler routing picked (handler.h), then the next request;
- * the TLS record pump and the HTTP/2 host ops too.
- *
- * Over 1,000 lines because it is still the HTTP/1.1 transport and the
- * exchange in one (docs/ARCHITECTURE.md, "The request pipeline"); the
- * exchange split that issue #21 asks for divides it. */
+/* The client connection: accepts, runs the TLS handshake and the reading
+ * side of the record pump, and carries requests as the HTTP/1.1 transport
+ * of the exchange it embeds (exchange.h): reads heads and bodies into it,
+ * writes its responses, then the next request, or lingers and closes. When
+ * ALPN chose h2 it hosts the HTTP/2 session instead (h2.c), whose streams
+ * are exchanges of their own (stream.c). */
 #include "conn.h"
 
 #include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "access_log.h"
 #include "common.h"
 #include "log.h"
+#include "stream.h"
 
 #define CONN_LINGER_MS 2000
 
-static llhttp_settings_t req_settings;
-static uv_once_t settings_once = UV_ONCE_INIT;
+static exchange_t *begin_exchange(conn_t *c);
+
+static conn_t *conn_of(const exchange_t *x)
+{
+    return container_of(x, conn_t, x);
+}
 
 const char *conn_state_name(int state)
 {
-    static const char *const names[] = {"handshake", "read_head", "connect_up", "proxy", "respond",
-                                        "tunnel",    "h2",        "linger",     "closing"};
+    static const char *const names[] = {"handshake", "read_head", "exchange", "h2", "linger",
+                                        "closing"};
     return state >= 0 && state < (int)PS_ARRAY_SIZE(names) ? names[state] : "?";
 }
 
-void conn_set_state(conn_t *c, int state)
+static void conn_set_state(conn_t *c, int state)
 {
-    log_debug("conn %llu: %s -> %s", (unsigned long long)c->id, conn_state_name(c->state),
+    log_debug("conn %llu: %s -> %s", (unsigned long long)c->x.id, conn_state_name(c->state),
               conn_state_name(state));
     c->state = state;
 }
 
 /* ---- lifetime ----------------------------------------------------------- */
 
-static void release_request_bufs(conn_t *c)
-{
-    buf_put(&c->w->bufs, c->obuf);
-    buf_put(&c->w->bufs, c->hbuf);
-    c->obuf = c->hbuf = NULL;
-}
-
 static void on_closed(uv_handle_t *h)
 {
     conn_t *c = h->data;
     if (--c->pending_closes > 0)
         return;
-    buf_put(&c->w->bufs, c->rbuf);
-    buf_put(&c->w->tables, (char *)c->req.hdrs);
     if (c->tls != NULL) {
         tls_conn_dispose(c->tls);
         free(c->tls);
     }
-    cfg_unref(c->cfg);
-    up_targets_unref(c->targets);
-    worker_t *w = c->w;
-    int stream = c->h2s != NULL;
-    if (stream)
-        h2_stream_free(c->h2s);
+    worker_t *w = c->x.w;
+    exchange_dispose(&c->x);
     free(c);
-    if (!stream)
-        worker_conn_closed(w); /* a socket closed: the accept cap counts those */
+    worker_conn_closed(w); /* a socket closed: the accept cap counts those */
 }
 
 void conn_close(conn_t *c)
@@ -70,39 +59,32 @@ void conn_close(conn_t *c)
     if (c->state == CONN_S_CLOSING)
         return;
     conn_set_state(c, CONN_S_CLOSING);
-    if (c->ops != NULL && c->ops->abort != NULL)
-        c->ops->abort(c);
-    release_request_bufs(c);
-    if (c->h2s != NULL) {
-        /* a stream conn: no socket, not in the worker's list */
-        h2_stream_detach(c->h2s);
-        c->pending_closes = 1;
-        uv_close((uv_handle_t *)&c->timer, on_closed);
-        return;
-    }
+    exchange_abort(&c->x);
     h2_session_close(c->h2);
     c->h2 = NULL;
+    worker_t *w = c->x.w;
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
-        c->w->conns = c->next;
+        w->conns = c->next;
     if (c->next != NULL)
         c->next->prev = c->prev;
-    atomic_fetch_sub_explicit(&c->w->metrics.open_conns, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&w->metrics.open_conns, 1, memory_order_relaxed);
     c->pending_closes = 2;
+    c->x.timer.data = c; /* its close callback is the connection's */
     uv_close((uv_handle_t *)&c->tcp, on_closed);
-    uv_close((uv_handle_t *)&c->timer, on_closed);
-    worker_drained(c->w);
+    uv_close((uv_handle_t *)&c->x.timer, on_closed);
+    worker_drained(w);
 }
 
 static void conn_drain(conn_t *c)
 {
-    c->keep_alive = 0;
+    c->x.keep_alive = 0;
     if (c->state == CONN_S_H2) {
         h2_goaway(c->h2); /* it closes once its streams are answered */
         return;
     }
-    int idle = (c->state == CONN_S_READ_HEAD && !c->head_started && c->rlen == 0 &&
+    int idle = (c->state == CONN_S_READ_HEAD && !c->x.head_started && c->x.rlen == 0 &&
                 !c->write_pending) ||
                c->state == CONN_S_HANDSHAKE || c->state == CONN_S_LINGER;
     if (idle)
@@ -113,19 +95,12 @@ static void conn_drain(conn_t *c)
 
 static void on_timeout(uv_timer_t *t)
 {
-    conn_t *c = t->data;
+    conn_t *c = conn_of(t->data);
     switch (c->state) {
     case CONN_S_READ_HEAD:
-        if (c->rlen > 0 && !c->write_pending) {
-            log_debug("conn %llu: request head not read in time", (unsigned long long)c->id);
-            c->keep_alive = 0;
-            conn_respond(c, 408, NULL, NULL, 0);
-            return;
-        }
-        break;
-    case CONN_S_CONNECT_UP:
-        if (c->ops->timer != NULL) {
-            c->ops->timer(c);
+        if (c->x.rlen > 0 && !c->write_pending) {
+            log_debug("conn %llu: request head not read in time", (unsigned long long)c->x.id);
+            exchange_respond_error(begin_exchange(c), 408);
             return;
         }
         break;
@@ -143,12 +118,8 @@ static void on_timeout(uv_timer_t *t)
         }
         break;
     case CONN_S_HANDSHAKE:
-        log_debug("conn %llu %s: TLS handshake not done in time", (unsigned long long)c->id,
-                  c->peer_ip);
-        break;
-    case CONN_S_PROXY:
-        log_info("conn %llu %s: client timed out in state %s", (unsigned long long)c->id,
-                 c->peer_ip, conn_state_name(c->state));
+        log_debug("conn %llu %s: TLS handshake not done in time", (unsigned long long)c->x.id,
+                  c->x.peer_ip);
         break;
     default:
         break;
@@ -156,14 +127,9 @@ static void on_timeout(uv_timer_t *t)
     conn_close(c);
 }
 
-void conn_start_timer(conn_t *c, uint64_t ms)
+static void conn_arm_timer(conn_t *c)
 {
-    uv_timer_start(&c->timer, on_timeout, ms, 0);
-}
-
-void conn_arm_timer(conn_t *c)
-{
-    const cfg_t *cfg = c->cfg;
+    const cfg_t *cfg = c->x.cfg;
     uint64_t ms = 0;
     switch (c->state) {
     case CONN_S_HANDSHAKE:
@@ -172,7 +138,7 @@ void conn_arm_timer(conn_t *c)
         /* slowloris: the head must arrive whole in read_header, however it trickles */
         if (c->write_pending) {
             ms = cfg->timeouts.write;
-        } else if (c->rlen > 0 || c->n_requests == 0) {
+        } else if (c->x.rlen > 0 || c->n_requests == 0) {
             /* a new connection (after its TLS handshake too) owes its first head */
             if (c->head_clock)
                 return; /* it runs from the head's first byte, however slowly the rest trickles */
@@ -183,19 +149,9 @@ void conn_arm_timer(conn_t *c)
             ms = cfg->timeouts.idle;
         }
         break;
-    case CONN_S_CONNECT_UP:
-        return; /* the upstream side has its own clock */
-    case CONN_S_PROXY:
-    case CONN_S_RESPOND:
-    case CONN_S_TUNNEL:
-        /* a tunnel has no idle limit: as in Caddy, a WebSocket lives while
-         * both ends keep it (TCP keepalive finds one that vanished) */
-        if (c->write_pending)
-            ms = cfg->timeouts.write;
-        else if (!c->req_done && c->state != CONN_S_TUNNEL &&
-                 !(c->ops != NULL && c->ops->body_blocked != NULL && c->ops->body_blocked(c)))
-            ms = cfg->timeouts.read_body; /* a stalled upstream has its own clock */
-        break;
+    case CONN_S_EXCHANGE:
+        exchange_arm_timer(&c->x); /* the exchange's own clock */
+        return;
     case CONN_S_H2:
         switch (h2_phase(c->h2)) {
         case H2_ENDING:
@@ -210,7 +166,7 @@ void conn_arm_timer(conn_t *c)
         }
         break;
     case CONN_S_LINGER:
-        if (uv_is_active((uv_handle_t *)&c->timer))
+        if (uv_is_active((uv_handle_t *)&c->x.timer))
             return;
         ms = CONN_LINGER_MS;
         break;
@@ -218,30 +174,38 @@ void conn_arm_timer(conn_t *c)
         return;
     }
     if (ms == 0)
-        uv_timer_stop(&c->timer);
+        uv_timer_stop(&c->x.timer);
     else
-        uv_timer_start(&c->timer, on_timeout, ms, 0);
+        uv_timer_start(&c->x.timer, on_timeout, ms, 0);
 }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static int start_h2(conn_t *c);
+static void conn_process(conn_t *c);
+static void conn_update_reading(conn_t *c);
+
+/* The head is in (or an answer is due before it is): the exchange's states
+ * and clock rule until it is done. */
+static exchange_t *begin_exchange(conn_t *c)
+{
+    conn_set_state(c, CONN_S_EXCHANGE);
+    uv_timer_stop(&c->x.timer);
+    c->head_clock = 0;
+    return &c->x;
+}
 
 /* ---- writing ------------------------------------------------------------ */
 
-static void respond_maybe_done(conn_t *c);
 static void on_shutdown(uv_shutdown_t *req, int status);
 static void release_idle_buffer(conn_t *c);
 
-void conn_write_done(conn_t *c)
+static void conn_write_done(conn_t *c)
 {
     c->write_pending = 0;
-    if (c->state == CONN_S_RESPOND || c->state == CONN_S_READ_HEAD)
-        respond_maybe_done(c);
-    else if ((c->state == CONN_S_PROXY || c->state == CONN_S_TUNNEL) &&
-             c->ops->client_written != NULL)
-        c->ops->client_written(c);
-    else if (c->state == CONN_S_H2) {
+    if (c->state == CONN_S_EXCHANGE) {
+        exchange_written(&c->x);
+    } else if (c->state == CONN_S_H2) {
         h2_on_written(c->h2);
         if (c->state == CONN_S_H2 && !c->write_pending)
             release_idle_buffer(c); /* OpenSSL's buffers too, once no stream is open */
@@ -295,26 +259,23 @@ static void on_tls_written(uv_write_t *req, int status)
         release_idle_buffer(c); /* a flush of our own (a ticket, an alert) ended */
 }
 
-int conn_write(conn_t *c, uv_buf_t *bufs, unsigned n)
+/* Writes BUFS to the client through the one wreq: 1 written, 0 queued
+ * (write_pending until conn_write_done), <0 on error. */
+static int conn_write(conn_t *c, uv_buf_t *bufs, unsigned n)
 {
     int r;
-    if (c->h2s != NULL) {
-        r = h2_stream_write(c->h2s, bufs, n, c->head_method);
-    } else if (c->tls != NULL) {
+    if (c->tls != NULL)
         r = tls_conn_send(c->tls, (uv_stream_t *)&c->tcp, &c->wreq, bufs, n, on_tls_written);
-    } else {
+    else
         r = sock_write((uv_stream_t *)&c->tcp, &c->wreq, bufs, n, on_client_written);
-    }
-    if (r == 0) {
+    if (r == 0)
         c->write_pending = 1;
-        conn_arm_timer(c);
-    }
     return r;
 }
 
-void conn_shutdown_write(conn_t *c)
+static void conn_shutdown_write(conn_t *c)
 {
-    if (c->h2s != NULL || c->sreq.handle != NULL || uv_is_closing((uv_handle_t *)&c->tcp))
+    if (c->sreq.handle != NULL || uv_is_closing((uv_handle_t *)&c->tcp))
         return;
     if (c->tls != NULL) {
         tls_conn_close_notify(c->tls);
@@ -330,17 +291,14 @@ void conn_shutdown_write(conn_t *c)
 
 /* ---- reading ------------------------------------------------------------ */
 
-void conn_update_reading(conn_t *c)
+static void conn_update_reading(conn_t *c)
 {
-    if (c->h2s != NULL) {
-        h2_stream_update(c->h2s); /* the window is a stream conn's reading */
-        return;
-    }
     /* a request in flight keeps reading too: pipelined requests queue in the
      * buffer, and an early EOF tells us the client went away */
+    exchange_t *x = &c->x;
     int room = c->tls != NULL ? !tls_conn_in_full(c->tls)
-                              : c->rbuf == NULL || c->rlen < c->w->bufs.size;
-    int want = c->state != CONN_S_CLOSING && !c->eof && !(c->tls && c->tls->sock_eof) && room;
+                              : x->rbuf == NULL || x->rlen < x->w->bufs.size;
+    int want = c->state != CONN_S_CLOSING && !x->eof && !(c->tls && c->tls->sock_eof) && room;
     int reading = c->tcp.read_cb != NULL;
     if (want && !reading)
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
@@ -351,13 +309,15 @@ void conn_update_reading(conn_t *c)
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     conn_t *c = h->data;
+    exchange_t *x = &c->x;
+    (void)hint;
     if (c->tls != NULL) {
         *buf = tls_conn_in_space(c->tls); /* ciphertext; plaintext comes in conn_fill */
         return;
     }
-    if (c->rbuf == NULL)
-        c->rbuf = buf_get(&c->w->bufs);
-    *buf = uv_buf_init(c->rbuf + c->rlen, (unsigned)(c->w->bufs.size - c->rlen));
+    if (x->rbuf == NULL)
+        x->rbuf = buf_get(&x->w->bufs);
+    *buf = uv_buf_init(x->rbuf + x->rlen, (unsigned)(x->w->bufs.size - x->rlen));
 }
 
 /* Once per quiet period (no bytes from the client since): a connection that
@@ -369,15 +329,15 @@ static void tls_went_quiet(conn_t *c)
 {
     if (c->tls_quiet != CONN_TLS_BUSY)
         return;
-    uint64_t now = uv_now(&c->w->loop);
+    worker_t *w = c->x.w;
+    uint64_t now = uv_now(&w->loop);
     int quick = c->tls_quiet_at != 0 && now - c->tls_quiet_at < CONN_TLS_HOT_MS;
     c->tls_streak = quick ? (c->tls_streak < 3 ? c->tls_streak + 1 : 3) : 0;
     c->tls_quiet_at = now;
-    if (c->tls_streak >= 2 && !c->w->finished) {
+    if (c->tls_streak >= 2 && !w->finished) {
         c->tls_quiet = CONN_TLS_HOLDING;
-        if (!uv_is_active((uv_handle_t *)&c->w->tls_sweep))
-            uv_timer_start(&c->w->tls_sweep, conn_tls_sweep, CONN_TLS_SWEEP_MS,
-                           CONN_TLS_SWEEP_MS);
+        if (!uv_is_active((uv_handle_t *)&w->tls_sweep))
+            uv_timer_start(&w->tls_sweep, conn_tls_sweep, CONN_TLS_SWEEP_MS, CONN_TLS_SWEEP_MS);
         return;
     }
     tls_conn_free_engine_buffers(c->tls);
@@ -405,10 +365,11 @@ static void release_idle_buffer(conn_t *c)
 {
     /* an idle keep-alive connection holds no buffer; an HTTP/2 one has no
      * stream open */
+    exchange_t *x = &c->x;
     int idle = c->state == CONN_S_READ_HEAD || (c->state == CONN_S_H2 && h2_phase(c->h2) == H2_IDLE);
-    if (c->rbuf != NULL && c->rlen == 0 && (c->state == CONN_S_READ_HEAD || c->state == CONN_S_H2)) {
-        buf_put(&c->w->bufs, c->rbuf);
-        c->rbuf = NULL;
+    if (x->rbuf != NULL && x->rlen == 0 && (c->state == CONN_S_READ_HEAD || c->state == CONN_S_H2)) {
+        buf_put(&x->w->bufs, x->rbuf);
+        x->rbuf = NULL;
     }
     if (c->tls != NULL && !c->tls->writing && idle) {
         tls_conn_release_idle(c->tls);
@@ -416,52 +377,42 @@ static void release_idle_buffer(conn_t *c)
     }
 }
 
-
 static void on_client_eof(conn_t *c)
 {
-    c->eof = 1;
+    c->x.eof = 1;
     uv_read_stop((uv_stream_t *)&c->tcp);
     switch (c->state) {
     case CONN_S_READ_HEAD:
         if (!c->write_pending)
             conn_close(c); /* idle, or gone mid-head: nobody to answer */
         break;
-    case CONN_S_CONNECT_UP:
-    case CONN_S_PROXY:
-    case CONN_S_TUNNEL:
-        /* a request without a body is whole once its head is (the parser
-         * stays paused on it until the upstream is ready) */
-        if (!c->req_done && c->state != CONN_S_TUNNEL &&
-            !(c->head_done && http_request_framing(&c->req) == HTTP_BODY_NONE))
-            conn_close(c); /* gone mid-request: the exchange cannot complete */
-        else if (c->ops->client_eof != NULL)
-            c->ops->client_eof(c);
+    case CONN_S_EXCHANGE:
+        exchange_client_eof(&c->x);
         break;
-    case CONN_S_RESPOND:
-        if (!c->req_done)
-            conn_close(c);
-        break; /* else the response is written, then we close */
     default:
         conn_close(c);
         break;
     }
 }
 
-size_t conn_fill(conn_t *c)
+/* TLS: decrypts what fits into the read buffer; returns the plaintext
+ * bytes added (0 on plain HTTP). */
+static size_t conn_fill(conn_t *c)
 {
     tls_conn_t *t = c->tls;
+    exchange_t *x = &c->x;
     size_t added = 0;
     if (t == NULL || c->state == CONN_S_HANDSHAKE || c->state == CONN_S_CLOSING || c->tls_eof)
         return 0;
     for (;;) {
-        if (c->rbuf == NULL)
-            c->rbuf = buf_get(&c->w->bufs);
-        size_t room = c->w->bufs.size - c->rlen;
+        if (x->rbuf == NULL)
+            x->rbuf = buf_get(&x->w->bufs);
+        size_t room = x->w->bufs.size - x->rlen;
         if (room == 0)
             break;
-        ssize_t n = tls_conn_read(t, c->rbuf + c->rlen, room);
+        ssize_t n = tls_conn_read(t, x->rbuf + x->rlen, room);
         if (n > 0) {
-            c->rlen += (size_t)n;
+            x->rlen += (size_t)n;
             added += (size_t)n;
             continue;
         }
@@ -481,26 +432,27 @@ size_t conn_fill(conn_t *c)
 static void on_tls_input(conn_t *c)
 {
     tls_conn_t *t = c->tls;
+    worker_t *w = c->x.w;
     if (c->state == CONN_S_HANDSHAKE) {
         int r = tls_conn_handshake(t);
-        int w = tls_pump(c); /* the server's flight, or the alert */
-        if (r < 0 || w < 0 || (r == 0 && t->sock_eof)) {
-            atomic_fetch_add_explicit(&c->w->metrics.tls_failures, 1, memory_order_relaxed);
+        int wr = tls_pump(c); /* the server's flight, or the alert */
+        if (r < 0 || wr < 0 || (r == 0 && t->sock_eof)) {
+            atomic_fetch_add_explicit(&w->metrics.tls_failures, 1, memory_order_relaxed);
             conn_close(c);
             return;
         }
         if (r == 0)
             return;
-        atomic_fetch_add_explicit(&c->w->metrics.tls_handshakes, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&w->metrics.tls_handshakes, 1, memory_order_relaxed);
         if (log_enabled(LOG_DEBUG)) {
             char d[128];
-            log_debug("conn %llu %s: %s", (unsigned long long)c->id, c->peer_ip,
+            log_debug("conn %llu %s: %s", (unsigned long long)c->x.id, c->x.peer_ip,
                       tls_conn_describe(t, d, sizeof(d)));
         }
         conn_set_state(c, CONN_S_READ_HEAD);
         if (tls_conn_is_acme(t)) {
             /* RFC 8737 3: the handshake was the answer; nothing follows */
-            c->keep_alive = 0;
+            c->x.keep_alive = 0;
             conn_linger(c);
             return;
         }
@@ -523,8 +475,12 @@ static void on_tls_input(conn_t *c)
         if (t->sock_eof)
             conn_close(c);
         break;
-    case CONN_S_TUNNEL:
-        c->ops->tunnel_input(c);
+    case CONN_S_EXCHANGE:
+        if (c->x.rs == XRESP_TUNNEL) {
+            c->x.ops->tunnel_input(&c->x);
+            break;
+        }
+        conn_process(c);
         break;
     default:
         conn_process(c);
@@ -535,6 +491,8 @@ static void on_tls_input(conn_t *c)
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     conn_t *c = s->data;
+    exchange_t *x = &c->x;
+    (void)buf;
     if (nread == 0) {
         release_idle_buffer(c);
         return;
@@ -556,15 +514,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         on_client_eof(c);
         return;
     } else {
-        c->rlen += (size_t)nread;
-        switch (c->state) {
-        case CONN_S_LINGER:
-            c->rstart = c->rlen = 0; /* drained and dropped */
-            break;
-        case CONN_S_TUNNEL:
-            c->ops->tunnel_input(c);
-            break;
-        default:
+        x->rlen += (size_t)nread;
+        if (c->state == CONN_S_LINGER) {
+            x->rstart = x->rlen = 0; /* drained and dropped */
+        } else if (c->state == CONN_S_EXCHANGE && x->rs == XRESP_TUNNEL) {
+            x->ops->tunnel_input(x);
+        } else {
             conn_process(c);
             return; /* it updates reading and the timer */
         }
@@ -577,115 +532,35 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 /* ---- parsing ------------------------------------------------------------ */
 
-static int on_message_begin(llhttp_t *p)
+/* HTTP/1.1 framing: llhttp over what is buffered, the head from offset 0,
+ * then the body (exchange.c's callbacks gather it in x->body). */
+static llhttp_errno_t h1_parse(exchange_t *x)
 {
-    conn_t *c = container_of(p, conn_t, req.parser);
-    http_head_reset(&c->req);
-    c->head_started = 1;
-    c->t_start = uv_hrtime(); /* a vDSO clock read: for the log and /metrics */
-    c->counted = 0;
-    return 0;
-}
-
-static int on_headers_complete(llhttp_t *p)
-{
-    conn_t *c = container_of(p, conn_t, req.parser);
-    c->head_done = 1;
-    http_chunk_check_init(&c->chunk_check);
-    return HPE_PAUSED; /* route and get an upstream before the body flows */
-}
-
-static int on_body(llhttp_t *p, const char *at, size_t len)
-{
-    conn_t *c = container_of(p, conn_t, req.parser);
-    c->bytes_in += len;
-    if (c->state == CONN_S_RESPOND)
-        return 0; /* answered here: the body is read and dropped */
-    if (c->route.body_limit != 0 && c->bytes_in > c->route.body_limit) {
-        c->req.err_status = 413; /* a chunked body grew past request_body max_size */
-        llhttp_set_error_reason(p, "request body too large");
-        return HPE_USER;
-    }
-    /* chunk framing between the pieces is parsed already: close the gaps so
-     * one contiguous slice (one chunk upstream) carries this pass's data */
-    http_body_append(&c->body, &c->body_len, at, len);
-    return 0;
-}
-
-static int on_message_complete(llhttp_t *p)
-{
-    conn_t *c = container_of(p, conn_t, req.parser);
-    c->req_done = 1;
-    return HPE_PAUSED; /* the next pipelined request waits for this response */
-}
-
-static void settings_init(void)
-{
-    http_settings_init(&req_settings);
-    req_settings.on_message_begin = on_message_begin;
-    req_settings.on_headers_complete = on_headers_complete;
-    req_settings.on_body = on_body;
-    req_settings.on_message_complete = on_message_complete;
-}
-
-/* A stream conn's body: DATA frames' bytes as they are, no framing; the
- * request ends with the stream's END_STREAM. */
-static llhttp_errno_t stream_body(conn_t *c)
-{
-    size_t n = c->rlen - c->rstart;
-    c->bytes_in += n;
-    if (c->state == CONN_S_RESPOND) {
-        c->rstart = c->rlen = 0; /* answered here: read and dropped */
-    } else if (n > 0) {
-        if (c->route.body_limit != 0 && c->bytes_in > c->route.body_limit) {
-            c->req.err_status = 413;
-            llhttp_set_error_reason(&c->req.parser, "request body too large");
-            return HPE_USER;
-        }
-        c->body = c->rbuf + c->rstart;
-        c->body_len = n;
-        c->rstart = c->rlen;
-    }
-    if (h2_stream_input_ended(c->h2s)) {
-        c->req_done = 1;
-        return HPE_PAUSED;
-    }
-    return HPE_OK;
-}
-
-llhttp_errno_t conn_parse(conn_t *c)
-{
-    llhttp_t *p = &c->req.parser;
-    c->body = NULL;
-    c->body_len = 0;
-    if (c->req_done)
-        return llhttp_get_errno(p);
-    if (c->h2s != NULL)
-        return stream_body(c);
+    llhttp_t *p = &x->req.parser;
     if (llhttp_get_errno(p) == HPE_PAUSED)
         llhttp_resume(p); /* paused on the head; now the body */
-    if (c->req.hdrs == NULL)
-        c->req.hdrs = (http_hdr_t *)buf_get(&c->w->tables);
-    const char *start = c->rbuf + c->rstart;
+    if (x->req.hdrs == NULL)
+        x->req.hdrs = (http_hdr_t *)buf_get(&x->w->tables);
+    const char *start = x->rbuf + x->rstart;
     /* A pass that begins after the head is body up to the message's end,
      * where the parser pauses. The check reads it before llhttp, whose
      * on_body compacts the data over the framing, and stops at the end. */
-    if (c->head_done && c->req.te_chunked &&
-        http_chunk_check(&c->chunk_check, start, c->rlen - c->rstart) < 0) {
+    if (x->rq == XREQ_BODY && x->req.te_chunked &&
+        http_chunk_check(&x->chunk_check, start, x->rlen - x->rstart) < 0) {
         llhttp_set_error_reason(p, "malformed chunked framing");
         return HPE_USER;
     }
-    llhttp_errno_t err = llhttp_execute(p, start, c->rlen - c->rstart);
+    llhttp_errno_t err = llhttp_execute(p, start, x->rlen - x->rstart);
     if (err == HPE_OK)
-        c->rstart = c->rlen;
+        x->rstart = x->rlen;
     else if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE)
-        c->rstart = (size_t)(llhttp_get_error_pos(p) - c->rbuf);
+        x->rstart = (size_t)(llhttp_get_error_pos(p) - x->rbuf);
     if (err == HPE_PAUSED_UPGRADE)
-        c->req_done = 1;
+        exchange_req_to(x, XREQ_DONE);
     return err;
 }
 
-/* ---- answering here ----------------------------------------------------- */
+/* ---- lingering ---------------------------------------------------------- */
 
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
@@ -698,24 +573,13 @@ static void on_shutdown(uv_shutdown_t *req, int status)
  * get a RST that destroys the response it has not read yet. */
 void conn_linger(conn_t *c)
 {
-    if (c->h2s != NULL) {
-        conn_access_log(c);
-        conn_set_state(c, CONN_S_LINGER);
-        release_request_bufs(c);
-        uv_timer_stop(&c->timer);
-        conn_arm_timer(c); /* closes it if the stream is not over in time */
-        h2_stream_end(c->h2s);  /* last: the stream may close (and C with it) */
-        return;
-    }
-    if (c->eof) {
+    if (c->x.eof) {
         conn_close(c);
         return;
     }
-    conn_access_log(c); /* an answer that ends the connection counts too */
     conn_set_state(c, CONN_S_LINGER);
-    release_request_bufs(c);
-    c->rstart = c->rlen = 0;
-    uv_timer_stop(&c->timer);
+    c->x.rstart = c->x.rlen = 0;
+    uv_timer_stop(&c->x.timer);
     conn_shutdown_write(c);
     if (c->state == CONN_S_CLOSING)
         return;
@@ -723,211 +587,170 @@ void conn_linger(conn_t *c)
     conn_arm_timer(c);
 }
 
-static void respond_maybe_done(conn_t *c)
+/* ---- the HTTP/1.1 transport of its exchange ----------------------------- */
+
+static int h1_write(exchange_t *x, uv_buf_t *bufs, unsigned n)
 {
-    if (c->write_pending || c->state == CONN_S_CLOSING)
-        return;
-    if (!c->keep_alive)
+    return conn_write(conn_of(x), bufs, n);
+}
+
+static void h1_update_reading(exchange_t *x)
+{
+    conn_update_reading(conn_of(x));
+}
+
+static size_t h1_fill(exchange_t *x)
+{
+    return conn_fill(conn_of(x));
+}
+
+static void h1_process(exchange_t *x)
+{
+    conn_process(conn_of(x));
+}
+
+static int h1_input_ended(const exchange_t *x)
+{
+    (void)x;
+    return 0; /* the parser finds the end of an HTTP/1.1 request */
+}
+
+/* The response is out: the next request, or the end. */
+static void h1_finish(exchange_t *x)
+{
+    conn_t *c = conn_of(x);
+    if (!x->keep_alive) {
         conn_linger(c);
-    else if (c->req_done)
-        conn_request_done(c);
-}
-
-void conn_respond(conn_t *c, int status, const char *extra, const char *body, size_t len)
-{
-    if (c->state == CONN_S_READ_HEAD && c->head_done) {
-        /* drop what is buffered of the body now: if it was all there, the
-         * connection can stay open */
-        conn_set_state(c, CONN_S_RESPOND);
-        llhttp_errno_t err = conn_parse(c);
-        if (err != HPE_OK && err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE)
-            c->keep_alive = 0;
+        return;
     }
-    conn_set_state(c, CONN_S_RESPOND);
-    if (!c->req_done || c->upgrade)
-        c->keep_alive = 0;
-    if (c->hbuf == NULL)
-        c->hbuf = buf_get(&c->w->bufs);
-    int n = http_build_simple(c->hbuf, c->w->bufs.size, status, extra, body, len, c->keep_alive,
-                              c->head_method);
-    if (n < 0) {
-        n = http_build_simple(c->hbuf, c->w->bufs.size, 500, NULL, NULL, 0, 0, 0);
-        c->keep_alive = 0;
-        status = 500;
-    }
-    c->status = status;
-    c->bytes_out = c->head_method ? 0 : len;
-    uv_buf_t b = uv_buf_init(c->hbuf, (unsigned)n);
-    int r = conn_write(c, &b, 1);
-    if (r < 0) {
+    exchange_reset(x);
+    conn_set_state(c, CONN_S_READ_HEAD);
+    if (x->eof && x->rstart == x->rlen) {
         conn_close(c);
         return;
     }
-    if (r == 1)
-        respond_maybe_done(c);
-}
-
-void conn_malformed(conn_t *c)
-{
-    c->keep_alive = 0;
-    if (c->h2s != NULL) {
-        h2_stream_malformed(c->h2s); /* RST_STREAM(PROTOCOL_ERROR), RFC 9113 8.1.1 */
-        conn_close(c);
-    } else if (c->resp_started || c->write_pending) {
-        conn_close(c);
-    } else {
-        c->req_done = 0; /* the rest of the request is dropped */
-        conn_respond(c, 400, NULL, NULL, 0);
+    /* the next (pipelined) head starts at offset 0 so it can use the whole
+     * buffer and its slices stay put */
+    if (x->rstart > 0) {
+        memmove(x->rbuf, x->rbuf + x->rstart, x->rlen - x->rstart);
+        x->rlen -= x->rstart;
+        x->rstart = 0;
     }
-}
-
-static void respond_error(conn_t *c, int status)
-{
-    log_debug("conn %llu %s: %d %s: %s", (unsigned long long)c->id, c->peer_ip, status,
-              http_reason(status), llhttp_get_error_reason(&c->req.parser));
-    c->keep_alive = 0;
-    c->req_done = 0;
-    conn_respond(c, status, NULL, NULL, 0);
-}
-
-/* ---- routing ------------------------------------------------------------ */
-
-/* The head is complete and the parser paused on it: check, route, act.
- * ST: a status to answer instead, or 0. */
-static void conn_route(conn_t *c, int st)
-{
-    llhttp_t *p = &c->req.parser;
-    c->head_done = 1;
     c->head_clock = 0;
-    c->head_started = 0;
-    c->n_requests++;
-    if (st == 0)
-        st = http_head_analyze(&c->req);
-    if (st != 0) {
-        respond_error(c, st);
-        return;
-    }
-    c->keep_alive = llhttp_should_keep_alive(p);
-    c->head_method = p->method == HTTP_HEAD;
-    c->upgrade = p->upgrade;
-    if (p->method == HTTP_CONNECT) {
-        c->keep_alive = 0;
-        conn_respond(c, 405, NULL, NULL, 0);
-        return;
-    }
-    http_vars_from_request(&c->vars, &c->req, c->https, c->peer_ip, c->peer_port);
-    route_pick(&c->route, c->cfg, c->listener, c->https, &c->vars);
-    c->bytes_in = c->bytes_out = 0;
-    c->ops = handler_of(c->route.id);
-    if (c->ops == NULL) {
-        log_err("conn %llu: no handler registered for route %d", (unsigned long long)c->id,
-                c->route.id);
-        c->keep_alive = 0;
-        conn_respond(c, 500, NULL, NULL, 0);
-        return;
-    }
-    c->ops->start(c);
+    conn_process(c);
 }
 
+static void h1_close(exchange_t *x)
+{
+    conn_close(conn_of(x));
+}
+
+static void h1_malformed(exchange_t *x)
+{
+    if (x->resp_started || x->write_pending) {
+        exchange_close(x);
+        return;
+    }
+    exchange_req_to(x, XREQ_BROKEN); /* the rest of the request is dropped */
+    exchange_respond(x, 400, NULL, NULL, 0);
+}
+
+static void h1_shutdown_write(exchange_t *x)
+{
+    conn_shutdown_write(conn_of(x));
+}
+
+static int h1_client_ended(exchange_t *x)
+{
+    conn_t *c = conn_of(x);
+    if (c->tls_eof && !x->eof) {
+        x->eof = 1; /* the client's close_notify */
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    }
+    return x->eof;
+}
+
+static void h1_keepalive(exchange_t *x, unsigned secs)
+{
+    uv_tcp_keepalive(&conn_of(x)->tcp, 1, secs);
+}
+
+static tls_conn_t *h1_tls(const exchange_t *x)
+{
+    return conn_of(x)->tls;
+}
+
+static const xport_ops_t h1_xport = {
+    .version = 1,
+    .write = h1_write,
+    .update_reading = h1_update_reading,
+    .fill = h1_fill,
+    .process = h1_process,
+    .parse = h1_parse,
+    .input_ended = h1_input_ended,
+    .finish = h1_finish,
+    .close = h1_close,
+    .malformed = h1_malformed,
+    .shutdown_write = h1_shutdown_write,
+    .client_ended = h1_client_ended,
+    .keepalive = h1_keepalive,
+    .tls = h1_tls,
+};
+
+/* The head is parsed in place: route it. */
 static void conn_on_head(conn_t *c)
 {
-    c->head_end = c->rstart;
-    /* a head that came whole in one read never met conn_process's size check */
-    conn_route(c, c->head_end > c->cfg->max_header_size ? 431 : 0);
-}
-
-static void conn_stream_head(conn_t *c, char *head, int len)
-{
-    if (c->state == CONN_S_CLOSING)
-        return;
-    if (c->req.hdrs == NULL)
-        c->req.hdrs = (http_hdr_t *)buf_get(&c->w->tables);
-    c->head_done = 0;
-    llhttp_errno_t err = HPE_USER;
-    if (len > 0)
-        err = llhttp_execute(&c->req.parser, head, (size_t)len);
-    else
-        c->t_start = uv_hrtime();
-    /* the body comes in rbuf, which holds nothing else (DATA that came
-     * with the head may be there already): the head stays in HEAD, which
-     * lives as long as the stream */
-    c->rstart = c->head_end = 0;
-    if (err == HPE_PAUSED && c->head_done) {
-        conn_route(c, 0);
-        return;
-    }
-    int st = len < 0 ? -len : http_request_error_status(&c->req, err);
+    exchange_t *x = begin_exchange(c);
+    x->head_end = x->rstart;
     c->n_requests++;
-    log_debug("conn %llu %s: h2 stream: %d %s", (unsigned long long)c->id, c->peer_ip, st,
-              http_reason(st));
-    c->head_done = 0;
-    c->keep_alive = 0;
-    c->req_done = 0;
-    conn_respond(c, st, NULL, NULL, 0);
+    /* a head that came whole in one read never met conn_process's size check */
+    exchange_route(x, x->head_end > x->cfg->max_header_size ? 431 : 0);
 }
 
-void conn_process(conn_t *c)
+/* Parses what is buffered and acts on it; safe to call again any time. */
+static void conn_process(conn_t *c)
 {
+    exchange_t *x = &c->x;
     if (c->in_process)
         return; /* the caller up the stack goes on looping */
     c->in_process = 1;
     while (c->state != CONN_S_CLOSING) {
         size_t got = conn_fill(c); /* TLS: decrypt what the buffer has room for */
         if (c->state == CONN_S_READ_HEAD) {
-            if (c->write_pending || c->rstart == c->rlen)
+            if (c->write_pending || x->rstart == x->rlen)
                 break;
-            c->head_done = 0;
-            llhttp_errno_t err = conn_parse(c);
-            if (err == HPE_PAUSED && c->head_done) {
+            llhttp_errno_t err = exchange_parse(x);
+            if (err == HPE_PAUSED && x->rq == XREQ_BODY) {
                 conn_on_head(c);
                 continue;
             }
             if (err != HPE_OK) {
-                respond_error(c, http_request_error_status(&c->req, err));
+                exchange_respond_error(begin_exchange(c),
+                                       http_request_error_status(&x->req, err));
                 continue;
             }
-            if (c->rlen > c->cfg->max_header_size || c->rlen == c->w->bufs.size) {
-                respond_error(c, c->req.n_hdrs == 0 && c->req.field_state == 0 ? 414 : 431);
+            if (x->rlen > x->cfg->max_header_size || x->rlen == x->w->bufs.size) {
+                int st = x->req.n_hdrs == 0 && x->req.field_state == 0 ? 414 : 431;
+                exchange_respond_error(begin_exchange(c), st);
                 continue;
             }
             break;
         }
-        if (c->state == CONN_S_RESPOND) {
-            /* a stream conn's request may end with no byte (END_STREAM) */
-            if (c->req_done ||
-                (c->rstart == c->rlen && !(c->h2s != NULL && h2_stream_input_ended(c->h2s))))
-                break;
-            llhttp_errno_t err = conn_parse(c);
-            if (err != HPE_OK && err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE) {
-                c->keep_alive = 0;
-                c->rstart = c->rlen;
-            }
-            respond_maybe_done(c);
+        if (c->state == CONN_S_EXCHANGE && exchange_step(x, got))
             continue;
-        }
-        if (c->state == CONN_S_PROXY) {
-            size_t rstart = c->rstart, rlen = c->rlen;
-            c->ops->request_body(c);
-            /* TLS: while this makes progress, go round again: what was sent
-             * made room, and OpenSSL may hold more that no socket event
-             * would announce */
-            if (c->state == CONN_S_PROXY && got == 0 && c->rstart == rstart && c->rlen == rlen)
-                break;
-            continue;
-        }
         break;
     }
     c->in_process = 0;
     /* TLS: the close_notify (or EOF) counts once the plaintext before it is used */
-    if (c->tls_eof && !c->eof && c->state != CONN_S_CLOSING)
+    if (c->tls_eof && !x->eof && c->state != CONN_S_CLOSING)
         on_client_eof(c);
     /* half-closed: every whole request buffered before the EOF was answered */
-    if (c->eof && c->state == CONN_S_READ_HEAD && !c->write_pending)
+    if (x->eof && c->state == CONN_S_READ_HEAD && !c->write_pending)
         conn_close(c);
     if (c->state != CONN_S_CLOSING) {
-        if (c->rstart == c->rlen && c->state == CONN_S_READ_HEAD && !c->write_pending &&
-            !c->head_started) {
-            c->rstart = c->rlen = 0;
+        if (x->rstart == x->rlen && c->state == CONN_S_READ_HEAD && !c->write_pending &&
+            !x->head_started) {
+            x->rstart = x->rlen = 0;
             release_idle_buffer(c);
         }
         conn_update_reading(c);
@@ -935,140 +758,17 @@ void conn_process(conn_t *c)
     }
 }
 
-void conn_access_log(conn_t *c)
-{
-    if (c->counted || c->status == 0)
-        return;
-    c->counted = 1;
-    const char *upstream =
-        c->ops != NULL && c->ops->upstream != NULL ? c->ops->upstream(c) : NULL;
-    const char *site = c->route.site != NULL && c->route.site->n_addrs > 0 ? c->route.site->addrs[0].host : NULL;
-    metrics_request(&c->w->metrics, site != NULL && site[0] ? site : "*", c->status, upstream,
-                    (uv_hrtime() - c->t_start) / 1000, c->h2s != NULL);
-    if (c->route.site == NULL || !c->route.site->log.enabled)
-        return;
-    /* built only for a site that logs; everything is a slice of what the
-     * connection holds until the request is done */
-    alog_entry_t e = {0};
-    e.remote_ip = c->peer_ip;
-    e.remote_port = c->peer_port;
-    e.method = c->vars.method;
-    e.host = c->vars.hostport;
-    e.uri = c->req.url;
-    e.proto = c->h2s != NULL ? "HTTP/2.0" : c->req.parser.http_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
-    e.req_hdrs = c->req.hdrs;
-    e.n_req_hdrs = c->req.n_hdrs;
-    if (c->h2s != NULL && e.n_req_hdrs > 0)
-        e.n_req_hdrs -= (unsigned)h2_stream_added_fields(c->h2s); /* not the client's */
-    tls_info_t tls;
-    const conn_t *tc = c->h2s != NULL ? h2_stream_parent(c->h2s) : c;
-    if (tc != NULL && tc->tls != NULL) {
-        tls_conn_info(tc->tls, &tls);
-        e.tls = &tls;
-    }
-    /* the head the client got is still in hbuf (released after this) */
-    if (c->hbuf != NULL)
-        e.resp_head = uv_buf_init(c->hbuf, (unsigned)c->w->bufs.size);
-    e.resp_local = c->state == CONN_S_RESPOND;
-    e.status = c->status;
-    e.bytes_read = c->bytes_in;
-    e.size = c->bytes_out;
-    e.duration_ns = uv_hrtime() - c->t_start;
-    e.upstream = upstream;
-    alog_write(c->w->alog, c->route.site, &e);
-}
-
-void conn_request_done(conn_t *c)
-{
-    if (c->state != CONN_S_TUNNEL)
-        conn_access_log(c);
-    release_request_bufs(c);
-    if (c->w->draining || c->h2s != NULL)
-        c->keep_alive = 0; /* stopping, or a stream: this was its last response */
-    buf_put(&c->w->tables, (char *)c->req.hdrs); /* lent again at the next head */
-    c->req.hdrs = NULL;
-    if (!c->keep_alive) {
-        conn_linger(c);
-        return;
-    }
-    /* each request starts with a fresh parser: after an upgrade the
-     * upstream refused, llhttp would otherwise take the next head for the
-     * upgraded protocol (HPE_PAUSED_UPGRADE) */
-    llhttp_reset(&c->req.parser);
-    c->head_done = c->req_done = c->resp_started = 0;
-    c->upgrade = c->head_method = 0;
-    c->route.site = NULL;
-    c->route.handler = NULL;
-    c->route.n_filters = 0;
-    c->ops = NULL;
-    c->status = 0;
-    conn_set_state(c, CONN_S_READ_HEAD);
-    if (c->eof && c->rstart == c->rlen) {
-        conn_close(c);
-        return;
-    }
-    /* the next (pipelined) head starts at offset 0 so it can use the whole
-     * buffer and its slices stay put */
-    if (c->rstart > 0) {
-        memmove(c->rbuf, c->rbuf + c->rstart, c->rlen - c->rstart);
-        c->rlen -= c->rstart;
-        c->rstart = 0;
-    }
-    c->head_end = 0;
-    c->head_clock = 0;
-    conn_process(c);
-}
-
-/* ---- accepting ---------------------------------------------------------- */
-
-/* A conn on worker W serving LISTENER under CFG (referenced) and TARGETS:
- * a socket's or a stream's. */
-static conn_t *conn_new(worker_t *w, cfg_t *cfg, up_targets_t *targets,
-                        const cfg_listener_t *listener)
-{
-    uv_once(&settings_once, settings_init);
-    conn_t *c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        abort();
-    c->w = w;
-    c->id = ++w->next_conn_id * 64 + (uint64_t)w->index;
-    uv_timer_init(&w->loop, &c->timer);
-    c->timer.data = c;
-    c->cfg = cfg_ref(cfg);
-    c->targets = up_targets_ref(targets); /* with the config: a reload does not change them */
-    c->listener = listener;
-    c->https = listener->scheme == CFG_SCHEME_HTTPS;
-    c->keep_alive = 1;
-    http_head_init(&c->req, HTTP_REQUEST, &req_settings);
-    return c;
-}
-
-/* HTTP/2: a stream conn of PARENT for S, waiting for its request head. */
-static conn_t *conn_new_stream(conn_t *parent, h2_stream_t *s)
-{
-    conn_t *c = conn_new(parent->w, parent->cfg, parent->targets, parent->listener);
-    c->peer = parent->peer;
-    memcpy(c->peer_ip, parent->peer_ip, sizeof(c->peer_ip));
-    memcpy(c->peer_port, parent->peer_port, sizeof(c->peer_port));
-    c->h2s = s;
-    c->state = CONN_S_READ_HEAD;
-    /* the whole head (HEADERS and CONTINUATIONs) within read_header */
-    c->head_clock = 1;
-    uv_timer_start(&c->timer, on_timeout, c->cfg->timeouts.read_header, 0);
-    return c;
-}
-
-/* ---- HTTP/2: what the session asks of the connection and its streams ---- */
+/* ---- HTTP/2: what the session asks of the connection -------------------- */
 
 static uv_buf_t h2_read(conn_t *c, size_t *added)
 {
     *added = conn_fill(c);
-    return uv_buf_init(c->rbuf, (unsigned)c->rlen);
+    return uv_buf_init(c->x.rbuf, (unsigned)c->x.rlen);
 }
 
 static void h2_consume(conn_t *c)
 {
-    c->rlen = 0;
+    c->x.rlen = 0;
 }
 
 static int h2_writing(const conn_t *c)
@@ -1081,31 +781,9 @@ static int h2_ended(const conn_t *c)
     return c->tls_eof || c->tls->sock_eof;
 }
 
-static ssize_t h2_stream_body(conn_t *sc, const char *data, size_t len)
+static exchange_t *h2_stream_open(conn_t *c, h2_stream_t *s)
 {
-    if (sc->state == CONN_S_RESPOND || sc->state == CONN_S_LINGER ||
-        sc->state == CONN_S_CLOSING)
-        return -1; /* answered already */
-    if (len == 0)
-        return 0;
-    if (sc->rbuf == NULL)
-        sc->rbuf = buf_get(&sc->w->bufs);
-    size_t room = sc->w->bufs.size - sc->rlen;
-    size_t fit = len < room ? len : room;
-    memcpy(sc->rbuf + sc->rlen, data, fit);
-    sc->rlen += fit;
-    return (ssize_t)fit;
-}
-
-static size_t h2_stream_buffered(const conn_t *sc)
-{
-    return sc->rlen;
-}
-
-static void h2_stream_input(conn_t *sc)
-{
-    if (sc->state != CONN_S_CLOSING)
-        conn_process(sc);
+    return stream_open(&c->x, c->tls, s);
 }
 
 static const h2_host_ops_t h2_ops = {
@@ -1116,34 +794,57 @@ static const h2_host_ops_t h2_ops = {
     .ended = h2_ended,
     .close = conn_close,
     .arm_timer = conn_arm_timer,
-    .stream_open = conn_new_stream,
-    .stream_head = conn_stream_head,
-    .stream_body = h2_stream_body,
-    .stream_buffered = h2_stream_buffered,
-    .stream_input = h2_stream_input,
-    .stream_written = conn_write_done,
-    .stream_close = conn_close,
+    .stream_open = h2_stream_open,
+    .stream_head = stream_head,
+    .stream_body = stream_body,
+    .stream_buffered = stream_buffered,
+    .stream_input = stream_input,
+    .stream_written = stream_written,
+    .stream_close = stream_close,
 };
 
 /* The handshake chose h2: our SETTINGS, then the client's preface. */
 static int start_h2(conn_t *c)
 {
-    h2_host_t host = {&h2_ops, c->w, c->cfg->max_header_size, c->id, c->peer_ip};
+    worker_t *w = c->x.w;
+    h2_host_t host = {&h2_ops, w, c->x.cfg->max_header_size, c->x.id, c->x.peer_ip};
     c->h2 = h2_session_new(c, &host);
     if (c->h2 == NULL)
         return PS_EPROTO;
     conn_set_state(c, CONN_S_H2);
-    atomic_fetch_add_explicit(&c->w->metrics.h2_conns, 1, memory_order_relaxed);
-    if (c->w->draining)
+    atomic_fetch_add_explicit(&w->metrics.h2_conns, 1, memory_order_relaxed);
+    if (w->draining)
         h2_goaway(c->h2);
     h2_on_input(c->h2); /* the client's preface may be decrypted already */
     return 0;
 }
 
+/* ---- accepting ---------------------------------------------------------- */
+
+static void peer_name(exchange_t *x, const struct sockaddr_storage *ss)
+{
+    x->peer = *ss;
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+        if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
+            inet_ntop(AF_INET, &s6->sin6_addr.s6_addr[12], x->peer_ip, sizeof(x->peer_ip));
+        else
+            inet_ntop(AF_INET6, &s6->sin6_addr, x->peer_ip, sizeof(x->peer_ip));
+        snprintf(x->peer_port, sizeof(x->peer_port), "%u", ntohs(s6->sin6_port));
+    } else {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &s4->sin_addr, x->peer_ip, sizeof(x->peer_ip));
+        snprintf(x->peer_port, sizeof(x->peer_port), "%u", ntohs(s4->sin_port));
+    }
+}
+
 void conn_accept(listener_t *l)
 {
     worker_t *w = l->w;
-    conn_t *c = conn_new(w, w->cfg, w->targets, l->cl);
+    conn_t *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        abort();
+    exchange_init(&c->x, &h1_xport, w, w->cfg, w->targets, l->cl);
     uv_tcp_init(&w->loop, &c->tcp);
     c->tcp.data = c;
     c->next = w->conns;
@@ -1159,27 +860,14 @@ void conn_accept(listener_t *l)
     uv_tcp_nodelay(&c->tcp, 1);
     struct sockaddr_storage ss;
     int len = sizeof(ss);
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
-        c->peer = ss;
-        if (ss.ss_family == AF_INET6) {
-            const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&ss;
-            if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
-                inet_ntop(AF_INET, &s6->sin6_addr.s6_addr[12], c->peer_ip, sizeof(c->peer_ip));
-            else
-                inet_ntop(AF_INET6, &s6->sin6_addr, c->peer_ip, sizeof(c->peer_ip));
-            snprintf(c->peer_port, sizeof(c->peer_port), "%u", ntohs(s6->sin6_port));
-        } else {
-            const struct sockaddr_in *s4 = (const struct sockaddr_in *)&ss;
-            inet_ntop(AF_INET, &s4->sin_addr, c->peer_ip, sizeof(c->peer_ip));
-            snprintf(c->peer_port, sizeof(c->peer_port), "%u", ntohs(s4->sin_port));
-        }
-    }
-    if (c->https) {
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
+        peer_name(&c->x, &ss);
+    if (c->x.https) {
         c->tls = malloc(sizeof(*c->tls));
         if (c->tls == NULL || tls_conn_init(c->tls, w->tls, &w->bufs) != 0) {
             free(c->tls);
             c->tls = NULL;
-            log_err("conn %llu %s: cannot start TLS", (unsigned long long)c->id, c->peer_ip);
+            log_err("conn %llu %s: cannot start TLS", (unsigned long long)c->x.id, c->x.peer_ip);
             conn_close(c);
             return;
         }
@@ -1190,7 +878,7 @@ void conn_accept(listener_t *l)
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     /* a new connection must send its first head within read_header */
     c->head_clock = 1;
-    uv_timer_start(&c->timer, on_timeout, c->cfg->timeouts.read_header, 0);
+    uv_timer_start(&c->x.timer, on_timeout, c->x.cfg->timeouts.read_header, 0);
 }
 
 /* ---- what the worker asks of its connections ---------------------------- */

@@ -1,5 +1,5 @@
 /* HTTP/2 sessions and their streams: nghttp2 on the parent connection's
- * plaintext, one stream conn per request. See h2.h. */
+ * plaintext, one exchange (stream.c) per request. See h2.h. */
 #include "h2.h"
 
 #include <nghttp2/nghttp2.h>
@@ -30,7 +30,7 @@
 
 struct h2_stream {
     h2_session_t *h;       /* NULL once the session is gone */
-    conn_t *ex;            /* the connection layer's exchange for it */
+    exchange_t *ex;        /* the connection layer's exchange for it */
     h2_stream_t *next;     /* the session's streams */
     buf_pool_t *bufs;      /* the worker's, HEAD's home */
     int32_t id;            /* 0 once nghttp2 closed the stream or we reset it */
@@ -46,7 +46,7 @@ struct h2_stream {
     char *spill;
     size_t spill_len;
     unsigned head_ready : 1;  /* the request head is complete and framed (END_HEADERS) */
-    unsigned head_done : 1;   /* ... and was handed to conn.c */
+    unsigned head_done : 1;   /* ... and was handed to the exchange */
     unsigned in_end : 1;      /* END_STREAM from the client */
     unsigned resp_head : 1;   /* the final response HEADERS were submitted */
     unsigned bodiless : 1;    /* they carried END_STREAM */
@@ -360,7 +360,7 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
     return 0;
 }
 
-/* The body bytes a stream conn wrote, as DATA frames allow. */
+/* The body bytes a stream's exchange wrote, as DATA frames allow. */
 static ssize_t on_data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
                             uint32_t *flags, nghttp2_data_source *src, void *ud)
 {
@@ -456,7 +456,7 @@ void h2_stream_end(h2_stream_t *s)
     s->ended = 1;
     if (h == NULL || s->id == 0)
         return;
-    /* a client still sending gets the linger time (conn.c) to finish, its
+    /* a client still sending gets the linger time (stream.c) to finish, its
      * DATA dropped, as on HTTP/1.1; then RST_STREAM(NO_ERROR) (RFC 9113 8.1) */
     if (s->resp_head && !s->bodiless)
         nghttp2_session_resume_data(h->ng, s->id); /* the END_STREAM DATA frame */

@@ -1,6 +1,6 @@
 /* HTTP/2 to clients (RFC 9113) on a TLS connection that chose h2 in ALPN:
  * a transport. libnghttp2 frames the connection; the session hands each
- * stream's request up to an exchange of the connection layer (conn.c) and
+ * stream's request up to an exchange (stream.c) and
  * takes its response down, through the ops that layer lends it
  * (h2_host_ops_t), and knows nothing else of it. A request head arrives
  * written as HTTP/1.1 (h2_msg.c) and is parsed and checked like any other,
@@ -19,7 +19,8 @@
 #include <sys/types.h>
 #include <uv.h>
 
-typedef struct conn conn_t; /* the connection layer's; opaque here */
+typedef struct conn conn_t;         /* the connection layer's; opaque here */
+typedef struct exchange exchange_t; /* a stream's exchange; opaque here */
 typedef struct h2_session h2_session_t;
 typedef struct h2_stream h2_stream_t;
 struct worker;
@@ -34,7 +35,7 @@ enum h2_phase {
 };
 
 /* What the connection layer does for a session: C is the parent
- * connection, SC a stream's exchange (stream_open made it). */
+ * connection, X a stream's exchange (stream_open made it). */
 typedef struct h2_host_ops {
     /* Decrypts what waits into C's buffer (*ADDED: bytes it added) and
      * returns all of C's plaintext not consumed yet. */
@@ -52,22 +53,22 @@ typedef struct h2_host_ops {
     void (*arm_timer)(conn_t *c);
 
     /* A new stream S: the exchange that will carry its request. */
-    conn_t *(*stream_open)(conn_t *c, h2_stream_t *s);
+    exchange_t *(*stream_open)(conn_t *c, h2_stream_t *s);
     /* The request head, HEAD..LEN as HTTP/1.1, or -status to answer. */
-    void (*stream_head)(conn_t *sc, char *head, int len);
+    void (*stream_head)(exchange_t *x, char *head, int len);
     /* Request body bytes: copies what fits into the exchange's buffer and
      * returns how many; -1 when it takes no more (it answered already: the
      * bytes are dropped). DATA NULL, LEN 0 only asks which. */
-    ssize_t (*stream_body)(conn_t *sc, const char *data, size_t len);
+    ssize_t (*stream_body)(exchange_t *x, const char *data, size_t len);
     /* Body bytes in the exchange's buffer not used yet (the window). */
-    size_t (*stream_buffered)(const conn_t *sc);
+    size_t (*stream_buffered)(const exchange_t *x);
     /* New body bytes or the request's end: the exchange acts on them. */
-    void (*stream_input)(conn_t *sc);
+    void (*stream_input)(exchange_t *x);
     /* DATA frames took what the exchange's last h2_stream_write queued. */
-    void (*stream_written)(conn_t *sc);
+    void (*stream_written)(exchange_t *x);
     /* The stream is gone (reset, or the session ends): the exchange
      * closes; it calls h2_stream_detach and later h2_stream_free. */
-    void (*stream_close)(conn_t *sc);
+    void (*stream_close)(exchange_t *x);
 } h2_host_ops_t;
 
 /* What the parent lends the session. */

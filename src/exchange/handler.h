@@ -7,7 +7,7 @@
 #ifndef PS_HANDLER_H
 #define PS_HANDLER_H
 
-typedef struct conn conn_t;
+typedef struct exchange exchange_t;
 
 enum handler_id {
     HANDLER_NONE = 0,
@@ -23,26 +23,26 @@ enum handler_id {
  * made here needs (the body is read and dropped, the response written). */
 typedef struct handler_ops {
     const char *name;
-    /* The request head is routed here (c->route says how): start. */
-    void (*start)(conn_t *c);
+    /* The request head is routed here (x->route says how): start. */
+    void (*start)(exchange_t *x);
     /* Request body bytes were parsed (or the request ended): push on. */
-    void (*request_body)(conn_t *c);
+    void (*request_body)(exchange_t *x);
     /* The client's write finished: what waited for room goes on. */
-    void (*client_written)(conn_t *c);
+    void (*client_written)(exchange_t *x);
     /* The client shut its side after its request was whole. */
-    void (*client_eof)(conn_t *c);
+    void (*client_eof)(exchange_t *x);
     /* After a 101: the client's bytes arrived for the tunnel. */
-    void (*tunnel_input)(conn_t *c);
+    void (*tunnel_input)(exchange_t *x);
     /* The exchange's timer fired while the handler waits (a retry). */
-    void (*timer)(conn_t *c);
+    void (*timer)(exchange_t *x);
     /* The exchange ends early (client gone, timeout, close): let go of
      * everything the handler holds for it. */
-    void (*abort)(conn_t *c);
+    void (*abort)(exchange_t *x);
     /* 1 while the request body waits for the handler's peer (an upstream
      * that does not take it), whose own clock runs instead of read_body. */
-    int (*body_blocked)(const conn_t *c);
+    int (*body_blocked)(const exchange_t *x);
     /* The upstream that served it, for logs and metrics; NULL for none. */
-    const char *(*upstream)(const conn_t *c);
+    const char *(*upstream)(const exchange_t *x);
 } handler_ops_t;
 
 /* Makes OPS the handler for ID (at start, before any worker runs). */

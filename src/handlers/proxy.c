@@ -5,7 +5,8 @@
 #include <string.h>
 
 #include "common.h"
-#include "conn.h"
+#include "exchange.h"
+#include "sock.h"
 #include "handlers.h"
 #include "log.h"
 
@@ -16,7 +17,7 @@ static const char CRLF[] = "\r\n";
 static const char LAST_CHUNK[] = HTTP_LAST_CHUNK;
 
 /* One request's exchange with its upstreams: the handler's state in the
- * exchange (conn_t.hstate), zeroed by proxy_start. */
+ * exchange (exchange_t.hstate), zeroed by proxy_start. */
 typedef struct proxy_req {
     up_conn_t *up;
     up_pool_t *pool;
@@ -46,11 +47,11 @@ typedef struct proxy_req {
     char down_chunk[HTTP_CHUNK_LINE_MAX]; /* chunk-size line of the body going down */
 } proxy_req_t;
 
-_Static_assert(sizeof(proxy_req_t) <= CONN_HANDLER_STATE, "proxy_req_t fits conn_t.hstate");
+_Static_assert(sizeof(proxy_req_t) <= EXCHANGE_HANDLER_STATE, "proxy_req_t fits exchange_t.hstate");
 
-static proxy_req_t *pr(const conn_t *c)
+static proxy_req_t *pr(const exchange_t *x)
 {
-    return (proxy_req_t *)c->hstate;
+    return (proxy_req_t *)x->hstate;
 }
 
 /* Queues LEN body bytes in IOV as FRAMING wants them: as they are, or as
@@ -74,27 +75,27 @@ static void add_end(uv_buf_t *iov, unsigned *n, int framing)
         iov[(*n)++] = uv_buf_init((char *)LAST_CHUNK, sizeof(LAST_CHUNK) - 1);
 }
 
-static const cfg_proxy_t *proxy_cfg(const conn_t *c)
+static const cfg_proxy_t *proxy_cfg(const exchange_t *x)
 {
-    return &c->route.handler->u.proxy;
+    return &x->route.handler->u.proxy;
 }
 
-static conn_t *owner(const up_conn_t *u)
+static exchange_t *owner(const up_conn_t *u)
 {
     return u->owner;
 }
 
-static void proxy_try(conn_t *c);
-static void proxy_abort(conn_t *c);
-static void proxy_pump_request(conn_t *c);
-static void proxy_tunnel_from_client(conn_t *c);
+static void proxy_try(exchange_t *x);
+static void proxy_abort(exchange_t *x);
+static void proxy_pump_request(exchange_t *x);
+static void proxy_tunnel_from_client(exchange_t *x);
 static void on_up_connected(up_conn_t *u, int status);
-static void pump_response(conn_t *c);
-static void tunnel_from_upstream(conn_t *c);
+static void pump_response(exchange_t *x);
+static void tunnel_from_upstream(exchange_t *x);
 
-static up_target_t *target_of(const conn_t *c)
+static up_target_t *target_of(const exchange_t *x)
 {
-    return (up_target_t *)pr(c)->pool->target; /* its health fields are atomics, shared */
+    return (up_target_t *)pr(x)->pool->target; /* its health fields are atomics, shared */
 }
 
 static int idempotent(int method)
@@ -105,9 +106,9 @@ static int idempotent(int method)
 
 /* ---- failures ----------------------------------------------------------- */
 
-static void proxy_abort(conn_t *c)
+static void proxy_abort(exchange_t *x)
 {
-    proxy_req_t *q = pr(c);
+    proxy_req_t *q = pr(x);
     if (q->up == NULL)
         return;
     up_close(q->up);
@@ -117,9 +118,9 @@ static void proxy_abort(conn_t *c)
 /* The upstream failed this request (ERR: a libuv error, or PS_EPROTO for a
  * response we cannot relay). Retry where that cannot duplicate work, else
  * 502/504 if the client has seen nothing yet, else cut the client off. */
-static void up_failed(conn_t *c, int err)
+static void up_failed(exchange_t *x, int err)
 {
-    proxy_req_t *q = pr(c);
+    proxy_req_t *q = pr(x);
     up_conn_t *u = q->up;
     const char *why = err == PS_EPROTO ? "malformed response" : uv_strerror(err);
     /* a pooled connection the upstream closed as we reused it: the request
@@ -127,53 +128,53 @@ static void up_failed(conn_t *c, int err)
     int stale = u->reused && !q->resp_bytes && q->req_framing == HTTP_BODY_NONE &&
                 (err == UV_EOF || err == UV_ECONNRESET || err == UV_EPIPE);
     if (!stale) {
-        log_warn("conn %llu %s: upstream %s: %s (state %s)", (unsigned long long)c->id,
-                 c->peer_ip, u->pool->target->hostport, why, conn_state_name(c->state));
+        log_warn("conn %llu %s: upstream %s: %s (state %s)", (unsigned long long)x->id,
+                 x->peer_ip, u->pool->target->hostport, why, exchange_resp_name(x->rs));
         /* a reset is the upstream going away: out at once; the rest counts */
-        up_target_failed(target_of(c), proxy_cfg(c), err == UV_ECONNRESET, why);
+        up_target_failed(target_of(x), proxy_cfg(x), err == UV_ECONNRESET, why);
     }
-    proxy_abort(c);
-    if (c->state == CONN_S_CLOSING)
+    proxy_abort(x);
+    if (x->rs == XRESP_CLOSED)
         return;
     if (stale) {
-        conn_set_state(c, CONN_S_CONNECT_UP);
-        q->up = up_dial(q->pool, c, proxy_cfg(c)->dial_timeout, on_up_connected);
+        exchange_resp_to(x, XRESP_PREPARE);
+        q->up = up_dial(q->pool, x, proxy_cfg(x)->dial_timeout, on_up_connected);
         return;
     }
     /* nothing came back and the request can be sent again unchanged: an
      * idempotent one without a body goes to another upstream; anything else
      * might run twice (a POST whose upstream died after reading it) */
-    if (!q->resp_bytes && !c->write_pending && q->replayable &&
-        idempotent(c->req.parser.method) && err != UV_ETIMEDOUT) {
-        conn_set_state(c, CONN_S_CONNECT_UP);
+    if (!q->resp_bytes && !x->write_pending && q->replayable &&
+        idempotent(x->req.parser.method) && err != UV_ETIMEDOUT) {
+        exchange_resp_to(x, XRESP_PREPARE);
         if (q->try_counts)
             q->fail_status = 502;
-        proxy_try(c);
+        proxy_try(x);
         return;
     }
-    if (c->resp_started || c->write_pending) {
-        conn_close(c);
+    if (x->resp_started || x->write_pending) {
+        exchange_close(x);
         return;
     }
     int status = err == UV_ETIMEDOUT ? 504 : 502;
-    c->keep_alive = c->keep_alive && c->req_done;
-    conn_respond(c, status, NULL, NULL, 0);
+    x->keep_alive = x->keep_alive && x->rq == XREQ_DONE;
+    exchange_respond(x, status, NULL, NULL, 0);
 }
 
-static void fail_request(conn_t *c, int status)
+static void fail_request(exchange_t *x, int status)
 {
-    const cfg_proxy_t *p = proxy_cfg(c);
-    log_warn("conn %llu %s: no upstream answered: %d", (unsigned long long)c->id, c->peer_ip,
+    const cfg_proxy_t *p = proxy_cfg(x);
+    log_warn("conn %llu %s: no upstream answered: %d", (unsigned long long)x->id, x->peer_ip,
              status);
     if (status == 503) {
         /* no upstream available: tell the client when it is worth coming back */
         char ra[48];
         uint64_t secs = p->lb_try_duration > 1000 ? (p->lb_try_duration + 999) / 1000 : 1;
         snprintf(ra, sizeof(ra), "Retry-After: %llu\r\n", (unsigned long long)secs);
-        conn_respond(c, 503, ra, NULL, 0);
+        exchange_respond(x, 503, ra, NULL, 0);
         return;
     }
-    conn_respond(c, status, NULL, NULL, 0);
+    exchange_respond(x, status, NULL, NULL, 0);
 }
 
 
@@ -182,31 +183,31 @@ static void fail_request(conn_t *c, int status)
 static void on_up_timeout(uv_timer_t *t)
 {
     up_conn_t *u = t->data;
-    conn_t *c = owner(u);
-    if (c == NULL)
+    exchange_t *x = owner(u);
+    if (x == NULL)
         return;
-    if (c->state == CONN_S_TUNNEL) {
-        conn_close(c);
+    if (x->rs == XRESP_TUNNEL) {
+        exchange_close(x);
         return;
     }
-    up_failed(c, UV_ETIMEDOUT);
+    up_failed(x, UV_ETIMEDOUT);
 }
 
-static void up_arm_timer(conn_t *c)
+static void up_arm_timer(exchange_t *x)
 {
-    proxy_req_t *q = pr(c);
+    proxy_req_t *q = pr(x);
     up_conn_t *u = q->up;
     if (u == NULL || u->state != UP_S_ACTIVE)
         return;
-    const cfg_proxy_t *p = proxy_cfg(c);
+    const cfg_proxy_t *p = proxy_cfg(x);
     uint64_t ms = 0;
-    if (c->state == CONN_S_TUNNEL)
+    if (x->rs == XRESP_TUNNEL)
         ms = 0; /* the client side's idle clock covers both */
     else if (u->write_pending)
         ms = p->write_timeout;
-    else if (c->write_pending)
+    else if (x->write_pending)
         ms = 0; /* we stopped reading it; the client's write clock runs */
-    else if (!c->resp_started)
+    else if (!x->resp_started)
         ms = q->req_sent ? p->response_header_timeout : 0;
     else
         ms = p->read_timeout;
@@ -220,9 +221,9 @@ static void up_arm_timer(conn_t *c)
 
 static void on_up_read(up_conn_t *u, ssize_t nread);
 
-static void update_up_reading(conn_t *c)
+static void update_up_reading(exchange_t *x)
 {
-    proxy_req_t *q = pr(c);
+    proxy_req_t *q = pr(x);
     if (q->up != NULL)
         up_update_reading(q->up);
 }
@@ -233,49 +234,49 @@ static void tunnel_shutdown_done(uv_shutdown_t *req, int status)
     (void)status;
 }
 
-static void tunnel_check_end(conn_t *c);
+static void tunnel_check_end(exchange_t *x);
 
 static void on_up_read(up_conn_t *u, ssize_t nread)
 {
-    conn_t *c = owner(u);
-    proxy_req_t *q = pr(c);
+    exchange_t *x = owner(u);
+    proxy_req_t *q = pr(x);
     if (nread < 0) {
         u->eof = 1;
         uv_read_stop((uv_stream_t *)&u->tcp);
-        if (c->state == CONN_S_TUNNEL) {
+        if (x->rs == XRESP_TUNNEL) {
             if (nread != UV_EOF) {
-                conn_close(c);
+                exchange_close(x);
                 return;
             }
-            tunnel_check_end(c);
+            tunnel_check_end(x);
             return;
         }
         llhttp_t *p = &u->resp.parser;
-        if (nread == UV_EOF && c->resp_started && !q->resp_done &&
+        if (nread == UV_EOF && x->resp_started && !q->resp_done &&
             llhttp_message_needs_eof(p)) {
             /* a close-delimited body ends here (RFC 9112 6.3 rule 8) */
             if (llhttp_get_errno(p) == HPE_PAUSED)
                 llhttp_resume(p);
             if (llhttp_finish(p) == HPE_OK || q->resp_done) {
-                pump_response(c);
+                pump_response(x);
                 return;
             }
         }
         if (q->resp_done)
             return; /* complete already; the connection just won't be pooled */
-        if (nread == UV_EOF && c->resp_started && (c->write_pending || u->rstart < u->rlen))
+        if (nread == UV_EOF && x->resp_started && (x->write_pending || u->rstart < u->rlen))
             return; /* what came before the close goes out first (pump_response) */
-        up_failed(c, (int)nread);
+        up_failed(x, (int)nread);
         return;
     }
     q->resp_bytes = 1;
-    if (c->state == CONN_S_TUNNEL)
-        tunnel_from_upstream(c);
-    else if (c->state == CONN_S_PROXY)
-        pump_response(c);
-    if (c->state != CONN_S_CLOSING && q->up == u) {
-        update_up_reading(c);
-        up_arm_timer(c);
+    if (x->rs == XRESP_TUNNEL)
+        tunnel_from_upstream(x);
+    else if (x->rs == XRESP_RELAY)
+        pump_response(x);
+    if (x->rs != XRESP_CLOSED && q->up == u) {
+        update_up_reading(x);
+        up_arm_timer(x);
     }
 }
 
@@ -291,13 +292,13 @@ static int on_resp_begin(llhttp_t *p)
 static int on_resp_headers(llhttp_t *p)
 {
     up_conn_t *u = container_of(p, up_conn_t, resp.parser);
-    conn_t *c = owner(u);
-    pr(c)->resp_head = 1;
+    exchange_t *x = owner(u);
+    pr(x)->resp_head = 1;
     /* a response to HEAD, a 1xx, 204 or 304 has no body whatever its
      * fields say (RFC 9112 6.3); llhttp cannot know the method and waits
      * for a 304's Content-Length bytes, so tell it as its "return 1"
      * would, and pause to relay the head */
-    if (http_response_bodiless(p->status_code, c->head_method))
+    if (http_response_bodiless(p->status_code, x->head_method))
         p->flags |= F_SKIPBODY;
     return HPE_PAUSED;
 }
@@ -327,97 +328,97 @@ static void settings_init(void)
     resp_settings.on_message_complete = on_resp_complete;
 }
 
-static int client_http10(const conn_t *c)
+static int client_http10(const exchange_t *x)
 {
-    return c->req.parser.http_major == 1 && c->req.parser.http_minor == 0;
+    return x->req.parser.http_major == 1 && x->req.parser.http_minor == 0;
 }
 
-static void start_tunnel(conn_t *c);
+static void start_tunnel(exchange_t *x);
 
 /* Builds the head the client gets into hbuf and queues it in IOV. Returns
  * 0, 1 when the exchange became a tunnel, -1 when it failed. */
-static int relay_head(conn_t *c, uv_buf_t *iov, unsigned *n)
+static int relay_head(exchange_t *x, uv_buf_t *iov, unsigned *n)
 {
-    proxy_req_t *q = pr(c);
+    proxy_req_t *q = pr(x);
     up_conn_t *u = q->up;
     llhttp_t *p = &u->resp.parser;
     int status = p->status_code;
-    if (http_head_analyze(&u->resp) != 0 || (status == 101 && !c->upgrade)) {
-        up_failed(c, PS_EPROTO);
+    if (http_head_analyze(&u->resp) != 0 || (status == 101 && !x->upgrade)) {
+        up_failed(x, PS_EPROTO);
         return -1;
     }
     int interim = status < 200 && status != 101;
-    if (interim && client_http10(c))
+    if (interim && client_http10(x))
         return 0; /* RFC 9110 15.2: no 1xx to an HTTP/1.0 client */
 
     http_resp_out_t r;
     memset(&r, 0, sizeof(r));
     r.resp = &u->resp;
-    r.vars = &c->vars;
-    r.http10 = client_http10(c);
+    r.vars = &x->vars;
+    r.http10 = client_http10(x);
     filter_head_t fh;
     if (!interim) {
-        if (filter_head(c->route.filters, c->route.n_filters, &fh) < 0) {
+        if (filter_head(x->route.filters, x->route.n_filters, &fh) < 0) {
             /* a filter refused: the failure is ours, not the upstream's */
-            proxy_abort(c);
-            if (c->resp_started)
-                conn_close(c);
+            proxy_abort(x);
+            if (x->resp_started)
+                exchange_close(x);
             else
-                conn_respond(c, 500, NULL, NULL, 0);
+                exchange_respond(x, 500, NULL, NULL, 0);
             return -1;
         }
-        r.down = &proxy_cfg(c)->header_down;
+        r.down = &proxy_cfg(x)->header_down;
         r.ops = fh.ops;
         r.n_ops = fh.n_ops;
         r.upgrade = status == 101;
         /* HTTP/2 frames the body itself: the bytes as they are, ended with the stream */
         q->resp_framing =
-            http_response_framing(&u->resp, c->head_method, r.http10 || c->h2s != NULL);
+            http_response_framing(&u->resp, x->head_method, r.http10 || x->xport->version == 2);
         /* the client is still sending: after this response we must close */
-        if (!c->req_done || q->resp_framing == HTTP_BODY_EOF)
-            c->keep_alive = 0;
-        const cfg_proxy_t *px = proxy_cfg(c);
+        if (x->rq != XREQ_DONE || q->resp_framing == HTTP_BODY_EOF)
+            x->keep_alive = 0;
+        const cfg_proxy_t *px = proxy_cfg(x);
         const cfg_status_t *us = &px->unhealthy_status;
         if (us->code != 0 && (us->is_class ? status / 100 == us->code : status == us->code)) {
             char why[32];
             snprintf(why, sizeof(why), "status %d", status);
-            up_target_failed(target_of(c), px, 0, why);
+            up_target_failed(target_of(x), px, 0, why);
         }
         if (px->unhealthy_latency != 0 &&
-            uv_now(&c->w->loop) - q->t_head_sent > px->unhealthy_latency)
-            up_target_failed(target_of(c), px, 0, "slow response head");
-        r.keep_alive = c->keep_alive;
+            uv_now(&x->w->loop) - q->t_head_sent > px->unhealthy_latency)
+            up_target_failed(target_of(x), px, 0, "slow response head");
+        r.keep_alive = x->keep_alive;
         r.framing = q->resp_framing;
-        c->status = status;
+        x->status = status;
     }
-    if (c->hbuf == NULL)
-        c->hbuf = buf_get(&c->w->bufs);
-    int len = http_build_response(c->hbuf, c->w->bufs.size, &r);
+    if (x->hbuf == NULL)
+        x->hbuf = buf_get(&x->w->bufs);
+    int len = http_build_response(x->hbuf, x->w->bufs.size, &r);
     if (len < 0) {
-        up_failed(c, PS_EPROTO);
+        up_failed(x, PS_EPROTO);
         return -1;
     }
-    iov[(*n)++] = uv_buf_init(c->hbuf, (unsigned)len);
+    iov[(*n)++] = uv_buf_init(x->hbuf, (unsigned)len);
     if (!interim)
-        c->resp_started = 1;
+        x->resp_started = 1;
     if (status == 101) {
-        int wr = conn_write(c, iov, *n);
+        int wr = exchange_write(x, iov, *n);
         *n = 0;
         if (wr < 0) {
-            conn_close(c);
+            exchange_close(x);
             return -1;
         }
-        start_tunnel(c);
+        start_tunnel(x);
         return 1;
     }
     return 0;
 }
 
-static void proxy_finish(conn_t *c)
+static void proxy_finish(exchange_t *x)
 {
-    proxy_req_t *q = pr(c);
+    proxy_req_t *q = pr(x);
     up_conn_t *u = q->up;
-    const cfg_proxy_t *p = proxy_cfg(c);
+    const cfg_proxy_t *p = proxy_cfg(x);
     q->up = NULL;
     /* pool it only if both messages were framed cleanly to their ends */
     if (q->req_sent && !u->write_pending && !u->eof && !p->keepalive_off &&
@@ -427,21 +428,21 @@ static void proxy_finish(conn_t *c)
     } else {
         up_close(u);
     }
-    if (!c->req_done)
-        c->keep_alive = 0;
-    conn_request_done(c);
+    if (x->rq != XREQ_DONE)
+        x->keep_alive = 0;
+    exchange_done(x);
 }
 
 /* Writes what pump_response gathered; 0, or -1 when the client is gone. */
-static int flush_response(conn_t *c, uv_buf_t *iov, unsigned *n)
+static int flush_response(exchange_t *x, uv_buf_t *iov, unsigned *n)
 {
-    up_conn_t *u = pr(c)->up;
+    up_conn_t *u = pr(x)->up;
     if (*n == 0)
         return 0;
-    int r = conn_write(c, iov, *n);
+    int r = exchange_write(x, iov, *n);
     *n = 0;
     if (r < 0) {
-        conn_close(c);
+        exchange_close(x);
         return -1;
     }
     if (r == 1 && u->rstart == u->rlen)
@@ -449,13 +450,13 @@ static int flush_response(conn_t *c, uv_buf_t *iov, unsigned *n)
     return 0;
 }
 
-static void pump_response(conn_t *c)
+static void pump_response(exchange_t *x)
 {
-    proxy_req_t *q = pr(c);
+    proxy_req_t *q = pr(x);
     up_conn_t *u = q->up;
     uv_buf_t iov[8];
     unsigned n = 0;
-    while (c->state == CONN_S_PROXY && !c->write_pending && !q->resp_sent) {
+    while (x->rs == XRESP_RELAY && !x->write_pending && !q->resp_sent) {
         int head = 0;
         u->body = NULL;
         u->body_len = 0;
@@ -473,21 +474,21 @@ static void pump_response(conn_t *c)
             } else if (err == HPE_PAUSED) {
                 u->rstart = (size_t)(llhttp_get_error_pos(p) - u->rbuf);
             } else {
-                log_debug("conn %llu: upstream response: %s", (unsigned long long)c->id,
+                log_debug("conn %llu: upstream response: %s", (unsigned long long)x->id,
                           llhttp_get_error_reason(p));
-                up_failed(c, PS_EPROTO);
+                up_failed(x, PS_EPROTO);
                 return;
             }
             if (q->resp_head) {
                 q->resp_head = 0;
                 head = 1;
-                if (relay_head(c, iov, &n) != 0)
+                if (relay_head(x, iov, &n) != 0)
                     return;
             }
         }
         if (u->body_len > 0 && q->resp_framing != HTTP_BODY_NONE) {
             add_body(iov, &n, q->resp_framing, q->down_chunk, u->body, u->body_len);
-            c->bytes_out += u->body_len;
+            x->bytes_out += u->body_len;
         }
         if (q->resp_done) {
             add_end(iov, &n, q->resp_framing);
@@ -495,39 +496,39 @@ static void pump_response(conn_t *c)
         }
         /* a final head goes out with the body bytes behind it: one writev
          * (an interim one goes alone: the next head is built in hbuf too) */
-        if (head && c->resp_started && !q->resp_done && n <= 2)
+        if (head && x->resp_started && !q->resp_done && n <= 2)
             continue;
-        if (flush_response(c, iov, &n) < 0)
+        if (flush_response(x, iov, &n) < 0)
             return;
     }
-    if (c->state == CONN_S_PROXY && flush_response(c, iov, &n) < 0)
+    if (x->rs == XRESP_RELAY && flush_response(x, iov, &n) < 0)
         return;
-    if (c->state != CONN_S_PROXY || q->up != u || c->write_pending)
+    if (x->rs != XRESP_RELAY || q->up != u || x->write_pending)
         return;
     if (q->resp_sent)
-        proxy_finish(c);
+        proxy_finish(x);
     else if (u->eof && u->rstart == u->rlen)
-        up_failed(c, UV_EOF); /* the upstream cut it short; all it sent is out */
+        up_failed(x, UV_EOF); /* the upstream cut it short; all it sent is out */
 }
 
-static void proxy_on_client_written(conn_t *c)
+static void proxy_on_client_written(exchange_t *x)
 {
-    proxy_req_t *q = pr(c);
+    proxy_req_t *q = pr(x);
     up_conn_t *u = q->up;
-    if (c->state == CONN_S_TUNNEL) {
+    if (x->rs == XRESP_TUNNEL) {
         if (u != NULL && u->rstart == u->rlen)
             u->rstart = u->rlen = 0;
-        tunnel_from_upstream(c);
+        tunnel_from_upstream(x);
         return;
     }
     if (u == NULL)
         return;
     if (u->rstart == u->rlen)
         u->rstart = u->rlen = 0;
-    pump_response(c);
-    if (c->state == CONN_S_PROXY && q->up == u) {
-        update_up_reading(c);
-        up_arm_timer(c);
+    pump_response(x);
+    if (x->rs == XRESP_RELAY && q->up == u) {
+        update_up_reading(x);
+        up_arm_timer(x);
     }
 }
 
@@ -539,26 +540,26 @@ static void on_up_written(uv_write_t *req, int status)
     u->write_pending = 0;
     if (status == UV_ECANCELED)
         return;
-    conn_t *c = owner(u);
-    if (c == NULL)
+    exchange_t *x = owner(u);
+    if (x == NULL)
         return;
     if (status < 0) {
-        up_failed(c, status);
+        up_failed(x, status);
         return;
     }
-    if (c->rstart == c->rlen && !(c->req_done && pr(c)->replayable))
-        c->rstart = c->rlen = c->head_end; /* sent: the body area is free again */
-    up_arm_timer(c);
-    if (c->state == CONN_S_TUNNEL) {
-        proxy_tunnel_from_client(c);
+    if (x->rstart == x->rlen && !(x->rq == XREQ_DONE && pr(x)->replayable))
+        x->rstart = x->rlen = x->head_end; /* sent: the body area is free again */
+    up_arm_timer(x);
+    if (x->rs == XRESP_TUNNEL) {
+        proxy_tunnel_from_client(x);
     } else {
-        conn_process(c); /* decrypts (TLS) and parses what waited, sends it up */
+        exchange_process(x); /* decrypts (TLS) and parses what waited, sends it up */
         return;
     }
-    if (c->state != CONN_S_CLOSING) {
-        conn_update_reading(c);
-        conn_arm_timer(c);
-        up_arm_timer(c);
+    if (x->rs != XRESP_CLOSED) {
+        exchange_update_reading(x);
+        exchange_arm_timer(x);
+        up_arm_timer(x);
     }
 }
 
@@ -566,66 +567,66 @@ static void on_up_written(uv_write_t *req, int status)
  * framing invariant, http_body_keeps_framing): nothing more goes up, the
  * upstream connection (which may hold part of it) is closed, and the
  * request ends as malformed. */
-static void framing_broken(conn_t *c, size_t len)
+static void framing_broken(exchange_t *x, size_t len)
 {
     log_warn("conn %llu %s: request body does not match its framing (%llu bytes up, %zu more, "
-             "%s): not forwarded", (unsigned long long)c->id, c->peer_ip,
-             (unsigned long long)pr(c)->body_up, len, c->req_done ? "ended" : "open");
-    proxy_abort(c);
-    conn_malformed(c);
+             "%s): not forwarded", (unsigned long long)x->id, x->peer_ip,
+             (unsigned long long)pr(x)->body_up, len, x->rq == XREQ_DONE ? "ended" : "open");
+    proxy_abort(x);
+    exchange_malformed(x);
 }
 
-static void proxy_pump_request(conn_t *c)
+static void proxy_pump_request(exchange_t *x)
 {
-    proxy_req_t *q = pr(c);
+    proxy_req_t *q = pr(x);
     up_conn_t *u = q->up;
-    if (c->state != CONN_S_PROXY || u == NULL || u->write_pending)
+    if (x->rs != XRESP_RELAY || u == NULL || u->write_pending)
         return;
     uv_buf_t iov[6];
     unsigned n = 0;
     int resend = 0; /* the head goes again, to another upstream (a retry) */
     if (!q->head_sent) {
-        iov[n++] = uv_buf_init(c->obuf, (unsigned)q->olen);
+        iov[n++] = uv_buf_init(x->obuf, (unsigned)q->olen);
         q->head_sent = 1;
         q->body_up = 0;
-        q->t_head_sent = uv_now(&c->w->loop);
-        resend = c->req_done;
+        q->t_head_sent = uv_now(&x->w->loop);
+        resend = x->rq == XREQ_DONE;
     }
     char *body = NULL;
     size_t len = 0;
     /* a paused parser may complete a bodiless request without new bytes */
-    if (!c->req_done &&
-        (c->rstart < c->rlen || llhttp_get_errno(&c->req.parser) == HPE_PAUSED)) {
-        llhttp_errno_t err = conn_parse(c);
+    if (x->rq != XREQ_DONE &&
+        (x->rstart < x->rlen || llhttp_get_errno(&x->req.parser) == HPE_PAUSED)) {
+        llhttp_errno_t err = exchange_parse(x);
         if (err != HPE_OK && err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE) {
             /* a broken body (bad chunk): the upstream got part of it */
-            log_debug("conn %llu: request body: %s", (unsigned long long)c->id,
-                      llhttp_get_error_reason(&c->req.parser));
-            proxy_abort(c);
-            c->keep_alive = 0;
-            if (c->resp_started || c->write_pending)
-                conn_close(c);
+            log_debug("conn %llu: request body: %s", (unsigned long long)x->id,
+                      llhttp_get_error_reason(&x->req.parser));
+            proxy_abort(x);
+            x->keep_alive = 0;
+            if (x->resp_started || x->write_pending)
+                exchange_close(x);
             else
-                conn_respond(c, http_request_error_status(&c->req, err), NULL, NULL, 0);
+                exchange_respond(x, http_request_error_status(&x->req, err), NULL, NULL, 0);
             return;
         }
-        body = c->body;
-        len = c->body_len;
+        body = x->body;
+        len = x->body_len;
         /* a body that arrived whole in one pass stays in the buffer, so the
          * request can go to another upstream if this one dies without a word */
-        q->replayable = resend == 0 && c->req_done && c->bytes_in == c->body_len;
+        q->replayable = resend == 0 && x->rq == XREQ_DONE && x->bytes_in == x->body_len;
         if (q->replayable) {
-            q->replay = c->body;
-            q->replay_len = c->body_len;
+            q->replay = x->body;
+            q->replay_len = x->body_len;
         }
-    } else if (resend && c->req_done && q->replayable) {
+    } else if (resend && x->rq == XREQ_DONE && q->replayable) {
         body = q->replay;
         len = q->replay_len;
     }
-    int ends = c->req_done && !q->req_sent;
+    int ends = x->rq == XREQ_DONE && !q->req_sent;
     /* every body byte that goes up passes here, whichever protocol brought it */
     if (http_body_keeps_framing(q->req_framing, q->req_length, q->body_up, len, ends) < 0) {
-        framing_broken(c, len);
+        framing_broken(x, len);
         return;
     }
     if (len > 0) {
@@ -640,103 +641,103 @@ static void proxy_pump_request(conn_t *c)
         return;
     int r = sock_write((uv_stream_t *)&u->tcp, &u->wreq, iov, n, on_up_written);
     if (r < 0) {
-        up_failed(c, r);
+        up_failed(x, r);
         return;
     }
     if (r == 0)
         u->write_pending = 1;
-    else if (c->rstart == c->rlen && !(c->req_done && q->replayable))
-        c->rstart = c->rlen = c->head_end; /* free for more body (a replay keeps it) */
-    up_arm_timer(c);
+    else if (x->rstart == x->rlen && !(x->rq == XREQ_DONE && q->replayable))
+        x->rstart = x->rlen = x->head_end; /* free for more body (a replay keeps it) */
+    up_arm_timer(x);
 }
 
 /* The upstream connection is ready: send the head, then the body. */
-static void on_up_ready(conn_t *c)
+static void on_up_ready(exchange_t *x)
 {
-    proxy_req_t *q = pr(c);
+    proxy_req_t *q = pr(x);
     up_conn_t *u = q->up;
-    const cfg_proxy_t *p = proxy_cfg(c);
+    const cfg_proxy_t *p = proxy_cfg(x);
     http_head_init(&u->resp, HTTP_RESPONSE, &resp_settings);
     if (u->rbuf == NULL)
-        u->rbuf = buf_get(&c->w->bufs);
+        u->rbuf = buf_get(&x->w->bufs);
     if (u->resp.hdrs == NULL)
-        u->resp.hdrs = (http_hdr_t *)buf_get(&c->w->tables);
+        u->resp.hdrs = (http_hdr_t *)buf_get(&x->w->tables);
     u->rstart = u->rlen = 0;
     u->on_read = on_up_read;
-    if (c->obuf == NULL)
-        c->obuf = buf_get(&c->w->bufs);
+    if (x->obuf == NULL)
+        x->obuf = buf_get(&x->w->bufs);
     http_req_out_t r;
     memset(&r, 0, sizeof(r));
-    r.req = &c->req;
-    r.vars = &c->vars;
+    r.req = &x->req;
+    r.vars = &x->vars;
     r.ops = &p->header_up;
-    r.client_ip = c->peer_ip;
-    r.https = c->https;
-    r.trusted = cfg_cidr_contains(p->trusted, p->n_trusted, (const struct sockaddr *)&c->peer);
+    r.client_ip = x->peer_ip;
+    r.https = x->https;
+    r.trusted = cfg_cidr_contains(p->trusted, p->n_trusted, (const struct sockaddr *)&x->peer);
     r.framing = q->req_framing;
     r.length = q->req_length;
-    r.upgrade = c->upgrade;
-    int len = http_build_request(c->obuf, c->w->bufs.size, &r);
+    r.upgrade = x->upgrade;
+    int len = http_build_request(x->obuf, x->w->bufs.size, &r);
     if (len < 0) {
-        proxy_abort(c);
-        conn_respond(c, 431, NULL, NULL, 0);
+        proxy_abort(x);
+        exchange_respond(x, 431, NULL, NULL, 0);
         return;
     }
     q->olen = (size_t)len;
     q->head_sent = q->req_sent = q->resp_done = q->resp_head = q->resp_bytes = 0;
     q->resp_sent = 0;
-    conn_set_state(c, CONN_S_PROXY);
-    update_up_reading(c);
+    exchange_resp_to(x, XRESP_RELAY);
+    update_up_reading(x);
     /* send the head and what is buffered of the body; on TLS that loop
      * also decrypts what waited while we connected */
-    conn_process(c);
+    exchange_process(x);
 }
 
 static void on_up_connected(up_conn_t *u, int status)
 {
-    conn_t *c = owner(u);
-    proxy_req_t *q = pr(c);
+    exchange_t *x = owner(u);
+    proxy_req_t *q = pr(x);
     if (status < 0) {
-        log_warn("conn %llu %s: upstream %s: dial failed: %s", (unsigned long long)c->id,
-                 c->peer_ip, u->pool->target->hostport, uv_strerror(status));
+        log_warn("conn %llu %s: upstream %s: dial failed: %s", (unsigned long long)x->id,
+                 x->peer_ip, u->pool->target->hostport, uv_strerror(status));
         /* refused or unreachable: out at once; a timeout counts towards max_fails */
-        up_target_failed(target_of(c), proxy_cfg(c), status != UV_ETIMEDOUT, uv_strerror(status));
-        proxy_abort(c);
+        up_target_failed(target_of(x), proxy_cfg(x), status != UV_ETIMEDOUT, uv_strerror(status));
+        proxy_abort(x);
         if (q->try_counts)
             q->fail_status = status == UV_ETIMEDOUT ? 504 : 502;
-        proxy_try(c);
+        proxy_try(x);
         return;
     }
-    on_up_ready(c);
+    on_up_ready(x);
 }
 
-static void proxy_try(conn_t *c)
+static void proxy_try(exchange_t *x)
 {
-    proxy_req_t *q = pr(c);
-    const cfg_proxy_t *p = proxy_cfg(c);
-    worker_t *w = c->w;
+    proxy_req_t *q = pr(x);
+    const cfg_proxy_t *p = proxy_cfg(x);
+    worker_t *w = x->w;
     int pick = UP_PICK_HEALTHY;
     int i = -1;
     if (p->lb_retries < 0 || q->attempts <= p->lb_retries)
-        i = up_select(&w->up, p, c->targets, q->tried, c->peer_ip, &pick);
+        i = up_select(&w->up, p, x->targets, q->tried, x->peer_ip, &pick);
     if (i < 0) {
         /* lb_try_duration: keep trying every lb_try_interval until it runs out */
         uint64_t now = uv_now(&w->loop);
         if (q->try_deadline != 0 && now < q->try_deadline) {
             uint64_t left = q->try_deadline - now;
             q->tried = 0;
-            conn_start_timer(c, left < p->lb_try_interval ? left : p->lb_try_interval);
+            exchange_start_timer(x, left < p->lb_try_interval ? left : p->lb_try_interval);
             return;
         }
         if (pick == UP_PICK_CLOSED) {
             log_warn("conn %llu: every upstream fails its health check "
-                     "(health_fail_closed)", (unsigned long long)c->id);
-            fail_request(c, 503);
+                     "(health_fail_closed)", (unsigned long long)x->id);
+            fail_request(x, 503);
         } else {
             /* as Caddy: the last dial or exchange error (502, 504), also
              * after lb_try_duration; 503 only when no upstream was
              * available to try at all */
-            fail_request(c, q->fail_status);
+            fail_request(x, q->fail_status);
         }
         return;
     }
@@ -746,44 +747,44 @@ static void proxy_try(conn_t *c)
     q->try_counts = pick == UP_PICK_HEALTHY || (pick == UP_PICK_PASSIVE && !p->fail_duration_set);
     q->attempts++;
     q->tried |= 1ull << i;
-    up_target_t *tg = up_target_find(c->targets, p->ups[i].hostport);
+    up_target_t *tg = up_target_find(x->targets, p->ups[i].hostport);
     q->pool = up_pool_get(&w->up, tg);
-    c->vars.upstream_hostport =
+    x->vars.upstream_hostport =
         uv_buf_init((char *)p->ups[i].hostport, strlen(p->ups[i].hostport));
-    q->up = up_take(q->pool, c);
+    q->up = up_take(q->pool, x);
     if (q->up != NULL) {
-        on_up_ready(c);
+        on_up_ready(x);
         return;
     }
     /* a name that does not resolve fails in on_up_connected, as a
      * refused dial: the next upstream is tried from there */
-    q->up = up_dial(q->pool, c, p->dial_timeout, on_up_connected);
+    q->up = up_dial(q->pool, x, p->dial_timeout, on_up_connected);
 }
 
-static void proxy_on_retry_timer(conn_t *c)
+static void proxy_on_retry_timer(exchange_t *x)
 {
-    proxy_try(c);
+    proxy_try(x);
 }
 
-static void proxy_start(conn_t *c)
+static void proxy_start(exchange_t *x)
 {
-    proxy_req_t *q = pr(c);
-    memset(pr(c), 0, sizeof(proxy_req_t));
-    const cfg_proxy_t *p = proxy_cfg(c);
-    const llhttp_t *req = &c->req.parser;
+    proxy_req_t *q = pr(x);
+    memset(pr(x), 0, sizeof(proxy_req_t));
+    const cfg_proxy_t *p = proxy_cfg(x);
+    const llhttp_t *req = &x->req.parser;
     /* a declared length over the limit never reaches the upstream */
-    if (c->route.body_limit != 0 && (req->flags & F_CONTENT_LENGTH) &&
-        req->content_length > c->route.body_limit) {
-        c->keep_alive = 0;
-        conn_respond(c, 413, NULL, NULL, 0);
+    if (x->route.body_limit != 0 && (req->flags & F_CONTENT_LENGTH) &&
+        req->content_length > x->route.body_limit) {
+        x->keep_alive = 0;
+        exchange_respond(x, 413, NULL, NULL, 0);
         return;
     }
-    conn_set_state(c, CONN_S_CONNECT_UP);
+    exchange_resp_to(x, XRESP_PREPARE);
     uv_once(&settings_once, settings_init);
-    uv_timer_stop(&c->timer);
-    q->req_framing = http_request_framing(&c->req);
+    uv_timer_stop(&x->timer);
+    q->req_framing = http_request_framing(&x->req);
     /* llhttp counts content_length down as the body passes: keep it now */
-    q->req_length = q->req_framing == HTTP_BODY_LENGTH ? c->req.parser.content_length : 0;
+    q->req_length = q->req_framing == HTTP_BODY_LENGTH ? x->req.parser.content_length : 0;
     q->tried = 0;
     q->attempts = 0;
     q->pool = NULL;
@@ -792,87 +793,84 @@ static void proxy_start(conn_t *c)
     q->replayable = q->req_framing == HTTP_BODY_NONE; /* a body must arrive whole first */
     q->replay = NULL;
     q->replay_len = 0;
-    q->try_deadline = p->lb_try_duration > 0 ? uv_now(&c->w->loop) + p->lb_try_duration : 0;
-    proxy_try(c);
+    q->try_deadline = p->lb_try_duration > 0 ? uv_now(&x->w->loop) + p->lb_try_duration : 0;
+    proxy_try(x);
 }
 
-static void proxy_on_client_eof(conn_t *c)
+static void proxy_on_client_eof(exchange_t *x)
 {
     /* the request is whole; a half-closed client still gets its response */
-    if (c->state == CONN_S_TUNNEL)
-        tunnel_check_end(c);
+    if (x->rs == XRESP_TUNNEL)
+        tunnel_check_end(x);
 }
 
 /* ---- tunnel ------------------------------------------------------------- */
 
-static void tunnel_check_end(conn_t *c)
+static void tunnel_check_end(exchange_t *x)
 {
-    up_conn_t *u = pr(c)->up;
+    up_conn_t *u = pr(x)->up;
     if (u == NULL) {
-        conn_close(c);
+        exchange_close(x);
         return;
     }
     /* pass each side's EOF on once its bytes are out; done when both ended */
-    if (c->eof && c->rstart == c->rlen && !u->write_pending && !uv_is_closing((uv_handle_t *)&u->tcp) &&
+    if (x->eof && x->rstart == x->rlen && !u->write_pending && !uv_is_closing((uv_handle_t *)&u->tcp) &&
         u->sreq.handle == NULL)
         uv_shutdown(&u->sreq, (uv_stream_t *)&u->tcp, tunnel_shutdown_done);
-    if (u->eof && u->rstart == u->rlen && !c->write_pending)
-        conn_shutdown_write(c);
-    if (c->state == CONN_S_CLOSING)
+    if (u->eof && u->rstart == u->rlen && !x->write_pending)
+        x->xport->shutdown_write(x);
+    if (x->rs == XRESP_CLOSED)
         return;
-    if (c->eof && u->eof && !c->write_pending && !u->write_pending)
-        conn_close(c);
+    if (x->eof && u->eof && !x->write_pending && !u->write_pending)
+        exchange_close(x);
 }
 
-static void proxy_tunnel_from_client(conn_t *c)
+static void proxy_tunnel_from_client(exchange_t *x)
 {
-    up_conn_t *u = pr(c)->up;
+    up_conn_t *u = pr(x)->up;
     if (u == NULL) {
-        conn_close(c);
+        exchange_close(x);
         return;
     }
     for (;;) {
-        conn_fill(c); /* TLS: more may be decrypted now that there is room */
-        if (c->tls_eof && !c->eof) {
-            c->eof = 1; /* the client's close_notify: pass the end on */
-            uv_read_stop((uv_stream_t *)&c->tcp);
-        }
-        if (c->state == CONN_S_CLOSING || u->write_pending || c->rstart == c->rlen)
+        x->xport->fill(x); /* TLS: more may be decrypted now that there is room */
+        x->xport->client_ended(x); /* a close_notify: the end is passed on */
+        if (x->rs == XRESP_CLOSED || u->write_pending || x->rstart == x->rlen)
             break;
-        uv_buf_t b = uv_buf_init(c->rbuf + c->rstart, (unsigned)(c->rlen - c->rstart));
+        uv_buf_t b = uv_buf_init(x->rbuf + x->rstart, (unsigned)(x->rlen - x->rstart));
         int r = sock_write((uv_stream_t *)&u->tcp, &u->wreq, &b, 1, on_up_written);
         if (r < 0) {
-            conn_close(c);
+            exchange_close(x);
             return;
         }
-        c->rstart = c->rlen;
+        x->rstart = x->rlen;
         if (r == 0) {
             u->write_pending = 1;
             break;
         }
-        c->rstart = c->rlen = 0;
+        x->rstart = x->rlen = 0;
     }
-    if (c->state != CONN_S_CLOSING)
-        tunnel_check_end(c);
+    if (x->rs != XRESP_CLOSED)
+        tunnel_check_end(x);
 }
 
-static void tunnel_from_upstream(conn_t *c)
+static void tunnel_from_upstream(exchange_t *x)
 {
-    up_conn_t *u = pr(c)->up;
-    if (!c->write_pending && u->rstart < u->rlen) {
+    up_conn_t *u = pr(x)->up;
+    if (!x->write_pending && u->rstart < u->rlen) {
         uv_buf_t b = uv_buf_init(u->rbuf + u->rstart, (unsigned)(u->rlen - u->rstart));
-        int r = conn_write(c, &b, 1);
+        int r = exchange_write(x, &b, 1);
         if (r < 0) {
-            conn_close(c);
+            exchange_close(x);
             return;
         }
         u->rstart = u->rlen;
         if (r == 1)
             u->rstart = u->rlen = 0;
     }
-    if (c->state == CONN_S_TUNNEL) {
-        update_up_reading(c);
-        tunnel_check_end(c);
+    if (x->rs == XRESP_TUNNEL) {
+        update_up_reading(x);
+        tunnel_check_end(x);
     }
 }
 
@@ -880,36 +878,36 @@ static void tunnel_from_upstream(conn_t *c)
  * whether it is still there: a tunnel has no idle timeout of its own. */
 #define PROXY_TUNNEL_KEEPALIVE_S 30
 
-static void start_tunnel(conn_t *c)
+static void start_tunnel(exchange_t *x)
 {
-    proxy_req_t *q = pr(c);
-    conn_access_log(c);
-    conn_set_state(c, CONN_S_TUNNEL);
-    uv_tcp_keepalive(&c->tcp, 1, PROXY_TUNNEL_KEEPALIVE_S);
+    proxy_req_t *q = pr(x);
+    exchange_access_log(x);
+    exchange_resp_to(x, XRESP_TUNNEL);
+    x->xport->keepalive(x, PROXY_TUNNEL_KEEPALIVE_S);
     uv_tcp_keepalive(&q->up->tcp, 1, PROXY_TUNNEL_KEEPALIVE_S);
     /* the head is relayed; what follows either head is the new protocol */
     uv_timer_stop(&q->up->timer);
-    c->head_end = 0;
-    tunnel_from_upstream(c);
-    if (c->state == CONN_S_TUNNEL)
-        proxy_tunnel_from_client(c);
-    if (c->state == CONN_S_TUNNEL) {
-        conn_update_reading(c);
-        conn_arm_timer(c);
+    x->head_end = 0;
+    tunnel_from_upstream(x);
+    if (x->rs == XRESP_TUNNEL)
+        proxy_tunnel_from_client(x);
+    if (x->rs == XRESP_TUNNEL) {
+        exchange_update_reading(x);
+        exchange_arm_timer(x);
     }
 }
 
 /* ---- the handler -------------------------------------------------------- */
 
-static int proxy_body_blocked(const conn_t *c)
+static int proxy_body_blocked(const exchange_t *x)
 {
-    proxy_req_t *q = pr(c);
+    proxy_req_t *q = pr(x);
     return q->up != NULL && q->up->write_pending;
 }
 
-static const char *proxy_upstream(const conn_t *c)
+static const char *proxy_upstream(const exchange_t *x)
 {
-    proxy_req_t *q = pr(c);
+    proxy_req_t *q = pr(x);
     return q->pool != NULL ? q->pool->target->hostport : NULL;
 }
 

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "common.h"
-#include "conn.h"
+#include "exchange.h"
 #include "handlers.h"
 #include "json.h"
 
@@ -52,7 +52,7 @@ static uv_buf_t respond_content_type(const char *body, size_t len)
 }
 
 /* The answer of H (respond or redir; NULL: the empty 200). */
-static void answer(conn_t *c, const cfg_handler_t *h)
+static void answer(exchange_t *x, const cfg_handler_t *h)
 {
     char *extra = NULL;
     size_t elen = 0;
@@ -63,33 +63,33 @@ static void answer(conn_t *c, const cfg_handler_t *h)
     http_hdr_t own, *ownp = NULL;
     if (h != NULL && h->kind == CFG_H_RESPOND) {
         status = h->u.respond.status;
-        if (http_tmpl_expand(&h->u.respond.body, &c->vars, body, sizeof(body), &blen) < 0)
+        if (http_tmpl_expand(&h->u.respond.body, &x->vars, body, sizeof(body), &blen) < 0)
             blen = 0;
         if (h->u.respond.close)
-            c->keep_alive = 0;
+            x->keep_alive = 0;
         if (blen > 0) {
             own.name = uv_buf_init("Content-Type", 12);
             own.value = respond_content_type(body, blen);
             ownp = &own;
         }
     }
-    c->obuf = buf_get(&c->w->bufs);
-    extra = c->obuf;
+    x->obuf = buf_get(&x->w->bufs);
+    extra = x->obuf;
     /* the site's header ops apply to answers made here too, around
      * respond's Content-Type as in Caddy; one a deferred op deleted is
      * Go's sniffing in Caddy: plain text (http_build_simple) for all but
      * a few signatures (HTML, XML, PDF, images) psproxy does not sniff */
-    if (filter_head(c->route.filters, c->route.n_filters, &fh) < 0) {
-        conn_respond(c, 500, NULL, NULL, 0);
+    if (filter_head(x->route.filters, x->route.n_filters, &fh) < 0) {
+        exchange_respond(x, 500, NULL, NULL, 0);
         return;
     }
-    if (http_expand_ops(fh.ops, fh.n_ops, &c->vars, extra, c->w->bufs.size - 1, &elen, ownp) < 0)
+    if (http_expand_ops(fh.ops, fh.n_ops, &x->vars, extra, x->w->bufs.size - 1, &elen, ownp) < 0)
         elen = 0;
     if (h != NULL && h->kind == CFG_H_REDIR) {
         size_t start = elen;
         memcpy(extra + elen, "Location: ", 10);
         elen += 10;
-        if (http_tmpl_expand(&h->u.redir.to, &c->vars, extra, c->w->bufs.size - 3, &elen) < 0) {
+        if (http_tmpl_expand(&h->u.redir.to, &x->vars, extra, x->w->bufs.size - 3, &elen) < 0) {
             elen = start;
             status = 500;
         } else {
@@ -99,12 +99,12 @@ static void answer(conn_t *c, const cfg_handler_t *h)
         }
     }
     extra[elen] = '\0';
-    conn_respond(c, status, extra, body, blen);
+    exchange_respond(x, status, extra, body, blen);
 }
 
-static void respond_start(conn_t *c)
+static void respond_start(exchange_t *x)
 {
-    answer(c, c->route.handler);
+    answer(x, x->route.handler);
 }
 
 const handler_ops_t respond_handler = {

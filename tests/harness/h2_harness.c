@@ -1,7 +1,7 @@
 /* The in-process HTTP/2 session of h2_harness.h: the h2_host_ops_t of a
  * parent connection with no socket and of a recording exchange per stream,
- * and a reader of the server's frames. h2.c sees conn_t only through the
- * ops, so the harness has a conn of its own. */
+ * and a reader of the server's frames. h2.c sees exchange_t only through the
+ * ops, so the harness has a conn and exchanges of its own. */
 #include "h2_harness.h"
 
 #include <nghttp2/nghttp2.h>
@@ -16,15 +16,15 @@
 
 enum hconn_state { H_READ_HEAD, H_PROXY, H_RESPOND, H_CLOSING };
 
-/* The parent connection, or a stream's exchange with the harness's record
- * of it. */
-struct conn {
+/* The parent connection's state, or a stream's exchange with the
+ * harness's record of it. */
+struct exchange {
     int state; /* enum hconn_state */
     uint64_t id;
     h2_stream_t *s; /* streams only */
     h2h_stream_t *rec;
-    conn_t *next_live; /* streams not yet closed */
-    conn_t *next_dead;
+    exchange_t *next_live; /* streams not yet closed */
+    exchange_t *next_dead;
     http_head_t req;
     char *rbuf;
     size_t rstart, rlen;
@@ -35,6 +35,11 @@ struct conn {
     http_vars_t vars;
 };
 
+/* The parent: h2.c sees it only through the ops. */
+struct conn {
+    exchange_t x;
+};
+
 struct h2h {
     worker_t w;
     h2_session_t *h;
@@ -42,8 +47,8 @@ struct h2h {
     const uint8_t *in; /* the read being handed over (h_read) */
     size_t in_len;
     h2h_stream_t *streams, **tail;
-    conn_t *live; /* stream exchanges not closed yet */
-    conn_t *dead; /* closed ones, freed once the loop ran (as conn.c does) */
+    exchange_t *live; /* stream exchanges not closed yet */
+    exchange_t *dead; /* closed ones, freed once the loop ran (as conn.c does) */
     uint64_t next_id;
     /* the server's frames */
     h2h_bytes_t out;
@@ -92,17 +97,17 @@ static void rec_put(h2h_stream_t *r, const void *p, size_t n)
 
 /* ---- the exchange a stream runs (conn.c and proxy.c, in brief) ---------- */
 
-static void h_close(conn_t *c);
+static void h_close(exchange_t *c);
 
 static int on_headers_complete(llhttp_t *p)
 {
-    conn_t *c = container_of(p, conn_t, req.parser);
+    exchange_t *c = container_of(p, exchange_t, req.parser);
     c->head_done = 1;
     return HPE_PAUSED;
 }
 
 /* The answer the upstream (or psproxy itself) gives: STATUS and "ok". */
-static void respond(conn_t *sc, int status)
+static void respond(exchange_t *sc, int status)
 {
     buf_pool_t *bufs = &cur->w.bufs;
     if (sc->hbuf == NULL)
@@ -117,14 +122,14 @@ static void respond(conn_t *sc, int status)
         h2_stream_end(sc->s);
 }
 
-static void answer_here(conn_t *sc, int status)
+static void answer_here(exchange_t *sc, int status)
 {
     sc->rec->answered = status;
     sc->state = H_RESPOND; /* what is left of the body is dropped */
     respond(sc, status);
 }
 
-static void up_body(conn_t *sc, const char *p, size_t n)
+static void up_body(exchange_t *sc, const char *p, size_t n)
 {
     h2h_stream_t *r = sc->rec;
     if (n == 0)
@@ -138,11 +143,11 @@ static void up_body(conn_t *sc, const char *p, size_t n)
         rec_put(r, "\r\n", 2);
 }
 
-static conn_t *h_stream_open(conn_t *parent, h2_stream_t *s)
+static exchange_t *h_stream_open(conn_t *parent, h2_stream_t *s)
 {
     h2h_t *t = cur;
     (void)parent;
-    conn_t *c = calloc(1, sizeof(*c));
+    exchange_t *c = calloc(1, sizeof(*c));
     h2h_stream_t *r = calloc(1, sizeof(*r));
     if (c == NULL || r == NULL)
         abort();
@@ -159,9 +164,9 @@ static conn_t *h_stream_open(conn_t *parent, h2_stream_t *s)
     return c;
 }
 
-static void h_process(conn_t *sc);
+static void h_process(exchange_t *sc);
 
-static void h_stream_head(conn_t *sc, char *head, int len)
+static void h_stream_head(exchange_t *sc, char *head, int len)
 {
     h2h_stream_t *r = sc->rec;
     r->id = h2_stream_id(sc->s);
@@ -216,7 +221,7 @@ static void h_stream_head(conn_t *sc, char *head, int len)
 /* The body bytes in the stream's buffer go up (as stream_body and
  * proxy_pump_request take them), the buffer's room goes back to the
  * window; round again while the spill refills it. */
-static void h_process(conn_t *sc)
+static void h_process(exchange_t *sc)
 {
     if (sc->in_process)
         return;
@@ -254,7 +259,7 @@ static void h_process(conn_t *sc)
     sc->in_process = 0;
 }
 
-static void h_close(conn_t *c)
+static void h_close(exchange_t *c)
 {
     if (c->state == H_CLOSING)
         return;
@@ -265,7 +270,7 @@ static void h_close(conn_t *c)
         return;
     }
     h2_stream_detach(c->s);
-    for (conn_t **p = &cur->live; *p != NULL; p = &(*p)->next_live)
+    for (exchange_t **p = &cur->live; *p != NULL; p = &(*p)->next_live)
         if (*p == c) {
             *p = c->next_live;
             break;
@@ -275,8 +280,9 @@ static void h_close(conn_t *c)
 }
 
 /* The "decrypted" plaintext of the read in hand, as much as fits. */
-static uv_buf_t h_read(conn_t *c, size_t *added)
+static uv_buf_t h_read(conn_t *pc, size_t *added)
 {
+    exchange_t *c = &pc->x;
     h2h_t *t = cur;
     buf_pool_t *bufs = &t->w.bufs;
     *added = 0;
@@ -297,7 +303,7 @@ static uv_buf_t h_read(conn_t *c, size_t *added)
 
 static void h_consume(conn_t *c)
 {
-    c->rlen = 0;
+    c->x.rlen = 0;
 }
 
 static void read_output(h2h_t *t);
@@ -322,7 +328,7 @@ static void h_arm_timer(conn_t *c)
     (void)c; /* no clocks here: a test decides what happens next */
 }
 
-static ssize_t h_stream_body(conn_t *sc, const char *data, size_t len)
+static ssize_t h_stream_body(exchange_t *sc, const char *data, size_t len)
 {
     if (sc->state == H_RESPOND || sc->state == H_CLOSING)
         return -1;
@@ -338,20 +344,25 @@ static ssize_t h_stream_body(conn_t *sc, const char *data, size_t len)
     return (ssize_t)fit;
 }
 
-static size_t h_stream_buffered(const conn_t *sc)
+static size_t h_stream_buffered(const exchange_t *sc)
 {
     return sc->rlen;
 }
 
-static void h_stream_input(conn_t *sc)
+static void h_stream_input(exchange_t *sc)
 {
     if (sc->state != H_CLOSING)
         h_process(sc);
 }
 
-static void h_stream_written(conn_t *sc)
+static void h_stream_written(exchange_t *sc)
 {
     h2_stream_end(sc->s);
+}
+
+static void h_close_parent(conn_t *c)
+{
+    h_close(&c->x);
 }
 
 static const h2_host_ops_t harness_ops = {
@@ -360,7 +371,7 @@ static const h2_host_ops_t harness_ops = {
     .write = h_write,
     .writing = h_never,
     .ended = h_never,
-    .close = h_close,
+    .close = h_close_parent,
     .arm_timer = h_arm_timer,
     .stream_open = h_stream_open,
     .stream_head = h_stream_head,
@@ -469,7 +480,7 @@ static void free_dead(h2h_t *t)
 {
     buf_pool_t *bufs = &t->w.bufs;
     while (t->dead != NULL) {
-        conn_t *c = t->dead;
+        exchange_t *c = t->dead;
         t->dead = c->next_dead;
         buf_put(bufs, c->rbuf);
         buf_put(bufs, c->hbuf);
@@ -503,8 +514,8 @@ h2h_t *h2h_new(size_t max_header_size)
     size_t size = (max_header_size + 4096 + 4095) & ~(size_t)4095; /* worker_buffer_size's */
     buf_pool_init(&t->w.bufs, size < 16384 ? 16384 : size, 16);
     buf_pool_init(&t->w.tables, HTTP_HDR_TABLE_SIZE, 16);
-    t->parent.id = ++t->next_id;
-    h2_host_t host = {&harness_ops, &t->w, max_header_size, t->parent.id, "192.0.2.1"};
+    t->parent.x.id = ++t->next_id;
+    h2_host_t host = {&harness_ops, &t->w, max_header_size, t->parent.x.id, "192.0.2.1"};
     t->h = h2_session_new(&t->parent, &host);
     if (t->h == NULL)
         abort();
@@ -523,7 +534,7 @@ void h2h_read(h2h_t *t, const void *p, size_t n)
         t->in_len = 0;
         /* a stream's id is known once nghttp2 opened it: before anything
          * (a reset) about it is sent */
-        for (conn_t *c = t->live; c != NULL; c = c->next_live)
+        for (exchange_t *c = t->live; c != NULL; c = c->next_live)
             if (c->rec->id == 0)
                 c->rec->id = h2_stream_id(c->s);
     }
@@ -551,12 +562,12 @@ int h2h_goaway(h2h_t *t)
 void h2h_free(h2h_t *t)
 {
     cur = t;
-    h_close(&t->parent);
+    h_close(&t->parent.x);
     run_loop(t);
     uv_run(&t->w.loop, UV_RUN_DEFAULT); /* the session's idle handle closes */
     if (uv_loop_close(&t->w.loop) != 0)
         abort(); /* a handle the session left open */
-    buf_put(&t->w.bufs, t->parent.rbuf);
+    buf_put(&t->w.bufs, t->parent.x.rbuf);
     while (t->streams != NULL) {
         h2h_stream_t *s = t->streams;
         t->streams = s->next;

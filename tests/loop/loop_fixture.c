@@ -943,7 +943,7 @@ static int up_sockets(lt_t *t, struct up_sockets *us)
 static int client_write_pending(lt_t *t)
 {
     for (conn_t *c = t->w.conns; c != NULL; c = c->next)
-        if (c->state == CONN_S_PROXY && c->write_pending)
+        if (c->state == CONN_S_EXCHANGE && c->x.rs == XRESP_RELAY && c->x.write_pending)
             return 1;
     return 0;
 }
