@@ -1,6 +1,11 @@
 /* PostgreSQL on a libuv loop: libpq's asynchronous calls woken by a uv_poll
  * on PQsocket, one uv_timer for the attempt deadline and the back-off, and
- * uv_getaddrinfo for the host name, so no call waits on the network. */
+ * uv_getaddrinfo for the host name, so no call waits on the network.
+ *
+ * About 1,000 lines because it is one state machine (resolve, connect
+ * through every address, TLS, LISTEN, up, down with back-off) whose
+ * socket, query queue and states must change together; split by step, each
+ * part would reach into the others' fields. */
 #include "pg.h"
 
 #include <arpa/inet.h>
