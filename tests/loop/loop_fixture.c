@@ -977,6 +977,15 @@ int lt_proxy_client_write_pending(lt_t *t)
     return client_waits_with_upstream(t, 1);
 }
 
+int lt_proxy_upstream_read_stopped(lt_t *t)
+{
+    struct up_sockets us;
+    for (int i = 0; i < up_sockets(t, &us); i++)
+        if (us.found[i]->read_cb == NULL)
+            return 1;
+    return 0;
+}
+
 /* No upstream connection of the proxy has unread bytes in its socket:
  * LT_FEED's next piece waits for it, so what is in flight stays small. */
 static int proxy_has_read_all(lt_t *t)

@@ -232,6 +232,10 @@ int lt_proxy_holds_upstream(lt_t *t);
  * reads the upstream (its buffer has room). */
 int lt_proxy_client_write_pending(lt_t *t);
 
+/* An upstream connection of the proxy is not being read, whichever
+ * protocol its client speaks (an HTTP/2 stream's exchange holds one too). */
+int lt_proxy_upstream_read_stopped(lt_t *t);
+
 /* Milliseconds since lt_start, in loop time (uv_now). */
 uint64_t lt_now(lt_t *t);
 

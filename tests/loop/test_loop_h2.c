@@ -93,8 +93,9 @@ static void tmp_cert_remove(tmp_cert_t *tc)
 typedef struct h2c_stream {
     int32_t id;
     int status;
-    char body[256];
+    char body[256];    /* the first bytes of the response body */
     size_t body_len;
+    uint64_t received; /* response body bytes */
     size_t sent;       /* request body bytes sent */
     int answered;      /* the response ended (END_STREAM from the server) */
     int reset_by_peer; /* the server sent RST_STREAM */
@@ -104,12 +105,14 @@ typedef struct h2c_stream {
  * With WHEN, BODY goes at once and the stream stays open until WHEN(t)
  * holds; then REST follows with END_STREAM or, RESET set, the client
  * resets the stream (RST_STREAM CANCEL) instead. The content-length counts
- * BODY and REST. */
+ * BODY and REST. STALL: the client never gives back the stream's window, as
+ * if it did not read the response (the connection's it gives back). */
 typedef struct h2c_req {
     const char *method, *path, *body;
     int (*when)(lt_t *t);
     const char *rest;
     int reset;
+    int stall;
 } h2c_req_t;
 
 /* One connection: ciphertext through memory BIOs, frames through nghttp2.
@@ -201,15 +204,35 @@ static int on_ng_header(nghttp2_session *s, const nghttp2_frame *frame, const ui
     return 0;
 }
 
+/* The index of stream ID in the plan, or -1. */
+static int h2c_index(h2c_t *h, int32_t id)
+{
+    for (int i = 0; i < h->n_streams; i++)
+        if (h->streams[i].id == id)
+            return i;
+    return -1;
+}
+
 static int on_ng_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data,
                       size_t len, void *arg)
 {
-    h2c_stream_t *st = h2c_stream(arg, id);
-    if (st != NULL && st->body_len + len < sizeof(st->body)) {
-        memcpy(st->body + st->body_len, data, len);
-        st->body_len += len;
+    h2c_t *h = arg;
+    int i = h2c_index(h, id);
+    if (i >= 0) {
+        h2c_stream_t *st = &h->streams[i];
+        size_t k = sizeof(st->body) - st->body_len;
+        if (k > len)
+            k = len;
+        memcpy(st->body + st->body_len, data, k);
+        st->body_len += k;
+        st->received += len;
     }
-    (void)s, (void)flags;
+    /* the window goes back as the bytes are read, the stream's unless it stalls */
+    if (i >= 0 && h->plan[i].stall)
+        nghttp2_session_consume_connection(s, len);
+    else
+        nghttp2_session_consume(s, id, len);
+    (void)flags;
     return 0;
 }
 
@@ -229,7 +252,11 @@ static int on_ng_stream_close(nghttp2_session *s, int32_t id, uint32_t error, vo
 {
     h2c_t *h = arg;
     h2c_stream_t *st = h2c_stream(h, id);
-    if (st != NULL) {
+    if (st != NULL && st->received > st->body_len) {
+        lt_event(h->t, "c0: stream %d: %d [%llu bytes] (error %u)", id, st->status,
+                 (unsigned long long)st->received, error);
+        h->n_closed++;
+    } else if (st != NULL) {
         lt_event(h->t, "c0: stream %d: %d \"%.*s\" (error %u)", id, st->status, (int)st->body_len,
                  st->body, error);
         h->n_closed++;
@@ -303,7 +330,11 @@ static void h2c_start_session(h2c_t *h)
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_ng_data);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_ng_frame_recv);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_ng_stream_close);
-    nghttp2_session_client_new(&h->ng, cbs, h);
+    nghttp2_option *opt;
+    nghttp2_option_new(&opt);
+    nghttp2_option_set_no_auto_window_update(opt, 1); /* on_ng_data gives it back */
+    nghttp2_session_client_new2(&h->ng, cbs, h, opt);
+    nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cbs);
     nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, NULL, 0);
     h2c_submit_next(h);
@@ -479,7 +510,8 @@ static tls_server_t *tls_for(const tmp_cert_t *tc, certs_t **store)
 }
 
 /* A worker serving https://localhost with a fresh certificate, proxying
- * to the scripted upstream after the site's directives SITE. */
+ * to the scripted upstream after the site's directives SITE; GLOBAL: more
+ * global options. */
 typedef struct h2_env {
     tmp_cert_t tc;
     certs_t *store;
@@ -488,7 +520,7 @@ typedef struct h2_env {
     h2c_t h;
 } h2_env_t;
 
-static int h2_env_start(h2_env_t *e, const char *site)
+static int h2_env_start(h2_env_t *e, const char *global, const char *site)
 {
     memset(e, 0, sizeof(*e));
     if (tmp_cert_make(&e->tc) != 0) {
@@ -502,6 +534,7 @@ static int h2_env_start(h2_env_t *e, const char *site)
              "\tadmin off\n"
              "\tauto_https disable_redirects\n"
              "\tgrace_period 500ms\n"
+             "%s"
              "}\n"
              "\n"
              "https://localhost:@PORT@ {\n"
@@ -509,7 +542,7 @@ static int h2_env_start(h2_env_t *e, const char *site)
              "%s"
              "\treverse_proxy 127.0.0.1:@UP@\n"
              "}\n",
-             e->tc.cert, e->tc.key, site);
+             global, e->tc.cert, e->tc.key, site);
     e->tls = tls_for(&e->tc, &e->store);
     if (e->tls == NULL || lt_start_tls(&e->t, conf, e->tls) != 0) {
         tls_server_free(e->tls);
@@ -544,7 +577,7 @@ TEST(h2_get_then_post_reach_the_upstream_as_http1)
         {.method = "POST", .path = "/post", .body = "hello world"},
     };
     h2_env_t e;
-    if (h2_env_start(&e, "") != 0) {
+    if (h2_env_start(&e, "", "") != 0) {
         CHECK(!"h2_env_start");
         return;
     }
@@ -593,7 +626,7 @@ TEST(h2_upstream_closing_mid_body_resets_the_stream_not_the_connection)
         {.method = "GET", .path = "/next"},
     };
     h2_env_t e;
-    if (h2_env_start(&e, "") != 0) {
+    if (h2_env_start(&e, "", "") != 0) {
         CHECK(!"h2_env_start");
         return;
     }
@@ -664,7 +697,7 @@ TEST(h2_local_answer_drops_the_body_still_coming_and_the_session_goes_on)
         {.method = "GET", .path = "/next"},
     };
     h2_env_t e;
-    if (h2_env_start(&e, "\trespond /local \"here\" 201\n") != 0) {
+    if (h2_env_start(&e, "", "\trespond /local \"here\" 201\n") != 0) {
         CHECK(!"h2_env_start");
         return;
     }
@@ -719,7 +752,7 @@ TEST(h2_client_reset_mid_body_closes_the_upstream_not_the_session)
         {.method = "GET", .path = "/next"},
     };
     h2_env_t e;
-    if (h2_env_start(&e, "") != 0) {
+    if (h2_env_start(&e, "", "") != 0) {
         CHECK(!"h2_env_start");
         return;
     }
@@ -752,6 +785,68 @@ TEST(h2_client_reset_mid_body_closes_the_upstream_not_the_session)
              t->port, t->port);
     CHECK_STR(lt_rx(t->n_ups > 0 ? t->ups[0] : NULL), want_up);
     CHECK_INT(t->n_ups, 2);
+    h2_env_end(&e);
+}
+
+/* 64 MiB: more than the kernel buffers between upstream and proxy hold */
+#define FLOOD_LEN (64u << 20)
+#define WRITE_MS 400
+
+/* The client does not read one stream's response (its window stays shut):
+ * psproxy's write on that stream stays pending, it stops reading the
+ * upstream, and the stream's own write clock ends the exchange: the stream
+ * is reset, its upstream connection closed. The session, whose window the
+ * client keeps open, goes on with the next stream. */
+TEST(h2_stream_not_read_is_reset_after_write_and_its_upstream_closed)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 67108864\r\n\r\n"),
+        LT_FLOOD(FLOOD_LEN),
+        LT_WAIT(lt_proxy_upstream_read_stopped),
+        LT_NOTE("held"),
+        LT_EOF(),
+        LT_END(),
+    };
+    static const lt_step_t up1[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        LT_END(),
+    };
+    static const h2c_req_t plan[] = {
+        {.method = "GET", .path = "/big", .stall = 1},
+        {.method = "GET", .path = "/next"},
+    };
+    h2_env_t e;
+    if (h2_env_start(&e, "\tservers {\n\t\ttimeouts {\n\t\t\twrite 400ms\n\t\t}\n\t}\n", "") != 0) {
+        CHECK(!"h2_env_start");
+        return;
+    }
+    lt_t *t = &e.t;
+    lt_upstream(t, 0, up0);
+    lt_upstream(t, 1, up1);
+    CHECK_INT(h2c_start(&e.h, t, e.tc.cert, plan, 2), 0);
+    CHECK_INT(lt_run(t), 0);
+    /* psproxy's socket to u0 still holds unread bytes: its close is a reset */
+    CHECK_STR(lt_events(t, "u0"), "u0: accept\n"
+                                  "u0: GET /big\n"
+                                  "u0: held\n"
+                                  "u0: reset\n");
+    /* the stream got exactly its window, then RST_STREAM */
+    char want[256];
+    snprintf(want, sizeof(want),
+             "c0: tls h2\n"
+             "c0: stream 1: 200 [65535 bytes] (error %d)\n"
+             "u1: accept\n"
+             "u1: GET /next\n"
+             "c0: stream 3: 200 \"ok\" (error 0)\n",
+             NGHTTP2_INTERNAL_ERROR);
+    CHECK_STR(lt_events(t, "c u1"), want);
+    CHECK_INT(e.h.streams[0].reset_by_peer, 1);
+    /* the write clock starts when a write goes pending, after the request */
+    int64_t waited = lt_time(t, "c0: stream 1") - lt_time(t, "c0: tls h2");
+    CHECK(waited >= WRITE_MS);
+    CHECK(waited < WRITE_MS + 1000);
     h2_env_end(&e);
 }
 
