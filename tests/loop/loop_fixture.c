@@ -317,7 +317,8 @@ static const char *step_name(int op)
 {
     static const char *const names[] = {
         "end",      "write", "flood", "feed",      "read_head",  "read",     "read_to", "head",
-        "response", "eof",   "wait",  "read_stop", "read_start", "shutdown", "close",   "done"};
+        "response", "eof",   "wait",  "read_stop", "read_start", "shutdown", "close",   "done",
+        "note"};
     return op >= 0 && op < (int)PS_ARRAY_SIZE(names) ? names[op] : "?";
 }
 
@@ -478,6 +479,9 @@ static void peer_run(lt_peer_t *p)
             p->pc++;
             lt_finish(t);
             return;
+        case LT_OP_NOTE:
+            lt_event(t, "%s: %s", p->name, s->s);
+            break;
         }
         p->pc++;
     }
@@ -650,6 +654,8 @@ lt_peer_t *lt_client(lt_t *t, const lt_step_t *script)
 /* LT_WAIT steps may wait on anything: ask before and after every poll. */
 static void poll_waits(lt_t *t)
 {
+    if (t->on_poll != NULL && !t->finished)
+        t->on_poll(t);
     for (int i = 0; i < t->n_clients && !t->finished; i++)
         peer_run(t->clients[i]);
     for (int i = 0; i < t->n_ups && !t->finished; i++)
@@ -969,6 +975,15 @@ int lt_proxy_holds_upstream(lt_t *t)
 int lt_proxy_client_write_pending(lt_t *t)
 {
     return client_waits_with_upstream(t, 1);
+}
+
+int lt_proxy_upstream_read_stopped(lt_t *t)
+{
+    struct up_sockets us;
+    for (int i = 0; i < up_sockets(t, &us); i++)
+        if (us.found[i]->read_cb == NULL)
+            return 1;
+    return 0;
 }
 
 /* No upstream connection of the proxy has unread bytes in its socket:

@@ -16,13 +16,13 @@
  *     lt_end(&t);
  *
  * Events: "uN: accept", "uN: GET /a" (a head read), "uN: body \"...\"" (a
- * read step's bytes), "uN: close" (its script closed it), "uN: eof" (the
- * proxy closed it); "cN: 200" (a response head), "cN: body \"...\"" (the
- * response ended), "cN: eof [mid-head | mid-body [K bytes]]". Bytes are
- * quoted up to 48 (\r \n escaped), counted beyond. Only what one loop
- * iteration cannot reorder belongs in one expected sequence; compare the
- * peers apart (lt_events(&t, "u"), (&t, "c")) where two events are only
- * simultaneous. */
+ * read step's bytes), "uN: close" (its script closed it), "uN: eof" or
+ * "uN: reset" (the proxy closed it); "cN: 200" (a response head), "cN: body
+ * \"...\"" (the response ended), "cN: eof [mid-head | mid-body [K bytes]]";
+ * "uN: <text>" or "cN: <text>" (an LT_NOTE). Bytes are quoted up to 48 (\r \n
+ * escaped), counted beyond. Only what one loop iteration cannot reorder
+ * belongs in one expected sequence; compare the peers apart
+ * (lt_events(&t, "u"), (&t, "c")) where two events are only simultaneous. */
 #ifndef PS_LOOP_FIXTURE_H
 #define PS_LOOP_FIXTURE_H
 
@@ -67,6 +67,7 @@ enum lt_op {
     LT_OP_SHUTDOWN, /* half-closes our side */
     LT_OP_CLOSE,    /* closes the connection; logged */
     LT_OP_DONE,     /* the scenario is over: everything is torn down */
+    LT_OP_NOTE,     /* logs "<name>: S" and goes on: marks where a wait ended */
 };
 
 typedef struct lt_step {
@@ -94,6 +95,7 @@ typedef struct lt_step {
 #define LT_SHUTDOWN() {LT_OP_SHUTDOWN, NULL, 0, NULL, NULL}
 #define LT_CLOSE() {LT_OP_CLOSE, NULL, 0, NULL, NULL}
 #define LT_DONE() {LT_OP_DONE, NULL, 0, NULL, NULL}
+#define LT_NOTE(str) {LT_OP_NOTE, (str), sizeof(str) - 1, NULL, NULL}
 /* clang-format on */
 
 /* One side of a loopback connection: an upstream connection the scripted
@@ -147,6 +149,8 @@ struct lt {
     void *data; /* the test's */
     /* the test's own handles close here (lt_finish, from LT_DONE or the guard) */
     void (*on_finish)(lt_t *t);
+    /* the test's own waits: asked before and after every poll, as LT_WAIT is */
+    void (*on_poll)(lt_t *t);
     worker_t w;
     cfg_t *cfg;
     alog_t alog;
@@ -227,6 +231,10 @@ int lt_proxy_holds_upstream(lt_t *t);
  * client is pending (the client's socket takes no more), and it still
  * reads the upstream (its buffer has room). */
 int lt_proxy_client_write_pending(lt_t *t);
+
+/* An upstream connection of the proxy is not being read, whichever
+ * protocol its client speaks (an HTTP/2 stream's exchange holds one too). */
+int lt_proxy_upstream_read_stopped(lt_t *t);
 
 /* Milliseconds since lt_start, in loop time (uv_now). */
 uint64_t lt_now(lt_t *t);

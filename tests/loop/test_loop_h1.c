@@ -8,9 +8,10 @@
 
 #include "test.h"
 
-/* The proxy under test; READ_HEADER, READ_BODY and RESPONSE_HEADER are the
- * timeouts the scenarios meet (small, so a timeout test stays fast). */
-#define CONF_WITH(READ_HEADER, READ_BODY, RESPONSE_HEADER)                                         \
+/* The proxy under test; READ_HEADER, READ_BODY, WRITE and RESPONSE_HEADER
+ * are the timeouts the scenarios meet (small, so a timeout test stays
+ * fast). */
+#define GLOBAL_WITH(READ_HEADER, READ_BODY, WRITE)                                                 \
     "{\n"                                                                                          \
     "\tadmin off\n"                                                                                \
     "\tgrace_period 500ms\n"                                                                       \
@@ -18,24 +19,41 @@
     "\t\ttimeouts {\n"                                                                             \
     "\t\t\tread_header " READ_HEADER "\n"                                                          \
     "\t\t\tread_body " READ_BODY "\n"                                                              \
-    "\t\t\twrite 2s\n"                                                                             \
+    "\t\t\twrite " WRITE "\n"                                                                      \
     "\t\t\tidle 2s\n"                                                                              \
     "\t\t}\n"                                                                                      \
     "\t}\n"                                                                                        \
     "}\n"                                                                                          \
-    "\n"                                                                                           \
-    "http://:@PORT@ {\n"                                                                           \
+    "\n"
+#define PROXY_WITH(RESPONSE_HEADER)                                                                \
     "\treverse_proxy 127.0.0.1:@UP@ {\n"                                                           \
     "\t\ttransport http {\n"                                                                       \
     "\t\t\tdial_timeout 1s\n"                                                                      \
     "\t\t\tresponse_header_timeout " RESPONSE_HEADER "\n"                                          \
     "\t\t}\n"                                                                                      \
-    "\t}\n"                                                                                        \
-    "}\n"
-#define CONF CONF_WITH("1s", "200ms", "200ms")
+    "\t}\n"
+#define CONF_WITH(READ_HEADER, READ_BODY, WRITE, RESPONSE_HEADER)                                  \
+    GLOBAL_WITH(READ_HEADER, READ_BODY, WRITE)                                                     \
+    "http://:@PORT@ {\n" PROXY_WITH(RESPONSE_HEADER) "}\n"
+#define CONF CONF_WITH("1s", "200ms", "2s", "200ms")
 #define READ_BODY_MS 200
 #define RESPONSE_HEADER_MS 200
 #define READ_HEADER_SHORT_MS 150
+#define WRITE_SHORT_MS 400 /* apart from the others, so the timing says which fired */
+
+/* One site, two handlers: /local is answered here, the rest proxied. */
+#define CONF_LOCAL                                                                                 \
+    GLOBAL_WITH("1s", "200ms", "2s")                                                               \
+    "http://:@PORT@ {\n"                                                                           \
+    "\trespond /local \"here\" 201\n" PROXY_WITH("200ms") "}\n"
+
+/* respond's answer to /local on a connection that goes on, or ends. */
+#define LOCAL_201                                                                                  \
+    "HTTP/1.1 201 Created\r\nContent-Type: text/plain; charset=utf-8\r\n"                          \
+    "Content-Length: 4\r\n\r\nhere"
+#define LOCAL_201_CLOSE                                                                            \
+    "HTTP/1.1 201 Created\r\nContent-Type: text/plain; charset=utf-8\r\n"                          \
+    "Content-Length: 4\r\nConnection: close\r\n\r\nhere"
 
 /* What psproxy adds to every request it sends up from 127.0.0.1. */
 #define FWD "X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n"
@@ -54,6 +72,23 @@ static int up0_has_hel(lt_t *t)
 static int up0_closed(lt_t *t)
 {
     return t->n_ups > 0 && t->ups[0]->closed;
+}
+
+/* What the upstream's connection number I received ("" when none). */
+static const char *up_rx(lt_t *t, int i)
+{
+    return lt_rx(i < t->n_ups ? t->ups[i] : NULL);
+}
+
+/* The proxy ended its upstream connection (EOF or reset). */
+static int up0_ended(lt_t *t)
+{
+    return t->n_ups > 0 && t->ups[0]->eof != 0;
+}
+
+static int up0_has_hello_chunk(lt_t *t)
+{
+    return t->n_ups > 0 && strstr(lt_rx(t->ups[0]), "5\r\nhello\r\n") != NULL;
 }
 
 /* ---- 1. exchanges ------------------------------------------------------- */
@@ -515,7 +550,7 @@ TEST(client_stalling_mid_head_gets_408_after_read_header)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF_WITH("150ms", "200ms", "200ms")) != 0) {
+    if (lt_start(&t, CONF_WITH("150ms", "200ms", "2s", "200ms")) != 0) {
         CHECK(!"lt_start");
         return;
     }
@@ -577,6 +612,280 @@ TEST(upstream_silent_past_response_header_timeout_is_504)
     CHECK(waited < RESPONSE_HEADER_MS + 1000);
     CHECK_STR(lt_rx(c), "HTTP/1.1 504 Gateway Timeout\r\nContent-Length: 0\r\n\r\n"
                         "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    lt_end(&t);
+}
+
+/* The client stops reading while a large response streams: psproxy's write
+ * to it stays pending and it stops reading the upstream (backpressure), so
+ * no upstream clock runs (proxy.c up_arm_timer) and the exchange's write
+ * clock is the one that ends it: the upstream connection and the client's
+ * close together, WRITE_SHORT_MS after the write went pending. */
+TEST(client_not_reading_is_closed_with_its_upstream_after_write)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 67108864\r\n\r\n"),
+        LT_FLOOD(FLOOD_LEN),
+        LT_WAIT(lt_proxy_holds_upstream),
+        LT_NOTE("held"),
+        LT_EOF(),
+        LT_END(),
+    };
+    static const lt_step_t client[] = {
+        LT_WRITE("GET /big HTTP/1.1\r\nHost: example.test\r\n\r\n"),
+        LT_HEAD(),
+        LT_READ_STOP(),
+        LT_WAIT(up0_ended),
+        LT_READ_START(),
+        LT_EOF(),
+        LT_DONE(),
+    };
+    lt_t t;
+    if (lt_start(&t, CONF_WITH("1s", "200ms", "400ms", "200ms")) != 0) {
+        CHECK(!"lt_start");
+        return;
+    }
+    lt_upstream(&t, 0, up0);
+    lt_peer_t *c = lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    /* the proxy's socket to the upstream still holds unread bytes: its
+     * close is a reset */
+    CHECK_STR(lt_events(&t, "u"), "u0: accept\n"
+                                  "u0: GET /big\n"
+                                  "u0: held\n"
+                                  "u0: reset\n");
+    /* the client gets what reached its socket before the close, then the
+     * end: a cut body, never a whole one */
+    char want[128];
+    snprintf(want, sizeof(want), "c0: 200\nc0: eof mid-body [%llu bytes]\n",
+             (unsigned long long)c->body_len);
+    CHECK_STR(lt_events(&t, "c"), want);
+    CHECK(c->body_len > 0 && c->body_len < FLOOD_LEN);
+    CHECK(c->pattern_ok);
+    /* the write clock starts when a write goes pending, after the request */
+    int64_t waited = lt_time(&t, "u0: reset") - (int64_t)c->t_writes[0];
+    CHECK(waited >= WRITE_SHORT_MS);
+    CHECK(waited < WRITE_SHORT_MS + 1000);
+    lt_end(&t);
+}
+
+/* ---- 4. one connection, several handlers -------------------------------- */
+
+/* The connection's one exchange serves each request in turn, whichever
+ * handler routing picks for it: pipelined requests wait in the buffer for
+ * the answer before theirs, a local answer between two proxied ones. */
+TEST(local_and_proxied_answers_share_one_keep_alive_connection_in_order)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"),
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nbb"),
+        LT_END(),
+    };
+    static const lt_step_t client[] = {
+        LT_WRITE("GET /a HTTP/1.1\r\nHost: example.test\r\n\r\n"
+                 "GET /local HTTP/1.1\r\nHost: example.test\r\n\r\n"
+                 "GET /b HTTP/1.1\r\nHost: example.test\r\n\r\n"),
+        LT_RESPONSE(),
+        LT_RESPONSE(),
+        LT_RESPONSE(),
+        LT_DONE(),
+    };
+    lt_t t;
+    if (lt_start(&t, CONF_LOCAL) != 0) {
+        CHECK(!"lt_start");
+        return;
+    }
+    lt_upstream(&t, 0, up0);
+    lt_peer_t *c = lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    /* the upstream's /b goes up in the same turn as the local answer goes
+     * out: the peers are compared apart */
+    CHECK_STR(lt_events(&t, "u"), "u0: accept\n"
+                                  "u0: GET /a\n"
+                                  "u0: GET /b\n");
+    CHECK_STR(lt_events(&t, "c"), "c0: 200\n"
+                                  "c0: body \"a\"\n"
+                                  "c0: 201\n"
+                                  "c0: body \"here\"\n"
+                                  "c0: 200\n"
+                                  "c0: body \"bb\"\n");
+    /* exactly the two proxied heads, on one pooled upstream connection */
+    CHECK_STR(up_rx(&t, 0), "GET /a HTTP/1.1\r\nHost: example.test\r\n" FWD FWD_HOST "\r\n"
+                               "GET /b HTTP/1.1\r\nHost: example.test\r\n" FWD FWD_HOST "\r\n");
+    CHECK_INT(t.n_ups, 1);
+    CHECK_STR(lt_rx(c), "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na" LOCAL_201
+                        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nbb");
+    CHECK_INT(c->eof, 0);
+    lt_end(&t);
+}
+
+/* A body sent to a local answer is read and dropped in place, with either
+ * framing: the request behind it is parsed from its first byte and
+ * proxied, and the connection goes on. */
+TEST(body_of_a_request_answered_here_is_dropped_and_the_connection_goes_on)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb"),
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nc"),
+        LT_END(),
+    };
+    static const lt_step_t client[] = {
+        LT_WRITE("POST /local HTTP/1.1\r\nHost: example.test\r\nContent-Length: 11\r\n\r\n"
+                 "hello world"
+                 "GET /b HTTP/1.1\r\nHost: example.test\r\n\r\n"),
+        LT_RESPONSE(),
+        LT_RESPONSE(),
+        LT_WRITE("POST /local HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 "5\r\nhello\r\n0\r\n\r\n"
+                 "GET /c HTTP/1.1\r\nHost: example.test\r\n\r\n"),
+        LT_RESPONSE(),
+        LT_RESPONSE(),
+        LT_DONE(),
+    };
+    lt_t t;
+    if (lt_start(&t, CONF_LOCAL) != 0) {
+        CHECK(!"lt_start");
+        return;
+    }
+    lt_upstream(&t, 0, up0);
+    lt_peer_t *c = lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    CHECK_STR(lt_events(&t, "u"), "u0: accept\n"
+                                  "u0: GET /b\n"
+                                  "u0: GET /c\n");
+    CHECK_STR(lt_events(&t, "c"), "c0: 201\n"
+                                  "c0: body \"here\"\n"
+                                  "c0: 200\n"
+                                  "c0: body \"b\"\n"
+                                  "c0: 201\n"
+                                  "c0: body \"here\"\n"
+                                  "c0: 200\n"
+                                  "c0: body \"c\"\n");
+    /* no byte of either body went up */
+    CHECK_STR(up_rx(&t, 0), "GET /b HTTP/1.1\r\nHost: example.test\r\n" FWD FWD_HOST "\r\n"
+                               "GET /c HTTP/1.1\r\nHost: example.test\r\n" FWD FWD_HOST "\r\n");
+    CHECK_INT(t.n_ups, 1);
+    CHECK_INT(c->eof, 0);
+    lt_end(&t);
+}
+
+/* A local answer to a request whose body is still coming cannot keep the
+ * connection (exchange_respond: only a request read whole does): the
+ * answer says so, and the connection ends after it while the rest of the
+ * body is drained. */
+TEST(body_still_coming_when_answered_here_ends_the_connection_after_the_answer)
+{
+    static const lt_step_t client[] = {
+        LT_WRITE("POST /local HTTP/1.1\r\nHost: example.test\r\nContent-Length: 11\r\n\r\n"
+                 "hello"),
+        LT_RESPONSE(),
+        LT_WRITE(" world"),
+        LT_EOF(),
+        LT_DONE(),
+    };
+    lt_t t;
+    if (lt_start(&t, CONF_LOCAL) != 0) {
+        CHECK(!"lt_start");
+        return;
+    }
+    lt_peer_t *c = lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    CHECK_STR(lt_events(&t, ""), "c0: 201\n"
+                                 "c0: body \"here\"\n"
+                                 "c0: eof\n");
+    CHECK_STR(lt_rx(c), LOCAL_201_CLOSE);
+    CHECK_INT(t.n_ups, 0);
+    lt_end(&t);
+}
+
+/* ---- 5. the request body breaks its framing ----------------------------- */
+
+/* A chunked body whose framing breaks after routing, while it streams up:
+ * the upstream got part of a request that can never be whole, so its
+ * connection is closed (never pooled); nothing of a response went out, so
+ * the client gets a 400 and its connection ends after it. */
+TEST(chunked_body_breaking_mid_body_is_400_and_closes_the_upstream)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_READ_TO("hello\r\n"),
+        LT_EOF(),
+        LT_END(),
+    };
+    static const lt_step_t client[] = {
+        LT_WRITE("POST /c HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 "5\r\nhello\r\n"),
+        LT_WAIT(up0_has_hello_chunk),
+        LT_WRITE("zz\r\nworld\r\n0\r\n\r\n"), /* not a chunk size */
+        LT_RESPONSE(),
+        LT_EOF(),
+        LT_DONE(),
+    };
+    lt_t t;
+    if (lt_start(&t, CONF) != 0) {
+        CHECK(!"lt_start");
+        return;
+    }
+    lt_upstream(&t, 0, up0);
+    lt_peer_t *c = lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    CHECK_STR(lt_events(&t, "u"), "u0: accept\n"
+                                  "u0: POST /c\n"
+                                  "u0: body \"5\\r\\nhello\\r\\n\"\n"
+                                  "u0: eof\n");
+    CHECK_STR(lt_events(&t, "c"), "c0: 400\n"
+                                  "c0: body \"\"\n"
+                                  "c0: eof\n");
+    CHECK_STR(lt_rx(c), "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
+                        "Connection: close\r\n\r\n");
+    /* not a byte of the broken part went up */
+    CHECK_STR(up_rx(&t, 0), "POST /c HTTP/1.1\r\nHost: example.test\r\n" FWD FWD_HOST
+                               "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+    CHECK_INT(t.n_ups, 1);
+    lt_end(&t);
+}
+
+/* The same once the upstream's answer began to reach the client: no 400
+ * can follow a response head, so both connections are cut, and the
+ * client's body ends short of its Content-Length. */
+TEST(chunked_body_breaking_after_the_response_began_closes_both_connections)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_READ_TO("hello\r\n"),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello"),
+        LT_EOF(),
+        LT_END(),
+    };
+    static const lt_step_t client[] = {
+        LT_WRITE("POST /c HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 "5\r\nhello\r\n"),
+        LT_HEAD(),
+        LT_WRITE("zz\r\nworld\r\n0\r\n\r\n"),
+        LT_EOF(),
+        LT_DONE(),
+    };
+    lt_t t;
+    if (lt_start(&t, CONF) != 0) {
+        CHECK(!"lt_start");
+        return;
+    }
+    lt_upstream(&t, 0, up0);
+    lt_peer_t *c = lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    CHECK_STR(lt_events(&t, "u"), "u0: accept\n"
+                                  "u0: POST /c\n"
+                                  "u0: body \"5\\r\\nhello\\r\\n\"\n"
+                                  "u0: eof\n");
+    CHECK_STR(lt_events(&t, "c"), "c0: 200\n"
+                                  "c0: eof mid-body [5 bytes]\n");
+    /* the request was not whole when the head went out: no keep-alive */
+    CHECK_STR(lt_rx(c), "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\n"
+                        "hello");
     lt_end(&t);
 }
 

@@ -93,13 +93,26 @@ static void tmp_cert_remove(tmp_cert_t *tc)
 typedef struct h2c_stream {
     int32_t id;
     int status;
-    char body[256];
+    char body[256];    /* the first bytes of the response body */
     size_t body_len;
+    uint64_t received; /* response body bytes */
+    size_t sent;       /* request body bytes sent */
+    int answered;      /* the response ended (END_STREAM from the server) */
+    int reset_by_peer; /* the server sent RST_STREAM */
 } h2c_stream_t;
 
-/* A request of the client's plan; BODY NULL: none (END_STREAM on HEADERS). */
+/* A request of the client's plan; BODY NULL: none (END_STREAM on HEADERS).
+ * With WHEN, BODY goes at once and the stream stays open until WHEN(t)
+ * holds; then REST follows with END_STREAM or, RESET set, the client
+ * resets the stream (RST_STREAM CANCEL) instead. The content-length counts
+ * BODY and REST. STALL: the client never gives back the stream's window, as
+ * if it did not read the response (the connection's it gives back). */
 typedef struct h2c_req {
     const char *method, *path, *body;
+    int (*when)(lt_t *t);
+    const char *rest;
+    int reset;
+    int stall;
 } h2c_req_t;
 
 /* One connection: ciphertext through memory BIOs, frames through nghttp2.
@@ -119,7 +132,9 @@ typedef struct h2c {
     int n_streams;
     const h2c_req_t *plan;
     int n_plan;
-    size_t body_off; /* of the request being sent */
+    size_t body_off; /* of the request being sent, in the part being sent */
+    int in_rest;     /* that part is its REST */
+    int waiting;     /* its body waits for its WHEN (the data source deferred) */
     char abuf[65536];
 } h2c_t;
 
@@ -189,15 +204,47 @@ static int on_ng_header(nghttp2_session *s, const nghttp2_frame *frame, const ui
     return 0;
 }
 
+/* The index of stream ID in the plan, or -1. */
+static int h2c_index(h2c_t *h, int32_t id)
+{
+    for (int i = 0; i < h->n_streams; i++)
+        if (h->streams[i].id == id)
+            return i;
+    return -1;
+}
+
 static int on_ng_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data,
                       size_t len, void *arg)
 {
-    h2c_stream_t *st = h2c_stream(arg, id);
-    if (st != NULL && st->body_len + len < sizeof(st->body)) {
-        memcpy(st->body + st->body_len, data, len);
-        st->body_len += len;
+    h2c_t *h = arg;
+    int i = h2c_index(h, id);
+    if (i >= 0) {
+        h2c_stream_t *st = &h->streams[i];
+        size_t k = sizeof(st->body) - st->body_len;
+        if (k > len)
+            k = len;
+        memcpy(st->body + st->body_len, data, k);
+        st->body_len += k;
+        st->received += len;
     }
-    (void)s, (void)flags;
+    /* the window goes back as the bytes are read, the stream's unless it stalls */
+    if (i >= 0 && h->plan[i].stall)
+        nghttp2_session_consume_connection(s, len);
+    else
+        nghttp2_session_consume(s, id, len);
+    (void)flags;
+    return 0;
+}
+
+static int on_ng_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *arg)
+{
+    h2c_stream_t *st = h2c_stream(arg, frame->hd.stream_id);
+    if (st != NULL && frame->hd.type == NGHTTP2_RST_STREAM)
+        st->reset_by_peer = 1;
+    else if (st != NULL && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
+             (frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA))
+        st->answered = 1;
+    (void)s;
     return 0;
 }
 
@@ -205,7 +252,11 @@ static int on_ng_stream_close(nghttp2_session *s, int32_t id, uint32_t error, vo
 {
     h2c_t *h = arg;
     h2c_stream_t *st = h2c_stream(h, id);
-    if (st != NULL) {
+    if (st != NULL && st->received > st->body_len) {
+        lt_event(h->t, "c0: stream %d: %d [%llu bytes] (error %u)", id, st->status,
+                 (unsigned long long)st->received, error);
+        h->n_closed++;
+    } else if (st != NULL) {
         lt_event(h->t, "c0: stream %d: %d \"%.*s\" (error %u)", id, st->status, (int)st->body_len,
                  st->body, error);
         h->n_closed++;
@@ -218,15 +269,25 @@ static ssize_t body_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
                          nghttp2_data_source *src, void *arg)
 {
     h2c_t *h = arg;
-    const char *body = ((const h2c_req_t *)src->ptr)->body;
-    size_t k = strlen(body) - h->body_off;
+    const h2c_req_t *r = src->ptr;
+    const char *part = h->in_rest ? r->rest : r->body;
+    size_t k = strlen(part) - h->body_off;
     if (k > len)
         k = len;
-    memcpy(buf, body + h->body_off, k);
+    memcpy(buf, part + h->body_off, k);
     h->body_off += k;
-    if (h->body_off == strlen(body))
-        *flags |= NGHTTP2_DATA_FLAG_EOF;
-    (void)s, (void)id;
+    h2c_stream_t *st = h2c_stream(h, id);
+    if (st != NULL)
+        st->sent += k;
+    if (h->body_off == strlen(part)) {
+        if (r->when == NULL || h->in_rest) {
+            *flags |= NGHTTP2_DATA_FLAG_EOF;
+        } else if (k == 0) {
+            h->waiting = 1; /* h2c_poll resumes it */
+            return NGHTTP2_ERR_DEFERRED;
+        }
+    }
+    (void)s;
     return (ssize_t)k;
 }
 
@@ -241,11 +302,13 @@ static void h2c_submit_next(h2c_t *h)
     const h2c_req_t *r = &h->plan[h->n_streams];
     char authority[32], len[24];
     snprintf(authority, sizeof(authority), "localhost:%d", h->t->port);
-    snprintf(len, sizeof(len), "%zu", r->body != NULL ? strlen(r->body) : 0);
+    snprintf(len, sizeof(len), "%zu",
+             (r->body != NULL ? strlen(r->body) : 0) + (r->rest != NULL ? strlen(r->rest) : 0));
     nghttp2_nv nv[] = {NV(":method", r->method), NV(":scheme", "https"), NV(":path", r->path),
                        NV(":authority", authority), NV("content-length", len)};
     nghttp2_data_provider body = {.source.ptr = (void *)r, .read_callback = body_read};
     h->body_off = 0;
+    h->in_rest = h->waiting = 0;
     int32_t id = nghttp2_submit_request(h->ng, NULL, nv, r->body != NULL ? 5 : 4,
                                         r->body != NULL ? &body : NULL, h);
     if (id < 0) {
@@ -265,11 +328,54 @@ static void h2c_start_session(h2c_t *h)
     nghttp2_session_callbacks_new(&cbs);
     nghttp2_session_callbacks_set_on_header_callback(cbs, on_ng_header);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_ng_data);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_ng_frame_recv);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_ng_stream_close);
-    nghttp2_session_client_new(&h->ng, cbs, h);
+    nghttp2_option *opt;
+    nghttp2_option_new(&opt);
+    nghttp2_option_set_no_auto_window_update(opt, 1); /* on_ng_data gives it back */
+    nghttp2_session_client_new2(&h->ng, cbs, h, opt);
+    nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cbs);
     nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, NULL, 0);
     h2c_submit_next(h);
+}
+
+/* The plan's next request once every stream so far closed; the end of
+ * the scenario after the last. */
+static void h2c_advance(h2c_t *h)
+{
+    if (h->closed || h->t->finished)
+        return;
+    if (h->n_closed == h->n_plan) {
+        lt_finish(h->t);
+        return;
+    }
+    if (h->n_closed == h->n_streams) {
+        h2c_submit_next(h);
+        h2c_flush(h);
+    }
+}
+
+/* Every loop iteration: a body waiting for its WHEN goes on once it holds. */
+static void h2c_poll(lt_t *t)
+{
+    h2c_t *h = t->data;
+    if (h->closed || !h->waiting || h->n_streams == 0)
+        return;
+    const h2c_req_t *r = &h->plan[h->n_streams - 1];
+    if (!r->when(t))
+        return;
+    h->waiting = 0;
+    int32_t id = h->streams[h->n_streams - 1].id;
+    if (r->reset) {
+        nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, id, NGHTTP2_CANCEL);
+    } else {
+        h->in_rest = 1;
+        h->body_off = 0;
+        nghttp2_session_resume_data(h->ng, id);
+    }
+    h2c_flush(h); /* the stream may close here (a reset) */
+    h2c_advance(h);
 }
 
 static void on_h2c_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -308,13 +414,8 @@ static void on_h2c_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             h2c_fail(h, "nghttp2_session_mem_recv failed");
             return;
         }
-    if (h->n_closed == h->n_plan) {
-        lt_finish(h->t);
-        return;
-    }
-    if (h->n_closed == h->n_streams)
-        h2c_submit_next(h);
     h2c_flush(h);
+    h2c_advance(h);
 }
 
 static void on_h2c_alloc(uv_handle_t *hd, size_t hint, uv_buf_t *buf)
@@ -354,6 +455,7 @@ static int h2c_start(h2c_t *h, lt_t *t, const char *ca_file, const h2c_req_t *pl
     h->t = t;
     t->data = h;
     t->on_finish = h2c_finish;
+    t->on_poll = h2c_poll;
     h->plan = plan;
     h->n_plan = n < H2C_MAX_STREAMS ? n : H2C_MAX_STREAMS;
     static const unsigned char alpn[] = "\x02h2";
@@ -370,6 +472,7 @@ static int h2c_start(h2c_t *h, lt_t *t, const char *ca_file, const h2c_req_t *pl
     SSL_set_bio(h->ssl, h->rbio, h->wbio); /* the SSL owns them now */
     SSL_set_connect_state(h->ssl);
     uv_tcp_init(&t->w.loop, &h->tcp);
+    uv_tcp_nodelay(&h->tcp, 1); /* a small frame after a large write goes now, not after an ACK */
     h->tcp.data = h;
     struct sockaddr_in sa;
     uv_ip4_addr("127.0.0.1", t->port, &sa);
@@ -407,7 +510,8 @@ static tls_server_t *tls_for(const tmp_cert_t *tc, certs_t **store)
 }
 
 /* A worker serving https://localhost with a fresh certificate, proxying
- * to the scripted upstream. */
+ * to the scripted upstream after the site's directives SITE; GLOBAL: more
+ * global options. */
 typedef struct h2_env {
     tmp_cert_t tc;
     certs_t *store;
@@ -416,7 +520,7 @@ typedef struct h2_env {
     h2c_t h;
 } h2_env_t;
 
-static int h2_env_start(h2_env_t *e)
+static int h2_env_start(h2_env_t *e, const char *global, const char *site)
 {
     memset(e, 0, sizeof(*e));
     if (tmp_cert_make(&e->tc) != 0) {
@@ -430,13 +534,15 @@ static int h2_env_start(h2_env_t *e)
              "\tadmin off\n"
              "\tauto_https disable_redirects\n"
              "\tgrace_period 500ms\n"
+             "%s"
              "}\n"
              "\n"
              "https://localhost:@PORT@ {\n"
              "\ttls %s %s\n"
+             "%s"
              "\treverse_proxy 127.0.0.1:@UP@\n"
              "}\n",
-             e->tc.cert, e->tc.key);
+             global, e->tc.cert, e->tc.key, site);
     e->tls = tls_for(&e->tc, &e->store);
     if (e->tls == NULL || lt_start_tls(&e->t, conf, e->tls) != 0) {
         tls_server_free(e->tls);
@@ -467,11 +573,11 @@ TEST(h2_get_then_post_reach_the_upstream_as_http1)
         LT_END(),
     };
     static const h2c_req_t plan[] = {
-        {"GET", "/get", NULL},
-        {"POST", "/post", "hello world"},
+        {.method = "GET", .path = "/get"},
+        {.method = "POST", .path = "/post", .body = "hello world"},
     };
     h2_env_t e;
-    if (h2_env_start(&e) != 0) {
+    if (h2_env_start(&e, "", "") != 0) {
         CHECK(!"h2_env_start");
         return;
     }
@@ -516,11 +622,11 @@ TEST(h2_upstream_closing_mid_body_resets_the_stream_not_the_connection)
         LT_END(),
     };
     static const h2c_req_t plan[] = {
-        {"GET", "/cut", NULL},
-        {"GET", "/next", NULL},
+        {.method = "GET", .path = "/cut"},
+        {.method = "GET", .path = "/next"},
     };
     h2_env_t e;
-    if (h2_env_start(&e) != 0) {
+    if (h2_env_start(&e, "", "") != 0) {
         CHECK(!"h2_env_start");
         return;
     }
@@ -543,6 +649,204 @@ TEST(h2_upstream_closing_mid_body_resets_the_stream_not_the_connection)
              "c0: stream 3: 200 \"ok\" (error 0)\n",
              NGHTTP2_INTERNAL_ERROR);
     CHECK_STR(lt_events(t, "c"), want);
+    h2_env_end(&e);
+}
+
+static h2_env_t *env_of(lt_t *t)
+{
+    return container_of(t, h2_env_t, t);
+}
+
+/* The first stream's response ended (END_STREAM from psproxy). */
+static int stream1_answered(lt_t *t)
+{
+    h2c_t *h = &env_of(t)->h;
+    return h->n_streams > 0 && h->streams[0].answered;
+}
+
+static int up0_has_hello(lt_t *t)
+{
+    return t->n_ups > 0 && strstr(lt_rx(t->ups[0]), "\r\n\r\nhello") != NULL;
+}
+
+/* More than the stream's and the connection's first windows (65,535): the
+ * client gets through only if psproxy gives back the window of the bytes
+ * it drops. */
+#define DROPPED_LEN 200000
+static char dropped[DROPPED_LEN + 1];
+
+/* A stream answered here (respond) while its client is still sending: the
+ * response ends the stream on psproxy's side, the DATA that follows is
+ * dropped with its window given back, the client finishes the request and
+ * the stream closes cleanly; the next stream on the connection is proxied
+ * and the upstream never sees a byte of the first. */
+TEST(h2_local_answer_drops_the_body_still_coming_and_the_session_goes_on)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        LT_END(),
+    };
+    memset(dropped, 'x', DROPPED_LEN);
+    static const h2c_req_t plan[] = {
+        {.method = "POST",
+         .path = "/local",
+         .body = "hello",
+         .when = stream1_answered,
+         .rest = dropped},
+        {.method = "GET", .path = "/next"},
+    };
+    h2_env_t e;
+    if (h2_env_start(&e, "", "\trespond /local \"here\" 201\n") != 0) {
+        CHECK(!"h2_env_start");
+        return;
+    }
+    lt_t *t = &e.t;
+    lt_upstream(t, 0, up0);
+    CHECK_INT(h2c_start(&e.h, t, e.tc.cert, plan, 2), 0);
+    CHECK_INT(lt_run(t), 0);
+    CHECK_STR(lt_events(t, ""), "c0: tls h2\n"
+                                "c0: stream 1: 201 \"here\" (error 0)\n"
+                                "u0: accept\n"
+                                "u0: GET /next\n"
+                                "c0: stream 3: 200 \"ok\" (error 0)\n");
+    /* all of the body went, after the answer; psproxy never reset it */
+    CHECK_INT(e.h.streams[0].sent, 5 + DROPPED_LEN);
+    CHECK_INT(e.h.streams[0].reset_by_peer, 0);
+    char want[512];
+    snprintf(want, sizeof(want),
+             "GET /next HTTP/1.1\r\nhost: localhost:%d\r\n"
+             "X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: https\r\n"
+             "X-Forwarded-Host: localhost:%d\r\n\r\n",
+             t->port, t->port);
+    CHECK_STR(lt_rx(t->n_ups > 0 ? t->ups[0] : NULL), want);
+    CHECK_INT(t->n_ups, 1);
+    h2_env_end(&e);
+}
+
+/* The client resets a stream (RST_STREAM CANCEL) halfway through its body
+ * while the upstream reads it: the upstream connection, which holds part
+ * of a request that can never be whole, is closed (never pooled); the
+ * session goes on, and the next stream is proxied on a new upstream
+ * connection. (A stream whose head never completes cannot be written with
+ * nghttp2's client API, which sends each header block whole.) */
+TEST(h2_client_reset_mid_body_closes_the_upstream_not_the_session)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_READ(5),
+        LT_END(),
+    };
+    static const lt_step_t up1[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        LT_END(),
+    };
+    static const h2c_req_t plan[] = {
+        {.method = "POST",
+         .path = "/up",
+         .body = "hello",
+         .when = up0_has_hello,
+         .rest = " world",
+         .reset = 1},
+        {.method = "GET", .path = "/next"},
+    };
+    h2_env_t e;
+    if (h2_env_start(&e, "", "") != 0) {
+        CHECK(!"h2_env_start");
+        return;
+    }
+    lt_t *t = &e.t;
+    lt_upstream(t, 0, up0);
+    lt_upstream(t, 1, up1);
+    CHECK_INT(h2c_start(&e.h, t, e.tc.cert, plan, 2), 0);
+    CHECK_INT(lt_run(t), 0);
+    /* psproxy closes u0 at the reset and dials u1 for the next stream
+     * right after: the upstream's two sockets are compared apart */
+    CHECK_STR(lt_events(t, "u0"), "u0: accept\n"
+                                  "u0: POST /up\n"
+                                  "u0: body \"hello\"\n"
+                                  "u0: eof\n");
+    char want[256];
+    snprintf(want, sizeof(want),
+             "c0: tls h2\n"
+             "c0: stream 1: 0 \"\" (error %d)\n"
+             "u1: accept\n"
+             "u1: GET /next\n"
+             "c0: stream 3: 200 \"ok\" (error 0)\n",
+             NGHTTP2_CANCEL);
+    CHECK_STR(lt_events(t, "c u1"), want);
+    /* u0 got the head, declaring all 11 bytes, and the 5 sent before the reset */
+    char want_up[512];
+    snprintf(want_up, sizeof(want_up),
+             "POST /up HTTP/1.1\r\nhost: localhost:%d\r\n"
+             "X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: https\r\n"
+             "X-Forwarded-Host: localhost:%d\r\nContent-Length: 11\r\n\r\nhello",
+             t->port, t->port);
+    CHECK_STR(lt_rx(t->n_ups > 0 ? t->ups[0] : NULL), want_up);
+    CHECK_INT(t->n_ups, 2);
+    h2_env_end(&e);
+}
+
+/* 64 MiB: more than the kernel buffers between upstream and proxy hold */
+#define FLOOD_LEN (64u << 20)
+#define WRITE_MS 400
+
+/* The client does not read one stream's response (its window stays shut):
+ * psproxy's write on that stream stays pending, it stops reading the
+ * upstream, and the stream's own write clock ends the exchange: the stream
+ * is reset, its upstream connection closed. The session, whose window the
+ * client keeps open, goes on with the next stream. */
+TEST(h2_stream_not_read_is_reset_after_write_and_its_upstream_closed)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 67108864\r\n\r\n"),
+        LT_FLOOD(FLOOD_LEN),
+        LT_WAIT(lt_proxy_upstream_read_stopped),
+        LT_NOTE("held"),
+        LT_EOF(),
+        LT_END(),
+    };
+    static const lt_step_t up1[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        LT_END(),
+    };
+    static const h2c_req_t plan[] = {
+        {.method = "GET", .path = "/big", .stall = 1},
+        {.method = "GET", .path = "/next"},
+    };
+    h2_env_t e;
+    if (h2_env_start(&e, "\tservers {\n\t\ttimeouts {\n\t\t\twrite 400ms\n\t\t}\n\t}\n", "") != 0) {
+        CHECK(!"h2_env_start");
+        return;
+    }
+    lt_t *t = &e.t;
+    lt_upstream(t, 0, up0);
+    lt_upstream(t, 1, up1);
+    CHECK_INT(h2c_start(&e.h, t, e.tc.cert, plan, 2), 0);
+    CHECK_INT(lt_run(t), 0);
+    /* psproxy's socket to u0 still holds unread bytes: its close is a reset */
+    CHECK_STR(lt_events(t, "u0"), "u0: accept\n"
+                                  "u0: GET /big\n"
+                                  "u0: held\n"
+                                  "u0: reset\n");
+    /* the stream got exactly its window, then RST_STREAM */
+    char want[256];
+    snprintf(want, sizeof(want),
+             "c0: tls h2\n"
+             "c0: stream 1: 200 [65535 bytes] (error %d)\n"
+             "u1: accept\n"
+             "u1: GET /next\n"
+             "c0: stream 3: 200 \"ok\" (error 0)\n",
+             NGHTTP2_INTERNAL_ERROR);
+    CHECK_STR(lt_events(t, "c u1"), want);
+    CHECK_INT(e.h.streams[0].reset_by_peer, 1);
+    /* the write clock starts when a write goes pending, after the request */
+    int64_t waited = lt_time(t, "c0: stream 1") - lt_time(t, "c0: tls h2");
+    CHECK(waited >= WRITE_MS);
+    CHECK(waited < WRITE_MS + 1000);
     h2_env_end(&e);
 }
 
