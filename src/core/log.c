@@ -9,7 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int max_level = LOG_INFO;
+int log_max_level = LOG_INFO;
 static int journal; /* stderr goes to journald: it stamps time, we prefix <N> */
 
 void log_init(void)
@@ -17,17 +17,12 @@ void log_init(void)
     journal = getenv("JOURNAL_STREAM") != NULL;
     const char *lvl = getenv("PSPROXY_LOG_LEVEL");
     if (lvl != NULL && strcmp(lvl, "debug") == 0)
-        max_level = LOG_DEBUG;
+        log_max_level = LOG_DEBUG;
 }
 
 void log_set_level(int level)
 {
-    max_level = level;
-}
-
-int log_enabled(int level)
-{
-    return level <= max_level;
+    log_max_level = level;
 }
 
 static const char *level_name(int level)

@@ -12,7 +12,17 @@ enum log_level {
 
 void log_init(void);
 void log_set_level(int level);
-int log_enabled(int level);
+
+/* The most verbose level logged; set once at start (log_init,
+ * log_set_level). Read inline: a debug line on the hot path costs a load
+ * and a compare when it is off. */
+extern int log_max_level;
+
+static inline int log_enabled(int level)
+{
+    return level <= log_max_level;
+}
+
 void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define log_err(...) log_msg(LOG_ERR, __VA_ARGS__)

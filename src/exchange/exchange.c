@@ -19,7 +19,7 @@ static uv_once_t settings_once = UV_ONCE_INIT;
 #define BIT(s) (1u << (s))
 
 /* Where each request state may go (staying put is always allowed). */
-static const unsigned req_next[] = {
+const unsigned exchange_req_next[] = {
     [XREQ_HEAD] = BIT(XREQ_BODY) | BIT(XREQ_BROKEN),
     [XREQ_BODY] = BIT(XREQ_DONE) | BIT(XREQ_BROKEN),
     [XREQ_DONE] = BIT(XREQ_HEAD) | BIT(XREQ_BROKEN), /* HEAD: the next one on the connection */
@@ -27,7 +27,7 @@ static const unsigned req_next[] = {
 };
 
 /* Where each response state may go. */
-static const unsigned resp_next[] = {
+const unsigned exchange_resp_next[] = {
     [XRESP_NONE] = BIT(XRESP_PREPARE) | BIT(XRESP_LOCAL) | BIT(XRESP_CLOSED),
     [XRESP_PREPARE] = BIT(XRESP_RELAY) | BIT(XRESP_LOCAL) | BIT(XRESP_CLOSED),
     /* PREPARE again: a retry on another upstream */
@@ -54,46 +54,35 @@ const char *exchange_resp_name(int rs)
 
 int exchange_req_allowed(int from, int to)
 {
-    if (from < 0 || from >= (int)PS_ARRAY_SIZE(req_next) || to < 0 ||
-        to >= (int)PS_ARRAY_SIZE(req_next))
+    if (from < XREQ_HEAD || from > XREQ_BROKEN || to < XREQ_HEAD || to > XREQ_BROKEN)
         return 0;
-    return from == to || (req_next[from] & BIT(to)) != 0;
+    return from == to || (exchange_req_next[from] & BIT(to)) != 0;
 }
 
 int exchange_resp_allowed(int from, int to)
 {
-    if (from < 0 || from >= (int)PS_ARRAY_SIZE(resp_next) || to < 0 ||
-        to >= (int)PS_ARRAY_SIZE(resp_next))
+    if (from < XRESP_NONE || from > XRESP_CLOSED || to < XRESP_NONE || to > XRESP_CLOSED)
         return 0;
-    return from == to || (resp_next[from] & BIT(to)) != 0;
+    return from == to || (exchange_resp_next[from] & BIT(to)) != 0;
 }
 
 /* A transition the table does not allow is a bug in psproxy: said loudly,
  * and fatal where assertions are on (tests, debug builds). */
-static void bad_transition(const exchange_t *x, const char *what, const char *from, const char *to)
+void exchange_bad_transition(const exchange_t *x, int resp, int to)
 {
     log_err("exchange %llu: %s state %s -> %s is not a transition", (unsigned long long)x->id,
-            what, from, to);
+            resp ? "response" : "request",
+            resp ? exchange_resp_name(x->rs) : exchange_req_name(x->rq),
+            resp ? exchange_resp_name(to) : exchange_req_name(to));
 #ifndef NDEBUG
     abort();
 #endif
 }
 
-void exchange_req_to(exchange_t *x, int rq)
+void exchange_log_transition(const exchange_t *x, int to)
 {
-    if (!exchange_req_allowed(x->rq, rq))
-        bad_transition(x, "request", exchange_req_name(x->rq), exchange_req_name(rq));
-    x->rq = rq;
-}
-
-void exchange_resp_to(exchange_t *x, int rs)
-{
-    if (!exchange_resp_allowed(x->rs, rs))
-        bad_transition(x, "response", exchange_resp_name(x->rs), exchange_resp_name(rs));
-    if (x->rs != rs)
-        log_debug("exchange %llu: %s -> %s", (unsigned long long)x->id,
-                  exchange_resp_name(x->rs), exchange_resp_name(rs));
-    x->rs = rs;
+    log_debug("exchange %llu: %s -> %s", (unsigned long long)x->id, exchange_resp_name(x->rs),
+              exchange_resp_name(to));
 }
 
 /* ---- parsing ------------------------------------------------------------ */

@@ -20,6 +20,7 @@
 #include "config.h"
 #include "handler.h"
 #include "http.h"
+#include "log.h"
 #include "route.h"
 #include "tls.h"
 #include "upstream.h"
@@ -135,6 +136,40 @@ struct exchange {
     uint64_t bytes_out; /* response body bytes sent */
 };
 
+const char *exchange_req_name(int rq);
+const char *exchange_resp_name(int rs);
+/* 1 when FROM may become TO (staying put is always allowed). */
+int exchange_req_allowed(int from, int to);
+int exchange_resp_allowed(int from, int to);
+
+/* The transitions allowed (exchange.c): bit TO of row FROM. */
+extern const unsigned exchange_req_next[];
+extern const unsigned exchange_resp_next[];
+/* A change the tables refuse: logged, and fatal where assertions are on. */
+void exchange_bad_transition(const exchange_t *x, int resp, int to);
+void exchange_log_transition(const exchange_t *x, int to);
+
+/* State changes, checked against the transitions allowed. Inline: they
+ * run several times per request. X's state is always valid (only these
+ * set it); TO is one of the enum's values. */
+static inline void exchange_req_to(exchange_t *x, int rq)
+{
+    if (x->rq != rq && !(exchange_req_next[x->rq] & (1u << rq)))
+        exchange_bad_transition(x, 0, rq);
+    x->rq = rq;
+}
+
+static inline void exchange_resp_to(exchange_t *x, int rs)
+{
+    if (x->rs == rs)
+        return;
+    if (!(exchange_resp_next[x->rs] & (1u << rs)))
+        exchange_bad_transition(x, 1, rs);
+    if (log_enabled(LOG_DEBUG))
+        exchange_log_transition(x, rs);
+    x->rs = rs;
+}
+
 /* Sets X up for its transport OPS on worker W under CFG and TARGETS (both
  * referenced here) for a client of LISTENER. */
 void exchange_init(exchange_t *x, const xport_ops_t *ops, worker_t *w, cfg_t *cfg,
@@ -143,14 +178,6 @@ void exchange_init(exchange_t *x, const xport_ops_t *ops, worker_t *w, cfg_t *cf
  * already. */
 void exchange_dispose(exchange_t *x);
 
-/* State changes, checked against the transitions allowed. */
-void exchange_req_to(exchange_t *x, int rq);
-void exchange_resp_to(exchange_t *x, int rs);
-const char *exchange_req_name(int rq);
-const char *exchange_resp_name(int rs);
-/* 1 when FROM may become TO. */
-int exchange_req_allowed(int from, int to);
-int exchange_resp_allowed(int from, int to);
 
 /* The request head is complete and the parser paused on it: check, route,
  * start the handler. ST: a status to answer instead, or 0. */
