@@ -10,6 +10,8 @@ void handler_register(int id, const handler_ops_t *ops)
 {
     assert(id > HANDLER_NONE && id < HANDLER_COUNT && ops != NULL && ops->start != NULL);
     registry[id] = ops;
+    if (ops->init != NULL)
+        ops->init();
 }
 
 const handler_ops_t *handler_of(int id)

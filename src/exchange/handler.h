@@ -23,6 +23,9 @@ enum handler_id {
  * made here needs (the body is read and dropped, the response written). */
 typedef struct handler_ops {
     const char *name;
+    /* Once, when it is registered, before any worker runs: what every
+     * request of it shares (parser settings). NULL: nothing. */
+    void (*init)(void);
     /* The request head is routed here (x->route says how): start. */
     void (*start)(exchange_t *x);
     /* Request body bytes were parsed (or the request ended): push on. */
@@ -45,7 +48,8 @@ typedef struct handler_ops {
     const char *(*upstream)(const exchange_t *x);
 } handler_ops_t;
 
-/* Makes OPS the handler for ID (at start, before any worker runs). */
+/* Makes OPS the handler for ID and runs its init (at start, before any
+ * worker runs). */
 void handler_register(int id, const handler_ops_t *ops);
 /* The handler for ID; NULL when none is registered. */
 const handler_ops_t *handler_of(int id);

@@ -1,6 +1,7 @@
 /* One request's exchange with an upstream: pick and connect, send the
  * rewritten head and stream the body up, parse the response and stream it
  * down, then pool or close the upstream connection. After a 101, a tunnel. */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -11,7 +12,6 @@
 #include "log.h"
 
 static llhttp_settings_t resp_settings;
-static uv_once_t settings_once = UV_ONCE_INIT;
 
 static const char CRLF[] = "\r\n";
 static const char LAST_CHUNK[] = HTTP_LAST_CHUNK;
@@ -769,7 +769,8 @@ static void proxy_on_retry_timer(exchange_t *x)
 static void proxy_start(exchange_t *x)
 {
     proxy_req_t *q = pr(x);
-    memset(pr(x), 0, sizeof(proxy_req_t));
+    /* the chunk-size lines at its end are written before each use */
+    memset(q, 0, offsetof(proxy_req_t, up_chunk));
     const cfg_proxy_t *p = proxy_cfg(x);
     const llhttp_t *req = &x->req.parser;
     /* a declared length over the limit never reaches the upstream */
@@ -780,7 +781,6 @@ static void proxy_start(exchange_t *x)
         return;
     }
     exchange_resp_to(x, XRESP_PREPARE);
-    uv_once(&settings_once, settings_init);
     uv_timer_stop(&x->timer);
     q->req_framing = http_request_framing(&x->req);
     /* llhttp counts content_length down as the body passes: keep it now */
@@ -913,6 +913,7 @@ static const char *proxy_upstream(const exchange_t *x)
 
 const handler_ops_t proxy_handler = {
     .name = "reverse_proxy",
+    .init = settings_init,
     .start = proxy_start,
     .request_body = proxy_pump_request,
     .client_written = proxy_on_client_written,
