@@ -518,6 +518,15 @@ void h2_stream_detach(h2_stream_t *s)
         return;
     unlink_stream(h, s);
     s->h = NULL;
+    if (!h->closing && s->in_total > s->in_consumed) {
+        /* what the exchange never took off its buffer (a body kept for a
+         * replay, bytes dropped under an early answer, a reset mid-body)
+         * goes back to the connection's window: a finished stream must
+         * not shrink it for the others */
+        nghttp2_session_consume_connection(h->ng, (size_t)(s->in_total - s->in_consumed));
+        s->in_consumed = s->in_total;
+        h2_flush(h);
+    }
     if (s->id != 0 && !h->closing) {
         nghttp2_session_set_stream_user_data(h->ng, s->id, NULL);
         nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, s->id,
@@ -540,7 +549,7 @@ void h2_stream_free(h2_stream_t *s)
 
 /* ---- the session -------------------------------------------------------- */
 
-/* conn_write_done for the streams whose bytes DATA frames took. */
+/* stream_written for the streams whose bytes DATA frames took. */
 static void run_done_streams(h2_session_t *h)
 {
     for (;;) {

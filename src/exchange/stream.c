@@ -88,6 +88,10 @@ static int sx_input_ended(const exchange_t *x)
  * (stream_close), or on its own clock when the stream never ends. */
 static void sx_finish(exchange_t *x)
 {
+    /* what is left in the buffer is never read: its window goes back now,
+     * so a client still sending is not held up while the stream ends */
+    x->rstart = x->rlen = 0;
+    h2_stream_update(stream_of(x));
     exchange_start_timer(x, STREAM_LINGER_MS);
     h2_stream_end(stream_of(x)); /* last: the stream may close (and X with it) */
 }

@@ -310,11 +310,14 @@ def test_restart_serves_stored_certificate_without_new_order(acme):
 
 
 def test_bad_nonce_retries(acme):
-    acme.start_pebble(nonce_reject=50)
+    # 30%: most orders meet several rejections, and 11 in a row on one POST
+    # (psproxy re-signs up to 10 times) is a 1 in 500,000 chance; at 50% it
+    # was 1 in 2,048 per POST, and the test failed about once in 300 runs
+    acme.start_pebble(nonce_reject=30)
     p, secs, r = obtain(acme)
-    print("\ntime to first certificate with PEBBLE_WFE_NONCEREJECT=50: %.3f s" % secs)
+    print("\ntime to first certificate with PEBBLE_WFE_NONCEREJECT=30: %.3f s" % secs)
     check_obtained(acme, p, r)
-    assert "Configured to reject 50% of good nonces" in acme.pebble.log_text()
+    assert "Configured to reject 30% of good nonces" in acme.pebble.log_text()
     assert_alive(acme, p)
 
 
