@@ -93,7 +93,10 @@ static void conn_drain(conn_t *c)
 
 /* ---- timers ------------------------------------------------------------- */
 
-static void on_timeout(uv_timer_t *t)
+/* The connection's clocks (handshake, idle, head, linger, HTTP/2): they
+ * run on its exchange's timer only while no exchange does (begin_exchange
+ * stops them; the exchange's own callback takes over). */
+static void conn_on_timeout(uv_timer_t *t)
 {
     conn_t *c = conn_of(t->data);
     switch (c->state) {
@@ -176,7 +179,7 @@ static void conn_arm_timer(conn_t *c)
     if (ms == 0)
         uv_timer_stop(&c->x.timer);
     else
-        uv_timer_start(&c->x.timer, on_timeout, ms, 0);
+        uv_timer_start(&c->x.timer, conn_on_timeout, ms, 0);
 }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
@@ -660,7 +663,7 @@ static void h1_shutdown_write(exchange_t *x)
     conn_shutdown_write(conn_of(x));
 }
 
-static int h1_client_ended(exchange_t *x)
+static int h1_input_eof(exchange_t *x)
 {
     conn_t *c = conn_of(x);
     if (c->tls_eof && !x->eof) {
@@ -692,7 +695,7 @@ static const xport_ops_t h1_xport = {
     .close = h1_close,
     .malformed = h1_malformed,
     .shutdown_write = h1_shutdown_write,
-    .client_ended = h1_client_ended,
+    .input_eof = h1_input_eof,
     .keepalive = h1_keepalive,
     .tls = h1_tls,
 };
@@ -878,7 +881,7 @@ void conn_accept(listener_t *l)
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     /* a new connection must send its first head within read_header */
     c->head_clock = 1;
-    uv_timer_start(&c->x.timer, on_timeout, c->x.cfg->timeouts.read_header, 0);
+    uv_timer_start(&c->x.timer, conn_on_timeout, c->x.cfg->timeouts.read_header, 0);
 }
 
 /* ---- what the worker asks of its connections ---------------------------- */

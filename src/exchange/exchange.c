@@ -79,10 +79,12 @@ void exchange_bad_transition(const exchange_t *x, int resp, int to)
 #endif
 }
 
-void exchange_log_transition(const exchange_t *x, int to)
+void exchange_log_transition(const exchange_t *x, int resp, int to)
 {
-    log_debug("exchange %llu: %s -> %s", (unsigned long long)x->id, exchange_resp_name(x->rs),
-              exchange_resp_name(to));
+    log_debug("exchange %llu: %s %s -> %s", (unsigned long long)x->id,
+              resp ? "response" : "request",
+              resp ? exchange_resp_name(x->rs) : exchange_req_name(x->rq),
+              resp ? exchange_resp_name(to) : exchange_req_name(to));
 }
 
 /* ---- parsing ------------------------------------------------------------ */
@@ -165,7 +167,7 @@ void exchange_process(exchange_t *x)
 
 /* ---- lifetime ----------------------------------------------------------- */
 
-static void on_timeout(uv_timer_t *t);
+static void exchange_on_timeout(uv_timer_t *t);
 
 void exchange_init(exchange_t *x, const xport_ops_t *ops, worker_t *w, cfg_t *cfg,
                    up_targets_t *targets, const cfg_listener_t *listener)
@@ -252,7 +254,9 @@ void exchange_done(exchange_t *x)
 
 /* ---- timers ------------------------------------------------------------- */
 
-static void on_timeout(uv_timer_t *t)
+/* The exchange's clock (the transport may run its own on the same timer
+ * between exchanges, with its own callback). */
+static void exchange_on_timeout(uv_timer_t *t)
 {
     exchange_t *x = t->data;
     switch (x->rs) {
@@ -274,7 +278,7 @@ static void on_timeout(uv_timer_t *t)
 
 void exchange_start_timer(exchange_t *x, uint64_t ms)
 {
-    uv_timer_start(&x->timer, on_timeout, ms, 0);
+    uv_timer_start(&x->timer, exchange_on_timeout, ms, 0);
 }
 
 void exchange_arm_timer(exchange_t *x)
@@ -301,7 +305,7 @@ void exchange_arm_timer(exchange_t *x)
     if (ms == 0)
         uv_timer_stop(&x->timer);
     else
-        uv_timer_start(&x->timer, on_timeout, ms, 0);
+        uv_timer_start(&x->timer, exchange_on_timeout, ms, 0);
 }
 
 /* ---- writing ------------------------------------------------------------ */
@@ -356,7 +360,8 @@ int exchange_step(exchange_t *x, size_t got)
         /* TLS: while this makes progress, go round again: what was sent
          * made room, and OpenSSL may hold more that no socket event would
          * announce */
-        return !(x->rs == XRESP_RELAY && got == 0 && x->rstart == rstart && x->rlen == rlen);
+        int waits = x->rs == XRESP_RELAY && got == 0 && x->rstart == rstart && x->rlen == rlen;
+        return !waits;
     }
     return 0;
 }

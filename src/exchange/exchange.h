@@ -75,10 +75,13 @@ typedef struct xport_ops {
     /* The request broke its framing after it was routed: HTTP/2 resets the
      * stream; HTTP/1.1 answers 400 while it can, else closes. */
     void (*malformed)(exchange_t *x);
-    /* A tunnel's client side: end our writing; 1 when the client ended its
-     * own (a TLS close_notify: reading stops); TCP keepalive on. */
+    /* A tunnel's client side (HTTP/1.1 after 101). shutdown_write: our
+     * side ends once what is queued is out (a close_notify first on TLS). */
     void (*shutdown_write)(exchange_t *x);
-    int (*client_ended)(exchange_t *x);
+    /* Whether the client ended its input, counting a TLS close_notify read
+     * so far: that one sets x->eof and stops reading here. */
+    int (*input_eof)(exchange_t *x);
+    /* TCP keepalive every SECS: a tunnel has no idle timeout of its own. */
     void (*keepalive)(exchange_t *x, unsigned secs);
     /* The TLS session under it, for the log; NULL for none. */
     tls_conn_t *(*tls)(const exchange_t *x);
@@ -115,9 +118,11 @@ struct exchange {
     route_t route;            /* what serves it */
     const handler_ops_t *ops; /* the handler running it; NULL before routing */
     unsigned keep_alive : 1;    /* its connection may serve another request */
-    unsigned write_pending : 1; /* response bytes the transport has not taken yet */
+    /* response bytes the transport has not taken yet: on HTTP/1.1 the
+     * connection's own write_pending is set with it, but that one also
+     * covers what is not the exchange's (an HTTP/2 session's frames) */
+    unsigned write_pending : 1;
     unsigned eof : 1;           /* the client ended its input (HTTP/1.1: shut its side) */
-    unsigned in_process : 1;    /* exchange_process() is on the stack */
     unsigned head_method : 1;   /* HEAD: the response has no body */
     unsigned upgrade : 1;       /* the request asks for a protocol upgrade */
     unsigned resp_started : 1;  /* bytes of the response went to the client */
@@ -147,15 +152,19 @@ extern const unsigned exchange_req_next[];
 extern const unsigned exchange_resp_next[];
 /* A change the tables refuse: logged, and fatal where assertions are on. */
 void exchange_bad_transition(const exchange_t *x, int resp, int to);
-void exchange_log_transition(const exchange_t *x, int to);
+void exchange_log_transition(const exchange_t *x, int resp, int to);
 
 /* State changes, checked against the transitions allowed. Inline: they
  * run several times per request. X's state is always valid (only these
  * set it); TO is one of the enum's values. */
 static inline void exchange_req_to(exchange_t *x, int rq)
 {
-    if (x->rq != rq && !(exchange_req_next[x->rq] & (1u << rq)))
+    if (x->rq == rq)
+        return;
+    if (!(exchange_req_next[x->rq] & (1u << rq)))
         exchange_bad_transition(x, 0, rq);
+    if (log_enabled(LOG_DEBUG))
+        exchange_log_transition(x, 0, rq);
     x->rq = rq;
 }
 
@@ -166,7 +175,7 @@ static inline void exchange_resp_to(exchange_t *x, int rs)
     if (!(exchange_resp_next[x->rs] & (1u << rs)))
         exchange_bad_transition(x, 1, rs);
     if (log_enabled(LOG_DEBUG))
-        exchange_log_transition(x, rs);
+        exchange_log_transition(x, 1, rs);
     x->rs = rs;
 }
 

@@ -51,8 +51,8 @@ struct h2_stream {
     unsigned resp_head : 1;   /* the final response HEADERS were submitted */
     unsigned bodiless : 1;    /* they carried END_STREAM */
     unsigned ended : 1;       /* the response is complete (h2_stream_end) */
-    unsigned writing : 1;     /* a conn_write's bytes are still in OUT (done owed) */
-    unsigned done : 1;        /* conn_write_done is due (after nghttp2 returns) */
+    unsigned writing : 1;     /* an exchange's write is still in OUT (done owed) */
+    unsigned done : 1;        /* stream_written is due (after nghttp2 returns) */
     unsigned malformed : 1;   /* reset with PROTOCOL_ERROR, not INTERNAL_ERROR */
     unsigned held : 1;        /* a DATA frame being read may pass the content-length */
 };
@@ -384,7 +384,7 @@ static ssize_t on_data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
         s->i_out = s->n_out = 0;
         if (s->writing) {
             s->writing = 0;
-            s->done = 1; /* conn_write_done runs once nghttp2 has returned */
+            s->done = 1; /* stream_written runs once nghttp2 has returned */
             h->again = 1;
         }
         if (s->ended)

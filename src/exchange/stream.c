@@ -14,6 +14,7 @@
 typedef struct stream_x {
     exchange_t x;
     h2_stream_t *s;
+    int in_process; /* sx_process is on the stack */
     tls_conn_t *tls; /* the connection's, while its session lives */
 } stream_x_t;
 
@@ -42,12 +43,13 @@ static size_t sx_fill(exchange_t *x)
 
 static void sx_process(exchange_t *x)
 {
-    if (x->in_process)
+    stream_x_t *sx = container_of(x, stream_x_t, x);
+    if (sx->in_process)
         return; /* the caller up the stack goes on looping */
-    x->in_process = 1;
+    sx->in_process = 1;
     while (x->rs != XRESP_CLOSED && exchange_step(x, 0))
         ;
-    x->in_process = 0;
+    sx->in_process = 0;
     if (x->rs != XRESP_CLOSED && x->rs != XRESP_DONE) {
         exchange_update_reading(x);
         exchange_arm_timer(x);
@@ -123,7 +125,7 @@ static void sx_shutdown_write(exchange_t *x)
     (void)x;
 }
 
-static int sx_client_ended(exchange_t *x)
+static int sx_input_eof(exchange_t *x)
 {
     return x->eof;
 }
@@ -152,7 +154,7 @@ static const xport_ops_t stream_xport = {
     .close = sx_close,
     .malformed = sx_malformed,
     .shutdown_write = sx_shutdown_write,
-    .client_ended = sx_client_ended,
+    .input_eof = sx_input_eof,
     .keepalive = sx_keepalive,
     .tls = sx_tls,
 };

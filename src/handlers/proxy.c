@@ -128,7 +128,7 @@ static void up_failed(exchange_t *x, int err)
     int stale = u->reused && !q->resp_bytes && q->req_framing == HTTP_BODY_NONE &&
                 (err == UV_EOF || err == UV_ECONNRESET || err == UV_EPIPE);
     if (!stale) {
-        log_warn("conn %llu %s: upstream %s: %s (state %s)", (unsigned long long)x->id,
+        log_warn("exchange %llu %s: upstream %s: %s (state %s)", (unsigned long long)x->id,
                  x->peer_ip, u->pool->target->hostport, why, exchange_resp_name(x->rs));
         /* a reset is the upstream going away: out at once; the rest counts */
         up_target_failed(target_of(x), proxy_cfg(x), err == UV_ECONNRESET, why);
@@ -164,7 +164,7 @@ static void up_failed(exchange_t *x, int err)
 static void fail_request(exchange_t *x, int status)
 {
     const cfg_proxy_t *p = proxy_cfg(x);
-    log_warn("conn %llu %s: no upstream answered: %d", (unsigned long long)x->id, x->peer_ip,
+    log_warn("exchange %llu %s: no upstream answered: %d", (unsigned long long)x->id, x->peer_ip,
              status);
     if (status == 503) {
         /* no upstream available: tell the client when it is worth coming back */
@@ -474,7 +474,7 @@ static void pump_response(exchange_t *x)
             } else if (err == HPE_PAUSED) {
                 u->rstart = (size_t)(llhttp_get_error_pos(p) - u->rbuf);
             } else {
-                log_debug("conn %llu: upstream response: %s", (unsigned long long)x->id,
+                log_debug("exchange %llu: upstream response: %s", (unsigned long long)x->id,
                           llhttp_get_error_reason(p));
                 up_failed(x, PS_EPROTO);
                 return;
@@ -569,7 +569,7 @@ static void on_up_written(uv_write_t *req, int status)
  * request ends as malformed. */
 static void framing_broken(exchange_t *x, size_t len)
 {
-    log_warn("conn %llu %s: request body does not match its framing (%llu bytes up, %zu more, "
+    log_warn("exchange %llu %s: request body does not match its framing (%llu bytes up, %zu more, "
              "%s): not forwarded", (unsigned long long)x->id, x->peer_ip,
              (unsigned long long)pr(x)->body_up, len, x->rq == XREQ_DONE ? "ended" : "open");
     proxy_abort(x);
@@ -600,7 +600,7 @@ static void proxy_pump_request(exchange_t *x)
         llhttp_errno_t err = exchange_parse(x);
         if (err != HPE_OK && err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE) {
             /* a broken body (bad chunk): the upstream got part of it */
-            log_debug("conn %llu: request body: %s", (unsigned long long)x->id,
+            log_debug("exchange %llu: request body: %s", (unsigned long long)x->id,
                       llhttp_get_error_reason(&x->req.parser));
             proxy_abort(x);
             x->keep_alive = 0;
@@ -698,7 +698,7 @@ static void on_up_connected(up_conn_t *u, int status)
     exchange_t *x = owner(u);
     proxy_req_t *q = pr(x);
     if (status < 0) {
-        log_warn("conn %llu %s: upstream %s: dial failed: %s", (unsigned long long)x->id,
+        log_warn("exchange %llu %s: upstream %s: dial failed: %s", (unsigned long long)x->id,
                  x->peer_ip, u->pool->target->hostport, uv_strerror(status));
         /* refused or unreachable: out at once; a timeout counts towards max_fails */
         up_target_failed(target_of(x), proxy_cfg(x), status != UV_ETIMEDOUT, uv_strerror(status));
@@ -730,7 +730,7 @@ static void proxy_try(exchange_t *x)
             return;
         }
         if (pick == UP_PICK_CLOSED) {
-            log_warn("conn %llu: every upstream fails its health check "
+            log_warn("exchange %llu: every upstream fails its health check "
                      "(health_fail_closed)", (unsigned long long)x->id);
             fail_request(x, 503);
         } else {
@@ -834,7 +834,7 @@ static void proxy_tunnel_from_client(exchange_t *x)
     }
     for (;;) {
         x->xport->fill(x); /* TLS: more may be decrypted now that there is room */
-        x->xport->client_ended(x); /* a close_notify: the end is passed on */
+        x->xport->input_eof(x); /* a close_notify read: its end is passed on */
         if (x->rs == XRESP_CLOSED || u->write_pending || x->rstart == x->rlen)
             break;
         uv_buf_t b = uv_buf_init(x->rbuf + x->rstart, (unsigned)(x->rlen - x->rstart));
