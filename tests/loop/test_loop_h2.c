@@ -17,6 +17,7 @@
 
 #include "certs.h"
 #include "common.h"
+#include "h2.h"
 #include "tls.h"
 
 #include "test.h"
@@ -88,7 +89,9 @@ static void tmp_cert_remove(tmp_cert_t *tc)
 
 /* ---- an h2 client on the loop ------------------------------------------- */
 
-#define H2C_MAX_STREAMS 4
+/* enough for a plan that outruns the connection's window (H2_MAX_STREAMS
+ * read buffers) one stream at a time */
+#define H2C_MAX_STREAMS 256
 
 typedef struct h2c_stream {
     int32_t id;
@@ -106,13 +109,15 @@ typedef struct h2c_stream {
  * holds; then REST follows with END_STREAM or, RESET set, the client
  * resets the stream (RST_STREAM CANCEL) instead. The content-length counts
  * BODY and REST. STALL: the client never gives back the stream's window, as
- * if it did not read the response (the connection's it gives back). */
+ * if it did not read the response (the connection's it gives back).
+ * LENGTH: the content-length to send instead (a malformed request). */
 typedef struct h2c_req {
     const char *method, *path, *body;
     int (*when)(lt_t *t);
     const char *rest;
     int reset;
     int stall;
+    const char *length;
 } h2c_req_t;
 
 /* One connection: ciphertext through memory BIOs, frames through nghttp2.
@@ -305,7 +310,8 @@ static void h2c_submit_next(h2c_t *h)
     snprintf(len, sizeof(len), "%zu",
              (r->body != NULL ? strlen(r->body) : 0) + (r->rest != NULL ? strlen(r->rest) : 0));
     nghttp2_nv nv[] = {NV(":method", r->method), NV(":scheme", "https"), NV(":path", r->path),
-                       NV(":authority", authority), NV("content-length", len)};
+                       NV(":authority", authority),
+                       NV("content-length", r->length != NULL ? r->length : len)};
     nghttp2_data_provider body = {.source.ptr = (void *)r, .read_callback = body_read};
     h->body_off = 0;
     h->in_rest = h->waiting = 0;
@@ -657,11 +663,11 @@ static h2_env_t *env_of(lt_t *t)
     return container_of(t, h2_env_t, t);
 }
 
-/* The first stream's response ended (END_STREAM from psproxy). */
-static int stream1_answered(lt_t *t)
+/* The response of the stream being sent ended (END_STREAM from psproxy). */
+static int stream_answered(lt_t *t)
 {
     h2c_t *h = &env_of(t)->h;
-    return h->n_streams > 0 && h->streams[0].answered;
+    return h->n_streams > 0 && h->streams[h->n_streams - 1].answered;
 }
 
 static int up0_has_hello(lt_t *t)
@@ -692,7 +698,7 @@ TEST(h2_local_answer_drops_the_body_still_coming_and_the_session_goes_on)
         {.method = "POST",
          .path = "/local",
          .body = "hello",
-         .when = stream1_answered,
+         .when = stream_answered,
          .rest = dropped},
         {.method = "GET", .path = "/next"},
     };
@@ -847,6 +853,183 @@ TEST(h2_stream_not_read_is_reset_after_write_and_its_upstream_closed)
     int64_t waited = lt_time(t, "c0: stream 1") - lt_time(t, "c0: tls h2");
     CHECK(waited >= WRITE_MS);
     CHECK(waited < WRITE_MS + 1000);
+    h2_env_end(&e);
+}
+
+/* ---- the connection's window, stream after stream ----------------------- */
+
+/* Streams one after the other on one connection, each with a body of
+ * WHOLE_LEN: together far more than the connection's window
+ * (H2_MAX_STREAMS read buffers), so a stream that took its bytes from
+ * that window and never gave them back would stall those after the first
+ * hundred or so. */
+#define MANY_STREAMS 150
+/* 34 KiB: within a stream's window (one read buffer, 36 KiB with the
+ * default max_header_size), so a body comes whole with its head */
+#define WHOLE_LEN (34 * 1024)
+/* what a stream answered here sends after the answer: within what is left
+ * of its own window, so that only the connection's could hold it up */
+#define REST_LEN 1024
+static char whole[WHOLE_LEN + 1];
+static char rest[REST_LEN + 1];
+
+static const char ok_response[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+/* The sizes above against the worker's buffers, which set both windows:
+ * a stream's bytes fit its own, the streams' outrun the connection's by a
+ * quarter at least. */
+static void check_window_sizes(lt_t *t)
+{
+    uint64_t buf = t->w.bufs.size;
+    CHECK(WHOLE_LEN + REST_LEN <= buf);
+    CHECK((uint64_t)MANY_STREAMS * WHOLE_LEN >= (uint64_t)H2_MAX_STREAMS * buf * 5 / 4);
+}
+
+/* Each body arrives whole with its head, so the proxy keeps it in the
+ * stream's buffer for a replay until the exchange ends: what it kept goes
+ * back to the connection's window when the exchange lets go of it, and
+ * every stream reaches the upstream and gets its answer. */
+TEST(h2_whole_bodies_kept_for_a_replay_leave_the_connection_window_whole)
+{
+    static lt_step_t up0[3 * MANY_STREAMS + 1];
+    static h2c_req_t plan[MANY_STREAMS];
+    memset(whole, 'w', WHOLE_LEN);
+    for (int i = 0; i < MANY_STREAMS; i++) {
+        up0[3 * i] = (lt_step_t)LT_READ_HEAD();
+        up0[3 * i + 1] = (lt_step_t)LT_READ(WHOLE_LEN);
+        up0[3 * i + 2] = (lt_step_t)LT_WRITE(ok_response);
+        plan[i] = (h2c_req_t){.method = "POST", .path = "/whole", .body = whole};
+    }
+    up0[3 * MANY_STREAMS] = (lt_step_t)LT_END();
+    h2_env_t e;
+    if (h2_env_start(&e, "", "") != 0) {
+        CHECK(!"h2_env_start");
+        return;
+    }
+    lt_t *t = &e.t;
+    check_window_sizes(t);
+    lt_upstream(t, 0, up0);
+    CHECK_INT(h2c_start(&e.h, t, e.tc.cert, plan, MANY_STREAMS), 0);
+    CHECK_INT(lt_run(t), 0);
+    /* one upstream connection, every request on it whole, every answer back */
+    static char want[LT_LOG_MAX];
+    size_t o = (size_t)snprintf(want, sizeof(want), "c0: tls h2\nu0: accept\n");
+    for (int i = 0; i < MANY_STREAMS && o < sizeof(want); i++)
+        o += (size_t)snprintf(want + o, sizeof(want) - o,
+                              "u0: POST /whole\n"
+                              "u0: body [%d bytes]\n"
+                              "c0: stream %d: 200 \"ok\" (error 0)\n",
+                              WHOLE_LEN, 2 * i + 1);
+    CHECK_STR(lt_events(t, ""), want);
+    CHECK_INT(t->n_ups, 1);
+    h2_env_end(&e);
+}
+
+/* Each stream is answered here (respond) with most of its body in the
+ * stream's buffer, which the answer drops, and the rest still to come,
+ * which is dropped as it arrives: the window of both goes back to the
+ * connection, every stream's client sends its whole body and the stream
+ * closes cleanly, and a proxied POST after them gets through. */
+TEST(h2_bodies_dropped_under_local_answers_leave_the_connection_window_whole)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_READ(WHOLE_LEN),
+        LT_WRITE(ok_response),
+        LT_END(),
+    };
+    static h2c_req_t plan[MANY_STREAMS + 1];
+    memset(whole, 'w', WHOLE_LEN);
+    memset(rest, 'r', REST_LEN);
+    for (int i = 0; i < MANY_STREAMS; i++)
+        plan[i] = (h2c_req_t){.method = "POST",
+                              .path = "/local",
+                              .body = whole,
+                              .when = stream_answered,
+                              .rest = rest};
+    plan[MANY_STREAMS] = (h2c_req_t){.method = "POST", .path = "/up", .body = whole};
+    h2_env_t e;
+    if (h2_env_start(&e, "", "\trespond /local \"here\" 201\n") != 0) {
+        CHECK(!"h2_env_start");
+        return;
+    }
+    lt_t *t = &e.t;
+    check_window_sizes(t);
+    lt_upstream(t, 0, up0);
+    CHECK_INT(h2c_start(&e.h, t, e.tc.cert, plan, MANY_STREAMS + 1), 0);
+    CHECK_INT(lt_run(t), 0);
+    static char want[LT_LOG_MAX];
+    size_t o = (size_t)snprintf(want, sizeof(want), "c0: tls h2\n");
+    for (int i = 0; i < MANY_STREAMS && o < sizeof(want); i++)
+        o += (size_t)snprintf(want + o, sizeof(want) - o, "c0: stream %d: 201 \"here\" (error 0)\n",
+                              2 * i + 1);
+    if (o < sizeof(want))
+        snprintf(want + o, sizeof(want) - o,
+                 "u0: accept\n"
+                 "u0: POST /up\n"
+                 "u0: body [%d bytes]\n"
+                 "c0: stream %d: 200 \"ok\" (error 0)\n",
+                 WHOLE_LEN, 2 * MANY_STREAMS + 1);
+    CHECK_STR(lt_events(t, ""), want);
+    /* each answered stream took all of its body, after the answer, and
+     * psproxy reset none (a stream held up past the linger time would be) */
+    int short_sent = 0, reset = 0;
+    for (int i = 0; i < e.h.n_streams && i < MANY_STREAMS; i++) {
+        short_sent += e.h.streams[i].sent != WHOLE_LEN + REST_LEN;
+        reset += e.h.streams[i].reset_by_peer;
+    }
+    CHECK_INT(e.h.n_streams, MANY_STREAMS + 1);
+    CHECK_INT(short_sent, 0);
+    CHECK_INT(reset, 0);
+    CHECK_INT(t->n_ups, 1);
+    h2_env_end(&e);
+}
+
+/* Each body comes whole with its head but short of its content-length,
+ * which nghttp2 finds at END_STREAM (RFC 9113 8.1.1): the stream is reset
+ * before its exchange starts, so no answer ever ends it and the bytes in
+ * its buffer go back to the connection's window only when the exchange
+ * lets go of them; a proxied POST after them gets through. */
+TEST(h2_bodies_of_malformed_streams_leave_the_connection_window_whole)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_READ(WHOLE_LEN),
+        LT_WRITE(ok_response),
+        LT_END(),
+    };
+    static h2c_req_t plan[MANY_STREAMS + 1];
+    static char length[24];
+    memset(whole, 'w', WHOLE_LEN);
+    snprintf(length, sizeof(length), "%d", WHOLE_LEN + 1);
+    for (int i = 0; i < MANY_STREAMS; i++)
+        plan[i] = (h2c_req_t){.method = "POST", .path = "/bad", .body = whole, .length = length};
+    plan[MANY_STREAMS] = (h2c_req_t){.method = "POST", .path = "/up", .body = whole};
+    h2_env_t e;
+    if (h2_env_start(&e, "", "") != 0) {
+        CHECK(!"h2_env_start");
+        return;
+    }
+    lt_t *t = &e.t;
+    check_window_sizes(t);
+    lt_upstream(t, 0, up0);
+    CHECK_INT(h2c_start(&e.h, t, e.tc.cert, plan, MANY_STREAMS + 1), 0);
+    CHECK_INT(lt_run(t), 0);
+    /* the upstream sees none of the malformed requests */
+    static char want[LT_LOG_MAX];
+    size_t o = (size_t)snprintf(want, sizeof(want), "c0: tls h2\n");
+    for (int i = 0; i < MANY_STREAMS && o < sizeof(want); i++)
+        o += (size_t)snprintf(want + o, sizeof(want) - o, "c0: stream %d: 0 \"\" (error %d)\n",
+                              2 * i + 1, NGHTTP2_PROTOCOL_ERROR);
+    if (o < sizeof(want))
+        snprintf(want + o, sizeof(want) - o,
+                 "u0: accept\n"
+                 "u0: POST /up\n"
+                 "u0: body [%d bytes]\n"
+                 "c0: stream %d: 200 \"ok\" (error 0)\n",
+                 WHOLE_LEN, 2 * MANY_STREAMS + 1);
+    CHECK_STR(lt_events(t, ""), want);
+    CHECK_INT(t->n_ups, 1);
     h2_env_end(&e);
 }
 
