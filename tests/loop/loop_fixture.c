@@ -723,11 +723,15 @@ void lt_finish(lt_t *t)
 
 int lt_run(lt_t *t)
 {
+    /* a check in a peer's callback must not jump out of uv_run: it records,
+     * the scenario runs to its end, and the case ends after */
+    test_hold_failures();
     uv_timer_start(&t->guard, on_guard, LT_GUARD_MS, 0);
     uv_run(&t->w.loop, UV_RUN_DEFAULT);
     if (!uv_is_closing((uv_handle_t *)&t->guard))
         uv_close((uv_handle_t *)&t->guard, NULL);
     uv_run(&t->w.loop, UV_RUN_NOWAIT); /* the guard's close */
+    test_release_failures();
     return t->timed_out ? -1 : 0;
 }
 
@@ -818,6 +822,8 @@ int lt_start(lt_t *t, const char *conf)
     return lt_start_tls(t, conf, NULL);
 }
 
+static void lt_abandon(void *arg);
+
 int lt_start_tls(lt_t *t, const char *conf, tls_server_t *tls)
 {
     memset(t, 0, sizeof(*t));
@@ -872,6 +878,7 @@ int lt_start_tls(lt_t *t, const char *conf, tls_server_t *tls)
     uv_update_time(loop);
     t->t_start = uv_now(loop);
     t->started = 1;
+    test_on_fail(lt_abandon, t); /* a failed check tears it all down */
     return 0;
 
 fail:
@@ -891,10 +898,24 @@ static void on_walk(uv_handle_t *h, void *arg)
             uv_is_closing(h) ? " (closing)" : "");
 }
 
+/* A check ended the case: the scenario may not have run, or not to its
+ * end; end it (the teardown guard bounds it), then free everything. */
+static void lt_abandon(void *arg)
+{
+    lt_t *t = arg;
+    if (!t->finished) {
+        lt_finish(t);
+        uv_run(&t->w.loop, UV_RUN_DEFAULT);
+    }
+    lt_end(t);
+}
+
 void lt_end(lt_t *t)
 {
+    test_on_fail(NULL, NULL);
     if (!t->started)
         return;
+    test_hold_failures(); /* the teardown runs whole; a failure ends the case after */
     if (uv_loop_alive(&t->w.loop)) {
         uv_walk(&t->w.loop, on_walk, NULL);
         CHECK(!"the loop ended with handles open");
@@ -909,6 +930,7 @@ void lt_end(lt_t *t)
     alog_close(&t->alog);
     cfg_unref(t->cfg);
     t->started = 0;
+    test_release_failures();
 }
 
 /* ---- the worker's state (white box) ------------------------------------- */

@@ -398,10 +398,8 @@ static void check_refused(struct fixture *f, int rc, const char *what)
     CHECK_INT(seal_key_load(f->path, &key, err, sizeof(err)), rc);
     CHECK(memcmp(&key, &zero, sizeof(key)) == 0);
     CHECK(strncmp(err, f->path, strlen(f->path)) == 0);
-    if (strstr(err, what) == NULL) {
-        fprintf(stderr, "  error \"%s\" does not say \"%s\"\n", err, what);
-        test_failed_now = 1;
-    }
+    if (strstr(err, what) == NULL)
+        TEST_FAIL("error \"%s\" does not say \"%s\"", err, what);
 }
 
 TEST(key_file_in_lower_or_upper_case_loads)
