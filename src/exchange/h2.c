@@ -52,7 +52,7 @@ struct h2_stream {
     unsigned bodiless : 1;    /* they carried END_STREAM */
     unsigned ended : 1;       /* the response is complete (h2_stream_end) */
     unsigned writing : 1;     /* an exchange's write is still in OUT (done owed) */
-    unsigned done : 1;        /* stream_written is due (after nghttp2 returns) */
+    unsigned done : 1;        /* the host's written op is due (after nghttp2 returns) */
     unsigned malformed : 1;   /* reset with PROTOCOL_ERROR, not INTERNAL_ERROR */
     unsigned held : 1;        /* a DATA frame being read may pass the content-length */
 };
@@ -239,7 +239,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
 
 /* New body bytes or the request's end: let the exchange act on them (once
  * it has its head; until then they wait in its buffer). */
-static void stream_input(h2_stream_t *s)
+static void notify_input(h2_stream_t *s)
 {
     if (s->head_done && s->h != NULL)
         s->h->host.ops->stream_input(s->ex);
@@ -290,7 +290,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
         memcpy(s->spill + s->spill_len, data + fit, len - (size_t)fit);
         s->spill_len += len - (size_t)fit;
     }
-    stream_input(s);
+    notify_input(s);
     return 0;
 }
 
@@ -313,7 +313,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
             s->head_len = h2_req_finish(&s->req, end);
             s->head_ready = 1; /* started after this read: start_ready_streams */
         } else {
-            stream_input(s); /* trailers, dropped; their END_STREAM counts */
+            notify_input(s); /* trailers, dropped; their END_STREAM counts */
         }
         break;
     case NGHTTP2_DATA:
@@ -323,7 +323,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
             calm_down(h, "empty DATA frames flood");
         else if (s != NULL && end) {
             s->in_end = 1;
-            stream_input(s);
+            notify_input(s);
         }
         break;
     case NGHTTP2_PING:
@@ -384,7 +384,7 @@ static ssize_t on_data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
         s->i_out = s->n_out = 0;
         if (s->writing) {
             s->writing = 0;
-            s->done = 1; /* stream_written runs once nghttp2 has returned */
+            s->done = 1; /* the host's written op runs once nghttp2 has returned */
             h->again = 1;
         }
         if (s->ended)
@@ -474,7 +474,7 @@ void h2_stream_update(h2_stream_t *s)
         if (k > 0) {
             memmove(s->spill, s->spill + k, s->spill_len - (size_t)k);
             s->spill_len -= (size_t)k;
-            stream_input(s); /* goes round until the buffer or the spill is empty */
+            notify_input(s); /* goes round until the buffer or the spill is empty */
             return;
         }
     }
@@ -549,7 +549,7 @@ void h2_stream_free(h2_stream_t *s)
 
 /* ---- the session -------------------------------------------------------- */
 
-/* stream_written for the streams whose bytes DATA frames took. */
+/* The host's written op for the streams whose bytes DATA frames took. */
 static void run_done_streams(h2_session_t *h)
 {
     for (;;) {
