@@ -37,11 +37,21 @@ CURL_ENV = {k: v for k, v in os.environ.items()
             if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
 
 
+_HANDED_OUT = set()
+
+
 def free_port():
-    """A port nobody listens on (bound to 0 and released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody listens on (bound to 0 and released), never one this
+    process handed out before: the kernel may give a released port again at
+    once, and two roles on one port (http_port == https_port) made one test
+    serve HTTP where it expected TLS."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_port(port, proc, timeout, what, logfile):

@@ -19,7 +19,8 @@ import time
 
 import pytest
 
-from conftest import PSPROXY, Proxy, Reader, connect, stop_and_check, tail, wait_port, reap
+from conftest import (PSPROXY, Proxy, Reader, connect, free_port, reap, stop_and_check, tail,
+                      wait_port)
 from tls_util import Pki
 
 CADDY = shutil.which("caddy")
@@ -105,7 +106,7 @@ def pair(tmp_path, pki):
             files["crt_" + n], files["key_" + n] = str(leaf.crt), str(leaf.key)
         servers = []
         for kind in ("caddy", "psproxy"):
-            ports = {p: free_port_pair() for p in ("http_port", "https_port") + tuple(extra_ports)}
+            ports = {p: free_port() for p in ("http_port", "https_port") + tuple(extra_ports)}
             head = "{\n\tadmin off\n\thttp_port %d\n\thttps_port %d\n" % (
                 ports["http_port"], ports["https_port"])
             if kind == "caddy":
@@ -113,7 +114,7 @@ def pair(tmp_path, pki):
             else:
                 # a managed name is ordered from a CA that is not there
                 head += "\tstorage file_system %s\n\tacme_ca https://127.0.0.1:%d/dir\n" % (
-                    tmp_path / ("ps-storage-%d" % len(proxies)), free_port_pair())
+                    tmp_path / ("ps-storage-%d" % len(proxies)), free_port())
             text = head + render(global_extra, ports) + "}\n\n" + render(template,
                                                                           dict(files, **ports))
             if kind == "caddy":
@@ -133,20 +134,6 @@ def pair(tmp_path, pki):
     for c in caddies:
         c.stop()
     stop_and_check(proxies)
-
-
-_used_ports = set()
-
-
-def free_port_pair():
-    """A free port not handed out before in this session (caddy and psproxy
-    each bind their own, so two free_port() calls must never collide)."""
-    from conftest import free_port
-    while True:
-        p = free_port()
-        if p not in _used_ports:
-            _used_ports.add(p)
-            return p
 
 
 def both(servers, data, port="http_port", method="GET"):
@@ -429,7 +416,7 @@ def test_every_matching_request_body_limit_holds(pair, upstream, path):
 
 
 def dead_upstream():
-    return "127.0.0.1:%d" % free_port_pair()
+    return "127.0.0.1:%d" % free_port()
 
 
 @pytest.mark.parametrize("options,answers", [
