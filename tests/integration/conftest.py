@@ -37,6 +37,20 @@ CURL_ENV = {k: v for k, v in os.environ.items()
             if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "peer(name, ...): the real peers the test needs "
+                            "(peers.py: skipped without them, failed under CI)")
+    config.addinivalue_line("markers", "serial: runs alone, not beside other tests (a fixed "
+                            "port, or a load or timing the test measures)")
+
+
+def pytest_runtest_setup(item):
+    import peers  # here, not at the top: peers imports modules that import conftest
+    for mark in item.iter_markers("peer"):
+        for name in mark.args:
+            peers.need(name)
+
+
 _HANDED_OUT = set()
 
 
@@ -174,7 +188,7 @@ def make_config(port, body, *, site=None, read_header="2s", idle="5s",
 
 
 def proxy_block(*upstreams, lb="", try_duration="", dial_timeout="1s",
-                response_header_timeout="2s", extra=""):
+                response_header_timeout="10s", extra=""):
     lines = ["\treverse_proxy %s {" % " ".join(u if isinstance(u, str) else u.addr
                                                for u in upstreams)]
     if lb:

@@ -216,9 +216,8 @@ def sql_quote(s):
 def pg_factory():
     """start(**PgServer options) -> a started PgServer; each is always
     stopped (immediate) and removed after the test."""
-    reason = missing_reason()
-    if reason:
-        pytest.skip(reason)
+    import peers
+    peers.need("postgresql")
     made = []
 
     def start(**kw):

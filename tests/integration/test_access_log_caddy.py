@@ -34,8 +34,7 @@ from conftest import PSPROXY, SANITIZER_MARKS, curl, free_port, reap, wait_port
 from tls_util import Pki
 
 CADDY = shutil.which("caddy")
-pytestmark = pytest.mark.skipif(
-    CADDY is None, reason="caddy not installed (scripts/install-deps installs it)")
+pytestmark = pytest.mark.peer("caddy")
 
 CADDYFILE = """{{
 	admin off

@@ -21,13 +21,12 @@ import time
 
 import pytest
 
-import pebble as pebble_mod
 from conftest import (PSPROXY, SANITIZER_MARKS, STOP_TIMEOUT, Proxy, free_port, proxy_block,
                       tail)
 from pebble import https_ca, pebble_factory  # noqa: F401 - fixtures
 from tls_util import cert_info, client_context, https_curl, s_client, tls_connect, wait_for
 
-pytestmark = pytest.mark.skipif(not pebble_mod.available(), reason=pebble_mod.MISSING_REASON)
+pytestmark = pytest.mark.peer("pebble")
 
 NAME = "api.photospots.live"
 EMAIL = "admin@photospots.live"

@@ -14,11 +14,10 @@ import urllib.request
 
 import pytest
 
-import pebble as pb
 from pebble import https_ca, pebble_factory  # noqa: F401 - fixtures
 from test_acme import NAME, Acme, first_success, logs_of, FIRST_CERT_TIMEOUT
 
-pytestmark = pytest.mark.skipif(not pb.available(), reason=pb.MISSING_REASON)
+pytestmark = pytest.mark.peer("pebble")
 
 
 def b64url(b):

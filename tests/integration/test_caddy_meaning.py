@@ -24,8 +24,7 @@ from conftest import (PSPROXY, Proxy, Reader, connect, free_port, reap, stop_and
 from tls_util import Pki
 
 CADDY = shutil.which("caddy")
-pytestmark = pytest.mark.skipif(CADDY is None, reason="caddy not installed: no oracle to "
-                                "compare with (apt-get install caddy)")
+pytestmark = pytest.mark.peer("caddy")
 START_TIMEOUT = 15.0
 
 

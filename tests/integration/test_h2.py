@@ -210,11 +210,14 @@ def test_many_concurrent_streams_on_one_connection_all_answered(h2, tmp_path):
         assert ver == "2" and code == 200 and body == pattern(n), (path, ver, code, size)
 
 
+@pytest.mark.serial  # compares durations: other tests beside it would skew them
 def test_large_download_and_upload_do_not_hold_up_small_streams(h2, tmp_path):
     up = tmp_path / "up.bin"
     up.write_bytes(pattern(20_000_000))
-    transfers = [("/bytes/30000000", ["--limit-rate", "15M"]),
-                 ("/echo/upload", ["--data-binary", "@%s" % up, "--limit-rate", "15M"])]
+    # Slow enough (6 s and 4 s) that small streams held up behind them
+    # would show, and that a loaded machine slowing the small ones does not.
+    transfers = [("/bytes/30000000", ["--limit-rate", "5M"]),
+                 ("/echo/upload", ["--data-binary", "@%s" % up, "--limit-rate", "5M"])]
     transfers += [("/echo/small%d" % i, []) for i in range(20)]
     rows = parallel(h2, tmp_path, transfers)
     assert sum(r[5] for r in rows) == 1, [r[:6] for r in rows]

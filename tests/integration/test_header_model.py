@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+import peers
 from conftest import Reader, connect, free_port, make_config, wait_port
 
 CADDY = shutil.which("caddy")
@@ -58,8 +59,7 @@ def fields(port, names):
 @pytest.fixture
 def caddy(tmp_path):
     """start(caddyfile_text) -> port Caddy listens on (plain HTTP)."""
-    if CADDY is None:
-        pytest.skip("caddy is not installed (scripts/install-deps installs it)")
+    peers.need("caddy")
     procs = []
 
     def start(text, port):

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-import pebble as pebble_mod
+import peers
 from conftest import (PSPROXY, ROOT, SANITIZER_MARKS, Proxy, free_port, proxy_block, reap,
                       tail)
 from pebble import https_ca, pebble_factory  # noqa: F401 - fixtures
@@ -152,10 +152,8 @@ class Caddy:
 def caddy_run(tmp_path, pebble_factory, https_ca):  # noqa: F811 - fixtures
     """Pebble on fresh ports and a Caddy that has obtained NAME from it and
     stopped; yields (pebble, caddy, http_port, https_port)."""
-    if not pebble_mod.available():
-        pytest.skip(pebble_mod.MISSING_REASON)
-    if CADDY is None:
-        pytest.skip("caddy not installed (apt-get install caddy)")
+    peers.need("pebble")
+    peers.need("caddy")
     http_port, https_port = free_port(), free_port()
     pebble = pebble_factory(http_port=http_port, tls_port=https_port)
     caddy = Caddy(tmp_path, pebble, https_ca.ca, http_port, https_port)
@@ -277,7 +275,9 @@ class Pki:
     """Self-signed leaves and keys made with the `cryptography` package."""
 
     def __init__(self):
-        self.x509 = pytest.importorskip("cryptography.x509")
+        peers.need("cryptography")
+        import cryptography.x509
+        self.x509 = cryptography.x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec, rsa
         from cryptography.x509.oid import NameOID

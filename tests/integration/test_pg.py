@@ -21,11 +21,9 @@ from pathlib import Path
 import pytest
 
 from conftest import PSPROXY, ROOT, SANITIZER_MARKS, free_port, reap
-import pg_util
 from pg_util import pg_factory, pg_server  # noqa: F401 - fixtures
 
-pytestmark = pytest.mark.skipif(pg_util.missing_reason() is not None,
-                                reason=pg_util.missing_reason() or "")
+pytestmark = pytest.mark.peer("postgresql")
 
 PG_PROBE = os.environ.get("PG_PROBE") or str(Path(PSPROXY).parent / "tests" / "pg_probe")
 ASAN_PROBE = ROOT / "build-asan" / "tests" / "pg_probe"
