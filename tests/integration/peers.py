@@ -51,6 +51,7 @@ PEERS = {
     "nghttp": _program("nghttp", "nghttp2-client"),
     "h2load": _program("h2load", "nghttp2-client"),
     "cryptography": _module("cryptography", "python3-cryptography"),
+    "testssl": _program("testssl", "testssl.sh"),
 }
 
 

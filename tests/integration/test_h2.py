@@ -189,6 +189,7 @@ def test_post_without_body_says_content_length_zero(h2, tmp_path):
     assert echo_headers(doc).get("content-length") == ["0"], doc["headers"]
 
 
+@pytest.mark.peer("nghttp")
 def test_cookie_crumbs_are_joined_into_one_field(h2, tmp_path):
     # nghttp sends the fields -H gives, one HEADERS field each
     r = run(["nghttp", "-H", "cookie: a=1", "-H", "cookie: b=2", "-H", "cookie: c=3",
@@ -232,6 +233,7 @@ def test_large_download_and_upload_do_not_hold_up_small_streams(h2, tmp_path):
     assert slowest_small < min(big[4], upload[4]) / 2, (slowest_small, big[4], upload[4])
 
 
+@pytest.mark.peer("h2load")
 def test_h2load_10000_requests_10_connections_10_streams_each_zero_errors(h2):
     r = run(["h2load", "-n", "10000", "-c", "10", "-m", "10",
              "https://127.0.0.1:%d/echo/load" % h2.https_port, "-H", ":authority: a.test"],
@@ -383,6 +385,7 @@ def nghttp_async(p, path, *args):
                             stdin=subprocess.DEVNULL, env=CURL_ENV)
 
 
+@pytest.mark.peer("nghttp")
 def test_reload_sends_goaway_and_the_stream_in_flight_completes(h2):
     cl = nghttp_async(h2, "/slow/1500")
     time.sleep(0.5)
@@ -394,6 +397,7 @@ def test_reload_sends_goaway_and_the_stream_in_flight_completes(h2):
     assert cl.returncode == 0, out[-3000:]
 
 
+@pytest.mark.peer("nghttp")
 def test_stop_sends_goaway_lets_the_stream_finish_and_exits_0(h2):
     cl = nghttp_async(h2, "/slow/1000")
     time.sleep(0.4)
