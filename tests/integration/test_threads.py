@@ -195,19 +195,25 @@ def test_certificate_swap_under_load(tmp_path, upstream, started):
     """New handshakes (each client's every connection) while the certificate
     is replaced and SIGHUP sent: every handshake and request succeeds, and a
     handshake that begins after one was seen with the new certificate never
-    gets an older one."""
+    gets an older one. Each reload also turns HTTP/2 in ALPN on or off (a
+    flag every handshake reads)."""
     pki = Pki(tmp_path / "pki")
     d = pki.dir / "site"
     d.mkdir()
     crt, key = d / "a.crt", d / "a.key"
     leaf = pki.leaf("a.test", serial=0x5000, crt=crt, key=key)
     https_port = free_port()
-    conf = tls_config([("a.test", leaf, "\treverse_proxy %s" % upstream.addr)],
-                      http_port=None, https_port=https_port, workers=WORKERS, idle="30s")
-    p = Proxy(tmp_path, conf, https_port)
+    def conf(gen):
+        protocols = "h1 h2" if gen % 2 == 0 else "h1"
+        return tls_config([("a.test", leaf, "\treverse_proxy %s" % upstream.addr)],
+                          http_port=None, https_port=https_port, workers=WORKERS, idle="30s",
+                          global_extra="\tservers {\n\t\tprotocols %s\n\t}" % protocols)
+
+    p = Proxy(tmp_path, conf(0), https_port)
     started.append(p)
     p.wait_ready()
-    ctx = client_context(pki.ca)
+    ctx = client_context(pki.ca, alpn=["http/1.1"])
+    h2_ctx = client_context(pki.ca, alpn=["h2", "http/1.1"])
     seen = []  # (handshake began, serial), in no particular order
     lock = threading.Lock()
 
@@ -231,6 +237,7 @@ def test_certificate_swap_under_load(tmp_path, upstream, started):
         for gen in range(1, SWAPS + 1):
             serial = 0x5000 + gen
             pki.leaf("a.test", serial=serial, crt=crt, key=key)
+            p.conf.write_text(conf(gen))
             p.proc.send_signal(signal.SIGHUP)
 
             def swapped():
@@ -239,6 +246,10 @@ def test_certificate_swap_under_load(tmp_path, upstream, started):
 
             wait(p, swapped, "a handshake with serial %X" % serial)
             confirmed.append((time.monotonic(), serial))
+            s = tls_connect(https_port, "a.test", h2_ctx, timeout=WAIT)
+            alpn = s.selected_alpn_protocol()
+            s.close()
+            assert alpn == ("h2" if gen % 2 == 0 else "http/1.1"), (gen, alpn)
             load.wait_for_requests(2 * CLIENTS)
     finally:
         load.stop()
