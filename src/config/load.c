@@ -96,6 +96,8 @@ int cfg_parse(const char *name, const char *text, size_t len, cfg_t **out, char 
 
 cfg_t *cfg_ref(cfg_t *cfg)
 {
+    /* relaxed: whoever refs holds a reference already (the snapshot is
+     * alive and visible to it); only the last unref must order */
     atomic_fetch_add_explicit(&cfg->refcnt, 1, memory_order_relaxed);
     return cfg;
 }

@@ -1,5 +1,5 @@
 /* Per-worker counters. The series table takes a lock that only a scrape
- * ever contends; the rest are relaxed atomics. */
+ * ever contends; the rest are relaxed atomics (why: metrics.h). */
 #include "metrics.h"
 
 #include <stdio.h>

@@ -19,6 +19,10 @@ struct metrics_series {
     uint64_t count;
 };
 
+/* One worker's counters. The atomics are written by their worker only and
+ * read by a scrape on the control thread, all relaxed (metrics.c,
+ * exchange/conn.c): each is a count on its own, publishes no other data,
+ * and a scrape may see one a moment ahead of another. */
 typedef struct metrics {
     uv_mutex_t lock; /* the series table: the worker adds, the scraper reads */
     struct metrics_series series[METRICS_SERIES];

@@ -40,7 +40,13 @@ static int find_or_open(alog_t *a, const char *path, int *fd)
 
 int alog_open(alog_t *a, cfg_t *cfg, char *err, size_t errlen)
 {
-    a->stderr_tty = isatty(STDERR_FILENO);
+    /* Decided once, at the first open, before any worker runs: workers read
+     * it in alog_write, so a reload rewriting it (to the same value) raced
+     * with them (ThreadSanitizer). stderr does not change while we run. */
+    if (!a->tty_known) {
+        a->stderr_tty = isatty(STDERR_FILENO);
+        a->tty_known = 1;
+    }
     /* open first, assign after: a failure leaves CFG as it was */
     for (size_t i = 0; i < cfg->n_sites; i++) {
         const cfg_site_t *s = &cfg->sites[i];

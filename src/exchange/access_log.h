@@ -42,6 +42,7 @@ typedef struct alog {
     } *files;
     size_t n, cap;
     int stderr_tty; /* CFG_LOG_AUTO picks console on a terminal, as Caddy */
+    int tty_known;  /* stderr_tty is set (the first alog_open); read-only after */
 } alog_t;
 
 /* Sets every site's log.fd of CFG, opening the files not open yet. Returns

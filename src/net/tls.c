@@ -43,7 +43,10 @@ struct tls_server {
     uv_rwlock_t keys_lock;
     struct ticket_key keys[2]; /* [0] encrypts; both decrypt */
     int n_keys;
-    atomic_int h2; /* offer h2 in ALPN (servers { protocols }); a reload sets it */
+    /* offer h2 in ALPN (servers { protocols }); a reload sets it. Relaxed:
+     * one flag that guards no other data; a handshake that reads the old
+     * value just after a reload answers as one begun just before it would */
+    atomic_int h2;
 };
 
 static int ex_server_idx = -1;
@@ -231,7 +234,7 @@ static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
     if (SSL_get_ex_data(ssl, ex_acme_idx) != NULL) {
         ours = acme;
         len = sizeof(acme) - 1;
-    } else if (!atomic_load_explicit(&s->h2, memory_order_relaxed)) {
+    } else if (!atomic_load_explicit(&s->h2, memory_order_relaxed)) { /* see tls_server */
         ours = h2_h1 + 3;
         len -= 3;
     }
@@ -612,7 +615,7 @@ int tls_conn_is_h2(const tls_conn_t *t)
 
 void tls_server_set_h2(tls_server_t *s, int on)
 {
-    atomic_store_explicit(&s->h2, on, memory_order_relaxed);
+    atomic_store_explicit(&s->h2, on, memory_order_relaxed); /* see struct tls_server */
 }
 
 void tls_conn_info(const tls_conn_t *t, tls_info_t *info)

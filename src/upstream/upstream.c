@@ -40,6 +40,8 @@ static char *xstrdup(const char *s)
     return d;
 }
 
+/* For /metrics only, updated relaxed: a count publishes no data, and a
+ * scrape may see it a moment late. */
 static atomic_long tables_live, targets_live;
 
 long up_targets_live(void)
@@ -70,6 +72,8 @@ static int table_has(const up_targets_t *t, const up_target_t *target)
 
 static up_target_t *target_ref(up_target_t *tg)
 {
+    /* relaxed: the caller holds a reference already, so the target is alive
+     * and visible to it; only the last unref must order (acq_rel below) */
     atomic_fetch_add_explicit(&tg->refs, 1, memory_order_relaxed);
     return tg;
 }
@@ -148,6 +152,7 @@ up_targets_t *up_targets_new(const cfg_t *cfg, const up_targets_t *prev)
 
 up_targets_t *up_targets_ref(up_targets_t *t)
 {
+    /* relaxed, as target_ref: taken by one who holds a reference already */
     atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
     return t;
 }
@@ -735,7 +740,10 @@ static int pick_of(up_pools_t *ps, const cfg_proxy_t *p, up_targets_t *t, uint64
                 return i;
         return -1;
     case CFG_LB_ROUND_ROBIN: {
-        /* one counter per reverse_proxy, shared by the workers (relaxed) */
+        /* one counter per reverse_proxy, shared by the workers. Relaxed: it
+         * only spreads requests; the atomic add still gives each pick its
+         * own number (none lost, none twice), and nothing is published
+         * through it, so no order with other memory is needed. */
         unsigned start = atomic_fetch_add_explicit((atomic_uint *)&p->rr_next, 1,
                                                    memory_order_relaxed);
         for (int k = 0; k < n; k++) {

@@ -30,6 +30,7 @@ SANITIZER_MARKS = (
     "ERROR: LeakSanitizer",
     "runtime error:",
     "SUMMARY: UndefinedBehaviorSanitizer",
+    "WARNING: ThreadSanitizer",  # a race (or lock misuse): scripts/test-tsan
 )
 
 # curl must talk to psproxy directly, whatever the environment says.
