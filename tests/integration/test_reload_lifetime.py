@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from conftest import Proxy, Reader, connect, curl, free_port, stop_and_check
+from conftest import (START_TIMEOUT, Proxy, Reader, connect, curl, free_port, stop_and_check,
+                      wait_port)
 
 RELOADS = 50
 WAIT = 10.0  # seconds: an upper bound for what takes milliseconds
@@ -113,6 +114,8 @@ def test_old_tables_are_freed_and_health_carries_over(tmp_path, upstream_factory
     p = Proxy(tmp_path, config(port, admin_port, [a, b]), port)
     started.append(p)
     p.wait_ready()
+    # the admin listener opens after the workers' (seconds later under TSan)
+    wait_port(admin_port, p.proc, START_TIMEOUT, "psproxy's admin listener", p.log)
     assert wait_until(lambda: healthy(admin_port, a) and healthy(admin_port, b))
 
     # A keep-alive client connection accepted under the first config keeps
@@ -166,6 +169,7 @@ def test_pool_of_a_removed_upstream_is_closed_and_freed(tmp_path, upstream_facto
     p = Proxy(tmp_path, config(port, admin_port, [a], checks=False), port)
     started.append(p)
     p.wait_ready()
+    wait_port(admin_port, p.proc, START_TIMEOUT, "psproxy's admin listener", p.log)
     for _ in range(4):  # a pooled connection to A on whichever worker
         assert new_whoami(port) == a.port
     assert wait_until(lambda: open_conns(a) >= 1), a.raw_conns()
