@@ -71,6 +71,68 @@ def wait_port(port, proc, timeout, what, logfile):
         time.sleep(0.02)
 
 
+# -- waiting ------------------------------------------------------------------------
+#
+# Tests run in parallel (pytest-xdist) on a loaded machine and under ASan, so a
+# test never sleeps hoping psproxy has done something by then: it waits for
+# the thing itself (a port, a log line, a metric, a file) with a generous
+# bound, which only limits how long a broken test hangs.
+
+WAIT_TIMEOUT = 20.0
+
+
+def wait_until(pred, timeout=WAIT_TIMEOUT, what="condition", interval=0.02):
+    """Polls PRED until it returns a true value, and returns that value;
+    after TIMEOUT seconds raises AssertionError naming WHAT and PRED's last
+    value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = pred()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError("waited %.1f s for %s (last: %r)" % (timeout, what, last))
+        time.sleep(interval)
+
+
+def wait_log(log, needle, timeout=WAIT_TIMEOUT, count=1):
+    """Waits until LOG (a Proxy, or a log file's path) holds NEEDLE (a string,
+    or a compiled regex) at least COUNT times; returns the log's text."""
+    path = getattr(log, "log", log)
+
+    def found():
+        text = tail(path, 1 << 24)
+        n = len(needle.findall(text)) if hasattr(needle, "findall") else text.count(needle)
+        return text if n >= count else None
+
+    try:
+        return wait_until(found, timeout, interval=0.05,
+                          what="%d x %r in %s" % (count, getattr(needle, "pattern", needle),
+                                                  path))
+    except AssertionError as e:
+        raise AssertionError("%s; its tail:\n%s" % (str(e).split(" (last:")[0],
+                                                     tail(path))) from None
+
+
+def wait_stable(fn, settle=0.5, timeout=WAIT_TIMEOUT, what="a value"):
+    """Waits until FN's value has stayed the same for SETTLE seconds, and
+    returns it: for "whatever was in flight has arrived" (connections
+    psproxy dialled and dropped reaching the upstream's accept) where no
+    event says so."""
+    deadline = time.monotonic() + timeout
+    last, since = fn(), time.monotonic()
+    while True:
+        time.sleep(0.05)
+        now = fn()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= settle:
+            return now
+        if time.monotonic() > deadline:
+            raise AssertionError("%s still changing after %.1f s (last: %r)"
+                                 % (what, timeout, now))
+
+
 def tail(path, n=4000):
     try:
         return Path(path).read_text(errors="replace")[-n:]
