@@ -7,6 +7,7 @@ teardown, where psproxy's log is also checked for sanitizer reports and for a
 crash during the test.
 """
 
+import fcntl
 import json
 import os
 import select
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,18 +40,45 @@ CURL_ENV = {k: v for k, v in os.environ.items()
 
 
 _HANDED_OUT = set()
+# Ports handed out by any test process on this machine (pytest-xdist
+# workers, other runs): a file per port holding the pid that took it.
+_PORT_CLAIMS = Path(tempfile.gettempdir()) / "psproxy-test-ports"
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def free_port():
     """A port nobody listens on (bound to 0 and released), never one this
     process handed out before: the kernel may give a released port again at
     once, and two roles on one port (http_port == https_port) made one test
-    serve HTTP where it expected TLS."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _HANDED_OUT:
+    serve HTTP where it expected TLS. Nor one another live test process
+    took: psproxy listens with SO_REUSEPORT, so two of them (tests running
+    in parallel) could share a port and answer each other's clients."""
+    _PORT_CLAIMS.mkdir(exist_ok=True)
+    with open(_PORT_CLAIMS / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process at a time looks and claims
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port in _HANDED_OUT:
+                continue
+            claim = _PORT_CLAIMS / str(port)
+            try:
+                owner = int(claim.read_text())
+            except (OSError, ValueError):
+                owner = None
+            if owner is not None and owner != os.getpid() and _alive(owner):
+                continue  # a live test process's: maybe not listening yet
+            claim.write_text(str(os.getpid()))
             _HANDED_OUT.add(port)
             return port
 
