@@ -211,7 +211,11 @@ def test_many_concurrent_streams_on_one_connection_all_answered(h2, tmp_path):
         assert ver == "2" and code == 200 and body == pattern(n), (path, ver, code, size)
 
 
-def test_large_download_and_upload_do_not_hold_up_small_streams(h2, tmp_path):
+def test_large_download_and_upload_do_not_hold_up_small_streams(h2_factory, upstream, tmp_path):
+    # the upstream (one Python process, busy reading and hashing the upload)
+    # builds the 30 MB before it answers: on a loaded machine that passed
+    # the usual 2 s response_header_timeout (a 504), not what this is about
+    h2 = h2_factory(proxy_block(upstream, response_header_timeout="30s"))
     up = tmp_path / "up.bin"
     up.write_bytes(pattern(20_000_000))
     # 3 MB/s: the big ones take 10 s and 6.7 s, so "half of that" leaves the
