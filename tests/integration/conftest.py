@@ -108,6 +108,10 @@ def wait_port(port, proc, timeout, what, logfile):
 # bound, which only limits how long a broken test hangs.
 
 WAIT_TIMEOUT = 20.0
+# for a close psproxy makes at once (Connection: close, a refused request):
+# room for a loaded machine, below make_config's 5 s idle timeout, which
+# would close the connection anyway
+CLOSE_WITHIN = 4.0
 
 
 def wait_until(pred, timeout=WAIT_TIMEOUT, what="condition", interval=0.02):

@@ -8,7 +8,7 @@ import subprocess
 import threading
 import time
 
-from conftest import CURL_ENV, Reader, connect, curl, proxy_block
+from conftest import CLOSE_WITHIN, CURL_ENV, Reader, connect, curl, proxy_block
 
 
 def curl_many(url, n, timeout=30):
@@ -179,7 +179,7 @@ def test_http10_client_without_keepalive_gets_answer_and_close(proxy):
     rd = Reader(s)
     r = rd.response()
     assert r.status == 200 and r.json()["path"] == "/echo", r
-    assert rd.closed_within(2.0), "HTTP/1.0 connection without keep-alive left open"
+    assert rd.closed_within(CLOSE_WITHIN), "HTTP/1.0 connection without keep-alive left open"
     s.close()
 
 
@@ -189,7 +189,7 @@ def test_connection_close_from_client_is_honoured(proxy):
     rd = Reader(s)
     r = rd.response()
     assert r.status == 200, r
-    assert rd.closed_within(2.0), "Connection: close not honoured"
+    assert rd.closed_within(CLOSE_WITHIN), "Connection: close not honoured"
     s.close()
 
 

@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from conftest import Reader, connect, curl, free_port, proxy_block, raw_status, wait_until
+from conftest import (CLOSE_WITHIN, Reader, connect, curl, free_port, proxy_block, raw_status,
+                      wait_until)
 
 
 def test_502_within_1s_when_upstream_port_is_closed(proxy_factory, tmp_path):
@@ -114,7 +115,7 @@ def test_connection_is_closed_after_content_length_with_transfer_encoding(proxy)
     rd = Reader(s)
     r = rd.response()
     assert r.status == 400, r
-    assert rd.closed_within(2.0), "connection left open after a CL+TE request"
+    assert rd.closed_within(CLOSE_WITHIN), "connection left open after a CL+TE request"
     s.close()
     assert not proxy.upstream.saw("smuggle")
 

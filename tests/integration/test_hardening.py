@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from conftest import (PSPROXY, SANITIZER_MARKS, STOP_TIMEOUT, WAIT_TIMEOUT, Reader, connect,
-                      free_port, make_config, proxy_block, reap, tail, wait_port, wait_stable,
-                      wait_until)
+from conftest import (CLOSE_WITHIN, PSPROXY, SANITIZER_MARKS, STOP_TIMEOUT, WAIT_TIMEOUT, Reader,
+                      connect, free_port, make_config, proxy_block, reap, tail, wait_port,
+                      wait_stable, wait_until)
 
 HOST = b"Host: 127.0.0.1\r\n"
 POST = b"POST /echo HTTP/1.1\r\n" + HOST
@@ -78,7 +78,7 @@ def refused(proxy, data, statuses=(400,)):
         r = rd.response()
         assert r.status in statuses, "psproxy answered %r, want %s" % (r, statuses)
         assert r.header("Connection", "").lower() == "close", r
-        assert rd.closed_within(3.0), "connection left open after a refused request"
+        assert rd.closed_within(CLOSE_WITHIN), "connection left open after a refused request"
     finally:
         s.close()
     got = new_upstream_bytes(up, before)
@@ -312,7 +312,7 @@ def test_bad_chunk_after_the_head_went_up_leaves_no_complete_request(proxy):
     rd = Reader(s)
     r = rd.response()
     assert r.status == 400, r
-    assert rd.closed_within(3.0)
+    assert rd.closed_within(CLOSE_WITHIN)
     s.close()
     got = new_upstream_bytes(up, before)
     assert len(got) == 1, got
@@ -615,7 +615,7 @@ def test_connection_close_with_options_strips_them_and_closes(proxy):
     rd = Reader(s)
     r = rd.response()
     assert r.status == 200, r
-    assert rd.closed_within(2.0), "Connection: close not honoured"
+    assert rd.closed_within(CLOSE_WITHIN), "Connection: close not honoured"
     s.close()
     raw = b"".join(new_upstream_bytes(up, before).values())
     fields = head_lines(raw)
