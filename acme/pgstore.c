@@ -61,6 +61,15 @@ struct chal_wait {
 
 static void chal_wait_end(struct chal_wait *w, int status);
 
+/* Whether this instance waits for the acks of TOKEN: it placed it. */
+static int chal_wait_find(const pgstore_t *ps, const char *token)
+{
+    for (const struct chal_wait *w = ps->waits; w != NULL; w = w->next)
+        if (strcmp(w->token, token) == 0)
+            return 1;
+    return 0;
+}
+
 /* A query's continuation with what it needs, freed after the callback. */
 struct op {
     pgstore_t *ps;
@@ -598,6 +607,13 @@ static void on_notify(pg_t *pg, const char *channel, const char *payload)
             if (token == NULL)
                 abort();
             chal_http_put(token, sp + 1);
+            if (chal_wait_find(ps, token)) {
+                /* our own NOTIFY comes back to us (we LISTEN too): acking it
+                 * counted as another instance's ack, and the CA was told
+                 * before that instance had the answer (a 404 to Pebble) */
+                free(token);
+                return;
+            }
             const char *p[1] = {token};
             struct op *o = op_new(ps, NULL, NULL, NULL);
             if (pg_query(pg, "UPDATE psproxy_challenges SET acks = acks + 1 WHERE token = $1", 1,

@@ -7,6 +7,7 @@ teardown, where psproxy's log is also checked for sanitizer reports and for a
 crash during the test.
 """
 
+import fcntl
 import json
 import os
 import select
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,18 +55,45 @@ def pytest_runtest_setup(item):
 
 
 _HANDED_OUT = set()
+# Ports handed out by any test process on this machine (pytest-xdist
+# workers, other runs): a file per port holding the pid that took it.
+_PORT_CLAIMS = Path(tempfile.gettempdir()) / "psproxy-test-ports"
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def free_port():
     """A port nobody listens on (bound to 0 and released), never one this
     process handed out before: the kernel may give a released port again at
     once, and two roles on one port (http_port == https_port) made one test
-    serve HTTP where it expected TLS."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _HANDED_OUT:
+    serve HTTP where it expected TLS. Nor one another live test process
+    took: psproxy listens with SO_REUSEPORT, so two of them (tests running
+    in parallel) could share a port and answer each other's clients."""
+    _PORT_CLAIMS.mkdir(exist_ok=True)
+    with open(_PORT_CLAIMS / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process at a time looks and claims
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port in _HANDED_OUT:
+                continue
+            claim = _PORT_CLAIMS / str(port)
+            try:
+                owner = int(claim.read_text())
+            except (OSError, ValueError):
+                owner = None
+            if owner is not None and owner != os.getpid() and _alive(owner):
+                continue  # a live test process's: maybe not listening yet
+            claim.write_text(str(os.getpid()))
             _HANDED_OUT.add(port)
             return port
 
@@ -84,6 +113,72 @@ def wait_port(port, proc, timeout, what, logfile):
             pytest.fail("%s not listening on %d after %.0f s; log:\n%s"
                         % (what, port, timeout, tail(logfile)))
         time.sleep(0.02)
+
+
+# -- waiting ------------------------------------------------------------------------
+#
+# Tests run in parallel (pytest-xdist) on a loaded machine and under ASan, so a
+# test never sleeps hoping psproxy has done something by then: it waits for
+# the thing itself (a port, a log line, a metric, a file) with a generous
+# bound, which only limits how long a broken test hangs.
+
+WAIT_TIMEOUT = 20.0
+# for a close psproxy makes at once (Connection: close, a refused request):
+# room for a loaded machine, below make_config's 5 s idle timeout, which
+# would close the connection anyway
+CLOSE_WITHIN = 4.0
+
+
+def wait_until(pred, timeout=WAIT_TIMEOUT, what="condition", interval=0.02):
+    """Polls PRED until it returns a true value, and returns that value;
+    after TIMEOUT seconds raises AssertionError naming WHAT and PRED's last
+    value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = pred()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError("waited %.1f s for %s (last: %r)" % (timeout, what, last))
+        time.sleep(interval)
+
+
+def wait_log(log, needle, timeout=WAIT_TIMEOUT, count=1):
+    """Waits until LOG (a Proxy, or a log file's path) holds NEEDLE (a string,
+    or a compiled regex) at least COUNT times; returns the log's text."""
+    path = getattr(log, "log", log)
+
+    def found():
+        text = tail(path, 1 << 24)
+        n = len(needle.findall(text)) if hasattr(needle, "findall") else text.count(needle)
+        return text if n >= count else None
+
+    try:
+        return wait_until(found, timeout, interval=0.05,
+                          what="%d x %r in %s" % (count, getattr(needle, "pattern", needle),
+                                                  path))
+    except AssertionError as e:
+        raise AssertionError("%s; its tail:\n%s" % (str(e).split(" (last:")[0],
+                                                     tail(path))) from None
+
+
+def wait_stable(fn, settle=0.5, timeout=WAIT_TIMEOUT, what="a value"):
+    """Waits until FN's value has stayed the same for SETTLE seconds, and
+    returns it: for "whatever was in flight has arrived" (connections
+    psproxy dialled and dropped reaching the upstream's accept) where no
+    event says so."""
+    deadline = time.monotonic() + timeout
+    last, since = fn(), time.monotonic()
+    while True:
+        time.sleep(0.05)
+        now = fn()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= settle:
+            return now
+        if time.monotonic() > deadline:
+            raise AssertionError("%s still changing after %.1f s (last: %r)"
+                                 % (what, timeout, now))
 
 
 def tail(path, n=4000):

@@ -187,9 +187,18 @@ class PgServer:
         try:
             pid = int((self.data / "postmaster.pid").read_text().split()[0])
             os.kill(pid, signal.SIGKILL)
-            time.sleep(0.5)
         except (OSError, ValueError, IndexError):
-            pass
+            return
+        # gone (or a zombie) before its directory is removed
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        return
+            except (OSError, IndexError):
+                return
+            time.sleep(0.05)
 
     # -- what clients use ---------------------------------------------------
 

@@ -129,7 +129,7 @@ class Server:
             return "https://a.test:%d%s" % (self.https_port, path)
         return "http://127.0.0.1:%d%s" % (getattr(self, site + "_port"), path)
 
-    def entries(self, log, want, timeout=5.0):
+    def entries(self, log, want, timeout=20.0):
         path = self.dir / log
         deadline = time.monotonic() + timeout
         while True:

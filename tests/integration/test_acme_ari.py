@@ -132,7 +132,7 @@ def test_ari_window_is_fetched_for_the_served_certificate(ari):
     stored = a.cert_dir(srv.url) / ("%s.crt" % NAME)
     assert srv.seen and srv.seen[-1] == cert_id(stored), (srv.seen, logs_of(a))
     # a window a day away: no renewal now
-    time.sleep(1)
+    time.sleep(1)  # a grace: a wrong renewal would start by now
     assert "renewing" not in p.log_text(), logs_of(a)
 
 

@@ -160,8 +160,9 @@ def test_expect_100_continue_upload_with_curl(proxy, tmp_path):
     f = tmp_path / "up"
     f.write_bytes(data)
     r = curl(proxy.url + "/echo", "--data-binary", "@%s" % f, "-H", "Expect: 100-continue",
-             "--expect100-timeout", "5", timeout=30, tmp=tmp_path)
+             "--expect100-timeout", "15", timeout=30, tmp=tmp_path)
     assert r.status == 200, r
     doc = r.json()
     assert (doc["body_len"], doc["body_sha256"]) == (len(data), sha(data))
-    assert r.elapsed < 4, "curl waited for 100 Continue: %.1f s" % r.elapsed
+    # below curl's 15 s wait, with room for a loaded machine
+    assert r.elapsed < 10, "curl waited for 100 Continue: %.1f s" % r.elapsed

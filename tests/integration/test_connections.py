@@ -8,7 +8,7 @@ import subprocess
 import threading
 import time
 
-from conftest import CURL_ENV, Reader, connect, curl, proxy_block
+from conftest import CLOSE_WITHIN, CURL_ENV, Reader, connect, curl, proxy_block
 
 
 def curl_many(url, n, timeout=30):
@@ -86,9 +86,10 @@ def test_idle_keepalive_client_is_closed_after_idle_timeout(proxy_factory, upstr
     assert rd.response().status == 200
     t0 = time.monotonic()
     assert not rd.closed_within(0.5), "closed well before the 1 s idle timeout"
-    assert rd.closed_within(3.0), "still open 3.5 s into a 1 s idle timeout"
+    # the upper bound only for a loaded machine (ASan, tests in parallel)
+    assert rd.closed_within(10.0), "still open 10.5 s into a 1 s idle timeout"
     elapsed = time.monotonic() - t0
-    assert 0.5 <= elapsed <= 3.5
+    assert 0.5 <= elapsed <= 10.5
     s.close()
 
 
@@ -101,7 +102,7 @@ def test_slowloris_head_is_cut_after_read_header_timeout(proxy_factory, upstream
     answer = b""
     # A header line every 100 ms keeps the connection busy but never done.
     n = 0
-    while time.monotonic() - t0 < 4:
+    while time.monotonic() - t0 < 10:
         n += 1
         try:
             s.sendall(b"X-Slow-%d: 1\r\n" % n)
@@ -122,8 +123,9 @@ def test_slowloris_head_is_cut_after_read_header_timeout(proxy_factory, upstream
             break
     elapsed = time.monotonic() - t0
     s.close()
-    assert closed, "head still being read after 4 s (read_header 1s)"
-    assert elapsed < 3, "cut only after %.1f s (read_header 1s)" % elapsed
+    assert closed, "head still being read after 10 s (read_header 1s)"
+    # the upper bound only for a loaded machine: idle (10s) never ends a busy head
+    assert elapsed < 8, "cut only after %.1f s (read_header 1s)" % elapsed
     if answer:
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert not upstream.saw("slowloris")
@@ -134,7 +136,7 @@ def test_request_body_is_not_bounded_by_read_header_timeout(proxy_factory, upstr
     s = connect(p.port)
     s.sendall(b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 20\r\n\r\n")
     for _ in range(4):  # 2 s of body, sent slowly but steadily
-        time.sleep(0.5)
+        time.sleep(0.5)  # a real wait: the body outlasts read_header
         s.sendall(b"12345")
     r = Reader(s).response()
     assert r.status == 200 and r.json()["body_len"] == 20, r
@@ -177,7 +179,7 @@ def test_http10_client_without_keepalive_gets_answer_and_close(proxy):
     rd = Reader(s)
     r = rd.response()
     assert r.status == 200 and r.json()["path"] == "/echo", r
-    assert rd.closed_within(2.0), "HTTP/1.0 connection without keep-alive left open"
+    assert rd.closed_within(CLOSE_WITHIN), "HTTP/1.0 connection without keep-alive left open"
     s.close()
 
 
@@ -187,7 +189,7 @@ def test_connection_close_from_client_is_honoured(proxy):
     rd = Reader(s)
     r = rd.response()
     assert r.status == 200, r
-    assert rd.closed_within(2.0), "Connection: close not honoured"
+    assert rd.closed_within(CLOSE_WITHIN), "Connection: close not honoured"
     s.close()
 
 

@@ -24,7 +24,8 @@ import time
 
 import pytest
 
-from conftest import CURL_ENV, Proxy, free_port, proxy_block, stop_and_check, wait_port
+from conftest import (CURL_ENV, Proxy, free_port, proxy_block, stop_and_check, wait_port,
+                      wait_stable, wait_until)
 from h2raw import (CANCEL, ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, INITIAL_WINDOW_SIZE,
                    NO_ERROR, PRIORITY, PROTOCOL_ERROR, REFUSED_STREAM, H2Client,
                    continuation_frame, data_frame, frame, headers_frame, indexed, lit,
@@ -101,7 +102,7 @@ def client(p, **kw):
     return c
 
 
-def handshake(c, timeout=3.0):
+def handshake(c, timeout=10.0):
     """Waits for the server's SETTINGS and its ACK of ours."""
     assert c.pump(lambda c: c.settings_seen and c.settings_acks, timeout), c.describe()
 
@@ -135,7 +136,7 @@ def assert_serves(p, tag="fresh"):
     assert json.loads(body)["query"] == "curl=%s" % tag
     with client(p) as c:
         sid = c.request("/echo?h2raw=%s" % tag)
-        assert c.wait_streams([sid], 5), (c.describe(), c.stream(sid))
+        assert c.wait_streams([sid], 15), (c.describe(), c.stream(sid))
         s = c.stream(sid)
         assert s.status == 200 and s.ended, s
         assert json.loads(bytes(s.data))["query"] == "h2raw=%s" % tag
@@ -186,21 +187,23 @@ def test_rapid_reset_gets_goaway_and_reaches_the_upstream_a_bounded_number_of_ti
         handshake(c)
         c.send(reset_burst(c, 200, "ctl"))
         c.send(ping_frame(b"control!"))
-        assert c.pump(lambda c: c.ping_acks or c.goaway or c.closed, 5), c.describe()
+        assert c.pump(lambda c: c.ping_acks or c.goaway or c.closed, 15), c.describe()
         assert c.ping_acks == 1 and c.goaway is None and not c.closed, c.describe()
-    time.sleep(1.5)  # the upstream connections dialled and dropped for them drain
+    # the upstream connections dialled and dropped for them drain: no event
+    # says when the last one reached the upstream's accept
+    wait_stable(p.upstream.proxied_connections, settle=1.0, what="upstream connections")
     conns0 = p.upstream.proxied_connections()
     n = 5000
     c = client(p, timeout=5.0)
     handshake(c)
     # an idle upstream connection in the pool: the first head leaves at once
     warm = c.request("/echo?warm=1")
-    assert c.wait_streams([warm], 5) and c.stream(warm).status == 200, c.stream(warm)
+    assert c.wait_streams([warm], 15) and c.stream(warm).status == 200, c.stream(warm)
     burst = reset_burst(c, n)
     last_sid = c.next_sid - 2
     t0 = time.monotonic()
     c.send(burst)  # may fail part-way: psproxy closes the connection
-    assert c.wait_closed(5), "still open %.1f s after %d HEADERS+RST_STREAM pairs: %s" % (
+    assert c.wait_closed(15), "still open %.1f s after %d HEADERS+RST_STREAM pairs: %s" % (
         time.monotonic() - t0, n, c.describe())
     assert c.goaway is not None, "closed without GOAWAY: %s%s" % (c.describe(), log_tail(p))
     last, code, _ = c.goaway
@@ -208,7 +211,8 @@ def test_rapid_reset_gets_goaway_and_reaches_the_upstream_a_bounded_number_of_ti
     # streams after GOAWAY's last stream id were not processed at all
     assert last < last_sid, c.describe()
     c.close()
-    time.sleep(0.5)
+    wait_stable(lambda: (len(targets(p, "/echo?rr=")), p.upstream.proxied_connections()),
+                settle=1.0, what="requests and connections reaching the upstream")
     reached = len(targets(p, "/echo?rr="))
     dialled = p.upstream.proxied_connections() - conns0
     print("rapid reset: %d streams, %d reached the upstream, %d upstream connections, %s" % (
@@ -227,7 +231,8 @@ def test_rapid_reset_gets_goaway_and_reaches_the_upstream_a_bounded_number_of_ti
     assert not beyond, (
         "GOAWAY said last stream %d, yet psproxy took %d streams above it (up to %d) "
         "and dialled %d upstream connections" % (last, len(beyond), max(beyond), dialled))
-    time.sleep(1.5)  # as above (the next test is about the time before)
+    # as above (the next test is about the time before)
+    wait_stable(p.upstream.proxied_connections, settle=1.0, what="upstream connections")
     assert_serves(p)
 
 
@@ -247,7 +252,7 @@ def test_rapid_reset_burst_does_not_fail_another_clients_requests(h2proxy):
     handshake(c)
     c.send(reset_burst(c, 5000))
     sids = [other.request("/echo?other=%d" % i) for i in range(10)]
-    assert other.wait_streams(sids, 8), other.describe()
+    assert other.wait_streams(sids, 15), other.describe()
     statuses = [other.stream(s).status for s in sids]
     dialled = p.upstream.proxied_connections()
     assert statuses == [200] * 10, (
@@ -272,7 +277,7 @@ def test_continuation_flood_with_an_end_closes_the_connection_and_forwards_nothi
         for i in range(8):
             out += continuation_frame(sid, lit("x-c%d" % i, "v"), end_headers=(i == 7))
         c.send(out)
-        assert c.wait_streams([sid], 5) and c.stream(sid).status == 200, (c.describe(),
+        assert c.wait_streams([sid], 15) and c.stream(sid).status == 200, (c.describe(),
                                                                           c.stream(sid))
         assert targets(p, "cont=8")
     c = client(p)
@@ -284,7 +289,7 @@ def test_continuation_flood_with_an_end_closes_the_connection_and_forwards_nothi
         out += continuation_frame(sid, lit("x-c%d" % i, "v"), end_headers=(i == 99))
     c.send(out)
     # without the limit this is a fine 200 (100 small fields)
-    assert c.wait_closed(5), "100 CONTINUATION frames accepted: %s %r" % (
+    assert c.wait_closed(15), "100 CONTINUATION frames accepted: %s %r" % (
         c.describe(), c.stream(sid))
     assert c.stream(sid).status is None, c.stream(sid)
     # nghttp2's NGHTTP2_ERR_TOO_MANY_CONTINUATIONS is fatal: psproxy drops the
@@ -310,12 +315,13 @@ def test_endless_empty_continuation_frames_close_the_connection(h2proxy):
     sent = 0
     while sent < 20000 and c.send(empty) and time.monotonic() - t0 < 4:
         sent += 1000
-    assert c.wait_closed(5), "still open after %d empty CONTINUATION frames: %s" % (
+    assert c.wait_closed(15), "still open after %d empty CONTINUATION frames: %s" % (
         sent, c.describe())
     print("empty CONTINUATION: %d sent in %.2f s, %s" % (sent, time.monotonic() - t0,
                                                         c.describe()))
     took = time.monotonic() - t0
-    assert took < 3, "closed only after %.1f s and %d frames" % (took, sent)
+    # below 4 s of sending + the 5 s idle timeout: closed for the flood
+    assert took < 8, "closed only after %.1f s and %d frames" % (took, sent)
     assert c.goaway is None or c.goaway[1] != NO_ERROR, c.describe()  # see above
     c.close()
     assert rss(p) < RSS_LIMIT_KIB, (rss0, rss(p))
@@ -334,10 +340,10 @@ def test_header_block_that_never_ends_is_reset_and_the_connection_closed(h2proxy
     c.send(headers_frame(sid, request_block("GET", "/echo?half=1", c.authority),
                          end_headers=False))
     t0 = time.monotonic()
-    assert c.pump(lambda c: c.stream(sid).rst is not None, 3), (c.describe(), c.stream(sid))
-    assert c.wait_closed(4), c.describe()
+    assert c.pump(lambda c: c.stream(sid).rst is not None, 10), (c.describe(), c.stream(sid))
+    assert c.wait_closed(15), c.describe()
     took = time.monotonic() - t0
-    assert took < 4, took
+    assert took < 10, took  # read_header and idle 1s; the bound only for a loaded machine
     c.close()
     assert not upstream_raw_has(p, "half=1")
     assert_serves(p)
@@ -377,7 +383,7 @@ def test_control_frame_flood_not_reading_gets_closed_and_memory_stays_bounded(h2
             break
         sent += 500
     peak = rss(p)
-    assert c.wait_closed(5), "%s flood of %d frames (no reading): still open; %s" % (
+    assert c.wait_closed(15), "%s flood of %d frames (no reading): still open; %s" % (
         kind, sent, c.describe())
     print("%s flood, not reading: %d sent in %.2f s, RSS %d -> %d KiB, %s" % (
         kind, sent, time.monotonic() - t0, rss0, peak, c.describe()))
@@ -424,7 +430,7 @@ def test_control_frame_flood_reading_the_replies_gets_enhance_your_calm(h2proxy,
     assert c.goaway[1] == ENHANCE_YOUR_CALM, c.describe()
     # the budget: 1000 at once, then 100/s
     assert answered(c) <= 1000 + 100 * (time.monotonic() - t0) + batch, c.describe()
-    assert c.wait_closed(5), c.describe()
+    assert c.wait_closed(15), c.describe()
     c.close()
     assert rss(p) < RSS_LIMIT_KIB, (rss0, rss(p))
     assert_serves(p)
@@ -450,7 +456,7 @@ def test_hpack_bomb_gets_goaway_enhance_your_calm_and_is_never_forwarded(h2proxy
     assert len(block) <= 16384
     sid = c.new_sid()
     c.send(headers_frame(sid, block))
-    assert c.wait_closed(5), "HPACK bomb: connection still open; %s %r" % (
+    assert c.wait_closed(15), "HPACK bomb: connection still open; %s %r" % (
         c.describe(), c.stream(sid))
     print("HPACK bomb: RSS %d -> %d KiB, %s %r" % (rss0, rss(p), c.describe(), c.stream(sid)))
     # without the cap on decoded bytes this would be a 431 (the control below)
@@ -472,10 +478,10 @@ def test_hpack_references_merely_over_max_header_size_get_431_not_goaway(h2proxy
     handshake(c)
     sid = c.new_sid()
     c.send(headers_frame(sid, bomb_block(c, "refs=10", 10)))
-    assert c.wait_streams([sid], 5), c.describe()
+    assert c.wait_streams([sid], 15), c.describe()
     assert c.stream(sid).status == 431, c.stream(sid)
     sid = c.request("/echo?after=refs")
-    assert c.wait_streams([sid], 5) and c.stream(sid).status == 200, c.describe()
+    assert c.wait_streams([sid], 15) and c.stream(sid).status == 200, c.describe()
     assert c.goaway is None and not c.closed, c.describe()
     c.close()
     assert not targets(p, "refs=10")
@@ -501,7 +507,7 @@ def test_header_list_over_max_header_size_is_431_and_other_streams_are_fine(h2pr
     s5 = c.request("/echo?after=1")
     # under the limit: 14 fields of 1000 bytes
     s7 = c.request("/echo?under=1", headers=[("x-ok-%02d" % i, "o" * 1000) for i in range(14)])
-    assert c.wait_streams([s1, s3, s5, s7], 5), c.describe()
+    assert c.wait_streams([s1, s3, s5, s7], 15), c.describe()
     assert c.stream(s3).status == 431, c.stream(s3)
     for sid in (s1, s5, s7):
         assert c.stream(sid).status == 200, c.stream(sid)
@@ -526,15 +532,15 @@ def concurrent_burst(p, ack):
     if ack:
         handshake(c)
     else:
-        assert c.pump(lambda c: c.settings_seen, 3), c.describe()
+        assert c.pump(lambda c: c.settings_seen, 10), c.describe()
     assert c.server_settings.get(3) == 100, c.server_settings  # MAX_CONCURRENT_STREAMS
     sids = [c.new_sid() for _ in range(110)]
     c.send(b"".join(c.request("/slow/1000?mcs=%d" % i, sid=sid, send=False)
                     for i, sid in enumerate(sids)))
-    done = c.wait_streams(sids, 8)
+    done = c.wait_streams(sids, 15)
     first, over = sids[:100], sids[100:]
     lost = [c.stream(s) for s in first if c.stream(s).status != 200 or not c.stream(s).ended]
-    time.sleep(0.2)
+    time.sleep(0.2)  # a grace: a stream over the limit wrongly forwarded would show by now
     seen = targets(p, "mcs=")
     assert done and not lost, (
         "%d of the first 100 streams not answered (%d reached the upstream); %s; %r" % (
@@ -544,7 +550,7 @@ def concurrent_burst(p, ack):
         assert st.status is None and st.rst in (REFUSED_STREAM, PROTOCOL_ERROR), st
     # capacity comes back once they are done
     sid = c.request("/echo?after=mcs")
-    assert c.wait_streams([sid], 5) and c.stream(sid).status == 200, c.stream(sid)
+    assert c.wait_streams([sid], 15) and c.stream(sid).status == 200, c.stream(sid)
     assert not c.closed and c.goaway is None, c.describe()
     c.close()
     assert len(seen) == 100, len(seen)
@@ -565,9 +571,9 @@ def test_streams_over_an_acknowledged_max_concurrent_streams_end_the_connection(
     sids = [c.new_sid() for _ in range(110)]
     c.send(b"".join(c.request("/slow/1000?mcs=%d" % i, sid=sid, send=False)
                     for i, sid in enumerate(sids)))
-    assert c.pump(lambda c: c.closed, 8), c.describe()
+    assert c.pump(lambda c: c.closed, 15), c.describe()
     assert c.goaway is not None and c.goaway[1] == PROTOCOL_ERROR, c.describe()
-    time.sleep(0.2)
+    time.sleep(0.2)  # a grace, as in concurrent_burst: nothing is to arrive
     seen = targets(p, "mcs=")
     assert not any("mcs=%d" % i in seen for i in range(100, 110)), seen
     c.close()
@@ -653,7 +659,7 @@ def test_malformed_request_is_a_stream_error_and_never_forwarded(h2proxy, case):
     # a request first, so an idle upstream connection waits in the pool: a
     # head psproxy wanted to forward would leave at once
     warm = c.request("/echo?warm=1")
-    assert c.wait_streams([warm], 5) and c.stream(warm).status == 200, c.stream(warm)
+    assert c.wait_streams([warm], 15) and c.stream(warm).status == 200, c.stream(warm)
     marker = "bad=%s" % case
     block, body = _malformed(case, c.authority, marker)
     sid = c.new_sid()
@@ -661,17 +667,25 @@ def test_malformed_request_is_a_stream_error_and_never_forwarded(h2proxy, case):
     if body is not None:
         out += data_frame(sid, body, end=True)
     c.send(out)
-    assert c.wait_streams([sid], 5), (c.describe(), c.stream(sid))
+    assert c.wait_streams([sid], 15), (c.describe(), c.stream(sid))
     s = c.stream(sid)
     assert s.rst == PROTOCOL_ERROR or s.status == 400, (
         "malformed (%s) got %r, not RST_STREAM PROTOCOL_ERROR or 400" % (case, s))
     # a stream error: the connection goes on
     ok = c.request("/echo?after=%s" % case)
-    assert c.wait_streams([ok], 5), c.describe()
+    assert c.wait_streams([ok], 15), c.describe()
     assert c.stream(ok).status == 200, (c.stream(ok), c.describe())
     c.close()
-    time.sleep(0.3)
+    time.sleep(0.3)  # a grace: a malformed request wrongly forwarded would show by now
     if case.startswith("content-length"):
+        # that upstream connection ends: wait for it (the checks below say
+        # what is wrong if it does not)
+        try:
+            wait_until(lambda: not any(is_open and marker.encode() in raw
+                                       for _, is_open, raw in p.upstream.raw_conns()),
+                       10, what="the broken request's upstream connection closed")
+        except AssertionError:
+            pass
         # The mismatch shows only in the DATA, after psproxy has sent the
         # head on (HTTP/1.1 streaming, as for an HTTP/1.1 client): the
         # upstream must then never get a whole request nor a byte past
@@ -729,7 +743,7 @@ def test_stream_with_a_closed_window_stalls_alone_and_costs_no_memory(h2proxy):
     c.request("/bytes/%d" % big, sid=slow)
     assert c.pump(lambda c: len(c.stream(slow).data) >= 1024, 5), c.stream(slow)
     others = [c.request("/bytes/%d?n=%d" % (small, i)) for i in range(5)]
-    assert c.wait_streams(others, 10), (c.describe(), [c.stream(s) for s in others])
+    assert c.wait_streams(others, 15), (c.describe(), [c.stream(s) for s in others])
     for sid in others:
         s = c.stream(sid)
         assert s.status == 200 and bytes(s.data) == pattern(small), s
@@ -747,7 +761,7 @@ def test_stream_with_a_closed_window_stalls_alone_and_costs_no_memory(h2proxy):
     slow = c.request("/bytes/5000000")
     assert c.pump(lambda c: len(c.stream(slow).data) >= 1024, 5), c.stream(slow)
     others = [c.request("/bytes/500?m=%d" % i) for i in range(20)]
-    assert c.wait_streams(others, 5), (c.describe(), [c.stream(s) for s in others])
+    assert c.wait_streams(others, 15), (c.describe(), [c.stream(s) for s in others])
     for sid in others:
         s = c.stream(sid)
         assert s.status == 200 and bytes(s.data) == pattern(500), s
@@ -770,9 +784,9 @@ def test_streams_stalled_by_the_client_are_reset_by_the_write_and_read_body_time
     slow = c.request("/bytes/1000000?zero=1")
     nobody = c.request("/echo?nobody=1", method="POST", end_stream=False)
     assert c.pump(lambda c: c.stream(slow).rst is not None and c.stream(nobody).rst is not None,
-                  4), (c.describe(), c.stream(slow), c.stream(nobody))
+                  12), (c.describe(), c.stream(slow), c.stream(nobody))
     took = time.monotonic() - t0
-    assert took < 3, took
+    assert took < 10, took  # write and read_body 1s; the bound only for a loaded machine
     assert len(c.stream(slow).data) == 0 and c.stream(nobody).status is None, (
         c.stream(slow), c.stream(nobody))
     # their upstream connections are closed too
@@ -799,7 +813,7 @@ def test_large_upload_gets_window_updates_and_arrives_whole(h2proxy):
                     headers=[("content-length", str(size))], end_stream=False)
     sent = c.send_body(sid, body, time.monotonic() + 20)
     assert sent == size, (sent, c.describe(), c.stream(sid))
-    assert c.wait_streams([sid], 10), c.describe()
+    assert c.wait_streams([sid], 15), c.describe()
     s = c.stream(sid)
     assert s.status == 200, s
     doc = json.loads(bytes(s.data))
@@ -833,7 +847,7 @@ def test_data_past_the_stream_window_is_a_flow_control_error(h2proxy, upstream):
         assert c.stream(sid).rst == FLOW_CONTROL_ERROR, c.stream(sid)
         # a stream error: the connection serves on
         ok = c.request("/echo?after=fc")
-        assert c.wait_streams([ok], 5) and c.stream(ok).status == 200, c.describe()
+        assert c.wait_streams([ok], 15) and c.stream(ok).status == 200, c.describe()
     else:
         assert c.goaway[1] == FLOW_CONTROL_ERROR, c.describe()
     c.close()
@@ -848,26 +862,26 @@ def test_sigterm_sends_goaway_the_stream_in_flight_completes_and_psproxy_exits_0
     c = client(p)
     handshake(c)
     sid = c.request("/slow/1000?stop=1")
-    wait_for(lambda: targets(p, "stop=1"), 3, what="the request at the upstream")
+    wait_for(lambda: targets(p, "stop=1"), 15, what="the request at the upstream")
     t0 = time.monotonic()
     p.proc.send_signal(signal.SIGTERM)
-    assert c.pump(lambda c: c.goaway is not None, 3), c.describe()
+    assert c.pump(lambda c: c.goaway is not None, 10), c.describe()
     last, code, _ = c.goaway
     assert code == NO_ERROR and last >= sid, c.describe()
     assert not c.stream(sid).done, "GOAWAY came after the response, not before"
     # a stream opened after GOAWAY is not processed
     late = c.request("/echo?late=1")
-    assert c.wait_streams([sid], 5), c.describe()
+    assert c.wait_streams([sid], 15), c.describe()
     s = c.stream(sid)
     assert s.status == 200 and s.ended, s
     assert json.loads(bytes(s.data))["query"] == "stop=1"
-    assert c.wait_closed(5), "connection still open after its last stream: %s" % c.describe()
+    assert c.wait_closed(15), "connection still open after its last stream: %s" % c.describe()
     c.close()  # psproxy lingers until the client's end too
     assert c.stream(late).status is None, c.stream(late)
-    rc = p.proc.wait(timeout=8)
+    rc = p.proc.wait(timeout=15)
     took = time.monotonic() - t0
     assert rc == 0, "psproxy exited %s; log:\n%s" % (rc, p.log_text()[-3000:])
-    assert took < 5, took
+    assert took < 15, took  # a hang guard: the stream takes 1 s
     assert p.stop() == (0, False)
     assert not targets(p, "late=1")
     c.close()

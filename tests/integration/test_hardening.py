@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from conftest import (PSPROXY, SANITIZER_MARKS, STOP_TIMEOUT, Reader, connect, free_port,
-                      make_config, proxy_block, reap, tail, wait_port)
+from conftest import (CLOSE_WITHIN, PSPROXY, SANITIZER_MARKS, STOP_TIMEOUT, WAIT_TIMEOUT, Reader,
+                      connect, free_port, make_config, proxy_block, reap, tail, wait_port,
+                      wait_stable, wait_until)
 
 HOST = b"Host: 127.0.0.1\r\n"
 POST = b"POST /echo HTTP/1.1\r\n" + HOST
@@ -30,7 +31,9 @@ def upstream_bytes(up):
 
 def new_upstream_bytes(up, before, settle=0.1):
     """What the upstream received since BEFORE (upstream_bytes), by connection."""
-    time.sleep(settle)  # the upstream's threads record what the kernel holds
+    # a grace: the upstream's threads record what the kernel holds (what is
+    # looked for here is bytes psproxy should not have sent: no event for it)
+    time.sleep(settle)
     after = upstream_bytes(up)
     return {cid: raw[len(before.get(cid, b"")):] for cid, raw in after.items()
             if len(raw) > len(before.get(cid, b""))}
@@ -75,7 +78,7 @@ def refused(proxy, data, statuses=(400,)):
         r = rd.response()
         assert r.status in statuses, "psproxy answered %r, want %s" % (r, statuses)
         assert r.header("Connection", "").lower() == "close", r
-        assert rd.closed_within(3.0), "connection left open after a refused request"
+        assert rd.closed_within(CLOSE_WITHIN), "connection left open after a refused request"
     finally:
         s.close()
     got = new_upstream_bytes(up, before)
@@ -302,19 +305,21 @@ def test_bad_chunk_after_the_head_went_up_leaves_no_complete_request(proxy):
     before = upstream_bytes(up)
     s = connect(proxy.port)
     s.sendall(CHUNKED + b"5\r\nhello\r\n")
-    time.sleep(0.3)
+    wait_until(lambda: any(raw.endswith(b"5\r\nhello\r\n")
+                           for raw in new_upstream_bytes(up, before, settle=0).values()),
+               what="the head and the good chunk at the upstream")
     s.sendall(b"zz\r\nGET /echo?smuggled HTTP/1.1\r\n" + HOST + b"\r\n")
     rd = Reader(s)
     r = rd.response()
     assert r.status == 400, r
-    assert rd.closed_within(3.0)
+    assert rd.closed_within(CLOSE_WITHIN)
     s.close()
     got = new_upstream_bytes(up, before)
     assert len(got) == 1, got
     (cid, raw), = got.items()
     assert raw.endswith(b"\r\n\r\n5\r\nhello\r\n"), raw  # no last chunk
     assert b"smuggled" not in raw, raw
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + WAIT_TIMEOUT
     while time.monotonic() < deadline and any(
             c == cid and op for c, op, _ in up.raw_conns()):
         time.sleep(0.05)
@@ -339,7 +344,7 @@ def echo_conn_id(proxy, s=None, rd=None):
     return r.json()["conn_id"]
 
 
-def wait_upstream_closed(up, cid, timeout=3.0):
+def wait_upstream_closed(up, cid, timeout=WAIT_TIMEOUT):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not any(c == cid and op for c, op, _ in up.raw_conns()):
@@ -382,7 +387,8 @@ def test_upstream_closing_mid_body_cuts_the_client_and_is_not_reused(proxy, vari
     r = rd.head()  # the response had started: only a close can tell the client
     assert r.status == 200, r
     rest = rd.read_to_close()
-    assert time.monotonic() - t0 < 3
+    # the upstream's close, not the 5 s idle or socket timeout
+    assert time.monotonic() - t0 < 4.5
     s.close()
     if variant == "mid-body":
         assert r.header("Content-Length") == "100" and len(rest) < 100, (r, rest)
@@ -413,13 +419,17 @@ def test_upstream_sending_more_than_declared_is_not_reused(proxy, variant):
 
 
 def test_slowloris_is_cut_by_read_header_while_others_are_served(proxy_factory, upstream):
-    p = proxy_factory(proxy_block(upstream), read_header="1s", idle="10s")
+    # read_header 3s: "served at once" below (2 s) is then far from what a
+    # server blocked by the lorises would take, even on a loaded machine
+    p = proxy_factory(proxy_block(upstream), read_header="3s", idle="10s")
     p.upstream = upstream
     stop = threading.Event()
     ended = {}
+    connected = []
 
     def loris(i):
         s = connect(p.port)
+        connected.append(i)
         s.settimeout(0.1)
         data = b"GET /echo?loris-%d HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " % i
         t0 = time.monotonic()
@@ -442,16 +452,17 @@ def test_slowloris_is_cut_by_read_header_while_others_are_served(proxy_factory, 
     threads = [threading.Thread(target=loris, args=(i,)) for i in range(20)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    wait_until(lambda: len(connected) == 20, what="20 lorises connected")
     for _ in range(5):  # meanwhile everybody else is served at once
         t0 = time.monotonic()
         still_serves(p)
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 2.0
     for t in threads:
-        t.join(5)
+        t.join(15)
     stop.set()
     assert not any(t.is_alive() for t in threads)
-    assert len(ended) == 20 and max(ended.values()) < 3.0, ended
+    # cut by read_header (3s), not at the end of the loris's 10 s
+    assert len(ended) == 20 and max(ended.values()) < 8.0, ended
     assert not any(upstream.saw("loris-%d" % i) for i in range(20))
     assert all(b"loris" not in raw for raw in upstream_bytes(upstream).values())
 
@@ -460,8 +471,9 @@ def test_silent_connection_is_closed_after_read_header(proxy_factory, upstream):
     p = proxy_factory(proxy_block(upstream), read_header="1s", idle="10s")
     s = connect(p.port)
     t0 = time.monotonic()
-    assert Reader(s).closed_within(3.0), "a connection that never spoke stays open"
-    assert 0.8 <= time.monotonic() - t0 < 3.0
+    # the upper bound below idle (10s), generous for a loaded machine
+    assert Reader(s).closed_within(8.0), "a connection that never spoke stays open"
+    assert 0.8 <= time.monotonic() - t0 < 8.0
     s.close()
     assert upstream.proxied_connections() == 0
 
@@ -555,16 +567,18 @@ def test_out_of_fds_no_busy_loop_and_serves_again(fd_starved_proxy, upstream):
     try:
         for _ in range(150):  # more than psproxy has descriptors
             socks.append(socket.create_connection(("127.0.0.1", p.port), timeout=2))
-        time.sleep(0.3)
+        # psproxy has taken what it could: its descriptors stop changing
+        wait_stable(lambda: len(os.listdir("/proc/%d/fd" % p.pid)), settle=0.5,
+                    what="psproxy's open descriptors")
         c0 = cpu_seconds(p.pid)
-        time.sleep(2.0)
+        time.sleep(2.0)  # a real wait: the CPU it uses meanwhile is the test
         used = cpu_seconds(p.pid) - c0
         assert used < 0.3, "psproxy used %.2f s of CPU in 2 s out of descriptors" % used
     finally:
         for s in socks:
             s.close()
     # the descriptors come back: psproxy serves again
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + WAIT_TIMEOUT
     while True:
         try:
             s = connect(p.port, timeout=2)
@@ -601,7 +615,7 @@ def test_connection_close_with_options_strips_them_and_closes(proxy):
     rd = Reader(s)
     r = rd.response()
     assert r.status == 200, r
-    assert rd.closed_within(2.0), "Connection: close not honoured"
+    assert rd.closed_within(CLOSE_WITHIN), "Connection: close not honoured"
     s.close()
     raw = b"".join(new_upstream_bytes(up, before).values())
     fields = head_lines(raw)

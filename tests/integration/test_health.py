@@ -23,7 +23,9 @@ import pytest
 from conftest import (PSPROXY, START_TIMEOUT, UPSTREAM, Reader, Upstream, connect, curl,
                       free_port, make_config, proxy_block, reap, tail)
 
-SLACK = 1.0  # seconds on top of the configured timing, for a loaded machine
+# seconds on top of the configured timing, for a loaded machine (ASan, tests
+# in parallel on two cores); only ever added to upper bounds and deadlines
+SLACK = 3.0
 
 
 # -- helpers ------------------------------------------------------------------
@@ -145,7 +147,7 @@ def log_lines(p, *words, pattern=None):
     return out
 
 
-def wait_log(p, *words, pattern=None, timeout=2.0):
+def wait_log(p, *words, pattern=None, timeout=10.0):
     return wait_until(lambda: log_lines(p, *words, pattern=pattern), timeout)
 
 
@@ -247,11 +249,13 @@ def test_first_uses_the_first_available_upstream(proxy_factory, upstream_factory
 def test_upstream_failing_its_health_check_is_drained_then_comes_back(
         proxy_factory, upstream_factory):
     a, b = upstream_factory(), upstream_factory()
-    interval, fails, passes = 0.4, 2, 2
+    # 1 s: "not after one check" is looked at between two checks, which
+    # must leave a loaded machine time for it
+    interval, fails, passes = 1.0, 2, 2
     p = proxy_factory(proxy_block(a, b, lb="round_robin",
-                                  extra=health_cfg(interval="400ms", fails=fails,
+                                  extra=health_cfg(interval="1s", fails=fails,
                                                    passes=passes)))
-    assert wait_until(lambda: health_hits(a) >= 1 and health_hits(b) >= 1, 2.0), \
+    assert wait_until(lambda: health_hits(a) >= 1 and health_hits(b) >= 1, 10.0), \
         "no health checks reached the upstreams"
     assert set(served_by(p, 4)) == {a.port, b.port}
 
@@ -578,7 +582,7 @@ def test_request_waits_for_a_down_upstream_within_lb_try_duration(proxy_factory,
         r=curl(p.url + "/whoami", timeout=15, tmp=tmp_path)), daemon=True)
     t0 = time.monotonic()
     t.start()
-    time.sleep(1.0)
+    time.sleep(1.0)  # a real wait: the request waits for the upstream meanwhile
     pinned(port)
     t.join(10)
     assert not t.is_alive()
@@ -606,7 +610,8 @@ def test_503_with_retry_after_when_no_upstream_is_available_within_lb_try_durati
     dead = "127.0.0.1:%d" % free_port()
     p = proxy_factory(proxy_block(dead, try_duration="1s",
                                   extra="\t\tlb_try_interval 250ms\n" + health_cfg()))
-    time.sleep(0.3 * 2 + SLACK)  # the first check has failed
+    assert wait_log(p, dead, pattern=UNHEALTHY), \
+        "the first check has not failed:\n" + p.log_text()[-3000:]
     r = curl(p.url + "/whoami", tmp=tmp_path)
     assert r.status == 503, r
     ra = r.header("Retry-After")
@@ -688,5 +693,6 @@ def test_unhealthy_response_takes_the_upstream_out_for_fail_duration(
     assert (r.status == 503) == (path == "/status/503"), r
     assert log_lines(p, a.addr, why), p.log_text()
     assert served_by(p, 4) == [b.port] * 4  # A is out for fail_duration
-    time.sleep(3.3)
+    assert wait_until(lambda: served_by(p, 1) == [a.port], 3.0 + SLACK), \
+        "A not back after fail_duration"
     assert served_by(p, 2) == [a.port] * 2  # and back after it

@@ -173,9 +173,12 @@ def caddy_run(tmp_path, pebble_factory, https_ca):  # noqa: F811 - fixtures
             raise AssertionError("%s\ncaddy log:\n%s\npebble log:\n%s" % (
                 e, tail(caddy.log), pebble.log_text()[-3000:]))
         # certmagic writes .crt, .key, .json in that order: let it finish.
-        wait_for(lambda: (caddy.crt(issuer).with_suffix(".json")).is_file(), 5.0,
-                 what="Caddy's certificate metadata")
-        time.sleep(0.3)
+        def meta_written():
+            try:
+                return json.loads(caddy.crt(issuer).with_suffix(".json").read_text())
+            except (OSError, ValueError):
+                return None
+        wait_for(meta_written, 20.0, what="Caddy's certificate metadata")
         rc, killed = caddy.stop()
         assert not killed, "caddy ignored SIGTERM"
         caddy.issuer = issuer
@@ -242,7 +245,7 @@ def test_import_caddy_serves_caddys_certificate_without_a_new_order(
                 r, proxy.log_text())
             time.sleep(0.05)
         assert served_serial(https_port) == caddy_serial, "psproxy serves another certificate"
-        time.sleep(0.5)  # an order would start at once: give it the chance to show
+        time.sleep(0.5)  # a grace: an order would start at once: give it the chance to show
         log = proxy.log_text()
         assert "ordering a certificate" not in log, log
         assert "serving the stored certificate" in log, log

@@ -49,7 +49,7 @@ def test_long_poll_sse_gap_and_idle_websocket_outlast_60s(proxy_factory, upstrea
 
     # meanwhile: a WebSocket stays open, idle, past the server's idle timeout
     s, rd = handshake(p.port)
-    time.sleep(5)
+    time.sleep(5)  # a real wait: idle past the 3 s idle timeout
     s.sendall(ws_frame(0x1, b"still here", mask=os.urandom(4)))
     assert read_frame(rd) == (0x1, b"still here")
     s.close()

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import Proxy, free_port, proxy_block, stop_and_check
+from conftest import Proxy, free_port, proxy_block, stop_and_check, wait_log
 from pebble import https_ca, pebble_factory  # noqa: F401 - fixtures
 from pg_util import pg_factory, pg_server  # noqa: F401 - fixtures
 from tls_util import served_cert, wait_for
@@ -117,7 +117,7 @@ def test_three_instances_one_order_all_serve_it(cluster):
     procs = [c.start(i) for i in (2, 0, 1)]
     serials = wait_all_serve(procs)
     assert len(set(serials)) == 1, serials
-    time.sleep(1.0)  # a second order would be under way by now
+    time.sleep(1.0)  # a grace: a second order would be under way by now
     assert c.pebble.orders_seen() == 1, c.pebble.log_text()[-3000:]
     assert c.pebble.issued_seen() == 1
     orderers = [p for p in procs if "ordering a certificate" in p.log_text()]
@@ -180,32 +180,40 @@ def test_renewal_by_one_instance_reaches_the_others_without_a_restart(cluster, r
     seen = wait_for(renewed, 40.0, interval=0.05, what="a renewed certificate")
     t_first = time.monotonic()
     new = next(x for x in seen if x not in (None, old))
-    wait_for(lambda: all(serial_served(p) == new for p in procs), 10.0, interval=0.05,
+    wait_for(lambda: all(serial_served(p) == new for p in procs), 20.0, interval=0.05,
              what="every instance serving the renewed certificate")
     took = time.monotonic() - t_first
     record_property("renewal_propagation_seconds", round(took, 3))
     print("renewed certificate served by the other instance %.3f s after the first" % took)
-    assert took < 5.0, took
-    time.sleep(1.0)
+    # NOTIFY: well under a second when idle; the bound is for a loaded machine
+    # and stays below the 30 s poll (PGSTORE_POLL_MS) that would also bring it
+    assert took < 15.0, took
+    time.sleep(1.0)  # a grace: the other instance's needless renewal would show
     assert c.pebble.orders_seen() == 2, c.pebble.log_text()[-3000:]  # first + one renewal
 
 
-def test_database_outage_keeps_serving_restart_serves_the_cache_and_they_reconnect(cluster):
+def test_database_outage_keeps_serving_restart_serves_the_cache_and_they_reconnect(
+        cluster, monkeypatch):
+    # debug: pg.c logs each reconnect attempt ("next attempt in N ms")
+    monkeypatch.setenv("PSPROXY_LOG_LEVEL", "debug")
     c = cluster(2)
     c.start_pebble(validator=0)
     procs = [c.start(i) for i in (0, 1)]
     serial = wait_all_serve(procs)[0]
+    before = [p.log_text().count("next attempt in") for p in procs]
     c.pg.stop()
-    time.sleep(4.0)  # several reconnect attempts (1 s, 2 s, ...)
+    for p, n in zip(procs, before):  # several reconnect attempts (1 s, 2 s, ...)
+        wait_log(p, "next attempt in", timeout=30.0, count=n + 3)  # the loss and two more
     for p in procs:
         assert serial_served(p) == serial
-        log = p.log_text()
+        log = "\n".join(l for l in p.log_text().splitlines() if " debug: " not in l)
         assert log.count("unreachable") == 1, log[-3000:]  # the outage, logged once
     # a restart during the outage serves from the local cache at once
     restarted = procs[1]
     restarted.stop()
     again = c.start(1)
-    wait_for(lambda: serial_served(again) == serial, 2.0, what="the cached certificate")
+    # the database is down: whatever it serves comes from the cache
+    wait_for(lambda: serial_served(again) == serial, 10.0, what="the cached certificate")
     # the database comes back: everyone reconnects and syncs again
     c.pg.start()
     wait_for(lambda: procs[0].log_text().count("in sync") == 2, 20.0, what="instance 0 back")
@@ -218,7 +226,8 @@ def test_no_order_without_the_database_then_exactly_one(cluster):
     c.start_pebble(validator=0)
     c.pg.stop()
     p = c.start(0)  # empty cache, database away: serve nothing, order nothing
-    time.sleep(3.0)
+    wait_log(p, "waiting for the shared storage before ordering")
+    time.sleep(1.0)  # a grace: a wrong order would be under way by now
     assert c.pebble.orders_seen() == 0, c.pebble.log_text()[-2000:]
     assert serial_served(p) is None
     assert "waiting for the shared storage before ordering" in p.log_text()
@@ -252,7 +261,7 @@ def test_an_instance_with_another_key_file_takes_and_orders_nothing(cluster, tmp
     other = c.start(1)
     wait_for(lambda: "key_file is not the key" in other.log_text(), 10.0,
              what="the key mismatch refused")
-    time.sleep(1.0)
+    time.sleep(1.0)  # a grace: a wrong take or order would show by now
     assert serial_served(other) is None  # nothing taken it cannot open
     assert c.pebble.orders_seen() == 1  # and nothing ordered over the others' rows
     assert serial_served(first) == serial

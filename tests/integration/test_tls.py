@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import socket
@@ -21,13 +22,13 @@ import time
 
 import pytest
 
-from conftest import (CURL_ENV, PSPROXY, Proxy, Reader, curl, free_port, proxy_block,
-                      stop_and_check, wait_port)
+from conftest import (CURL_ENV, PSPROXY, WAIT_TIMEOUT, Proxy, Reader, curl, free_port,
+                      proxy_block, stop_and_check, wait_port)
 from tls_util import (Pki, SlowReadingUpstream, cert_info, client_context, client_hello,
                       https_curl, s_client, served_cert, tls_config, tls_connect, wait_for)
 from upstream import pattern
 
-RELOAD_TIMEOUT = 5.0
+RELOAD_TIMEOUT = 20.0
 
 
 # -- fixtures ---------------------------------------------------------------------
@@ -232,17 +233,40 @@ def test_tls11_and_tls10_are_refused(one_site, proto):
     assert_serves(one_site, one_site.ca)
 
 
+def _read_until(proc, buf, pred, timeout):
+    """Appends PROC's output to BUF until PRED(BUF), its EOF or TIMEOUT;
+    returns BUF."""
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    while not pred(buf):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        data = os.read(fd, 65536)
+        if not data:
+            break
+        buf += data
+    return buf
+
+
 def test_client_initiated_renegotiation_is_refused(one_site):
     cmd = ["openssl", "s_client", "-connect", "127.0.0.1:%d" % one_site.https_port,
            "-servername", "a.test", "-tls1_2", "-state"]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     try:
-        time.sleep(1.0)  # handshake done
+        # handshake done: s_client prints the session, then reads its input
+        got = _read_until(proc, b"", lambda b: b"Verify return code" in b, WAIT_TIMEOUT)
         proc.stdin.write(b"R\n")
         proc.stdin.flush()
-        time.sleep(1.5)  # renegotiation attempted
+        # renegotiation attempted, and answered (an alert, a close, or a
+        # second handshake, which the checks below refuse); a server that
+        # ignores it says nothing, so that wait is a grace of 3 s
+        got = _read_until(proc, got, lambda b: b"RENEGOTIATING" in b, WAIT_TIMEOUT)
+        got = _read_until(proc, got, lambda b: b.count(b"read finished") >= 2
+                          or b"alert" in b or b"errno" in b, 3.0)
         out, _ = proc.communicate(timeout=10)
+        out = got + out
     except BaseException:
         proc.kill()
         proc.communicate()
@@ -504,7 +528,7 @@ def test_busy_connection_serves_after_its_buffers_are_given_back(one_site):
                 assert r.status == 200 and r.json()["query"] == "r=%d&i=%d" % (rnd, i), r
             r = tls_request(s, rd, "a.test", "/bytes/300000")
             assert r.status == 200 and r.body == pattern(300000), r.status
-            time.sleep(2.5)
+            time.sleep(2.5)  # a real wait: quiet for two sweeps, the buffers go back
     finally:
         s.close()
     assert_alive(one_site)
@@ -597,7 +621,7 @@ def test_disconnect_mid_handshake_leaves_psproxy_serving(one_site):
     for cut in (50, 5, len(hello) - 1):
         s = socket.create_connection(("127.0.0.1", one_site.https_port), timeout=5)
         s.sendall(hello[:cut])
-        time.sleep(0.05)
+        time.sleep(0.05)  # a real wait: the part arrives on its own before the close
         s.close()
     # A reset instead of a close.
     s = socket.create_connection(("127.0.0.1", one_site.https_port), timeout=5)
@@ -790,7 +814,7 @@ def test_sighup_with_broken_certificate_keeps_previous(pki, upstream, tls_factor
 
     why = wait_for(logged, RELOAD_TIMEOUT,
                    what="psproxy logging why %s/a.crt was not loaded" % d)
-    time.sleep(0.3)
+    time.sleep(0.3)  # a grace: a crash after the refusal would show by now
     assert_alive(p)
     serials = [_handshake_serial(p.https_port) for _ in range(10)]
     assert serials == [0x3001] * 10, "after a broken reload handshakes got %r; log: %s" % (

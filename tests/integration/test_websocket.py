@@ -5,7 +5,7 @@ import base64
 import hashlib
 import os
 
-from conftest import Reader, connect
+from conftest import CLOSE_WITHIN, Reader, connect
 from upstream import WS_GUID, ws_frame
 
 
@@ -47,7 +47,7 @@ def test_websocket_echo_through_proxy(proxy):
     assert read_frame(rd) == (0xA, b"ping!")
     s.sendall(ws_frame(0x8, b"\x03\xe8", mask=os.urandom(4)))
     assert read_frame(rd) == (0x8, b"\x03\xe8")
-    assert rd.closed_within(2.0), "tunnel not closed after the upstream closed"
+    assert rd.closed_within(CLOSE_WITHIN), "tunnel not closed after the upstream closed"
     s.close()
 
 

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import curl
+from conftest import curl, wait_until
 
 OPENSSL = "openssl"
 CMD_TIMEOUT = 20
@@ -275,17 +275,8 @@ def https_curl(host, port, path, ca, *args, tmp=None, timeout=30):
 
 
 def wait_for(pred, timeout, interval=0.05, what="condition"):
-    """Polls PRED until it returns a true value (returned) or TIMEOUT passes
-    (AssertionError)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        last = pred()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError("%s not met after %.1f s (last: %r)" % (what, timeout, last))
-        time.sleep(interval)
+    """conftest.wait_until with tls_util's older argument order."""
+    return wait_until(pred, timeout, what=what, interval=interval)
 
 
 def client_hello(server_hostname="a.test"):
