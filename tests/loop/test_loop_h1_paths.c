@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "conn.h"
 #include "test.h"
 
 #define CONF                                                                                       \
@@ -91,6 +92,182 @@ TEST(upstream_head_larger_than_the_read_buffer_is_502)
                                       "c0: body \"ok\"\n");
     CHECK_STR(lt_rx(c), "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n"
                         "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    lt_end(&t);
+}
+
+/* A 101 to a request that asked for no upgrade would turn the connection
+ * into a tunnel the client never wanted: 502, and nothing the upstream
+ * sent after it reaches the client. */
+TEST(upstream_101_to_a_request_without_upgrade_is_502)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                 "Upgrade: websocket\r\n\r\nsecret"),
+        LT_EOF(),
+        LT_END(),
+    };
+    static const lt_step_t client[] = {
+        LT_WRITE("GET /plain HTTP/1.1\r\nHost: example.test\r\n\r\n"),
+        LT_RESPONSE(),
+        LT_DONE(),
+    };
+    lt_t t;
+    START(&t, CONF);
+    lt_upstream(&t, 0, up0);
+    lt_peer_t *c = lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    CHECK_STR(lt_events(&t, "c"), "c0: 502\n"
+                                  "c0: body \"\"\n");
+    CHECK_STR(lt_rx(c), "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+    /* the upstream connection is not pooled: it ends */
+    CHECK_INT(t.n_ups, 1);
+    CHECK(t.n_ups == 1 && t.ups[0]->eof != 0);
+    lt_end(&t);
+}
+
+/* RFC 9110 15.2: an HTTP/1.0 client gets no 1xx; the final response
+ * reaches it whole. An HTTP/1.1 client gets the 1xx first. */
+TEST(interim_response_reaches_an_http11_client_but_not_an_http10_one)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                 "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                 "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        LT_END(),
+    };
+    static const lt_step_t client11[] = {
+        LT_WRITE("GET /hints HTTP/1.1\r\nHost: example.test\r\n\r\n"),
+        LT_RESPONSE(),
+        LT_RESPONSE(),
+        LT_WRITE("GET /hints HTTP/1.0\r\nHost: example.test\r\n\r\n"),
+        LT_RESPONSE(),
+        LT_EOF(),
+        LT_DONE(),
+    };
+    lt_t t;
+    START(&t, CONF);
+    lt_upstream(&t, 0, up0);
+    lt_peer_t *c = lt_client(&t, client11);
+    CHECK_INT(lt_run(&t), 0);
+    CHECK_STR(lt_events(&t, "c"), "c0: 103\n"
+                                  "c0: body \"\"\n"
+                                  "c0: 200\n"
+                                  "c0: body \"ok\"\n"
+                                  "c0: 200\n"
+                                  "c0: body \"ok\"\n"
+                                  "c0: eof\n");
+    CHECK_STR(lt_rx(c), "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+    lt_end(&t);
+}
+
+/* ---- requests psproxy does not forward ---------------------------------- */
+
+/* psproxy is no forward proxy: a CONNECT is refused and the connection
+ * ends; the bytes after it (the tunnel the client hoped for) never reach
+ * an upstream. (Its authority-form target fails the target check, 400,
+ * before routing's 405 for CONNECT.) */
+TEST(connect_is_refused_and_reaches_no_upstream)
+{
+    static const lt_step_t client[] = {
+        LT_WRITE("CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n"
+                 "GET / HTTP/1.1\r\nHost: example.test\r\n\r\n"),
+        LT_RESPONSE(),
+        LT_EOF(),
+        LT_DONE(),
+    };
+    lt_t t;
+    START(&t, CONF);
+    lt_peer_t *c = lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    CHECK_STR(lt_events(&t, ""), "c0: 400\n"
+                                 "c0: body \"\"\n"
+                                 "c0: eof\n");
+    CHECK_STR(lt_rx(c), "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
+                        "Connection: close\r\n\r\n");
+    CHECK_INT(t.n_ups, 0);
+    lt_end(&t);
+}
+
+/* A request answered here whose chunked body breaks: the answer still
+ * goes out, but nothing after the broken framing can be told apart from
+ * the body, so the connection ends after the answer and the "request"
+ * behind it is never proxied (no smuggling past a local answer). */
+TEST(broken_chunked_body_of_a_local_answer_ends_the_connection)
+{
+    static const lt_step_t client[] = {
+        LT_WRITE("POST /local HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 "zz\r\nhello\r\n0\r\n\r\n"
+                 "GET /smuggled HTTP/1.1\r\nHost: example.test\r\n\r\n"),
+        LT_RESPONSE(),
+        LT_EOF(),
+        LT_DONE(),
+    };
+    lt_t t;
+    START(&t, CONF);
+    lt_peer_t *c = lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    CHECK_STR(lt_events(&t, ""), "c0: 201\n"
+                                 "c0: body \"here\"\n"
+                                 "c0: eof\n");
+    CHECK_STR(lt_rx(c), "HTTP/1.1 201 Created\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                        "Content-Length: 4\r\nConnection: close\r\n\r\nhere");
+    CHECK_INT(t.n_ups, 0);
+    lt_end(&t);
+}
+
+/* ---- the client goes away ----------------------------------------------- */
+
+/* The proxy read its client's EOF (white box: the worker's one connection). */
+static int lt_client_shut(lt_t *t)
+{
+    return t->w.conns != NULL && t->w.conns->x.eof;
+}
+
+static int up0_got_a(lt_t *t)
+{
+    return t->n_ups > 0 && strstr(lt_rx(t->ups[0]), "GET /a ") != NULL;
+}
+
+/* A client that half-closes with a request answered and the start of
+ * another head buffered: the whole one is answered, the partial one can
+ * never complete, so the connection closes at once (no 408 after
+ * read_header, nothing sent up). */
+TEST(half_closed_client_with_a_partial_head_gets_its_answer_then_the_end)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WAIT(lt_client_shut),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"),
+        LT_END(),
+    };
+    static const lt_step_t client[] = {
+        LT_WRITE("GET /a HTTP/1.1\r\nHost: example.test\r\n\r\nGET /b HTTP/1.1\r\nHo"),
+        LT_WAIT(up0_got_a),
+        LT_SHUTDOWN(),
+        LT_RESPONSE(),
+        LT_EOF(),
+        LT_DONE(),
+    };
+    lt_t t;
+    START(&t, CONF);
+    lt_upstream(&t, 0, up0);
+    lt_peer_t *c = lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    CHECK_STR(lt_events(&t, ""), "u0: accept\n"
+                                 "u0: GET /a\n"
+                                 "c0: 200\n"
+                                 "c0: body \"a\"\n"
+                                 "c0: eof\n");
+    CHECK_STR(lt_rx(c), "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na");
+    CHECK_STR(lt_rx(t.ups[0]), "GET /a HTTP/1.1\r\nHost: example.test\r\n" FWD "\r\n");
+    /* at once, not after read_header (1 s) */
+    CHECK(lt_time(&t, "c0: eof") - lt_time(&t, "c0: 200") < 500);
     lt_end(&t);
 }
 
