@@ -271,4 +271,152 @@ TEST(half_closed_client_with_a_partial_head_gets_its_answer_then_the_end)
     lt_end(&t);
 }
 
+/* ---- the upstream pool -------------------------------------------------- */
+
+#define CONF_KEEPALIVE(KEEPALIVE)                                                                  \
+    "{\n"                                                                                          \
+    "\tadmin off\n"                                                                                \
+    "\tgrace_period 500ms\n"                                                                       \
+    "}\n"                                                                                          \
+    "\n"                                                                                           \
+    "http://:@PORT@ {\n"                                                                           \
+    "\treverse_proxy 127.0.0.1:@UP@ {\n"                                                           \
+    "\t\ttransport http {\n"                                                                       \
+    "\t\t\tkeepalive " KEEPALIVE "\n"                                                              \
+    "\t\t}\n"                                                                                      \
+    "\t}\n"                                                                                        \
+    "}\n"
+#define KEEPALIVE_MS 150
+
+static int up0_ended(lt_t *t)
+{
+    return t->n_ups > 0 && t->ups[0]->eof != 0;
+}
+
+/* A pooled connection idle for keepalive is closed by psproxy; the next
+ * request dials a new one. */
+TEST(pooled_upstream_connection_is_closed_after_keepalive)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"),
+        LT_EOF(),
+        LT_END(),
+    };
+    static const lt_step_t up1[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb"),
+        LT_END(),
+    };
+    static const lt_step_t client[] = {
+        LT_WRITE("GET /a HTTP/1.1\r\nHost: example.test\r\n\r\n"),
+        LT_RESPONSE(),
+        LT_WAIT(up0_ended),
+        LT_WRITE("GET /b HTTP/1.1\r\nHost: example.test\r\n\r\n"),
+        LT_RESPONSE(),
+        LT_DONE(),
+    };
+    lt_t t;
+    START(&t, CONF_KEEPALIVE("150ms"));
+    lt_upstream(&t, 0, up0);
+    lt_upstream(&t, 1, up1);
+    lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    CHECK_STR(lt_events(&t, ""), "u0: accept\n"
+                                 "u0: GET /a\n"
+                                 "c0: 200\n"
+                                 "c0: body \"a\"\n"
+                                 "u0: eof\n"
+                                 "u1: accept\n"
+                                 "u1: GET /b\n"
+                                 "c0: 200\n"
+                                 "c0: body \"b\"\n");
+    int64_t idle = lt_time(&t, "u0: eof") - lt_time(&t, "c0: body \"a\"");
+    CHECK(idle >= KEEPALIVE_MS - 10); /* loop time, taken at the callbacks */
+    CHECK(idle < KEEPALIVE_MS + 1000);
+    lt_end(&t);
+}
+
+/* The upstream closes a pooled connection just as psproxy reuses it: the
+ * request never got there, so a request without a body goes again on a
+ * fresh connection, once, and the client never hears of it. */
+TEST(request_without_body_on_a_pooled_connection_the_upstream_closed_is_sent_again)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"),
+        LT_READ_HEAD(),
+        LT_CLOSE(), /* read it, never answered */
+    };
+    static const lt_step_t up1[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb"),
+        LT_END(),
+    };
+    static const lt_step_t client[] = {
+        LT_WRITE("GET /a HTTP/1.1\r\nHost: example.test\r\n\r\n"),
+        LT_RESPONSE(),
+        LT_WRITE("DELETE /b HTTP/1.1\r\nHost: example.test\r\n\r\n"),
+        LT_RESPONSE(),
+        LT_DONE(),
+    };
+    lt_t t;
+    START(&t, CONF_KEEPALIVE("2s"));
+    lt_upstream(&t, 0, up0);
+    lt_upstream(&t, 1, up1);
+    lt_peer_t *c = lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    CHECK_STR(lt_events(&t, ""), "u0: accept\n"
+                                 "u0: GET /a\n"
+                                 "c0: 200\n"
+                                 "c0: body \"a\"\n"
+                                 "u0: DELETE /b\n"
+                                 "u0: close\n"
+                                 "u1: accept\n"
+                                 "u1: DELETE /b\n"
+                                 "c0: 200\n"
+                                 "c0: body \"b\"\n");
+    CHECK_STR(lt_rx(c), "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"
+                        "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb");
+    lt_end(&t);
+}
+
+/* The same with a body: the upstream may have acted on it before it
+ * closed, so it is not sent twice; 502. */
+TEST(request_with_body_on_a_pooled_connection_the_upstream_closed_is_502_not_sent_twice)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"),
+        LT_READ_HEAD(),
+        LT_READ(5),
+        LT_CLOSE(),
+    };
+    static const lt_step_t client[] = {
+        LT_WRITE("GET /a HTTP/1.1\r\nHost: example.test\r\n\r\n"),
+        LT_RESPONSE(),
+        LT_WRITE("PUT /b HTTP/1.1\r\nHost: example.test\r\nContent-Length: 5\r\n\r\nhello"),
+        LT_RESPONSE(),
+        LT_DONE(),
+    };
+    lt_t t;
+    START(&t, CONF_KEEPALIVE("2s"));
+    lt_upstream(&t, 0, up0);
+    lt_peer_t *c = lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    CHECK_STR(lt_events(&t, ""), "u0: accept\n"
+                                 "u0: GET /a\n"
+                                 "c0: 200\n"
+                                 "c0: body \"a\"\n"
+                                 "u0: PUT /b\n"
+                                 "u0: body \"hello\"\n"
+                                 "u0: close\n"
+                                 "c0: 502\n"
+                                 "c0: body \"\"\n");
+    CHECK_STR(lt_rx(c), "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"
+                        "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+    CHECK_INT(t.n_ups, 1);
+    lt_end(&t);
+}
+
 TEST_MAIN()
