@@ -108,3 +108,33 @@ def test_http11_bytes_on_a_connection_that_chose_h2_are_never_forwarded(https_fa
         assert p.proc.poll() is None
     finally:
         up.close()
+
+
+def handshake_error(port, alpn):
+    """The ssl.SSLError a handshake offering ALPN (with SNI a.test) ends
+    in, upper case with "_" for " "."""
+    with pytest.raises(ssl.SSLError) as e:
+        s = tls_connect(port, "a.test", client_context(alpn=alpn))
+        s.close()
+    return str(e.value).upper().replace(" ", "_")
+
+
+def test_alpn_with_no_protocol_in_common_is_refused_with_its_alert(https_factory, upstream):
+    # RFC 7301 3.2: no_application_protocol, rather than a connection
+    # on a protocol the client did not offer
+    p = https_factory(proxy_block(upstream))
+    err = handshake_error(p.port, ["spdy/3", "h3"])
+    assert "NO_APPLICATION_PROTOCOL" in err, err
+    s = tls_connect(p.port, "a.test", client_context(alpn=["h3", "http/1.1"]))
+    assert s.selected_alpn_protocol() == "http/1.1"
+    s.close()
+
+
+def test_acme_tls_alpn_for_a_name_with_no_validation_pending_gets_unrecognized_name(
+        https_factory, upstream):
+    # RFC 8737: only a pending TLS-ALPN-01 validation is answered on
+    # acme-tls/1; anyone else offering it learns nothing about the name
+    p = https_factory(proxy_block(upstream))
+    err = handshake_error(p.port, ["acme-tls/1"])
+    assert "UNRECOGNIZED_NAME" in err, err
+    assert p.proc.poll() is None
