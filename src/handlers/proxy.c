@@ -898,6 +898,10 @@ static void start_tunnel(exchange_t *x)
     uv_tcp_keepalive(&q->up->tcp, 1, PROXY_TUNNEL_KEEPALIVE_S);
     /* the head is relayed; what follows either head is the new protocol */
     uv_timer_stop(&q->up->timer);
+    /* nothing is replayed from here on: on_up_written frees the buffer
+     * once a write is out (kept for a replay, it filled up under an
+     * upstream that reads slowly and the client was never read again) */
+    q->replayable = 0;
     x->head_end = 0;
     tunnel_from_upstream(x);
     if (x->rs == XRESP_TUNNEL)

@@ -419,4 +419,69 @@ TEST(request_with_body_on_a_pooled_connection_the_upstream_closed_is_502_not_sen
     lt_end(&t);
 }
 
+/* ---- a tunnel after 101 ------------------------------------------------- */
+
+/* 64 MiB: more than the kernel buffers between client, proxy and upstream
+ * hold, so the proxy must stop reading the client */
+#define TUNNEL_FLOOD (64u << 20)
+
+/* The proxy stopped reading its client (white box: its one connection). */
+static int proxy_holds_client(lt_t *t)
+{
+    return t->w.conns != NULL && t->w.conns->tcp.read_cb == NULL;
+}
+
+/* After a 101 the client floods the tunnel while the upstream reads
+ * nothing: psproxy stops reading the client (one buffer held, never more),
+ * and once the upstream reads again every byte arrives, in order. */
+TEST(tunnel_holds_a_client_flooding_a_stalled_upstream_and_loses_no_byte)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                 "Upgrade: test\r\n\r\n"),
+        LT_READ_STOP(),
+        LT_WAIT(proxy_holds_client),
+        LT_NOTE("held"),
+        LT_READ_START(),
+        LT_READ(TUNNEL_FLOOD),
+        LT_DONE(),
+    };
+    static const lt_step_t client[] = {
+        LT_WRITE("GET /t HTTP/1.1\r\nHost: example.test\r\nConnection: Upgrade\r\n"
+                 "Upgrade: test\r\n\r\n"),
+        LT_HEAD(),
+        LT_FLOOD(TUNNEL_FLOOD),
+        LT_END(),
+    };
+    lt_t t;
+    START(&t, CONF);
+    lt_upstream(&t, 0, up0);
+    lt_peer_t *c = lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    char want[256];
+    snprintf(want, sizeof(want),
+             "u0: accept\n"
+             "u0: GET /t\n"
+             "u0: held\n"
+             "u0: body [%u bytes]\n",
+             TUNNEL_FLOOD);
+    CHECK_STR(lt_events(&t, "u"), want);
+    CHECK_INT(c->status, 101);
+    CHECK_INT(c->flood_queued, TUNNEL_FLOOD);
+    /* what went up after the request head is the flood, byte for byte */
+    lt_peer_t *u = t.n_ups > 0 ? t.ups[0] : NULL;
+    CHECK(u != NULL);
+    const char *head_end = u != NULL ? strstr(u->rx, "\r\n\r\n") : NULL;
+    CHECK(head_end != NULL);
+    size_t off = (size_t)(head_end + 4 - u->rx);
+    CHECK_INT(u->rx_len - off, TUNNEL_FLOOD);
+    size_t bad = 0;
+    for (size_t i = 0; i < TUNNEL_FLOOD && bad == 0; i++)
+        if (u->rx[off + i] != lt_pattern(i))
+            bad = i + 1;
+    CHECK_INT(bad, 0);
+    lt_end(&t);
+}
+
 TEST_MAIN()
