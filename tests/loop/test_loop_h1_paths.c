@@ -28,7 +28,8 @@
     "}\n"
 
 /* What psproxy adds to every request it sends up from 127.0.0.1. */
-#define FWD "X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: example.test\r\n"
+#define FWD                                                                                        \
+    "X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: example.test\r\n"
 
 #define START(t, conf)                                                                             \
     do {                                                                                           \

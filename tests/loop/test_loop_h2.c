@@ -316,11 +316,9 @@ static void h2c_submit_next(h2c_t *h)
     nghttp2_data_provider body = {.source.ptr = (void *)r, .read_callback = body_read};
     h->body_off = 0;
     h->in_rest = h->waiting = 0;
-    int32_t id = nghttp2_submit_request(h->ng, NULL, nv,
-                                        r->body != NULL && (r->length == NULL || r->length[0])
-                                            ? 5
-                                            : 4,
-                                        r->body != NULL ? &body : NULL, h);
+    /* content-length goes with a body, unless LENGTH is "" */
+    size_t n_nv = r->body != NULL && (r->length == NULL || r->length[0] != '\0') ? 5 : 4;
+    int32_t id = nghttp2_submit_request(h->ng, NULL, nv, n_nv, r->body != NULL ? &body : NULL, h);
     if (id < 0) {
         h2c_fail(h, "submit failed");
         return;
