@@ -471,6 +471,17 @@ static void pump_response(exchange_t *x)
             llhttp_errno_t err = llhttp_execute(p, start, u->rlen - u->rstart);
             if (err == HPE_OK) {
                 u->rstart = u->rlen;
+                /* a head fills the buffer and is not over: its fields are
+                 * slices of the buffer, which cannot take a byte more, so
+                 * no read would ever end it (this once left the request
+                 * hanging with no clock running); the limit is the one a
+                 * client's head meets, max_header_size and some */
+                if (!x->resp_started && u->rlen == x->w->bufs.size) {
+                    log_debug("exchange %llu: upstream response head over %zu bytes",
+                              (unsigned long long)x->id, x->w->bufs.size);
+                    up_failed(x, PS_EPROTO);
+                    return;
+                }
             } else if (err == HPE_PAUSED) {
                 u->rstart = (size_t)(llhttp_get_error_pos(p) - u->rbuf);
             } else {
@@ -887,6 +898,10 @@ static void start_tunnel(exchange_t *x)
     uv_tcp_keepalive(&q->up->tcp, 1, PROXY_TUNNEL_KEEPALIVE_S);
     /* the head is relayed; what follows either head is the new protocol */
     uv_timer_stop(&q->up->timer);
+    /* nothing is replayed from here on: on_up_written frees the buffer
+     * once a write is out (kept for a replay, it filled up under an
+     * upstream that reads slowly and the client was never read again) */
+    q->replayable = 0;
     x->head_end = 0;
     tunnel_from_upstream(x);
     if (x->rs == XRESP_TUNNEL)

@@ -110,7 +110,8 @@ typedef struct h2c_stream {
  * resets the stream (RST_STREAM CANCEL) instead. The content-length counts
  * BODY and REST. STALL: the client never gives back the stream's window, as
  * if it did not read the response (the connection's it gives back).
- * LENGTH: the content-length to send instead (a malformed request). */
+ * LENGTH: the content-length to send instead (a malformed request), ""
+ * for none (the body's length is known only at its END_STREAM). */
 typedef struct h2c_req {
     const char *method, *path, *body;
     int (*when)(lt_t *t);
@@ -315,8 +316,9 @@ static void h2c_submit_next(h2c_t *h)
     nghttp2_data_provider body = {.source.ptr = (void *)r, .read_callback = body_read};
     h->body_off = 0;
     h->in_rest = h->waiting = 0;
-    int32_t id = nghttp2_submit_request(h->ng, NULL, nv, r->body != NULL ? 5 : 4,
-                                        r->body != NULL ? &body : NULL, h);
+    /* content-length goes with a body, unless LENGTH is "" */
+    size_t n_nv = r->body != NULL && (r->length == NULL || r->length[0] != '\0') ? 5 : 4;
+    int32_t id = nghttp2_submit_request(h->ng, NULL, nv, n_nv, r->body != NULL ? &body : NULL, h);
     if (id < 0) {
         h2c_fail(h, "submit failed");
         return;
@@ -1030,6 +1032,58 @@ TEST(h2_bodies_of_malformed_streams_leave_the_connection_window_whole)
                  WHOLE_LEN, 2 * MANY_STREAMS + 1);
     CHECK_STR(lt_events(t, ""), want);
     CHECK_INT(t->n_ups, 1);
+    h2_env_end(&e);
+}
+
+/* ---- a body over request_body max_size ---------------------------------- */
+
+static int up0_has_hello_chunk(lt_t *t)
+{
+    return t->n_ups > 0 && strstr(lt_rx(t->ups[0]), "\r\n\r\n5\r\nhello\r\n") != NULL;
+}
+
+/* A body without a content-length cannot be refused from its head: it goes
+ * up chunked until it passes max_size, then the stream gets 413 and the
+ * upstream connection, which holds part of a request that can never be
+ * whole, is closed; not a byte past the limit goes up. */
+TEST(h2_body_without_length_passing_max_size_is_413_and_closes_the_upstream)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_READ_TO("hello\r\n"),
+        LT_EOF(),
+        LT_END(),
+    };
+    static const h2c_req_t plan[] = {
+        {.method = "POST",
+         .path = "/up",
+         .body = "hello",
+         .when = up0_has_hello_chunk,
+         .rest = ", and far more than ten bytes",
+         .length = ""},
+    };
+    h2_env_t e;
+    if (h2_env_start(&e, "", "\trequest_body {\n\t\tmax_size 10\n\t}\n") != 0) {
+        CHECK(!"h2_env_start");
+        return;
+    }
+    lt_t *t = &e.t;
+    lt_upstream(t, 0, up0);
+    CHECK_INT(h2c_start(&e.h, t, e.tc.cert, plan, 1), 0);
+    CHECK_INT(lt_run(t), 0);
+    CHECK_STR(lt_events(t, "u"), "u0: accept\n"
+                                 "u0: POST /up\n"
+                                 "u0: body \"5\\r\\nhello\\r\\n\"\n"
+                                 "u0: eof\n");
+    CHECK_STR(lt_events(t, "c"), "c0: tls h2\n"
+                                 "c0: stream 1: 413 \"\" (error 0)\n");
+    char want[512];
+    snprintf(want, sizeof(want),
+             "POST /up HTTP/1.1\r\nhost: localhost:%d\r\n"
+             "X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: https\r\n"
+             "X-Forwarded-Host: localhost:%d\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+             t->port, t->port);
+    CHECK_STR(lt_rx(t->n_ups > 0 ? t->ups[0] : NULL), want);
     h2_env_end(&e);
 }
 

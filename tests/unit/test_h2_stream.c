@@ -351,4 +351,27 @@ TEST(headers_on_a_finished_stream_do_not_end_the_connection)
     h2h_free(t);
 }
 
+/* The skipped ids are kept as the newest eight ranges (memory stays
+ * bounded whatever the client skips): after nine skips, each of the
+ * eight newest is still refused, and the request on it never forwarded. */
+TEST(the_newest_eight_skipped_ranges_are_each_still_refused)
+{
+    /* opens 1, 5, 9, ... 37: skips 3, 7, ... 35, nine ranges of one id */
+    for (int32_t late = 7; late <= 35; late += 4) {
+        h2h_bytes_t f = {0};
+        h2h_enc_t *e = h2h_enc_new();
+        for (int32_t id = 1; id <= 37; id += 4)
+            request_headers(&f, e, id, "GET", "/open", NULL, 1);
+        request_headers(&f, e, late, "GET", "/late", NULL, 1);
+        h2h_enc_free(e);
+        h2h_t *t = run_split(&f, 0);
+        if (h2h_goaway(t) != NGHTTP2_PROTOCOL_ERROR)
+            TEST_FAIL("stream %d: GOAWAY %d, expected PROTOCOL_ERROR", late, h2h_goaway(t));
+        h2h_stream_t *s = h2h_stream(t, late);
+        CHECK(s == NULL || (!s->forwarded && s->up_len == 0));
+        h2h_free(t);
+        h2h_bytes_free(&f);
+    }
+}
+
 TEST_MAIN()
