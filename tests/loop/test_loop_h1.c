@@ -110,10 +110,7 @@ TEST(get_keep_alive_reuses_client_and_upstream_connections)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF) != 0) {
-        CHECK(!"lt_start");
-        return;
-    }
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_upstream(&t, 0, up0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
@@ -153,10 +150,7 @@ TEST(post_content_length_body_reaches_upstream_exactly)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF) != 0) {
-        CHECK(!"lt_start");
-        return;
-    }
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_upstream(&t, 0, up0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
@@ -193,10 +187,7 @@ TEST(post_chunked_body_goes_up_as_one_chunk_per_read)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF) != 0) {
-        CHECK(!"lt_start");
-        return;
-    }
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_upstream(&t, 0, up0);
     lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
@@ -231,10 +222,7 @@ TEST(half_closed_client_gets_its_response_on_a_pooled_upstream_connection)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF) != 0) {
-        CHECK(!"lt_start");
-        return;
-    }
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_upstream(&t, 0, up0);
     lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
@@ -270,10 +258,7 @@ TEST(half_closed_client_gets_its_response_on_a_fresh_upstream_connection)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF) != 0) {
-        CHECK(!"lt_start");
-        return;
-    }
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_upstream(&t, 0, up0);
     lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
@@ -307,10 +292,7 @@ TEST(upstream_closing_mid_head_is_502_and_the_connection_stays_usable)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF) != 0) {
-        CHECK(!"lt_start");
-        return;
-    }
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_upstream(&t, 0, up0);
     lt_upstream(&t, 1, up1);
     lt_peer_t *c = lt_client(&t, client);
@@ -348,10 +330,7 @@ TEST(upstream_closing_mid_body_truncates_and_closes_the_client)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF) != 0) {
-        CHECK(!"lt_start");
-        return;
-    }
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_upstream(&t, 0, up0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
@@ -380,10 +359,7 @@ TEST(upstream_closing_after_a_chunked_head_never_ends_the_chunked_body)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF) != 0) {
-        CHECK(!"lt_start");
-        return;
-    }
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_upstream(&t, 0, up0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
@@ -411,10 +387,7 @@ TEST(upstream_closing_mid_chunk_never_ends_the_chunked_body)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF) != 0) {
-        CHECK(!"lt_start");
-        return;
-    }
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_upstream(&t, 0, up0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
@@ -444,10 +417,7 @@ static void run_cut_short_body(const lt_step_t *up0)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF) != 0) {
-        CHECK(!"lt_start");
-        return;
-    }
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_upstream(&t, 0, up0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
@@ -519,10 +489,7 @@ TEST(client_stalling_mid_body_is_closed_after_read_body)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF) != 0) {
-        CHECK(!"lt_start");
-        return;
-    }
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_upstream(&t, 0, up0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
@@ -550,10 +517,7 @@ TEST(client_stalling_mid_head_gets_408_after_read_header)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF_WITH("150ms", "200ms", "2s", "200ms")) != 0) {
-        CHECK(!"lt_start");
-        return;
-    }
+    CHECK_INT(lt_start(&t, CONF_WITH("150ms", "200ms", "2s", "200ms")), 0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
     CHECK_STR(lt_events(&t, ""), "c0: 408\n"
@@ -588,10 +552,7 @@ TEST(upstream_silent_past_response_header_timeout_is_504)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF) != 0) {
-        CHECK(!"lt_start");
-        return;
-    }
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_upstream(&t, 0, up0);
     lt_upstream(&t, 1, up1);
     lt_peer_t *c = lt_client(&t, client);
@@ -641,10 +602,7 @@ TEST(client_not_reading_is_closed_with_its_upstream_after_write)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF_WITH("1s", "200ms", "400ms", "200ms")) != 0) {
-        CHECK(!"lt_start");
-        return;
-    }
+    CHECK_INT(lt_start(&t, CONF_WITH("1s", "200ms", "400ms", "200ms")), 0);
     lt_upstream(&t, 0, up0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
@@ -693,10 +651,7 @@ TEST(local_and_proxied_answers_share_one_keep_alive_connection_in_order)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF_LOCAL) != 0) {
-        CHECK(!"lt_start");
-        return;
-    }
+    CHECK_INT(lt_start(&t, CONF_LOCAL), 0);
     lt_upstream(&t, 0, up0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
@@ -747,10 +702,7 @@ TEST(body_of_a_request_answered_here_is_dropped_and_the_connection_goes_on)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF_LOCAL) != 0) {
-        CHECK(!"lt_start");
-        return;
-    }
+    CHECK_INT(lt_start(&t, CONF_LOCAL), 0);
     lt_upstream(&t, 0, up0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
@@ -788,10 +740,7 @@ TEST(body_still_coming_when_answered_here_ends_the_connection_after_the_answer)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF_LOCAL) != 0) {
-        CHECK(!"lt_start");
-        return;
-    }
+    CHECK_INT(lt_start(&t, CONF_LOCAL), 0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
     CHECK_STR(lt_events(&t, ""), "c0: 201\n"
@@ -826,10 +775,7 @@ TEST(chunked_body_breaking_mid_body_is_400_and_closes_the_upstream)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF) != 0) {
-        CHECK(!"lt_start");
-        return;
-    }
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_upstream(&t, 0, up0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
@@ -870,10 +816,7 @@ TEST(chunked_body_breaking_after_the_response_began_closes_both_connections)
         LT_DONE(),
     };
     lt_t t;
-    if (lt_start(&t, CONF) != 0) {
-        CHECK(!"lt_start");
-        return;
-    }
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_upstream(&t, 0, up0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);

@@ -31,14 +31,6 @@
 #define FWD                                                                                        \
     "X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: example.test\r\n"
 
-#define START(t, conf)                                                                             \
-    do {                                                                                           \
-        if (lt_start((t), (conf)) != 0) {                                                          \
-            CHECK(!"lt_start");                                                                    \
-            return;                                                                                \
-        }                                                                                          \
-    } while (0)
-
 /* ---- the upstream's response cannot be relayed -------------------------- */
 
 /* 40,000 bytes of one field: more than a read buffer (max_header_size,
@@ -75,7 +67,7 @@ TEST(upstream_head_larger_than_the_read_buffer_is_502)
         LT_DONE(),
     };
     lt_t t;
-    START(&t, CONF);
+    CHECK_INT(lt_start(&t, CONF), 0);
     CHECK(o > t.w.bufs.size);
     lt_upstream(&t, 0, up0);
     lt_upstream(&t, 1, up1);
@@ -114,7 +106,7 @@ TEST(upstream_101_to_a_request_without_upgrade_is_502)
         LT_DONE(),
     };
     lt_t t;
-    START(&t, CONF);
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_upstream(&t, 0, up0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
@@ -150,7 +142,7 @@ TEST(interim_response_reaches_an_http11_client_but_not_an_http10_one)
         LT_DONE(),
     };
     lt_t t;
-    START(&t, CONF);
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_upstream(&t, 0, up0);
     lt_peer_t *c = lt_client(&t, client11);
     CHECK_INT(lt_run(&t), 0);
@@ -183,7 +175,7 @@ TEST(connect_is_refused_and_reaches_no_upstream)
         LT_DONE(),
     };
     lt_t t;
-    START(&t, CONF);
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
     CHECK_STR(lt_events(&t, ""), "c0: 400\n"
@@ -210,7 +202,7 @@ TEST(broken_chunked_body_of_a_local_answer_ends_the_connection)
         LT_DONE(),
     };
     lt_t t;
-    START(&t, CONF);
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
     CHECK_STR(lt_events(&t, ""), "c0: 201\n"
@@ -256,7 +248,7 @@ TEST(half_closed_client_with_a_partial_head_gets_its_answer_then_the_end)
         LT_DONE(),
     };
     lt_t t;
-    START(&t, CONF);
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_upstream(&t, 0, up0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
@@ -318,7 +310,7 @@ TEST(pooled_upstream_connection_is_closed_after_keepalive)
         LT_DONE(),
     };
     lt_t t;
-    START(&t, CONF_KEEPALIVE("150ms"));
+    CHECK_INT(lt_start(&t, CONF_KEEPALIVE("150ms")), 0);
     lt_upstream(&t, 0, up0);
     lt_upstream(&t, 1, up1);
     lt_client(&t, client);
@@ -362,7 +354,7 @@ TEST(request_without_body_on_a_pooled_connection_the_upstream_closed_is_sent_aga
         LT_DONE(),
     };
     lt_t t;
-    START(&t, CONF_KEEPALIVE("2s"));
+    CHECK_INT(lt_start(&t, CONF_KEEPALIVE("2s")), 0);
     lt_upstream(&t, 0, up0);
     lt_upstream(&t, 1, up1);
     lt_peer_t *c = lt_client(&t, client);
@@ -401,7 +393,7 @@ TEST(request_with_body_on_a_pooled_connection_the_upstream_closed_is_502_not_sen
         LT_DONE(),
     };
     lt_t t;
-    START(&t, CONF_KEEPALIVE("2s"));
+    CHECK_INT(lt_start(&t, CONF_KEEPALIVE("2s")), 0);
     lt_upstream(&t, 0, up0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
@@ -456,7 +448,7 @@ TEST(tunnel_holds_a_client_flooding_a_stalled_upstream_and_loses_no_byte)
         LT_END(),
     };
     lt_t t;
-    START(&t, CONF);
+    CHECK_INT(lt_start(&t, CONF), 0);
     lt_upstream(&t, 0, up0);
     lt_peer_t *c = lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
