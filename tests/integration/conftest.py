@@ -98,6 +98,20 @@ def free_port():
             return port
 
 
+_HELD = []
+
+
+def closed_port():
+    """A port that refuses connections for the rest of this test process:
+    bound but never listening, and held, so that no server another test
+    starts on port 0 (tests run in parallel) can take it. A port from
+    free_port() is free only until someone binds it."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _HELD.append(s)
+    return s.getsockname()[1]
+
+
 def wait_port(port, proc, timeout, what, logfile):
     deadline = time.monotonic() + timeout
     while True:

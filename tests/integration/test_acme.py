@@ -21,8 +21,8 @@ import time
 
 import pytest
 
-from conftest import (PSPROXY, SANITIZER_MARKS, STOP_TIMEOUT, Proxy, free_port, proxy_block,
-                      tail)
+from conftest import (PSPROXY, Proxy, SANITIZER_MARKS, STOP_TIMEOUT, closed_port, free_port,
+                      proxy_block, tail)
 from pebble import https_ca, pebble_factory  # noqa: F401 - fixtures
 from tls_util import cert_info, client_context, https_curl, s_client, tls_connect, wait_for
 
@@ -344,7 +344,7 @@ def test_ca_down_serves_stored_certificate(acme):
 
 def test_ca_down_empty_storage_backs_off_and_serves_no_certificate(acme):
     acme.start_pebble()
-    dead = "https://127.0.0.1:%d/dir" % free_port()  # nothing listens there
+    dead = "https://127.0.0.1:%d/dir" % closed_port()  # nothing listens there
     acme.pebble.stop()
     p = acme.start(ca_url=dead)
     # Still running, and says it will try again.

@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from conftest import (PSPROXY, Proxy, Reader, connect, free_port, reap, stop_and_check, tail,
-                      wait_log, wait_port)
+from conftest import (PSPROXY, Proxy, Reader, closed_port, connect, free_port, reap, stop_and_check,
+                      tail, wait_log, wait_port)
 from tls_util import Pki
 
 CADDY = shutil.which("caddy")
@@ -414,7 +414,7 @@ def test_every_matching_request_body_limit_holds(pair, upstream, path):
 
 
 def dead_upstream():
-    return "127.0.0.1:%d" % free_port()
+    return "127.0.0.1:%d" % closed_port()
 
 
 @pytest.mark.parametrize("options,answers", [

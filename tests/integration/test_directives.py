@@ -3,7 +3,7 @@ a dial error on one upstream is retried on another."""
 
 import pytest
 
-from conftest import Reader, connect, curl, free_port, proxy_block
+from conftest import Reader, closed_port, connect, curl, proxy_block
 
 
 def test_respond_with_body_and_status(proxy_factory, tmp_path):
@@ -102,7 +102,7 @@ def test_round_robin_alternates_between_two_upstreams(proxy_factory, upstream_fa
 @pytest.mark.parametrize("try_duration", ["", "1s"], ids=["default", "lb_try_duration"])
 def test_dial_error_on_one_upstream_is_retried_on_the_other(proxy_factory, upstream,
                                                            tmp_path, try_duration):
-    dead = "127.0.0.1:%d" % free_port()
+    dead = "127.0.0.1:%d" % closed_port()
     # a refused dial is retried at once, not after dial_timeout: 10 s here,
     # so the bound tells the two apart with room for a loaded machine
     p = proxy_factory(proxy_block(dead, upstream, lb="round_robin",

@@ -5,14 +5,14 @@ import time
 
 import pytest
 
-from conftest import (CLOSE_WITHIN, Reader, connect, curl, free_port, proxy_block, raw_status,
+from conftest import (CLOSE_WITHIN, Reader, closed_port, connect, curl, proxy_block, raw_status,
                       wait_until)
 
 
 def test_502_within_1s_when_upstream_port_is_closed(proxy_factory, tmp_path):
     # a refused dial answers at once, not at dial_timeout: 10 s here, so the
     # bound below tells the two apart with room for a loaded machine
-    p = proxy_factory(proxy_block("127.0.0.1:%d" % free_port(), dial_timeout="10s"))
+    p = proxy_factory(proxy_block("127.0.0.1:%d" % closed_port(), dial_timeout="10s"))
     r = curl(p.url + "/echo", tmp=tmp_path)
     assert r.status == 502, r
     assert r.elapsed < 5.0, "502 took %.2f s" % r.elapsed

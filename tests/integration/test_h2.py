@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from conftest import (PSPROXY, CURL_ENV, Proxy, curl, free_port, proxy_block, stop_and_check,
-                      wait_until)
+from conftest import (CURL_ENV, PSPROXY, Proxy, closed_port, curl, free_port, proxy_block,
+                      stop_and_check, wait_until)
 from tls_util import Pki, tls_config, wait_for
 from upstream import pattern
 
@@ -298,7 +298,7 @@ def test_local_answers_errors_and_limits_over_h2(h2_factory, upstream, tmp_path)
 
 def test_upstream_down_is_502_and_a_broken_response_resets_the_stream(h2_factory, upstream,
                                                                     tmp_path):
-    dead = "127.0.0.1:%d" % free_port()
+    dead = "127.0.0.1:%d" % closed_port()
     p = h2_factory("\treverse_proxy /dead* %s\n%s" % (dead, proxy_block(upstream)))
     r = h2curl(p, "/dead/x", tmp=tmp_path)
     assert r.rc == 0 and r.status == 502, r
@@ -314,7 +314,7 @@ def test_health_gated_routing_applies_to_streams(h2_factory, upstream_factory, t
     # one upstream refuses connections: the streams go to the live one (a
     # refused dial takes it out at once and the request tries the next)
     live = upstream_factory()
-    dead = "127.0.0.1:%d" % free_port()
+    dead = "127.0.0.1:%d" % closed_port()
     p = h2_factory(proxy_block(dead, live, lb="round_robin"))
     rows = parallel(p, tmp_path, [("/echo/r%d" % i, []) for i in range(20)])
     assert [r[2] for r in rows] == [200] * 20, [r[:5] for r in rows]

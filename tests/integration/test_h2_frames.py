@@ -24,8 +24,8 @@ import time
 
 import pytest
 
-from conftest import (CURL_ENV, Proxy, free_port, proxy_block, stop_and_check, wait_port,
-                      wait_stable, wait_until)
+from conftest import (CURL_ENV, Proxy, closed_port, free_port, proxy_block, stop_and_check,
+                      wait_port, wait_stable, wait_until)
 from h2raw import (CANCEL, ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, INITIAL_WINDOW_SIZE,
                    NO_ERROR, PRIORITY, PROTOCOL_ERROR, REFUSED_STREAM, H2Client,
                    continuation_frame, data_frame, frame, headers_frame, indexed, lit,
@@ -827,7 +827,7 @@ def test_large_upload_gets_window_updates_and_arrives_whole(h2proxy):
 
 
 def test_data_past_the_stream_window_is_a_flow_control_error(h2proxy, upstream):
-    dead = free_port()  # nothing listens: the request waits for an upstream
+    dead = closed_port()  # nothing listens: the request waits for an upstream
     body = ("\treverse_proxy /stall* 127.0.0.1:%d {\n\t\tlb_try_duration 3s\n\t}\n%s"
             % (dead, proxy_block(upstream, response_header_timeout="5s")))
     p = h2proxy(body)

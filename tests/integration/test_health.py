@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-from conftest import (PSPROXY, START_TIMEOUT, UPSTREAM, Reader, Upstream, connect, curl,
-                      free_port, make_config, proxy_block, reap, tail)
+from conftest import (PSPROXY, Reader, START_TIMEOUT, UPSTREAM, Upstream, closed_port, connect,
+                      curl, free_port, make_config, proxy_block, reap, tail)
 
 # seconds on top of the configured timing, for a loaded machine (ASan, tests
 # in parallel on two cores); only ever added to upper bounds and deadlines
@@ -517,7 +517,7 @@ def test_connection_refused_marks_upstream_down_for_fail_duration(proxy_factory,
 
 
 def test_dial_failure_is_retried_for_a_post(proxy_factory, upstream, tmp_path):
-    dead = "127.0.0.1:%d" % free_port()
+    dead = "127.0.0.1:%d" % closed_port()
     p = proxy_factory(proxy_block(dead, upstream, lb="first"))
     r = curl(p.url + "/echo?m=post-dial", "-d", "payload", tmp=tmp_path)
     assert r.status == 200, r
@@ -594,7 +594,7 @@ def test_request_waits_for_a_down_upstream_within_lb_try_duration(proxy_factory,
 def test_502_when_every_dial_fails_until_lb_try_duration_ends(proxy_factory, tmp_path):
     """Caddy answers the last dial error (502), not 503, when every try
     until lb_try_duration failed (test_caddy_meaning.py compares)."""
-    dead = "127.0.0.1:%d" % free_port()
+    dead = "127.0.0.1:%d" % closed_port()
     p = proxy_factory(proxy_block(dead, try_duration="1s",
                                   extra="\t\tlb_try_interval 250ms"))
     r = curl(p.url + "/whoami", tmp=tmp_path)
@@ -607,7 +607,7 @@ def test_503_with_retry_after_when_no_upstream_is_available_within_lb_try_durati
         proxy_factory, tmp_path):
     """Every upstream fails its active check and the fail-open dial fails
     too: no upstream Caddy would try, so 503, with a Retry-After."""
-    dead = "127.0.0.1:%d" % free_port()
+    dead = "127.0.0.1:%d" % closed_port()
     p = proxy_factory(proxy_block(dead, try_duration="1s",
                                   extra="\t\tlb_try_interval 250ms\n" + health_cfg()))
     assert wait_log(p, dead, pattern=UNHEALTHY), \
