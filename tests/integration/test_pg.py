@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PSPROXY, ROOT, SANITIZER_MARKS, free_port, reap
+from conftest import PSPROXY, ROOT, SANITIZER_MARKS, closed_port, free_port, reap
 from pg_util import pg_factory, pg_server  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.peer("postgresql")
@@ -195,7 +195,7 @@ def test_queries_run_in_order_with_bytea_both_ways(pg_server, probe, via):
         # the first host refuses: libpq moves to a new socket (often under
         # the same descriptor number) inside PQconnectPoll
         dsn = pg_server.dsn(host="127.0.0.1,127.0.0.1",
-                            port="%d,%d" % (free_port(), pg_server.port))
+                            port="%d,%d" % (closed_port(), pg_server.port))
     p = probe(dsn, "query", secret=pg_server.password)
     lines = p.finish()
     assert lines[0].startswith("target host=")
