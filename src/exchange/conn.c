@@ -797,13 +797,13 @@ static const h2_host_ops_t h2_ops = {
     .ended = h2_ended,
     .close = conn_close,
     .arm_timer = conn_arm_timer,
-    .stream_open = h2_stream_open,
-    .stream_head = stream_head,
-    .stream_body = stream_body,
-    .stream_buffered = stream_buffered,
-    .stream_input = stream_input,
-    .stream_written = stream_written,
-    .stream_close = stream_close,
+    .open_exchange = h2_stream_open,
+    .take_head = stream_head,
+    .take_body = stream_body,
+    .held_bytes = stream_buffered,
+    .input_ready = stream_input,
+    .output_taken = stream_written,
+    .close_exchange = stream_close,
 };
 
 /* The handshake chose h2: our SETTINGS, then the client's preface. */

@@ -217,7 +217,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     s->next = h->streams;
     h->streams = s;
     h->n_streams++;
-    s->ex = h->host.ops->stream_open(h->c, s);
+    s->ex = h->host.ops->open_exchange(h->c, s);
     nghttp2_session_set_stream_user_data(ng, s->id, s);
     return 0;
 }
@@ -242,7 +242,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
 static void notify_input(h2_stream_t *s)
 {
     if (s->head_done && s->h != NULL)
-        s->h->host.ops->stream_input(s->ex);
+        s->h->host.ops->input_ready(s->ex);
 }
 
 /* The heads that came complete in one read go to the exchanges once
@@ -262,7 +262,7 @@ static void start_ready_streams(h2_session_t *h)
          * stream, and nothing of it reaches an upstream */
         if (!s->in_end && nghttp2_session_get_stream_remote_close(h->ng, s->id))
             continue;
-        h->host.ops->stream_head(s->ex, s->head, s->head_len);
+        h->host.ops->take_head(s->ex, s->head, s->head_len);
     }
 }
 
@@ -273,8 +273,8 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     h2_stream_t *s = stream_of(ng, id);
     /* the spill keeps the order: nothing passes it into the buffer */
     ssize_t fit = s == NULL ? -1
-                  : s->spill_len == 0 ? h->host.ops->stream_body(s->ex, (const char *)data, len)
-                  : h->host.ops->stream_body(s->ex, NULL, 0);
+                  : s->spill_len == 0 ? h->host.ops->take_body(s->ex, (const char *)data, len)
+                  : h->host.ops->take_body(s->ex, NULL, 0);
     if (fit < 0) {
         nghttp2_session_consume(ng, id, len); /* answered already: dropped */
         return 0;
@@ -356,7 +356,7 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
                   nghttp2_http2_strerror(code));
     nghttp2_session_set_stream_user_data(ng, id, NULL);
     s->id = 0; /* gone: nothing to reset */
-    h->host.ops->stream_close(s->ex);
+    h->host.ops->close_exchange(s->ex);
     return 0;
 }
 
@@ -470,7 +470,7 @@ void h2_stream_update(h2_stream_t *s)
         return;
     const h2_host_ops_t *ops = h->host.ops;
     if (s->spill_len > 0) {
-        ssize_t k = ops->stream_body(s->ex, s->spill, s->spill_len);
+        ssize_t k = ops->take_body(s->ex, s->spill, s->spill_len);
         if (k > 0) {
             memmove(s->spill, s->spill + k, s->spill_len - (size_t)k);
             s->spill_len -= (size_t)k;
@@ -478,7 +478,7 @@ void h2_stream_update(h2_stream_t *s)
             return;
         }
     }
-    uint64_t freed = s->in_total - ops->stream_buffered(s->ex) - s->spill_len;
+    uint64_t freed = s->in_total - ops->held_bytes(s->ex) - s->spill_len;
     if (freed > s->in_consumed) {
         nghttp2_session_consume(h->ng, s->id, (size_t)(freed - s->in_consumed));
         s->in_consumed = freed;
@@ -559,7 +559,7 @@ static void run_done_streams(h2_session_t *h)
         if (s == NULL)
             return;
         s->done = 0;
-        h->host.ops->stream_written(s->ex);
+        h->host.ops->output_taken(s->ex);
     }
 }
 
@@ -797,7 +797,7 @@ void h2_session_close(h2_session_t *h)
         return;
     h->closing = 1;
     while (h->streams != NULL)
-        h->host.ops->stream_close(h->streams->ex);
+        h->host.ops->close_exchange(h->streams->ex);
     nghttp2_session_del(h->ng);
     buf_put(&h->host.w->bufs, h->sbuf);
     uv_close((uv_handle_t *)&h->flusher, free_session);

@@ -35,7 +35,7 @@ enum h2_phase {
 };
 
 /* What the connection layer does for a session: C is the parent
- * connection, X a stream's exchange (stream_open made it). */
+ * connection, X a stream's exchange (open_exchange made it). */
 typedef struct h2_host_ops {
     /* Decrypts what waits into C's buffer (*ADDED: bytes it added) and
      * returns all of C's plaintext not consumed yet. */
@@ -53,22 +53,22 @@ typedef struct h2_host_ops {
     void (*arm_timer)(conn_t *c);
 
     /* A new stream S: the exchange that will carry its request. */
-    exchange_t *(*stream_open)(conn_t *c, h2_stream_t *s);
+    exchange_t *(*open_exchange)(conn_t *c, h2_stream_t *s);
     /* The request head, HEAD..LEN as HTTP/1.1, or -status to answer. */
-    void (*stream_head)(exchange_t *x, char *head, int len);
+    void (*take_head)(exchange_t *x, char *head, int len);
     /* Request body bytes: copies what fits into the exchange's buffer and
      * returns how many; -1 when it takes no more (it answered already: the
      * bytes are dropped). DATA NULL, LEN 0 only asks which. */
-    ssize_t (*stream_body)(exchange_t *x, const char *data, size_t len);
+    ssize_t (*take_body)(exchange_t *x, const char *data, size_t len);
     /* Body bytes in the exchange's buffer not used yet (the window). */
-    size_t (*stream_buffered)(const exchange_t *x);
+    size_t (*held_bytes)(const exchange_t *x);
     /* New body bytes or the request's end: the exchange acts on them. */
-    void (*stream_input)(exchange_t *x);
+    void (*input_ready)(exchange_t *x);
     /* DATA frames took what the exchange's last h2_stream_write queued. */
-    void (*stream_written)(exchange_t *x);
+    void (*output_taken)(exchange_t *x);
     /* The stream is gone (reset, or the session ends): the exchange
      * closes; it calls h2_stream_detach and later h2_stream_free. */
-    void (*stream_close)(exchange_t *x);
+    void (*close_exchange)(exchange_t *x);
 } h2_host_ops_t;
 
 /* What the parent lends the session. */
@@ -100,7 +100,7 @@ int h2_phase(const h2_session_t *h);
 void h2_session_close(h2_session_t *h);
 
 /* A response for the stream: 1 when taken now, 0 when the bytes are still
- * needed (stream_written follows), <0 on error. HEAD_METHOD: the response
+ * needed (output_taken follows), <0 on error. HEAD_METHOD: the response
  * has no body. */
 int h2_stream_write(h2_stream_t *s, uv_buf_t *bufs, unsigned n, int head_method);
 /* The stream's response is complete. */

@@ -218,7 +218,7 @@ static void h_stream_head(exchange_t *sc, char *head, int len)
     h_process(sc);
 }
 
-/* The body bytes in the stream's buffer go up (as stream_body and
+/* The body bytes in the stream's buffer go up (as take_body and
  * proxy_pump_request take them), the buffer's room goes back to the
  * window; round again while the spill refills it. */
 static void h_process(exchange_t *sc)
@@ -373,13 +373,13 @@ static const h2_host_ops_t harness_ops = {
     .ended = h_never,
     .close = h_close_parent,
     .arm_timer = h_arm_timer,
-    .stream_open = h_stream_open,
-    .stream_head = h_stream_head,
-    .stream_body = h_stream_body,
-    .stream_buffered = h_stream_buffered,
-    .stream_input = h_stream_input,
-    .stream_written = h_stream_written,
-    .stream_close = h_close,
+    .open_exchange = h_stream_open,
+    .take_head = h_stream_head,
+    .take_body = h_stream_body,
+    .held_bytes = h_stream_buffered,
+    .input_ready = h_stream_input,
+    .output_taken = h_stream_written,
+    .close_exchange = h_close,
 };
 
 /* ---- the server's frames, as the client reads them ---------------------- */

@@ -20,38 +20,11 @@
 #include <uv.h>
 
 #include "test.h"
+#include "test_pki.h"
 
 #define THREADS 4
 
 /* ---- the certificate store -------------------------------------------- */
-
-static certs_entry_t *entry(long serial)
-{
-    EVP_PKEY *pk = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    X509 *x = X509_new();
-    ASN1_INTEGER_set(X509_get_serialNumber(x), serial);
-    X509_gmtime_adj(X509_getm_notBefore(x), 0);
-    X509_gmtime_adj(X509_getm_notAfter(x), 86400L);
-    X509_NAME *name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"a.test", -1, -1,
-                               0);
-    X509_set_issuer_name(x, name);
-    X509_set_pubkey(x, pk);
-    X509_sign(x, pk, EVP_sha256());
-    BIO *cb = BIO_new(BIO_s_mem()), *kb = BIO_new(BIO_s_mem());
-    PEM_write_bio_X509(cb, x);
-    PEM_write_bio_PrivateKey(kb, pk, NULL, NULL, 0, NULL, NULL);
-    char *c, *k, err[256];
-    long cl = BIO_get_mem_data(cb, &c), kl = BIO_get_mem_data(kb, &k);
-    certs_entry_t *e = NULL;
-    if (certs_entry_from_pem(c, (size_t)cl, k, (size_t)kl, "a.test", &e, err, sizeof(err)) != 0)
-        fprintf(stderr, "  %s\n", err);
-    BIO_free(cb);
-    BIO_free(kb);
-    X509_free(x);
-    EVP_PKEY_free(pk);
-    return e;
-}
 
 #define SWAPS 50
 
@@ -87,7 +60,7 @@ static void lookup_main(void *arg)
 TEST(certificate_swaps_under_lookups_never_go_back)
 {
     certs_t *store = certs_new();
-    certs_entry_t *e = entry(1);
+    certs_entry_t *e = entry("a.test", 1);
     CHECK(e != NULL);
     certs_put(store, "a.test", e);
     certs_entry_unref(e);
@@ -102,7 +75,7 @@ TEST(certificate_swaps_under_lookups_never_go_back)
     /* the control loop's swaps (SIGHUP, ACME), each entry freed by
      * whichever thread lets go of it last */
     for (long serial = 2; serial <= SWAPS; serial++) {
-        e = entry(serial);
+        e = entry("a.test", serial);
         certs_put(store, "a.test", e);
         certs_entry_unref(e);
     }
