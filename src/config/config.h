@@ -136,7 +136,11 @@ typedef struct cfg_proxy {
     uint64_t read_timeout;            /* ms between upstream reads */
     uint64_t write_timeout;           /* ms without upstream write progress */
     uint64_t keepalive;               /* ms an idle pooled conn lives; default 120000 */
-    int keepalive_idle_conns;         /* idle conns kept per upstream per worker; default 32 */
+    /* caps on the idle pool, in the whole process (every worker), as Caddy's
+     * max_idle_conns and max_idle_conns_per_host; 0, the default, is no
+     * cap: the pool keeps what the recent peak used (src/upstream) */
+    int keepalive_idle_conns;          /* all of this proxy's upstreams together */
+    int keepalive_idle_conns_per_host; /* each upstream */
     int keepalive_off;                /* "keepalive off": no pooling */
     /* active health checks (health_uri set), run on the control loop */
     const char *health_uri;

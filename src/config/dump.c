@@ -117,6 +117,8 @@ static cJSON *handler_json(const cfg_handler_t *h)
         cJSON_AddNumberToObject(o, "write_timeout_ms", (double)px->write_timeout);
         cJSON_AddNumberToObject(o, "keepalive_ms", (double)px->keepalive);
         cJSON_AddNumberToObject(o, "keepalive_idle_conns", px->keepalive_idle_conns);
+        cJSON_AddNumberToObject(o, "keepalive_idle_conns_per_host",
+                                px->keepalive_idle_conns_per_host);
         cJSON_AddBoolToObject(o, "keepalive_off", px->keepalive_off);
     }
     return o;

@@ -272,8 +272,8 @@ static int rp_keepalive_idle_conns(rp_t *r, const cf_line_t *s, void *field)
     long v = 0;
     int rc = cfg_want_args(r->c, s, cfg_line_name(s), 1, 1, 0);
     if (rc == 0 && cfg_parse_uint(s->toks[1].text, 1000000, &v) != 0)
-        rc = cfg_errf(r->c, &s->toks[1], "keepalive_idle_conns: expected a number, got \"%s\"",
-                      s->toks[1].text);
+        rc = cfg_errf(r->c, &s->toks[1], "%s: expected a number, got \"%s\"",
+                      cfg_line_name(s), s->toks[1].text);
     if (rc == 0)
         *(int *)field = (int)v;
     return rc;
@@ -286,6 +286,7 @@ static const rp_option_t transport_options[] = {
     {"write_timeout", rp_duration, AT(write_timeout)},
     {"keepalive", rp_keepalive, 0},
     {"keepalive_idle_conns", rp_keepalive_idle_conns, AT(keepalive_idle_conns)},
+    {"keepalive_idle_conns_per_host", rp_keepalive_idle_conns, AT(keepalive_idle_conns_per_host)},
 };
 
 static int rp_transport(rp_t *r, const cf_line_t *l, void *field)
@@ -448,7 +449,6 @@ int cfg_parse_reverse_proxy(cfg_ctx_t *c, const cf_line_t *l, cfg_site_t *site, 
     px->max_fails = 1;
     px->dial_timeout = 3000;
     px->keepalive = 120000;
-    px->keepalive_idle_conns = 32;
     rc = add_upstreams(&r, &l->toks[argi], l->n_toks - argi);
     if (rc != 0)
         return rc;

@@ -79,6 +79,71 @@ static void cert_line(void *arg, const char *name, const certs_entry_t *e)
             label(name, l, sizeof(l)), (long long)e->not_after);
 }
 
+/* The pools' churn: each upstream's dials, reuses and closes by reason,
+ * summed over the workers (each counts its own; a slot's name is set
+ * before the worker publishes the slot count), and idle connections now. */
+static void render_upstream_conns(srv_t *s, text_t *t)
+{
+    struct metrics_upstream sum[METRICS_UPSTREAMS];
+    uint64_t dials[METRICS_UPSTREAMS], errs[METRICS_UPSTREAMS], reuses[METRICS_UPSTREAMS];
+    uint64_t closes[METRICS_UPSTREAMS][METRICS_CLOSES];
+    size_t n = 0;
+    for (int i = 0; i < s->n_workers; i++) {
+        metrics_t *m = &s->workers[i].metrics;
+        size_t k_n = atomic_load_explicit(&m->n_upstreams, memory_order_acquire);
+        for (size_t k = 0; k < k_n; k++) {
+            const struct metrics_upstream *u = &m->upstreams[k];
+            size_t j = 0;
+            while (j < n && strcmp(sum[j].name, u->name) != 0)
+                j++;
+            if (j == n) {
+                memcpy(sum[n].name, u->name, sizeof(sum[n].name));
+                dials[n] = errs[n] = reuses[n] = 0;
+                memset(closes[n], 0, sizeof(closes[n]));
+                n++;
+            }
+            dials[j] += atomic_load_explicit(&u->dials, memory_order_relaxed);
+            errs[j] += atomic_load_explicit(&u->dial_errors, memory_order_relaxed);
+            reuses[j] += atomic_load_explicit(&u->reuses, memory_order_relaxed);
+            for (int r = 0; r < METRICS_CLOSES; r++)
+                closes[j][r] += atomic_load_explicit(&u->closes[r], memory_order_relaxed);
+        }
+    }
+    char l[160];
+    tprintf(t, "# HELP psproxy_upstream_dials_total Connections opened to each upstream.\n"
+               "# TYPE psproxy_upstream_dials_total counter\n");
+    for (size_t j = 0; j < n; j++)
+        tprintf(t, "psproxy_upstream_dials_total{upstream=\"%s\"} %llu\n",
+                label(sum[j].name, l, sizeof(l)), (unsigned long long)dials[j]);
+    tprintf(t, "# HELP psproxy_upstream_dial_errors_total Dials to each upstream that failed "
+               "(refused, timed out, not resolved).\n"
+               "# TYPE psproxy_upstream_dial_errors_total counter\n");
+    for (size_t j = 0; j < n; j++)
+        tprintf(t, "psproxy_upstream_dial_errors_total{upstream=\"%s\"} %llu\n",
+                label(sum[j].name, l, sizeof(l)), (unsigned long long)errs[j]);
+    tprintf(t, "# HELP psproxy_upstream_reuses_total Requests sent on a pooled (idle) "
+               "connection instead of a new one.\n"
+               "# TYPE psproxy_upstream_reuses_total counter\n");
+    for (size_t j = 0; j < n; j++)
+        tprintf(t, "psproxy_upstream_reuses_total{upstream=\"%s\"} %llu\n",
+                label(sum[j].name, l, sizeof(l)), (unsigned long long)reuses[j]);
+    tprintf(t, "# HELP psproxy_upstream_closes_total Upstream connections closed, by reason.\n"
+               "# TYPE psproxy_upstream_closes_total counter\n");
+    for (size_t j = 0; j < n; j++)
+        for (int r = 0; r < METRICS_CLOSES; r++)
+            tprintf(t, "psproxy_upstream_closes_total{upstream=\"%s\",reason=\"%s\"} %llu\n",
+                    label(sum[j].name, l, sizeof(l)), metrics_close_names[r],
+                    (unsigned long long)closes[j][r]);
+    tprintf(t, "# HELP psproxy_upstream_idle_connections Idle pooled connections to each "
+               "upstream, in every worker.\n# TYPE psproxy_upstream_idle_connections gauge\n");
+    for (size_t i = 0; s->targets != NULL && i < s->targets->n; i++) {
+        const up_target_t *tg = s->targets->items[i];
+        tprintf(t, "psproxy_upstream_idle_connections{upstream=\"%s\"} %d\n",
+                label(tg->hostport, l, sizeof(l)),
+                atomic_load_explicit(&tg->idle, memory_order_relaxed));
+    }
+}
+
 static void render_metrics(admin_t *a, text_t *t)
 {
     srv_t *s = a->srv;
@@ -162,6 +227,7 @@ static void render_metrics(admin_t *a, text_t *t)
         tprintf(t, "psproxy_upstream_healthy{upstream=\"%s\"} %d\n",
                 label(tg->hostport, l1, sizeof(l1)), ok);
     }
+    render_upstream_conns(s, t);
     tprintf(t, "# HELP psproxy_upstream_tables Upstream tables alive: the current config's "
                "and those of older configs that connections still use.\n"
                "# TYPE psproxy_upstream_tables gauge\npsproxy_upstream_tables %ld\n"

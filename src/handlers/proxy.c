@@ -39,6 +39,7 @@ typedef struct proxy_req {
     unsigned resp_head : 1;  /* the response head is parsed, paused on it */
     unsigned resp_bytes : 1; /* the upstream sent anything at all */
     unsigned resp_sent : 1;  /* all of the response went to the client (or is queued) */
+    unsigned wrote : 1;      /* some of the request went to this upstream connection */
     int req_framing;         /* enum http_framing, towards the upstream */
     uint64_t req_length;     /* the body's length with HTTP_BODY_LENGTH */
     uint64_t body_up;        /* body bytes this upstream got after the head */
@@ -106,13 +107,30 @@ static int idempotent(int method)
 
 /* ---- failures ----------------------------------------------------------- */
 
-static void proxy_abort(exchange_t *x)
+/* Closes this request's upstream connection, if any, for WHY (enum
+ * metrics_close). */
+static void drop_up(exchange_t *x, int why)
 {
     proxy_req_t *q = pr(x);
     if (q->up == NULL)
         return;
-    up_close(q->up);
+    up_close(q->up, why);
     q->up = NULL;
+}
+
+static void proxy_abort(exchange_t *x)
+{
+    drop_up(x, METRICS_CLOSE_FAILED);
+}
+
+/* Whether the request may be sent again without a risk of doing its work
+ * twice (RFC 9110 9.2.2): an idempotent method, or an Idempotency-Key
+ * field (as Go's transport takes it); a proxy must not retry others. */
+static int retry_safe(const exchange_t *x)
+{
+    return idempotent(x->req.parser.method) ||
+           http_head_find(&x->req, "idempotency-key") != NULL ||
+           http_head_find(&x->req, "x-idempotency-key") != NULL;
 }
 
 /* The upstream failed this request (ERR: a libuv error, or PS_EPROTO for a
@@ -123,17 +141,25 @@ static void up_failed(exchange_t *x, int err)
     proxy_req_t *q = pr(x);
     up_conn_t *u = q->up;
     const char *why = err == PS_EPROTO ? "malformed response" : uv_strerror(err);
-    /* a pooled connection the upstream closed as we reused it: the request
-     * never reached it, so try once more on a fresh one (as Go does) */
-    int stale = u->reused && !q->resp_bytes && q->req_framing == HTTP_BODY_NONE &&
-                (err == UV_EOF || err == UV_ECONNRESET || err == UV_EPIPE);
-    if (!stale) {
+    /* a pooled connection the upstream closed just as we reused it (its
+     * idle timeout ran out first): the upstream closed it, no failure of
+     * its own, and the request goes once more on a fresh connection when
+     * that cannot run it twice: a safe one whose body is still at hand,
+     * or one none of which went out (as Go's transport) */
+    int closed = u->reused && !q->resp_bytes &&
+                 (err == UV_EOF || err == UV_ECONNRESET || err == UV_EPIPE);
+    int stale = closed && q->replayable && (retry_safe(x) || !q->wrote);
+    if (!closed) {
         log_warn("exchange %llu %s: upstream %s: %s (state %s)", (unsigned long long)x->id,
                  x->peer_ip, u->pool->target->hostport, why, exchange_resp_name(x->rs));
         /* a reset is the upstream going away: out at once; the rest counts */
         up_target_failed(target_of(x), proxy_cfg(x), err == UV_ECONNRESET, why);
+    } else if (!stale) {
+        log_warn("exchange %llu %s: upstream %s closed a pooled connection as it was reused (%s); "
+                 "the request is not retried: it may have run", (unsigned long long)x->id,
+                 x->peer_ip, u->pool->target->hostport, why);
     }
-    proxy_abort(x);
+    drop_up(x, closed ? METRICS_CLOSE_UPSTREAM : METRICS_CLOSE_FAILED);
     if (x->rs == XRESP_CLOSED)
         return;
     if (stale) {
@@ -414,6 +440,20 @@ static int relay_head(exchange_t *x, uv_buf_t *iov, unsigned *n)
     return 0;
 }
 
+/* How long U may idle in the pool: keepalive, or less when the upstream
+ * announced a shorter idle timeout (Keep-Alive: timeout=N, Node.js's 5 s):
+ * closing it first, with a margin, keeps a request from meeting the
+ * upstream's close. 0: not at all. */
+static uint64_t idle_ms(const cfg_proxy_t *p, const up_conn_t *u)
+{
+    int secs = u->resp.keep_alive_secs;
+    if (secs < 0)
+        return p->keepalive;
+    uint64_t ms = (uint64_t)secs * 1000;
+    ms -= ms / 2 < 1000 ? ms / 2 : 1000;
+    return ms < p->keepalive ? ms : p->keepalive;
+}
+
 static void proxy_finish(exchange_t *x)
 {
     proxy_req_t *q = pr(x);
@@ -424,9 +464,9 @@ static void proxy_finish(exchange_t *x)
     if (q->req_sent && !u->write_pending && !u->eof && !p->keepalive_off &&
         llhttp_should_keep_alive(&u->resp.parser) && u->rstart == u->rlen) {
         uv_timer_stop(&u->timer);
-        up_release(u, p->keepalive, p->keepalive_idle_conns);
+        up_release(u, p, x->targets, idle_ms(p, u));
     } else {
-        up_close(u);
+        up_close(u, METRICS_CLOSE_NOT_REUSABLE);
     }
     if (x->rq != XREQ_DONE)
         x->keep_alive = 0;
@@ -655,6 +695,7 @@ static void proxy_pump_request(exchange_t *x)
         up_failed(x, r);
         return;
     }
+    q->wrote = 1;
     if (r == 0)
         u->write_pending = 1;
     else if (x->rstart == x->rlen && !(x->rq == XREQ_DONE && q->replayable))
@@ -696,7 +737,7 @@ static void on_up_ready(exchange_t *x)
     }
     q->olen = (size_t)len;
     q->head_sent = q->req_sent = q->resp_done = q->resp_head = q->resp_bytes = 0;
-    q->resp_sent = 0;
+    q->resp_sent = q->wrote = 0;
     exchange_resp_to(x, XRESP_RELAY);
     update_up_reading(x);
     /* send the head and what is buffered of the body; on TLS that loop

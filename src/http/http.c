@@ -136,6 +136,7 @@ void http_head_reset(http_head_t *h)
     h->conn_upgrade = 0;
     h->has_host = 0;
     h->te_chunked = 0;
+    h->keep_alive_secs = -1;
 }
 
 void http_head_init(http_head_t *h, llhttp_type_t type, const llhttp_settings_t *s)
@@ -176,6 +177,46 @@ static int for_each_element(uv_buf_t v, int (*fn)(uv_buf_t el, void *arg), void 
         i++;
     }
     return 0;
+}
+
+static int keep_alive_param(uv_buf_t el, void *arg)
+{
+    int *secs = arg;
+    static const char name[] = "timeout";
+    size_t n = sizeof(name) - 1;
+    if (el.len <= n || strncasecmp(el.base, name, n) != 0)
+        return 0;
+    size_t i = n;
+    while (i < el.len && (el.base[i] == ' ' || el.base[i] == '\t'))
+        i++;
+    if (i == el.len || el.base[i++] != '=')
+        return 0;
+    while (i < el.len && (el.base[i] == ' ' || el.base[i] == '\t'))
+        i++;
+    size_t end = el.len;
+    if (i < end && el.base[i] == '"' && el.base[end - 1] == '"' && end - i >= 2) {
+        i++; /* a quoted-string of digits, as some servers send */
+        end--;
+    }
+    int v = 0;
+    if (i == end)
+        return 1;
+    for (; i < end; i++) {
+        if (el.base[i] < '0' || el.base[i] > '9')
+            return 1; /* the timeout, but not a number: none */
+        v = v * 10 + (el.base[i] - '0');
+        if (v > 86400 * 365)
+            v = 86400 * 365; /* a year is forever enough */
+    }
+    *secs = v;
+    return 1;
+}
+
+int http_keep_alive_timeout(uv_buf_t value)
+{
+    int secs = -1;
+    for_each_element(value, keep_alive_param, &secs);
+    return secs;
 }
 
 static int add_conn_token(uv_buf_t el, void *arg)
@@ -379,6 +420,8 @@ static int analyze_response(http_head_t *h)
                 return 502;
         } else if (http_token_eq(hdr->name, "transfer-encoding")) {
             h->te_chunked = 1;
+        } else if (http_token_eq(hdr->name, "keep-alive") && h->keep_alive_secs < 0) {
+            h->keep_alive_secs = http_keep_alive_timeout(hdr->value);
         }
     }
     return 0;

@@ -54,6 +54,7 @@ typedef struct http_head {
     unsigned conn_upgrade : 1;
     unsigned has_host : 1;
     unsigned te_chunked : 1; /* Transfer-Encoding present (and "chunked") */
+    int keep_alive_secs;     /* a response's Keep-Alive timeout; -1: none */
 } http_head_t;
 
 /* Fills the callbacks that record heads into an http_head_t; the owner then
@@ -73,6 +74,12 @@ int http_head_analyze(http_head_t *h);
 
 /* Returns the first header named NAME (case-insensitive) or NULL. */
 const http_hdr_t *http_head_find(const http_head_t *h, const char *name);
+
+/* The idle timeout a Keep-Alive field VALUE announces (RFC 2068
+ * 19.7.1.1, still sent by Node.js, Tomcat and others: "timeout=5,
+ * max=100"), in seconds; -1 when it names none. Its first timeout
+ * counts; one that is not all digits is none. */
+int http_keep_alive_timeout(uv_buf_t value);
 
 /* True when A equals the literal LIT, ignoring case. Inline so that the
  * length of a literal is a constant and most mismatches cost one compare:

@@ -315,7 +315,7 @@ void worker_init(worker_t *w, int index, worker_gen_t gen, const struct alog *al
     buf_pool_init(&w->bufs, worker_buffer_size(gen.cfg), WORKER_MAX_FREE_BUFS);
     buf_pool_init(&w->tables, HTTP_HDR_TABLE_SIZE, WORKER_MAX_FREE_BUFS);
     metrics_init(&w->metrics);
-    up_pools_init(&w->up, &w->loop, &w->bufs, &w->tables, &w->stop, index);
+    up_pools_init(&w->up, &w->loop, &w->bufs, &w->tables, &w->stop, &w->metrics, index);
     uv_async_init(&w->loop, &w->wakeup, on_wakeup);
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->grace);

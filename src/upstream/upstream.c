@@ -172,13 +172,14 @@ void up_targets_unref(up_targets_t *t)
 /* ---- pools -------------------------------------------------------------- */
 
 void up_pools_init(up_pools_t *ps, uv_loop_t *loop, buf_pool_t *bufs, buf_pool_t *tables,
-                   const atomic_int *stop, int index)
+                   const atomic_int *stop, metrics_t *metrics, int index)
 {
     memset(ps, 0, sizeof(*ps));
     ps->loop = loop;
     ps->bufs = bufs;
     ps->tables = tables;
     ps->stop = stop;
+    ps->metrics = metrics;
     ps->index = index;
     ps->rand_state = (uint32_t)(uv_hrtime() ^ ((uint64_t)index * 2654435761u)) | 1;
 }
@@ -205,6 +206,7 @@ up_pool_t *up_pool_get(up_pools_t *ps, up_target_t *target)
         abort();
     p->target = target_ref(target);
     p->set = ps;
+    p->stats = metrics_upstream(ps->metrics, target->hostport);
     p->lookup.data = p;
     if (target->literal)
         res_store_literal(&p->answer, (const struct sockaddr *)&target->literal_addr);
@@ -224,6 +226,8 @@ static void idle_unlink(up_conn_t *u)
         u->next_idle->prev_idle = u->prev_idle;
     u->next_idle = u->prev_idle = NULL;
     p->n_idle--;
+    /* relaxed: a count for the caps and /metrics, publishing nothing */
+    atomic_fetch_sub_explicit(&p->target->idle, 1, memory_order_relaxed);
 }
 
 static void wait_unlink(up_conn_t *u)
@@ -252,10 +256,12 @@ static void on_closed(uv_handle_t *h)
     free(u);
 }
 
-void up_close(up_conn_t *u)
+void up_close(up_conn_t *u, int why)
 {
     if (u->state == UP_S_CLOSING)
         return;
+    if (u->opened)
+        metrics_bump(&u->pool->stats->closes[why]);
     /* resolving, it has no socket: never opened, or closed and its close
      * callback run (on_redial_closed) */
     int socket = u->state != UP_S_RESOLVING;
@@ -264,8 +270,8 @@ void up_close(up_conn_t *u)
     else
         u->pool->n_active--;
     wait_unlink(u); /* the lookup it waited for may still run: it finds it gone */
-    log_debug("upstream %s: conn %llu closed", u->pool->target->hostport,
-              (unsigned long long)u->id);
+    log_debug("upstream %s: conn %llu closed: %s", u->pool->target->hostport,
+              (unsigned long long)u->id, metrics_close_names[why]);
     u->state = UP_S_CLOSING;
     u->owner = NULL;
     u->pool->n_closing++;
@@ -296,7 +302,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (u->state != UP_S_ACTIVE) {
         /* an idle pooled connection: a byte is a protocol error, EOF is the
          * upstream closing it; either way it is done */
-        up_close(u);
+        up_close(u, METRICS_CLOSE_UPSTREAM);
         return;
     }
     if (nread > 0)
@@ -337,34 +343,67 @@ static void lookup_start(up_pool_t *p);
 
 static void on_idle_timeout(uv_timer_t *t)
 {
-    up_close(t->data);
+    up_close(t->data, METRICS_CLOSE_IDLE_TIMEOUT);
 }
 
-void up_release(up_conn_t *u, uint64_t keepalive_ms, int max_idle)
+/* Counts U's pool in as one more idle connection, unless P's caps have
+ * enough: returns 0 then, and nothing is counted. The count is shared by
+ * every worker; an add that overshoots is taken back, so two workers at
+ * the edge never keep one too many to one upstream. Across several
+ * upstreams keepalive_idle_conns adds their counts, which a worker may
+ * change meanwhile: it holds to within a connection per worker. */
+static int idle_admit(up_pool_t *pool, const cfg_proxy_t *p, up_targets_t *t)
 {
-    up_pool_t *p = u->pool;
-    if (keepalive_ms == 0 || p->n_idle >= max_idle || u->rstart != u->rlen ||
-        atomic_load(p->set->stop) || !still_listed(u)) {
-        up_close(u);
+    atomic_int *idle = &pool->target->idle;
+    int before = atomic_fetch_add_explicit(idle, 1, memory_order_relaxed);
+    int all = before + 1;
+    if (p->keepalive_idle_conns > 0 && p->n_ups > 1) {
+        all = 0;
+        for (size_t i = 0; i < p->n_ups; i++) {
+            const up_target_t *tg = up_target_find(t, p->ups[i].hostport);
+            if (tg != NULL)
+                all += atomic_load_explicit(&tg->idle, memory_order_relaxed);
+        }
+    }
+    if ((p->keepalive_idle_conns_per_host > 0 && before >= p->keepalive_idle_conns_per_host) ||
+        (p->keepalive_idle_conns > 0 && all > p->keepalive_idle_conns)) {
+        atomic_fetch_sub_explicit(idle, 1, memory_order_relaxed);
+        return 0;
+    }
+    return 1;
+}
+
+void up_release(up_conn_t *u, const cfg_proxy_t *p, up_targets_t *t, uint64_t idle_ms)
+{
+    up_pool_t *pool = u->pool;
+    int why = -1;
+    if (idle_ms == 0 || u->rstart != u->rlen)
+        why = METRICS_CLOSE_NOT_REUSABLE;
+    else if (atomic_load(pool->set->stop) || !still_listed(u))
+        why = METRICS_CLOSE_RETIRED;
+    else if (!idle_admit(pool, p, t))
+        why = METRICS_CLOSE_POOL_FULL;
+    if (why >= 0) {
+        up_close(u, why);
         return;
     }
-    p->n_active--;
+    pool->n_active--;
     u->state = UP_S_IDLE;
     u->owner = NULL;
     u->reused = 1;
-    buf_put(p->set->bufs, u->rbuf);
+    buf_put(pool->set->bufs, u->rbuf);
     u->rbuf = NULL;
-    buf_put(p->set->tables, (char *)u->resp.hdrs);
+    buf_put(pool->set->tables, (char *)u->resp.hdrs);
     u->resp.hdrs = NULL;
     u->rstart = u->rlen = 0;
-    u->next_idle = p->idle;
+    u->next_idle = pool->idle;
     u->prev_idle = NULL;
-    if (p->idle != NULL)
-        p->idle->prev_idle = u;
-    p->idle = u;
-    p->n_idle++;
+    if (pool->idle != NULL)
+        pool->idle->prev_idle = u;
+    pool->idle = u;
+    pool->n_idle++;
     up_update_reading(u);
-    uv_timer_start(&u->timer, on_idle_timeout, keepalive_ms, 0);
+    uv_timer_start(&u->timer, on_idle_timeout, idle_ms, 0);
 }
 
 up_conn_t *up_take(up_pool_t *p, void *owner)
@@ -375,9 +414,10 @@ up_conn_t *up_take(up_pool_t *p, void *owner)
         lookup_start(p);
     up_conn_t *u;
     while ((u = p->idle) != NULL && !still_listed(u))
-        up_close(u);
+        up_close(u, METRICS_CLOSE_RETIRED);
     if (u == NULL)
         return NULL;
+    metrics_bump(&p->stats->reuses);
     idle_unlink(u);
     p->n_active++;
     u->state = UP_S_ACTIVE;
@@ -390,7 +430,7 @@ void up_pools_close_idle(up_pools_t *ps)
 {
     for (up_pool_t *p = ps->first; p != NULL; p = p->next) {
         while (p->idle != NULL)
-            up_close(p->idle);
+            up_close(p->idle, METRICS_CLOSE_RETIRED);
         /* a refresh nobody waits for need not hold the stop up; once running
          * it cannot be cancelled, and the loop runs until it calls back */
         if (p->looking_up && p->waiting == NULL)
@@ -420,7 +460,7 @@ void up_pools_retire(up_pools_t *ps, const up_targets_t *current)
             continue;
         }
         while (p->idle != NULL)
-            up_close(p->idle);
+            up_close(p->idle, METRICS_CLOSE_RETIRED);
         if (pool_unused(p)) {
             *pp = p->next;
             pool_free(p);
@@ -456,6 +496,7 @@ static void on_dial_timeout(uv_timer_t *t)
     /* a connect that hangs is a failed dial too: the next one looks again */
     if (u->state == UP_S_CONNECTING && u->gen == p->answer.gen)
         res_drop(&p->answer);
+    metrics_bump(&p->stats->dial_errors);
     u->on_connect(u, u->dial_err != 0 ? u->dial_err : UV_ETIMEDOUT);
 }
 
@@ -621,6 +662,10 @@ static void on_connected(uv_connect_t *req, int status)
     if (status == 0) {
         uv_tcp_nodelay(&u->tcp, 1);
         u->state = UP_S_ACTIVE;
+        u->opened = 1;
+        metrics_bump(&u->pool->stats->dials);
+    } else {
+        metrics_bump(&u->pool->stats->dial_errors);
     }
     u->on_connect(u, status);
 }

@@ -11,6 +11,7 @@
 #include "config.h"
 #include "http.h"
 #include "buf.h"
+#include "metrics.h"
 #include "resolve.h"
 
 /* One upstream address as the config names it; workers read it without
@@ -30,6 +31,9 @@ typedef struct up_target {
     atomic_llong passive_until; /* up_now_ms() until which it is out */
     atomic_llong fail_window;   /* start of the window counting failures */
     atomic_int passive_fails;
+    /* idle pooled connections to it in every worker, for the caps
+     * (keepalive_idle_conns...) and /metrics */
+    atomic_int idle;
 } up_target_t;
 
 /* A monotonic clock in ms, the same in every thread. */
@@ -89,6 +93,7 @@ typedef struct up_pools {
     buf_pool_t *bufs;       /* upstream reads */
     buf_pool_t *tables;     /* response header tables */
     const atomic_int *stop; /* the worker stops: released connections close */
+    metrics_t *metrics;     /* the worker's: dials, reuses, closes per upstream */
     int index;              /* the worker's, for logs */
     /* private */
     up_pool_t *first;
@@ -96,7 +101,7 @@ typedef struct up_pools {
 } up_pools_t;
 
 void up_pools_init(up_pools_t *ps, uv_loop_t *loop, buf_pool_t *bufs, buf_pool_t *tables,
-                   const atomic_int *stop, int index);
+                   const atomic_int *stop, metrics_t *metrics, int index);
 
 /* A pseudo-random number for load balancing, per worker. */
 uint32_t up_rand(up_pools_t *ps);
@@ -109,6 +114,7 @@ struct up_pool {
     /* read-only */
     up_target_t *target; /* referenced */
     up_pools_t *set;     /* the worker's pools, this one among them */
+    struct metrics_upstream *stats; /* in the worker's metrics */
     /* private */
     up_conn_t *idle; /* most recently used first: warm connections win */
     int n_idle;
@@ -142,6 +148,7 @@ struct up_conn {
     unsigned reused : 1;        /* it served a request before: a failure may be a stale conn */
     unsigned write_pending : 1; /* wreq is in flight */
     unsigned eof : 1;           /* the upstream closed its side */
+    unsigned opened : 1;        /* connected once: its close is counted */
     /* private */
     up_conn_t *next_idle, *prev_idle;
     up_conn_t *next_wait, *prev_wait; /* in pool->waiting */
@@ -179,12 +186,18 @@ up_conn_t *up_dial(up_pool_t *p, void *owner, uint64_t timeout_ms, up_connect_cb
  * keeps reading across idle and active so reuse costs no epoll_ctl. */
 void up_update_reading(up_conn_t *u);
 
-/* Returns a healthy connection to the pool (or closes it when the pool is
- * full or KEEPALIVE_MS is 0). The caller no longer owns it. */
-void up_release(up_conn_t *u, uint64_t keepalive_ms, int max_idle);
+/* Returns a healthy connection, whose exchange for proxy P (of table T)
+ * ended cleanly, to the pool for IDLE_MS; or closes it when that is 0 or
+ * P's caps (keepalive_idle_conns, _per_host: idle connections in every
+ * worker) have enough. Without a cap the pool keeps every connection
+ * released to it, most recently used first, each until it idled IDLE_MS:
+ * what the peak in use over the last IDLE_MS needed, no more, so a steady
+ * load never redials. The caller no longer owns it. */
+void up_release(up_conn_t *u, const cfg_proxy_t *p, up_targets_t *t, uint64_t idle_ms);
 
-/* Closes U in any state; the caller no longer owns it. */
-void up_close(up_conn_t *u);
+/* Closes U in any state, for WHY (enum metrics_close, counted when it had
+ * connected); the caller no longer owns it. */
+void up_close(up_conn_t *u, int why);
 
 /* Closes every pooled idle connection of the worker (at stop), and cancels
  * lookups nobody waits for. */

@@ -251,12 +251,12 @@ def test_h2load_10000_requests_10_connections_10_streams_each_zero_errors(h2):
                      r"0 failed, 0 errored, 0 timeout", out), out[-2000:]
     assert "status codes: 10000 2xx" in out, out[-2000:]
     # Forwarded over pooled keep-alive connections, not one per stream. Up
-    # to 100 streams run at once and keepalive_idle_conns keeps 32 idle, so
-    # the pool still closes and redials some between bursts: measured 0.10
-    # to 0.18 new upstream connections per request under ASan on a loaded
-    # machine. Issue #23 sizes the pool by demand and tightens this bound;
-    # one per request would be 10,000.
-    assert h2.upstream.proxied_connections() <= 2500
+    # to 100 streams run at once; the pool keeps what that peak used
+    # (issue #23), so it dials about 100 and no more, however the bursts
+    # fall (before, with 32 idle kept, it redialled 0.10 to 0.18 per
+    # request). One per request would be 10,000.
+    conns = h2.upstream.proxied_connections()
+    assert conns <= 100 + 10, conns
 
 
 def test_http11_clients_are_served_beside_h2_ones(h2, tmp_path):

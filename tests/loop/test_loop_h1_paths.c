@@ -374,9 +374,9 @@ TEST(request_without_body_on_a_pooled_connection_the_upstream_closed_is_sent_aga
     lt_end(&t);
 }
 
-/* The same with a body: the upstream may have acted on it before it
- * closed, so it is not sent twice; 502. */
-TEST(request_with_body_on_a_pooled_connection_the_upstream_closed_is_502_not_sent_twice)
+/* The same with a body: PUT is idempotent (RFC 9110 9.2.2) and its body
+ * came whole, so it goes again, body and all. */
+TEST(idempotent_request_with_body_on_a_pooled_connection_the_upstream_closed_is_sent_again)
 {
     static const lt_step_t up0[] = {
         LT_READ_HEAD(),
@@ -384,6 +384,12 @@ TEST(request_with_body_on_a_pooled_connection_the_upstream_closed_is_502_not_sen
         LT_READ_HEAD(),
         LT_READ(5),
         LT_CLOSE(),
+    };
+    static const lt_step_t up1[] = {
+        LT_READ_HEAD(),
+        LT_READ(5),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb"),
+        LT_END(),
     };
     static const lt_step_t client[] = {
         LT_WRITE("GET /a HTTP/1.1\r\nHost: example.test\r\n\r\n"),
@@ -395,7 +401,8 @@ TEST(request_with_body_on_a_pooled_connection_the_upstream_closed_is_502_not_sen
     lt_t t;
     CHECK_INT(lt_start(&t, CONF_KEEPALIVE("2s")), 0);
     lt_upstream(&t, 0, up0);
-    lt_peer_t *c = lt_client(&t, client);
+    lt_upstream(&t, 1, up1);
+    lt_client(&t, client);
     CHECK_INT(lt_run(&t), 0);
     CHECK_STR(lt_events(&t, ""), "u0: accept\n"
                                  "u0: GET /a\n"
@@ -404,11 +411,86 @@ TEST(request_with_body_on_a_pooled_connection_the_upstream_closed_is_502_not_sen
                                  "u0: PUT /b\n"
                                  "u0: body \"hello\"\n"
                                  "u0: close\n"
-                                 "c0: 502\n"
-                                 "c0: body \"\"\n");
+                                 "u1: accept\n"
+                                 "u1: PUT /b\n"
+                                 "u1: body \"hello\"\n"
+                                 "c0: 200\n"
+                                 "c0: body \"b\"\n");
+    lt_end(&t);
+}
+
+/* A POST, with a body or without: the upstream may have acted on it
+ * before it closed, and a proxy must not retry it (RFC 9110 9.2.2): 502,
+ * sent once. */
+static void post_is_not_sent_twice(const char *post, const char *events)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"),
+        LT_READ_HEAD(),
+        LT_CLOSE(),
+    };
+    const lt_step_t client[] = {
+        LT_WRITE("GET /a HTTP/1.1\r\nHost: example.test\r\n\r\n"),
+        LT_RESPONSE(),
+        {LT_OP_WRITE, post, strlen(post), NULL, NULL},
+        LT_RESPONSE(),
+        LT_DONE(),
+    };
+    lt_t t;
+    CHECK_INT(lt_start(&t, CONF_KEEPALIVE("2s")), 0);
+    lt_upstream(&t, 0, up0);
+    lt_peer_t *c = lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    CHECK_STR(lt_events(&t, ""), events);
     CHECK_STR(lt_rx(c), "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"
                         "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
     CHECK_INT(t.n_ups, 1);
+    lt_end(&t);
+}
+
+TEST(post_on_a_pooled_connection_the_upstream_closed_is_502_not_sent_twice)
+{
+    post_is_not_sent_twice("POST /b HTTP/1.1\r\nHost: example.test\r\n\r\n",
+                           "u0: accept\nu0: GET /a\nc0: 200\nc0: body \"a\"\n"
+                           "u0: POST /b\nu0: close\nc0: 502\nc0: body \"\"\n");
+    post_is_not_sent_twice("POST /b HTTP/1.1\r\nHost: example.test\r\nContent-Length: 5\r\n"
+                           "\r\nhello",
+                           "u0: accept\nu0: GET /a\nc0: 200\nc0: body \"a\"\n"
+                           "u0: POST /b\nu0: close\nc0: 502\nc0: body \"\"\n");
+}
+
+/* Unless it carries an Idempotency-Key: the client says running it twice
+ * is safe (as Go's transport reads it). */
+TEST(post_with_an_idempotency_key_on_a_pooled_connection_the_upstream_closed_is_sent_again)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"),
+        LT_READ_HEAD(),
+        LT_CLOSE(),
+    };
+    static const lt_step_t up1[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\nb"),
+        LT_END(),
+    };
+    static const lt_step_t client[] = {
+        LT_WRITE("GET /a HTTP/1.1\r\nHost: example.test\r\n\r\n"),
+        LT_RESPONSE(),
+        LT_WRITE("POST /b HTTP/1.1\r\nHost: example.test\r\nIdempotency-Key: \"8e03\"\r\n\r\n"),
+        LT_RESPONSE(),
+        LT_DONE(),
+    };
+    lt_t t;
+    CHECK_INT(lt_start(&t, CONF_KEEPALIVE("2s")), 0);
+    lt_upstream(&t, 0, up0);
+    lt_upstream(&t, 1, up1);
+    lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    CHECK_STR(lt_events(&t, ""), "u0: accept\nu0: GET /a\nc0: 200\nc0: body \"a\"\n"
+                                 "u0: POST /b\nu0: close\nu1: accept\nu1: POST /b\n"
+                                 "c0: 201\nc0: body \"b\"\n");
     lt_end(&t);
 }
 

@@ -1140,7 +1140,9 @@ TEST(reverse_proxy_defaults)
     CHECK_INT(px->read_timeout, 0);
     CHECK_INT(px->write_timeout, 0);
     CHECK_INT(px->keepalive, 120000);
-    CHECK_INT(px->keepalive_idle_conns, 32);
+    /* issue #23: no cap unless written; the pool is sized by demand */
+    CHECK_INT(px->keepalive_idle_conns, 0);
+    CHECK_INT(px->keepalive_idle_conns_per_host, 0);
     CHECK_INT(px->keepalive_off, 0);
     cfg_unref(c);
 }
@@ -1219,6 +1221,7 @@ TEST(reverse_proxy_block)
                      "\t\t\twrite_timeout 45s\n"
                      "\t\t\tkeepalive 90s\n"
                      "\t\t\tkeepalive_idle_conns 8\n"
+                     "\t\t\tkeepalive_idle_conns_per_host 3\n"
                      "\t\t}\n"
                      "\t}\n"
                      "}\n");
@@ -1252,6 +1255,7 @@ TEST(reverse_proxy_block)
     CHECK_INT(px->write_timeout, 45000);
     CHECK_INT(px->keepalive, 90000);
     CHECK_INT(px->keepalive_idle_conns, 8);
+    CHECK_INT(px->keepalive_idle_conns_per_host, 3);
     cfg_unref(c);
 }
 
@@ -1286,6 +1290,9 @@ TEST(reverse_proxy_sub_directive_errors)
     CHECK_ERR(":80 {\n\treverse_proxy a:1 {\n\t\ttransport http {\n\t\t\tkeepalive_idle_conns x\n"
               "\t\t}\n\t}\n}\n",
               "t.conf:4: keepalive_idle_conns: expected a number, got \"x\"");
+    CHECK_ERR(":80 {\n\treverse_proxy a:1 {\n\t\ttransport http {\n"
+              "\t\t\tkeepalive_idle_conns_per_host -1\n\t\t}\n\t}\n}\n",
+              "t.conf:4: keepalive_idle_conns_per_host: expected a number, got \"-1\"");
     CHECK_ERR(":80 {\n\treverse_proxy a:1 {\n\t\tflush_interval soon\n\t}\n}\n",
               "t.conf:3: flush_interval: expected a duration or -1, got \"soon\"");
     CHECK_ERR(":80 {\n\treverse_proxy a:1 {\n\t\theader_up X a b\n\t}\n}\n",

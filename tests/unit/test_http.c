@@ -664,6 +664,48 @@ TEST(response_status_below_100_is_a_bad_response)
                   "HTTP/1.1 100 ", 13) == 0);
 }
 
+static int keep_alive(const char *v)
+{
+    return http_keep_alive_timeout(uv_buf_init((char *)v, strlen(v)));
+}
+
+/* issue #23: an upstream's announced idle timeout, so the pool lets its
+ * connections go before the upstream closes them */
+TEST(keep_alive_timeout_is_read_from_the_field_value)
+{
+    CHECK_INT(keep_alive("timeout=5"), 5);
+    CHECK_INT(keep_alive("timeout=5, max=1000"), 5);       /* Node.js, Apache */
+    CHECK_INT(keep_alive("max=100, Timeout = 60"), 60);    /* any order, any case, OWS */
+    CHECK_INT(keep_alive("timeout=\"20\""), 20);            /* quoted */
+    CHECK_INT(keep_alive("timeout=0"), 0);
+    CHECK_INT(keep_alive("timeout=7, timeout=9"), 7);     /* the first counts */
+    CHECK_INT(keep_alive("timeout=99999999999"), 86400 * 365);
+    /* none */
+    CHECK_INT(keep_alive(""), -1);
+    CHECK_INT(keep_alive("max=5"), -1);
+    CHECK_INT(keep_alive("timeouts=5"), -1);
+    CHECK_INT(keep_alive("timeout"), -1);
+    CHECK_INT(keep_alive("timeout="), -1);
+    CHECK_INT(keep_alive("timeout=5s"), -1);
+    CHECK_INT(keep_alive("timeout=-1"), -1);
+    CHECK_INT(keep_alive("timeout=\""), -1);
+}
+
+TEST(keep_alive_timeout_of_a_response_head)
+{
+    static char in[512];
+    http_head_t h;
+    CHECK_INT(parse(&h, HTTP_RESPONSE, in,
+                    "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n"),
+              HPE_PAUSED);
+    CHECK_INT(http_head_analyze(&h), 0);
+    CHECK_INT(h.keep_alive_secs, 5);
+    CHECK_INT(parse(&h, HTTP_RESPONSE, in, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+              HPE_PAUSED);
+    CHECK_INT(http_head_analyze(&h), 0);
+    CHECK_INT(h.keep_alive_secs, -1);
+}
+
 static int chunk_check_all(const char *body, size_t piece)
 {
     http_chunk_check_t k;

@@ -1,0 +1,212 @@
+"""The upstream pool (issue #23): sized by demand with the defaults, so a
+steady load never redials; keepalive_idle_conns and _per_host, when
+written, cap it in the whole process as Caddy's; an upstream's announced
+Keep-Alive timeout closes pooled connections before the upstream does;
+/metrics shows dials, reuses, closes by reason and idle connections."""
+
+import re
+import threading
+
+from conftest import (Proxy, Reader, connect, curl, free_port, stop_and_check, wait_port,
+                      wait_stable, wait_until, START_TIMEOUT)
+
+SLOW_MS = 500  # each request of a wave holds its upstream connection this long
+
+
+def config(port, admin_port, ups, transport="", extra=""):
+    return """{
+	admin 127.0.0.1:%d
+	workers 1
+}
+
+http://127.0.0.1:%d {
+	reverse_proxy %s {
+		lb_policy round_robin%s
+		transport http {
+			response_header_timeout 30s%s
+		}
+	}
+}
+""" % (admin_port, port, " ".join(u.addr for u in ups), extra, transport)
+
+
+def start(tmp_path, ups, transport="", extra=""):
+    port, admin = free_port(), free_port()
+    p = Proxy(tmp_path, config(port, admin, ups, transport, extra), port)
+    wait_port(port, p.proc, START_TIMEOUT, "psproxy", p.log)
+    wait_port(admin, p.proc, START_TIMEOUT, "psproxy admin", p.log)
+    p.admin = admin
+    return p
+
+
+def metrics(p):
+    r = curl("http://127.0.0.1:%d/metrics" % p.admin)
+    assert r.status == 200, r
+    return r.body.decode()
+
+
+def value(text, name, **labels):
+    """The value of series NAME{LABELS} in a /metrics text (0 if absent)."""
+    want = ",".join('%s="%s"' % kv for kv in labels.items())
+    m = re.search(r"^%s\{%s\} (\d+)$" % (re.escape(name), re.escape(want)), text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def wave(port, n, path="/slow/%d" % SLOW_MS):
+    """N clients, each on its own connection, send one request at the same
+    moment; returns their statuses."""
+    statuses = [None] * n
+    ready = threading.Barrier(n)
+
+    def one(i):
+        s = connect(port, timeout=30)
+        try:
+            ready.wait(30)
+            s.sendall(b"GET %s?i=%d HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % (path.encode(), i))
+            statuses[i] = Reader(s).response().status
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return statuses
+
+
+def idle(p, up):
+    return value(metrics(p), "psproxy_upstream_idle_connections", upstream=up.addr)
+
+
+def test_default_pool_keeps_what_the_peak_used_and_never_redials(tmp_path, upstream):
+    # 48 clients at once, more than Caddy's 32 idle per host (psproxy's cap
+    # before issue #23, which redialled 16 of them every wave)
+    n = 48
+    p = start(tmp_path, [upstream])
+    try:
+        for _ in range(3):
+            assert wave(p.port, n) == [200] * n
+            # every connection of the wave is back in the pool
+            wait_until(lambda: idle(p, upstream) >= min(n, upstream.proxied_connections()),
+                       what="the wave's connections idle in the pool")
+        dialled = upstream.proxied_connections()
+        m = metrics(p)
+        # the first wave dialled what it used at once (most of n: threads
+        # start a little apart on a loaded machine); the others, never more
+        # than that peak
+        assert 32 < dialled <= n, m
+        assert value(m, "psproxy_upstream_dials_total", upstream=upstream.addr) == dialled
+        assert value(m, "psproxy_upstream_reuses_total", upstream=upstream.addr) == 3 * n - dialled
+        assert value(m, "psproxy_upstream_closes_total", upstream=upstream.addr,
+                     reason="pool_full") == 0
+        assert value(m, "psproxy_upstream_idle_connections", upstream=upstream.addr) == dialled
+    finally:
+        stop_and_check([p])
+
+
+def test_keepalive_idle_conns_written_caps_the_idle_pool(tmp_path, upstream):
+    n = 12
+    p = start(tmp_path, [upstream], transport="\n\t\t\tkeepalive_idle_conns 4")
+    try:
+        assert wave(p.port, n) == [200] * n
+        first = wait_stable(upstream.proxied_connections, what="connections dialled")
+        m = wait_until(lambda: (lambda t: t if value(
+            t, "psproxy_upstream_closes_total", upstream=upstream.addr,
+            reason="pool_full") == first - 4 else None)(metrics(p)),
+            what="all but 4 of the wave's connections closed as pool_full")
+        assert value(m, "psproxy_upstream_idle_connections", upstream=upstream.addr) == 4
+        assert wave(p.port, n) == [200] * n
+        # the 4 kept are reused; the rest of the wave dials again
+        m = metrics(p)
+        assert value(m, "psproxy_upstream_reuses_total", upstream=upstream.addr) >= 4
+        assert value(m, "psproxy_upstream_idle_connections", upstream=upstream.addr) == 4
+    finally:
+        stop_and_check([p])
+
+
+def test_per_host_and_total_caps_hold_across_upstreams(tmp_path, upstream_factory):
+    a, b = upstream_factory(), upstream_factory()
+    n = 16
+    p = start(tmp_path, [a, b],
+              transport="\n\t\t\tkeepalive_idle_conns 5\n\t\t\tkeepalive_idle_conns_per_host 3")
+    try:
+        assert wave(p.port, n) == [200] * n
+        dialled = wait_stable(lambda: a.proxied_connections() + b.proxied_connections(),
+                              what="connections dialled")
+
+        def settled():
+            t = metrics(p)
+            full = sum(value(t, "psproxy_upstream_closes_total", upstream=u.addr,
+                             reason="pool_full") for u in (a, b))
+            return t if full == dialled - 5 else None
+
+        m = wait_until(settled, what="the caps applied to the whole wave")
+        ia = value(m, "psproxy_upstream_idle_connections", upstream=a.addr)
+        ib = value(m, "psproxy_upstream_idle_connections", upstream=b.addr)
+        assert ia + ib == 5 and ia <= 3 and ib <= 3, m
+    finally:
+        stop_and_check([p])
+
+
+def test_idle_connections_close_after_keepalive(tmp_path, upstream):
+    p = start(tmp_path, [upstream], transport="\n\t\t\tkeepalive 1s")
+    try:
+        assert wave(p.port, 6) == [200] * 6
+        dialled = upstream.proxied_connections()
+        m = wait_until(lambda: (lambda t: t if value(
+            t, "psproxy_upstream_closes_total", upstream=upstream.addr,
+            reason="idle_timeout") == dialled else None)(metrics(p)),
+            what="the pooled connections closed after 1 s idle")
+        assert value(m, "psproxy_upstream_idle_connections", upstream=upstream.addr) == 0
+        assert not any(is_open for _, is_open, _ in upstream.raw_conns())
+    finally:
+        stop_and_check([p])
+
+
+def test_upstream_keep_alive_timeout_closes_pooled_connections_before_the_upstream(
+        tmp_path, upstream):
+    # Node.js says "Keep-Alive: timeout=5" and closes after 5 s; psproxy's
+    # own keep-alive is 2 min. A request meeting the upstream's close would
+    # fail, so the pool lets the connection go first: timeout=2 here, and
+    # psproxy closes at 1 s (a second of margin, half below 2 s)
+    p = start(tmp_path, [upstream])
+    try:
+        s = connect(p.port)
+        s.sendall(b"GET /respheaders?Keep-Alive=timeout%3D2 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        r = Reader(s).response()
+        s.close()
+        assert r.status == 200 and r.header("Keep-Alive") is None, r
+        # closed by psproxy (idle_timeout), not by the upstream, which
+        # keeps idle connections as long as psproxy does
+        m = wait_until(lambda: (lambda t: t if value(
+            t, "psproxy_upstream_closes_total", upstream=upstream.addr,
+            reason="idle_timeout") == 1 else None)(metrics(p)),
+            what="the pooled connection closed at the upstream's timeout")
+        assert value(m, "psproxy_upstream_idle_connections", upstream=upstream.addr) == 0
+        assert value(m, "psproxy_upstream_closes_total", upstream=upstream.addr,
+                     reason="upstream_closed") == 0
+        assert "Keep-Alive" not in p.log_text()
+    finally:
+        stop_and_check([p])
+
+
+def test_metrics_count_dials_reuses_and_closes(tmp_path, upstream):
+    p = start(tmp_path, [upstream])
+    try:
+        for i in range(3):
+            r = curl(p.url + "/echo?i=%d" % i)
+            assert r.status == 200, r
+        r = curl(p.url + "/close/10")  # close-delimited: not reusable
+        assert r.status == 200, r
+        m = metrics(p)
+        assert value(m, "psproxy_upstream_dials_total", upstream=upstream.addr) == 1, m
+        assert value(m, "psproxy_upstream_reuses_total", upstream=upstream.addr) == 3, m
+        assert value(m, "psproxy_upstream_closes_total", upstream=upstream.addr,
+                     reason="not_reusable") == 1, m
+        assert value(m, "psproxy_upstream_dial_errors_total", upstream=upstream.addr) == 0, m
+        for reason in ("idle_timeout", "upstream_closed", "pool_full", "failed", "retired"):
+            assert re.search(r'^psproxy_upstream_closes_total\{upstream="%s",reason="%s"\} 0$'
+                             % (re.escape(upstream.addr), reason), m, re.M), m
+    finally:
+        stop_and_check([p])
