@@ -79,14 +79,26 @@ static void cert_line(void *arg, const char *name, const certs_entry_t *e)
             label(name, l, sizeof(l)), (long long)e->not_after);
 }
 
+/* A counter per upstream: psproxy_upstream_NAME{upstream} VALUES[i]. */
+static void upstream_counter(text_t *t, const char *name, const char *help,
+                             char (*ups)[METRICS_NAME], const uint64_t *values, size_t n)
+{
+    char l[160];
+    tprintf(t, "# HELP psproxy_upstream_%s %s\n# TYPE psproxy_upstream_%s counter\n", name, help,
+            name);
+    for (size_t j = 0; j < n; j++)
+        tprintf(t, "psproxy_upstream_%s{upstream=\"%s\"} %llu\n", name,
+                label(ups[j], l, sizeof(l)), (unsigned long long)values[j]);
+}
+
 /* The pools' churn: each upstream's dials, reuses and closes by reason,
  * summed over the workers (each counts its own; a slot's name is set
  * before the worker publishes the slot count), and idle connections now. */
 static void render_upstream_conns(srv_t *s, text_t *t)
 {
-    struct metrics_upstream sum[METRICS_UPSTREAMS];
-    uint64_t dials[METRICS_UPSTREAMS], errs[METRICS_UPSTREAMS], reuses[METRICS_UPSTREAMS];
-    uint64_t closes[METRICS_UPSTREAMS][METRICS_CLOSES];
+    char names[METRICS_UPSTREAMS][METRICS_NAME] = {{0}};
+    uint64_t dials[METRICS_UPSTREAMS] = {0}, errs[METRICS_UPSTREAMS] = {0};
+    uint64_t reuses[METRICS_UPSTREAMS] = {0}, closes[METRICS_UPSTREAMS][METRICS_CLOSES] = {{0}};
     size_t n = 0;
     for (int i = 0; i < s->n_workers; i++) {
         metrics_t *m = &s->workers[i].metrics;
@@ -94,14 +106,10 @@ static void render_upstream_conns(srv_t *s, text_t *t)
         for (size_t k = 0; k < k_n; k++) {
             const struct metrics_upstream *u = &m->upstreams[k];
             size_t j = 0;
-            while (j < n && strcmp(sum[j].name, u->name) != 0)
+            while (j < n && strcmp(names[j], u->name) != 0)
                 j++;
-            if (j == n) {
-                memcpy(sum[n].name, u->name, sizeof(sum[n].name));
-                dials[n] = errs[n] = reuses[n] = 0;
-                memset(closes[n], 0, sizeof(closes[n]));
-                n++;
-            }
+            if (j == n)
+                memcpy(names[n++], u->name, sizeof(names[j]));
             dials[j] += atomic_load_explicit(&u->dials, memory_order_relaxed);
             errs[j] += atomic_load_explicit(&u->dial_errors, memory_order_relaxed);
             reuses[j] += atomic_load_explicit(&u->reuses, memory_order_relaxed);
@@ -110,29 +118,19 @@ static void render_upstream_conns(srv_t *s, text_t *t)
         }
     }
     char l[160];
-    tprintf(t, "# HELP psproxy_upstream_dials_total Connections opened to each upstream.\n"
-               "# TYPE psproxy_upstream_dials_total counter\n");
-    for (size_t j = 0; j < n; j++)
-        tprintf(t, "psproxy_upstream_dials_total{upstream=\"%s\"} %llu\n",
-                label(sum[j].name, l, sizeof(l)), (unsigned long long)dials[j]);
-    tprintf(t, "# HELP psproxy_upstream_dial_errors_total Dials to each upstream that failed "
-               "(refused, timed out, not resolved).\n"
-               "# TYPE psproxy_upstream_dial_errors_total counter\n");
-    for (size_t j = 0; j < n; j++)
-        tprintf(t, "psproxy_upstream_dial_errors_total{upstream=\"%s\"} %llu\n",
-                label(sum[j].name, l, sizeof(l)), (unsigned long long)errs[j]);
-    tprintf(t, "# HELP psproxy_upstream_reuses_total Requests sent on a pooled (idle) "
-               "connection instead of a new one.\n"
-               "# TYPE psproxy_upstream_reuses_total counter\n");
-    for (size_t j = 0; j < n; j++)
-        tprintf(t, "psproxy_upstream_reuses_total{upstream=\"%s\"} %llu\n",
-                label(sum[j].name, l, sizeof(l)), (unsigned long long)reuses[j]);
+    upstream_counter(t, "dials_total", "Connections opened to each upstream.", names, dials, n);
+    upstream_counter(t, "dial_errors_total",
+                     "Dials to each upstream that failed (refused, timed out, not resolved).",
+                     names, errs, n);
+    upstream_counter(t, "reuses_total",
+                     "Requests sent on a pooled (idle) connection instead of a new one.", names,
+                     reuses, n);
     tprintf(t, "# HELP psproxy_upstream_closes_total Upstream connections closed, by reason.\n"
                "# TYPE psproxy_upstream_closes_total counter\n");
     for (size_t j = 0; j < n; j++)
         for (int r = 0; r < METRICS_CLOSES; r++)
             tprintf(t, "psproxy_upstream_closes_total{upstream=\"%s\",reason=\"%s\"} %llu\n",
-                    label(sum[j].name, l, sizeof(l)), metrics_close_names[r],
+                    label(names[j], l, sizeof(l)), metrics_close_names[r],
                     (unsigned long long)closes[j][r]);
     tprintf(t, "# HELP psproxy_upstream_idle_connections Idle pooled connections to each "
                "upstream, in every worker.\n# TYPE psproxy_upstream_idle_connections gauge\n");

@@ -10,6 +10,7 @@
 
 #define METRICS_BUCKETS 12
 #define METRICS_SERIES 128
+#define METRICS_NAME 64 /* an upstream slot's name, with its NUL */
 
 /* requests_total{site, code, upstream}: a few series, found by name */
 struct metrics_series {
@@ -34,7 +35,7 @@ extern const char *const metrics_close_names[METRICS_CLOSES];
 /* One upstream's connection counters in one worker (the pools' churn).
  * Written by that worker only: metrics_bump. */
 struct metrics_upstream {
-    char name[64]; /* its hostport; set before the slot is counted in n_upstreams */
+    char name[METRICS_NAME]; /* its hostport; set before the slot is counted in n_upstreams */
     atomic_ullong dials;       /* connections opened */
     atomic_ullong dial_errors; /* dials that failed */
     atomic_ullong reuses;      /* requests sent on a pooled connection */
