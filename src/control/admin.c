@@ -108,7 +108,9 @@ static void render_upstream_conns(srv_t *s, text_t *t)
             size_t j = 0;
             while (j < n && strcmp(names[j], u->name) != 0)
                 j++;
-            if (j == n)
+            if (j == METRICS_UPSTREAMS)
+                j--; /* the workers' slots together outnumber ours: the last takes the rest */
+            else if (j == n)
                 memcpy(names[n++], u->name, sizeof(names[j]));
             dials[j] += atomic_load_explicit(&u->dials, memory_order_relaxed);
             errs[j] += atomic_load_explicit(&u->dial_errors, memory_order_relaxed);
