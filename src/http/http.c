@@ -253,21 +253,6 @@ static int check_coding(uv_buf_t el, void *arg)
     return 0;
 }
 
-/* a switch, not strchr(): every byte of every field name passes here on
- * the hot path */
-int http_is_tchar(unsigned char c)
-{
-    if ((c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z'))
-        return 1;
-    switch (c) {
-    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
-    case '-': case '.': case '^': case '_': case '`': case '|': case '~':
-        return 1;
-    default:
-        return 0;
-    }
-}
-
 /* Host = uri-host [ ":" port ] (RFC 9110 7.2): reg-name, IPv4 or [IPv6]. */
 static int valid_host(uv_buf_t v)
 {

@@ -664,6 +664,14 @@ TEST(response_status_below_100_is_a_bad_response)
                   "HTTP/1.1 100 ", 13) == 0);
 }
 
+TEST(tchar_is_exactly_rfc_9110s_set)
+{
+    const char *set = "!#$%&'*+-.^_`|~0123456789"
+                      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    for (int c = 0; c < 256; c++)
+        CHECK_INT(http_is_tchar((unsigned char)c), c != 0 && strchr(set, c) != NULL);
+}
+
 static int keep_alive(const char *v)
 {
     return http_keep_alive_timeout(uv_buf_init((char *)v, strlen(v)));
