@@ -43,6 +43,11 @@ def _module(name, package):
     return check
 
 
+def nginx_path():
+    """nginx's path: in /usr/sbin, which a user's PATH may not have."""
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+
+
 # name -> a check returning None when the peer is there, else why not
 PEERS = {
     "pebble": _pebble,
@@ -52,6 +57,7 @@ PEERS = {
     "h2load": _program("h2load", "nghttp2-client"),
     "cryptography": _module("cryptography", "python3-cryptography"),
     "testssl": _program("testssl", "testssl.sh"),
+    "nginx": lambda: None if nginx_path() else "nginx not installed (apt-get install nginx)",
 }
 
 

@@ -5,10 +5,15 @@ Keep-Alive timeout closes pooled connections before the upstream does;
 /metrics shows dials, reuses, closes by reason and idle connections."""
 
 import re
+import subprocess
 import threading
+import time
 
-from conftest import (Proxy, Reader, connect, curl, free_port, stop_and_check, wait_port,
-                      wait_stable, wait_until, START_TIMEOUT)
+import pytest
+
+import peers
+from conftest import (Proxy, Reader, connect, curl, free_port, reap, stop_and_check, tail,
+                      wait_port, wait_stable, wait_until, START_TIMEOUT)
 
 SLOW_MS = 500  # each request of a wave holds its upstream connection this long
 
@@ -210,3 +215,73 @@ def test_metrics_count_dials_reuses_and_closes(tmp_path, upstream):
                              % (re.escape(upstream.addr), reason), m, re.M), m
     finally:
         stop_and_check([p])
+
+
+class NginxUpstream:
+    """nginx as the upstream, closing keep-alive connections idle for
+    IDLE_MS, without a Keep-Alive header that would announce it (nginx's
+    keepalive_timeout with one argument, as it is mostly written)."""
+
+    def __init__(self, tmp_path, idle_ms):
+        self.port = free_port()
+        d = tmp_path / "nginx"
+        d.mkdir()
+        temps = "".join("\t%s_temp_path %s/%s;\n" % (k, d, k)
+                        for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        (d / "nginx.conf").write_text("""worker_processes 1;
+daemon off;
+pid %(d)s/nginx.pid;
+error_log %(d)s/error.log info;
+events { worker_connections 256; }
+http {
+	access_log off;
+%(temps)s	keepalive_timeout %(idle)dms;
+	keepalive_requests 100000;
+	server {
+		listen 127.0.0.1:%(port)d;
+		location / { default_type text/plain; return 200 "ok"; }
+	}
+}
+""" % dict(d=d, temps=temps, idle=idle_ms, port=self.port))
+        self.log = d / "error.log"
+        self.proc = subprocess.Popen([peers.nginx_path(), "-p", str(d), "-c", str(d / "nginx.conf")],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(self.port, self.proc, START_TIMEOUT, "nginx", self.log)
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.port
+
+    def stop(self):
+        reap(self.proc)
+
+
+@pytest.mark.peer("nginx")
+def test_upstream_closing_idle_connections_first_loses_no_request(tmp_path):
+    # psproxy keeps an idle connection 2 min; nginx closes it after 200 ms
+    # and says nothing of it. The pauses sweep across nginx's 200 ms: a
+    # connection nginx closed is dropped from the pool as its FIN arrives
+    # (the idle connection is read), and one a request meets just as nginx
+    # closes it goes again on a new one (an exact race the loop tests
+    # stage: test_loop_h1_paths.c); neither may turn into a 502.
+    up = NginxUpstream(tmp_path, 200)
+    p = start(tmp_path, [up])
+    try:
+        s = connect(p.port, timeout=10)
+        rd = Reader(s)
+        statuses = []
+        for i, pause_ms in enumerate(list(range(150, 260, 4)) * 2):
+            time.sleep(pause_ms / 1000)  # a real wait: the pause is the test
+            s.sendall(b"GET /?i=%d HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % i)
+            statuses.append(rd.response().status)
+        s.close()
+        assert statuses == [200] * len(statuses), (statuses, tail(p.log))
+        m = metrics(p)
+        # nginx did close idle ones under psproxy (most pauses outlast it)
+        assert value(m, "psproxy_upstream_closes_total", upstream=up.addr,
+                     reason="upstream_closed") > len(statuses) // 4, m
+        assert "unhealthy" not in p.log_text()
+    finally:
+        stop_and_check([p])
+        up.stop()
