@@ -57,6 +57,16 @@ def value(text, name, **labels):
     return int(m.group(1)) if m else 0
 
 
+def wait_closes(p, up, reason, want, what):
+    """Waits until /metrics counts WANT closes of UP's connections for
+    REASON; returns that /metrics text."""
+    def reached():
+        t = metrics(p)
+        n = value(t, "psproxy_upstream_closes_total", upstream=up.addr, reason=reason)
+        return t if n == want else None
+    return wait_until(reached, what=what)
+
+
 def wave(port, n, path="/slow/%d" % SLOW_MS):
     """N clients, each on its own connection, send one request at the same
     moment; returns their statuses."""
@@ -116,10 +126,8 @@ def test_keepalive_idle_conns_written_caps_the_idle_pool(tmp_path, upstream):
     try:
         assert wave(p.port, n) == [200] * n
         first = wait_stable(upstream.proxied_connections, what="connections dialled")
-        m = wait_until(lambda: (lambda t: t if value(
-            t, "psproxy_upstream_closes_total", upstream=upstream.addr,
-            reason="pool_full") == first - 4 else None)(metrics(p)),
-            what="all but 4 of the wave's connections closed as pool_full")
+        m = wait_closes(p, upstream, "pool_full", first - 4,
+                        "all but 4 of the wave's connections closed as pool_full")
         assert value(m, "psproxy_upstream_idle_connections", upstream=upstream.addr) == 4
         assert wave(p.port, n) == [200] * n
         # the 4 kept are reused; the rest of the wave dials again
@@ -159,10 +167,8 @@ def test_idle_connections_close_after_keepalive(tmp_path, upstream):
     try:
         assert wave(p.port, 6) == [200] * 6
         dialled = upstream.proxied_connections()
-        m = wait_until(lambda: (lambda t: t if value(
-            t, "psproxy_upstream_closes_total", upstream=upstream.addr,
-            reason="idle_timeout") == dialled else None)(metrics(p)),
-            what="the pooled connections closed after 1 s idle")
+        m = wait_closes(p, upstream, "idle_timeout", dialled,
+                        "the pooled connections closed after 1 s idle")
         assert value(m, "psproxy_upstream_idle_connections", upstream=upstream.addr) == 0
         assert not any(is_open for _, is_open, _ in upstream.raw_conns())
     finally:
@@ -184,10 +190,8 @@ def test_upstream_keep_alive_timeout_closes_pooled_connections_before_the_upstre
         assert r.status == 200 and r.header("Keep-Alive") is None, r
         # closed by psproxy (idle_timeout), not by the upstream, which
         # keeps idle connections as long as psproxy does
-        m = wait_until(lambda: (lambda t: t if value(
-            t, "psproxy_upstream_closes_total", upstream=upstream.addr,
-            reason="idle_timeout") == 1 else None)(metrics(p)),
-            what="the pooled connection closed at the upstream's timeout")
+        m = wait_closes(p, upstream, "idle_timeout", 1,
+                        "the pooled connection closed at the upstream's timeout")
         assert value(m, "psproxy_upstream_idle_connections", upstream=upstream.addr) == 0
         assert value(m, "psproxy_upstream_closes_total", upstream=upstream.addr,
                      reason="upstream_closed") == 0
