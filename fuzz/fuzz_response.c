@@ -101,7 +101,7 @@ static int relay_head(exchange_t *x, response_t *r)
         out.ops = ops;
         out.n_ops = 1;
         out.upgrade = status == 101;
-        x->framing = http_response_framing(&r->head, r->head_method, x->http10);
+        x->framing = http_response_framing(&r->head, r->head_method, x->http10, 0);
         if (!x->req_done || x->framing == HTTP_BODY_EOF)
             x->keep_alive = 0;
         out.keep_alive = x->keep_alive;

@@ -132,6 +132,7 @@ struct exchange {
 
     char *obuf; /* a head the handler builds: the upstream's, or extra fields */
     char *hbuf; /* the response head for the client */
+    filter_body_t *bodyf; /* the body filters claiming this response; NULL: none */
     /* the running handler's own state (its start zeroes what it uses): no
      * allocation per request */
     _Alignas(max_align_t) unsigned char hstate[EXCHANGE_HANDLER_STATE];

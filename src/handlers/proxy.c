@@ -55,18 +55,28 @@ static proxy_req_t *pr(const exchange_t *x)
     return (proxy_req_t *)x->hstate;
 }
 
-/* Queues LEN body bytes in IOV as FRAMING wants them: as they are, or as
- * one chunk whose size line is written into CHUNK (HTTP_CHUNK_LINE_MAX). */
-static void add_body(uv_buf_t *iov, unsigned *n, int framing, char *chunk, char *body,
-                     size_t len)
+/* Queues the NB slices of BODY in IOV as FRAMING wants them: as they are,
+ * or as one chunk whose size line is written into CHUNK
+ * (HTTP_CHUNK_LINE_MAX). Returns their length; nothing is queued for none
+ * (an empty chunk would end the body). */
+static size_t add_body(uv_buf_t *iov, unsigned *n, int framing, char *chunk, const uv_buf_t *body,
+                       unsigned nb)
 {
+    size_t len = 0;
+    for (unsigned i = 0; i < nb; i++)
+        len += body[i].len;
+    if (len == 0)
+        return 0;
     if (framing == HTTP_BODY_CHUNKED) {
         size_t k = http_chunk_line(chunk, len);
         iov[(*n)++] = uv_buf_init(chunk, (unsigned)k);
     }
-    iov[(*n)++] = uv_buf_init(body, (unsigned)len);
+    for (unsigned i = 0; i < nb; i++)
+        if (body[i].len > 0)
+            iov[(*n)++] = body[i];
     if (framing == HTTP_BODY_CHUNKED)
         iov[(*n)++] = uv_buf_init((char *)CRLF, 2);
+    return len;
 }
 
 /* The end of a body: the last chunk when chunked (no trailers). */
@@ -384,7 +394,13 @@ static int relay_head(exchange_t *x, uv_buf_t *iov, unsigned *n)
     r.http10 = client_http10(x);
     filter_head_t fh;
     if (!interim) {
-        if (filter_head(x->route.filters, x->route.n_filters, &fh) < 0) {
+        int refused = filter_head(x->route.filters, x->route.n_filters, status, &fh) < 0;
+        r.body_filtered = fh.n_body > 0;
+        /* HTTP/2 frames the body itself: the bytes as they are, ended with the stream */
+        q->resp_framing = http_response_framing(
+            &u->resp, x->head_method, r.http10 || x->xport->version == 2, r.body_filtered);
+        if (refused ||
+            (q->resp_framing != HTTP_BODY_NONE && filter_body_open(&fh, &x->bodyf) < 0)) {
             /* a filter refused: the failure is ours, not the upstream's */
             proxy_abort(x);
             if (x->resp_started)
@@ -397,9 +413,6 @@ static int relay_head(exchange_t *x, uv_buf_t *iov, unsigned *n)
         r.ops = fh.ops;
         r.n_ops = fh.n_ops;
         r.upgrade = status == 101;
-        /* HTTP/2 frames the body itself: the bytes as they are, ended with the stream */
-        q->resp_framing =
-            http_response_framing(&u->resp, x->head_method, r.http10 || x->xport->version == 2);
         /* the client is still sending: after this response we must close */
         if (x->rq != XREQ_DONE || q->resp_framing == HTTP_BODY_EOF)
             x->keep_alive = 0;
@@ -490,11 +503,31 @@ static int flush_response(exchange_t *x, uv_buf_t *iov, unsigned *n)
     return 0;
 }
 
+/* Passes BODY (the upstream's body bytes of this pass; the last ones when
+ * the response is done) through the response's body filters and queues
+ * what they hand on in IOV. 0, or -1 when a filter failed: the response
+ * is cut (its head is out), the failure ours, not the upstream's. */
+static int filter_response_body(exchange_t *x, const uv_buf_t *body, uv_buf_t *iov, unsigned *n)
+{
+    proxy_req_t *q = pr(x);
+    uv_buf_t out[FILTER_BODY_IOV];
+    int k = filter_body_run(x->bodyf, body, body->len > 0, q->resp_done, out);
+    if (k < 0) {
+        log_warn("exchange %llu: a response body filter failed; the response is cut",
+                 (unsigned long long)x->id);
+        proxy_abort(x);
+        exchange_close(x);
+        return -1;
+    }
+    x->bytes_out += add_body(iov, n, q->resp_framing, q->down_chunk, out, (unsigned)k);
+    return 0;
+}
+
 static void pump_response(exchange_t *x)
 {
     proxy_req_t *q = pr(x);
     up_conn_t *u = q->up;
-    uv_buf_t iov[8];
+    uv_buf_t iov[4 + FILTER_BODY_IOV]; /* a head, a chunk line, the body, CRLF, the last chunk */
     unsigned n = 0;
     while (x->rs == XRESP_RELAY && !x->write_pending && !q->resp_sent) {
         int head = 0;
@@ -537,17 +570,21 @@ static void pump_response(exchange_t *x)
                     return;
             }
         }
-        if (u->body_len > 0 && q->resp_framing != HTTP_BODY_NONE) {
-            add_body(iov, &n, q->resp_framing, q->down_chunk, u->body, u->body_len);
-            x->bytes_out += u->body_len;
+        uv_buf_t body = uv_buf_init(u->body, (unsigned)u->body_len);
+        if (x->bodyf != NULL) {
+            if ((u->body_len > 0 || q->resp_done) && filter_response_body(x, &body, iov, &n) < 0)
+                return;
+        } else if (u->body_len > 0 && q->resp_framing != HTTP_BODY_NONE) {
+            x->bytes_out += add_body(iov, &n, q->resp_framing, q->down_chunk, &body, 1);
         }
         if (q->resp_done) {
             add_end(iov, &n, q->resp_framing);
             q->resp_sent = 1;
         }
         /* a final head goes out with the body bytes behind it: one writev
-         * (an interim one goes alone: the next head is built in hbuf too) */
-        if (head && x->resp_started && !q->resp_done && n <= 2)
+         * (an interim one goes alone: the next head is built in hbuf too;
+         * a body filter's output must be out before its next call) */
+        if (head && x->resp_started && !q->resp_done && n <= 2 && x->bodyf == NULL)
             continue;
         if (flush_response(x, iov, &n) < 0)
             return;
@@ -680,10 +717,8 @@ static void proxy_pump_request(exchange_t *x)
         framing_broken(x, len);
         return;
     }
-    if (len > 0) {
-        add_body(iov, &n, q->req_framing, q->up_chunk, body, len);
-        q->body_up += len;
-    }
+    uv_buf_t chunk = uv_buf_init(body, (unsigned)len);
+    q->body_up += add_body(iov, &n, q->req_framing, q->up_chunk, &chunk, 1);
     if (ends) {
         add_end(iov, &n, q->req_framing);
         q->req_sent = 1;

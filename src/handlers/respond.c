@@ -79,9 +79,21 @@ static void answer(exchange_t *x, const cfg_handler_t *h)
      * respond's Content-Type as in Caddy; one a deferred op deleted is
      * Go's sniffing in Caddy: plain text (http_build_simple) for all but
      * a few signatures (HTML, XML, PDF, images) psproxy does not sniff */
-    if (filter_head(x->route.filters, x->route.n_filters, &fh) < 0) {
+    int final_status = h != NULL && h->kind == CFG_H_REDIR ? h->u.redir.status : status;
+    if (filter_head(x->route.filters, x->route.n_filters, final_status, &fh) < 0) {
         exchange_respond(x, 500, NULL, NULL, 0);
         return;
+    }
+    /* a body filter rewrites the whole body here, so Content-Length stays
+     * exact (a HEAD gets the length a GET would); an empty body stays so */
+    char *filtered = NULL;
+    if (fh.n_body > 0 && blen > 0) {
+        filtered = buf_get(&x->w->bufs);
+        if (filter_body_whole(&fh, body, blen, filtered, x->w->bufs.size, &blen) < 0) {
+            buf_put(&x->w->bufs, filtered);
+            exchange_respond(x, 500, NULL, NULL, 0);
+            return;
+        }
     }
     if (http_expand_ops(fh.ops, fh.n_ops, &x->vars, extra, x->w->bufs.size - 1, &elen, ownp) < 0)
         elen = 0;
@@ -99,7 +111,11 @@ static void answer(exchange_t *x, const cfg_handler_t *h)
         }
     }
     extra[elen] = '\0';
-    exchange_respond(x, status, extra, body, blen);
+    /* exchange_respond copies the body into the head's buffer; X may be
+     * gone after it (an HTTP/2 stream closed) */
+    worker_t *w = x->w;
+    exchange_respond(x, status, extra, filtered != NULL ? filtered : body, blen);
+    buf_put(&w->bufs, filtered);
 }
 
 static void respond_start(exchange_t *x)

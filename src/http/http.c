@@ -503,14 +503,14 @@ int http_response_bodiless(int status, int head_method)
     return head_method || (status >= 100 && status < 200) || status == 204 || status == 304;
 }
 
-int http_response_framing(const http_head_t *resp, int head_method, int http10)
+int http_response_framing(const http_head_t *resp, int head_method, int http10, int rewritten)
 {
     const llhttp_t *p = &resp->parser;
     if (http_response_bodiless(p->status_code, head_method))
         return HTTP_BODY_NONE; /* 101 too: what follows it is the tunnel's */
-    if ((p->flags & F_CONTENT_LENGTH) && !(p->flags & F_CHUNKED))
+    if ((p->flags & F_CONTENT_LENGTH) && !(p->flags & F_CHUNKED) && !rewritten)
         return HTTP_BODY_LENGTH;
-    /* chunked or close-delimited upstream: re-chunk for HTTP/1.1 clients
+    /* chunked, close-delimited or rewritten: re-chunk for HTTP/1.1 clients
      * so their connection survives; 1.0 reads to close */
     return http10 ? HTTP_BODY_EOF : HTTP_BODY_CHUNKED;
 }

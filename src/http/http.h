@@ -158,6 +158,8 @@ typedef struct http_resp_out {
     int keep_alive;              /* the client connection stays open */
     int http10;                  /* the client spoke HTTP/1.0 */
     int upgrade;                 /* a 101 we tunnel: keep Upgrade */
+    int body_filtered;           /* a filter rewrites the body: the upstream's
+                                  * Content-Length no longer holds */
 } http_resp_out_t;
 
 /* Writes the response head for the client into OUT, its fields built as
@@ -203,9 +205,10 @@ int http_response_bodiless(int status, int head_method);
 
 /* How the body of an analyzed response HEAD is framed for the client:
  * none for a 101, an answer to HEAD, 204 and 304; Content-Length kept
- * unless chunked too; else chunked for HTTP/1.1 clients and
- * close-delimited for HTTP/1.0 ones (HTTP10). */
-int http_response_framing(const http_head_t *resp, int head_method, int http10);
+ * unless chunked too, or unless the body is REWRITTEN (a body filter);
+ * else chunked for HTTP/1.1 clients and close-delimited for HTTP/1.0 ones
+ * (HTTP10). */
+int http_response_framing(const http_head_t *resp, int head_method, int http10, int rewritten);
 
 /* Body bytes llhttp hands over in pieces (chunk framing between them):
  * appends AT..LEN to the slice at *BODY (*LEN bytes), moving it down over

@@ -490,6 +490,8 @@ int http_build_response(char *buf, size_t cap, const http_resp_out_t *r)
     unsigned up = fs->n;
     for (unsigned i = 0; i < h->n_hdrs; i++) {
         const http_hdr_t *hdr = &h->hdrs[i];
+        if (r->body_filtered && http_token_eq(hdr->name, "content-length"))
+            continue;
         if (kept_header(&k, hdr->name))
             fields_add(fs, hdr->name, hdr->value, NULL);
     }

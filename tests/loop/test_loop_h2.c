@@ -21,6 +21,7 @@
 #include "tls.h"
 
 #include "test.h"
+#include "upper_filter.h"
 
 /* ---- a self-signed certificate for localhost, in a temp dir ------------- */
 
@@ -615,6 +616,39 @@ TEST(h2_get_then_post_reach_the_upstream_as_http1)
     CHECK_STR(lt_rx(t->n_ups > 0 ? t->ups[0] : NULL), want);
     CHECK_INT(t->n_ups, 1);
     h2_env_end(&e);
+}
+
+/* A body filter (upper_filter.h) rewrites a proxied body and an answer
+ * made here: the stream carries what it hands on with no content-length
+ * (nghttp2 would reset a stream whose DATA disagrees with it), the answer
+ * made here the exact length of its rewritten body. */
+TEST(h2_filtered_bodies_go_as_the_filter_hands_them_on)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
+        LT_END(),
+    };
+    static const h2c_req_t plan[] = {
+        {.method = "GET", .path = "/up"},
+        {.method = "GET", .path = "/local"},
+    };
+    h2_env_t e;
+    if (h2_env_start(&e, "", "\theader X-Filtered yes\n\trespond /local \"here\"\n") != 0) {
+        CHECK(!"h2_env_start");
+        return;
+    }
+    upper_filter_install();
+    lt_t *t = &e.t;
+    lt_upstream(t, 0, up0);
+    CHECK_INT(h2c_start(&e.h, t, e.tc.cert, plan, 2), 0);
+    CHECK_INT(lt_run(t), 0);
+    CHECK_STR(lt_events(t, "c"), "c0: tls h2\n"
+                                 "c0: stream 1: 200 \"HELLO|END\" (error 0)\n"
+                                 "c0: stream 3: 200 \"HERE|END\" (error 0)\n");
+    CHECK_INT(upper_seen.opens, 2);
+    h2_env_end(&e);
+    CHECK_INT(upper_seen.closes, 2);
 }
 
 TEST(h2_upstream_closing_mid_body_resets_the_stream_not_the_connection)

@@ -1,5 +1,6 @@
 /* Routing (src/exchange/route.c): which site, handler, filters and body
  * limit a request head gets, from configs parsed as psproxy parses them. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "chal.h"
@@ -158,23 +159,162 @@ static int refusing_head(const cfg_handler_t *row, filter_head_t *h)
 
 TEST(the_filter_chain_runs_each_head_hook_in_order_and_stops_at_a_refusal)
 {
-    static const filter_ops_t counting = {"counting", counting_head};
-    static const filter_ops_t refusing = {"refusing", refusing_head};
+    static const filter_ops_t counting = {.name = "counting", .head = counting_head};
+    static const filter_ops_t refusing = {.name = "refusing", .head = refusing_head};
     cfg_handler_t a = {.kind = CFG_H_HEADER}, b = {.kind = CFG_H_HEADER};
     cfg_handler_t not_a_filter = {.kind = CFG_H_RESPOND};
     const cfg_handler_t *chain[] = {&a, &b, &not_a_filter};
     filter_head_t h;
     filter_register(FILTER_HEADER, &counting);
     saw_head = 0;
-    CHECK_INT(filter_head(chain, 2, &h), 0);
+    CHECK_INT(filter_head(chain, 2, 200, &h), 0);
     CHECK_INT(saw_head, 2);
     CHECK_INT(h.n_ops, 2);
     CHECK(h.ops[0] == &a.u.header && h.ops[1] == &b.u.header);
-    CHECK_INT(filter_head(chain, 3, &h), -1); /* a row no filter runs */
+    CHECK_INT(filter_head(chain, 3, 200, &h), -1); /* a row no filter runs */
     filter_register(FILTER_HEADER, &refusing);
-    CHECK_INT(filter_head(chain, 2, &h), -1);
+    CHECK_INT(filter_head(chain, 2, 200, &h), -1);
     handlers_init(); /* the real header filter again */
     CHECK(filter_of(FILTER_HEADER) == &header_filter);
+}
+
+/* Two body filters in a row: "dup" doubles each byte, "tag" wraps the
+ * body in brackets; each counts its opens and closes. */
+static int body_opens, body_closes, refuse_open_of_tag;
+
+static void *counting_open(const cfg_handler_t *row)
+{
+    (void)row;
+    body_opens++;
+    return calloc(1, 64);
+}
+
+static void counting_close(void *state)
+{
+    body_closes++;
+    free(state);
+}
+
+static int dup_body(void *state, const uv_buf_t *in, unsigned n_in, int last, uv_buf_t *out)
+{
+    char *buf = state;
+    size_t n = 0;
+    (void)last;
+    for (unsigned i = 0; i < n_in; i++)
+        for (size_t k = 0; k < in[i].len && n + 2 <= 64; k++) {
+            buf[n++] = in[i].base[k];
+            buf[n++] = in[i].base[k];
+        }
+    out[0] = uv_buf_init(buf, (unsigned)n);
+    return n > 0;
+}
+
+static void *tag_open(const cfg_handler_t *row)
+{
+    return refuse_open_of_tag ? NULL : counting_open(row);
+}
+
+static int tag_body(void *state, const uv_buf_t *in, unsigned n_in, int last, uv_buf_t *out)
+{
+    int *started = state;
+    int n = 0;
+    if (!*started) {
+        out[n++] = uv_buf_init("[", 1);
+        *started = 1;
+    }
+    for (unsigned i = 0; i < n_in; i++)
+        out[n++] = in[i];
+    if (last)
+        out[n++] = uv_buf_init("]", 1);
+    return n;
+}
+
+static const filter_ops_t dup_filter = {
+    .name = "dup", .head = counting_head, .body_open = counting_open, .body = dup_body,
+    .body_close = counting_close};
+static const filter_ops_t tag_filter = {
+    .name = "tag", .head = counting_head, .body_open = tag_open, .body = tag_body,
+    .body_close = counting_close};
+
+static char joined[128];
+
+static const char *join(const uv_buf_t *b, int n)
+{
+    size_t len = 0;
+    for (int i = 0; i < n; i++) {
+        memcpy(joined + len, b[i].base, b[i].len);
+        len += b[i].len;
+    }
+    joined[len] = '\0';
+    return joined;
+}
+
+TEST(body_filters_run_in_route_order_each_ones_output_the_next_ones_input)
+{
+    cfg_handler_t a = {.kind = CFG_H_HEADER}, b = {.kind = CFG_H_HEADER};
+    filter_head_t h = {.n_body = 0};
+    CHECK_INT(filter_head_claim_body(&h, &dup_filter, &a), 0);
+    CHECK_INT(filter_head_claim_body(&h, &tag_filter, &b), 0);
+    body_opens = body_closes = refuse_open_of_tag = 0;
+    filter_body_t *fb;
+    CHECK_INT(filter_body_open(&h, &fb), 0);
+    CHECK(fb != NULL);
+    CHECK_INT(body_opens, 2);
+    uv_buf_t in[2] = {uv_buf_init("ab", 2), uv_buf_init("c", 1)}, out[FILTER_BODY_IOV];
+    int n = filter_body_run(fb, in, 2, 0, out);
+    CHECK_STR(join(out, n), "[aabbcc");
+    n = filter_body_run(fb, in + 1, 1, 0, out);
+    CHECK_STR(join(out, n), "cc");
+    n = filter_body_run(fb, in, 0, 1, out); /* the end, with no bytes */
+    CHECK_STR(join(out, n), "]");
+    filter_body_close(fb);
+    CHECK_INT(body_closes, 2);
+}
+
+TEST(no_claim_opens_nothing_and_a_filter_that_cannot_open_leaves_none_open)
+{
+    cfg_handler_t a = {.kind = CFG_H_HEADER};
+    filter_head_t h = {.n_body = 0};
+    filter_body_t *fb = (filter_body_t *)&h;
+    CHECK_INT(filter_body_open(&h, &fb), 0);
+    CHECK(fb == NULL);
+    filter_body_close(NULL);
+    CHECK_INT(filter_head_claim_body(&h, &dup_filter, &a), 0);
+    CHECK_INT(filter_head_claim_body(&h, &tag_filter, &a), 0);
+    body_opens = body_closes = 0;
+    refuse_open_of_tag = 1;
+    CHECK_INT(filter_body_open(&h, &fb), -1);
+    CHECK(fb == NULL);
+    CHECK_INT(body_opens, 1);
+    CHECK_INT(body_closes, 1); /* dup's, opened before tag refused */
+    refuse_open_of_tag = 0;
+}
+
+TEST(at_most_FILTER_MAX_BODY_filters_claim_one_body)
+{
+    cfg_handler_t a = {.kind = CFG_H_HEADER};
+    filter_head_t h = {.n_body = 0};
+    for (int i = 0; i < FILTER_MAX_BODY; i++)
+        CHECK_INT(filter_head_claim_body(&h, &dup_filter, &a), 0);
+    CHECK_INT(filter_head_claim_body(&h, &dup_filter, &a), -1);
+    CHECK_INT(h.n_body, FILTER_MAX_BODY);
+}
+
+TEST(a_whole_body_is_gathered_and_one_that_does_not_fit_fails)
+{
+    cfg_handler_t a = {.kind = CFG_H_HEADER};
+    filter_head_t h = {.n_body = 0};
+    CHECK_INT(filter_head_claim_body(&h, &dup_filter, &a), 0);
+    CHECK_INT(filter_head_claim_body(&h, &tag_filter, &a), 0);
+    body_opens = body_closes = 0;
+    char out[16];
+    size_t len = 0;
+    CHECK_INT(filter_body_whole(&h, "xyz", 3, out, sizeof(out), &len), 0);
+    CHECK_INT((int)len, 8);
+    CHECK(memcmp(out, "[xxyyzz]", 8) == 0);
+    CHECK_INT(filter_body_whole(&h, "xyz", 3, out, 7, &len), -1);
+    CHECK_INT(body_opens, 4);
+    CHECK_INT(body_closes, 4);
 }
 
 TEST_MAIN()
