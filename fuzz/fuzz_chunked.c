@@ -150,10 +150,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *buf = malloc(len);
     memcpy(buf, HEAD, sizeof(HEAD) - 1);
     memcpy(buf + sizeof(HEAD) - 1, data + 1, size - 1);
-    static http_hdr_t table[HTTP_MAX_HEADERS];
+    static http_table_t table_;
 
     body_parse_t *b = malloc(sizeof(*b));
-    start(b, table);
+    start(b, table_.hdrs);
     fuzz_sink_t wire = {0};
     fuzz_sink_put(&wire, HEAD, sizeof(HEAD) - 1);
     size_t used = 0;
@@ -163,7 +163,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fuzz_put_end(&wire, HTTP_BODY_CHUNKED);
         /* what psproxy sends parses back to what it decoded, in any reads */
         body_parse_t *again = malloc(sizeof(*again));
-        start(again, table);
+        start(again, table_.hdrs);
         if (parse_in_reads(again, wire.p, wire.len, 1 + step % 7, NULL, &used) != HPE_OK ||
             !again->done || used != wire.len)
             fuzz_fail("the re-chunked body does not parse to its end");

@@ -94,11 +94,11 @@ static void answer(int status)
 /* What the upstream would read: parsed again with psproxy's own rules. */
 static void check_upstream(const request_t *orig, int framing, const fuzz_sink_t *wire)
 {
-    static http_hdr_t table[HTTP_MAX_HEADERS];
+    static http_table_t table_;
     request_t again;
     memset(&again, 0, sizeof(again));
     http_head_init(&again.head, HTTP_REQUEST, &settings);
-    again.head.hdrs = table;
+    again.head.hdrs = table_.hdrs;
     size_t pos = 0;
     llhttp_errno_t err = parse(&again, wire->p, &pos, wire->len);
     if (err == HPE_USER && again.head.err_status == 431)
@@ -222,10 +222,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* an exact-size copy, so ASan sees any read past the client's bytes */
     char *buf = malloc(len > 0 ? len : 1);
     memcpy(buf, data + 1, len);
-    static http_hdr_t table[HTTP_MAX_HEADERS];
+    static http_table_t table_;
     request_t *r = calloc(1, sizeof(*r));
     http_head_init(&r->head, HTTP_REQUEST, &settings);
-    r->head.hdrs = table;
+    r->head.hdrs = table_.hdrs;
     size_t pos = 0;
     for (int i = 0; i < MAX_PIPELINED && pos < len; i++)
         if (one_request(r, buf, &pos, len, flags) != 0)

@@ -176,11 +176,11 @@ static void fail_client(const char *msg, const exchange_t *x)
 /* The client's view: every head and body psproxy wrote, parsed again. */
 static void check_client(const exchange_t *x, const response_t *up)
 {
-    static http_hdr_t table[HTTP_MAX_HEADERS];
+    static http_table_t table_;
     response_t *c = calloc(1, sizeof(*c));
     c->head_method = up->head_method;
     http_head_init(&c->head, HTTP_RESPONSE, &settings);
-    c->head.hdrs = table;
+    c->head.hdrs = table_.hdrs;
     llhttp_t *p = &c->head.parser;
     size_t pos = 0;
     while (!c->done && (pos < x->client.len || llhttp_get_errno(p) == HPE_PAUSED)) {
@@ -231,11 +231,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t len = size - 1;
     char *buf = malloc(len > 0 ? len : 1);
     memcpy(buf, data + 1, len);
-    static http_hdr_t table[HTTP_MAX_HEADERS];
+    static http_table_t table_;
     response_t *r = calloc(1, sizeof(*r));
     r->head_method = flags & 1;
     http_head_init(&r->head, HTTP_RESPONSE, &settings);
-    r->head.hdrs = table;
+    r->head.hdrs = table_.hdrs;
     exchange_t x;
     memset(&x, 0, sizeof(x));
     x.http10 = (flags >> 1) & 1;

@@ -826,7 +826,10 @@ static int start_h2(conn_t *c)
 
 static void peer_name(exchange_t *x, const struct sockaddr_storage *ss)
 {
-    x->peer = *ss;
+    if (ss->ss_family == AF_INET6)
+        x->peer.in6 = *(const struct sockaddr_in6 *)ss;
+    else
+        x->peer.in4 = *(const struct sockaddr_in *)ss;
     if (ss->ss_family == AF_INET6) {
         const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
         if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))

@@ -760,7 +760,7 @@ static void on_up_ready(exchange_t *x)
     r.ops = &p->header_up;
     r.client_ip = x->peer_ip;
     r.https = x->https;
-    r.trusted = cfg_cidr_contains(p->trusted, p->n_trusted, (const struct sockaddr *)&x->peer);
+    r.trusted = cfg_cidr_contains(p->trusted, p->n_trusted, &x->peer.sa);
     r.framing = q->req_framing;
     r.length = q->req_length;
     r.upgrade = x->upgrade;

@@ -228,7 +228,7 @@ static int add_conn_token(uv_buf_t el, void *arg)
         h->conn_upgrade = 1;
     if (h->n_conn_tokens == HTTP_MAX_CONN_TOKENS)
         return 400;
-    h->conn_tokens[h->n_conn_tokens++] = el;
+    http_conn_tokens(h)[h->n_conn_tokens++] = el;
     return 0;
 }
 

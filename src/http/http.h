@@ -16,12 +16,21 @@
 #define HTTP_MAX_HEADERS 100
 #define HTTP_MAX_CONN_TOKENS 16
 #define HTTP_MAX_URI 8192
-#define HTTP_HDR_TABLE_SIZE (HTTP_MAX_HEADERS * sizeof(http_hdr_t))
 
 typedef struct http_hdr {
     uv_buf_t name;
     uv_buf_t value;
 } http_hdr_t;
+
+/* What a head borrows while it is in use, so an idle connection does not
+ * carry it: its fields and its Connection options. http_head_t.hdrs
+ * points at the first member. */
+typedef struct http_table {
+    http_hdr_t hdrs[HTTP_MAX_HEADERS];
+    uv_buf_t conn_tokens[HTTP_MAX_CONN_TOKENS]; /* Connection options to strip */
+} http_table_t;
+
+#define HTTP_HDR_TABLE_SIZE sizeof(http_table_t)
 
 /* How a message body is delimited. */
 enum http_framing {
@@ -39,8 +48,9 @@ typedef struct http_head {
     /* public, valid while the read buffer holding the head is */
     uv_buf_t url;    /* request-target as received */
     uv_buf_t reason; /* response reason phrase */
-    /* HTTP_MAX_HEADERS fields, a table the owner lends while a head is in
-     * use and takes back when idle (idle connections stay small) */
+    /* HTTP_MAX_HEADERS fields: the hdrs of an http_table_t the owner lends
+     * while a head is in use and takes back when idle (idle connections
+     * stay small) */
     http_hdr_t *hdrs;
     unsigned n_hdrs;
     int err_status; /* the 4xx/5xx a failed callback chose; 0 = 400 */
@@ -48,14 +58,19 @@ typedef struct http_head {
     /* read-only, set by http_head_analyze() */
     uv_buf_t host;      /* authority without port rules applied: Host or absolute-form */
     uv_buf_t target;    /* origin-form target: path?query */
-    uv_buf_t conn_tokens[HTTP_MAX_CONN_TOKENS]; /* Connection options to strip */
-    unsigned n_conn_tokens;
+    unsigned n_conn_tokens; /* in the table: http_conn_tokens */
     unsigned conn_close : 1;
     unsigned conn_upgrade : 1;
     unsigned has_host : 1;
     unsigned te_chunked : 1; /* Transfer-Encoding present (and "chunked") */
     int keep_alive_secs;     /* a response's Keep-Alive timeout; -1: none */
 } http_head_t;
+
+/* H's Connection options, in the table it borrowed. */
+static inline uv_buf_t *http_conn_tokens(const http_head_t *h)
+{
+    return ((http_table_t *)(void *)h->hdrs)->conn_tokens;
+}
 
 /* Fills the callbacks that record heads into an http_head_t; the owner then
  * sets on_headers_complete, on_body and on_message_complete and reaches

@@ -154,9 +154,9 @@ static int is_hop_by_hop(uv_buf_t name)
 
 static int is_conn_token(const http_head_t *h, uv_buf_t name)
 {
+    const uv_buf_t *tokens = http_conn_tokens(h);
     for (unsigned i = 0; i < h->n_conn_tokens; i++)
-        if (name.len == h->conn_tokens[i].len &&
-            strncasecmp(name.base, h->conn_tokens[i].base, name.len) == 0)
+        if (name.len == tokens[i].len && strncasecmp(name.base, tokens[i].base, name.len) == 0)
             return 1;
     return 0;
 }

@@ -8,7 +8,7 @@
 
 static llhttp_settings_t settings;
 static int complete;
-static http_hdr_t table[HTTP_MAX_HEADERS];
+static http_table_t table_;
 
 static int on_headers_complete(llhttp_t *p)
 {
@@ -23,7 +23,7 @@ static llhttp_errno_t parse(http_head_t *h, llhttp_type_t type, char *buf, const
     http_settings_init(&settings);
     settings.on_headers_complete = on_headers_complete;
     http_head_init(h, type, &settings);
-    h->hdrs = table;
+    h->hdrs = table_.hdrs;
     strcpy(buf, text);
     complete = 0;
     return llhttp_execute(&h->parser, buf, strlen(buf));
@@ -35,7 +35,7 @@ static llhttp_errno_t parse_split(http_head_t *h, char *buf, const char *text, s
     http_settings_init(&settings);
     settings.on_headers_complete = on_headers_complete;
     http_head_init(h, HTTP_REQUEST, &settings);
-    h->hdrs = table;
+    h->hdrs = table_.hdrs;
     strcpy(buf, text);
     size_t len = strlen(buf);
     llhttp_errno_t err = HPE_OK;
@@ -636,7 +636,7 @@ TEST(response_304_with_content_length_ends_with_its_head)
     s.on_message_complete = on_resp_message_complete;
     http_head_t h;
     http_head_init(&h, HTTP_RESPONSE, &s);
-    h.hdrs = table;
+    h.hdrs = table_.hdrs;
     resp_complete = 0;
     CHECK_INT(llhttp_execute(&h.parser, buf, strlen(buf)), HPE_OK);
     CHECK_INT(resp_complete, 1);
@@ -774,10 +774,10 @@ TEST(trailer_fields_are_not_head_fields)
     static char buf[512];
     static http_head_t h;
     llhttp_settings_t s;
-    static http_hdr_t fields[HTTP_MAX_HEADERS];
+    static http_table_t fields_;
     http_settings_init(&s);
     http_head_init(&h, HTTP_REQUEST, &s);
-    h.hdrs = fields;
+    h.hdrs = fields_.hdrs;
     const char *head = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
     const char *body[] = {"1\r\nx\r\n0\r\nX-Tr", "ailer: t", "t\r\nX-Two: 2\r\n\r\n"};
     strcpy(buf, head);
