@@ -33,12 +33,19 @@ static int filter_called(lt_t *t)
     return upper_seen.calls > 0;
 }
 
-static int start(lt_t *t)
+/* Runs the scenario: the proxy with the test filter (REFUSE_OPEN: it
+ * cannot open), upstream connection 0 playing UP0 (NULL: none), one client
+ * playing CLIENT, which it returns. */
+static lt_peer_t *run(lt_t *t, const lt_step_t *up0, const lt_step_t *client, int refuse_open)
 {
-    if (lt_start(t, CONF) != 0)
-        return -1;
+    CHECK_INT(lt_start(t, CONF), 0);
     upper_filter_install();
-    return 0;
+    upper_seen.refuse_open = refuse_open;
+    if (up0 != NULL)
+        lt_upstream(t, 0, up0);
+    lt_peer_t *c = lt_client(t, client);
+    CHECK_INT(lt_run(t), 0);
+    return c;
 }
 
 TEST(a_filtered_body_goes_chunked_and_the_connection_goes_on)
@@ -54,10 +61,7 @@ TEST(a_filtered_body_goes_chunked_and_the_connection_goes_on)
         LT_WRITE(GET("/a")), LT_RESPONSE(), LT_WRITE(GET("/b")), LT_RESPONSE(), LT_DONE(),
     };
     lt_t t;
-    CHECK_INT(start(&t), 0);
-    lt_upstream(&t, 0, up0);
-    lt_peer_t *c = lt_client(&t, client);
-    CHECK_INT(lt_run(&t), 0);
+    lt_peer_t *c = run(&t, up0, client, 0);
     CHECK_STR(lt_events(&t, ""), "u0: accept\n"
                                  "u0: GET /a\n"
                                  "c0: 200\n"
@@ -103,10 +107,7 @@ TEST(what_the_filter_hands_on_goes_out_as_it_comes_and_nothing_for_a_call_that_h
     };
     static const lt_step_t client[] = {LT_WRITE(GET("/a")), LT_RESPONSE(), LT_DONE()};
     lt_t t;
-    CHECK_INT(start(&t), 0);
-    lt_upstream(&t, 0, up0);
-    lt_peer_t *c = lt_client(&t, client);
-    CHECK_INT(lt_run(&t), 0);
+    lt_peer_t *c = run(&t, up0, client, 0);
     CHECK_STR(lt_rx(c), FILTERED_HEAD "2\r\nHE\r\n8\r\nLLOX|END\r\n0\r\n\r\n");
     CHECK_INT(upper_seen.calls, 3);
     lt_end(&t);
@@ -126,10 +127,7 @@ TEST(an_http10_client_gets_the_filtered_body_up_to_the_close)
         LT_DONE(),
     };
     lt_t t;
-    CHECK_INT(start(&t), 0);
-    lt_upstream(&t, 0, up0);
-    lt_peer_t *c = lt_client(&t, client);
-    CHECK_INT(lt_run(&t), 0);
+    lt_peer_t *c = run(&t, up0, client, 0);
     CHECK_STR(lt_rx(c), "HTTP/1.1 200 OK\r\nX-Filtered: yes\r\nConnection: close\r\n\r\nHELLO|END");
     CHECK_STR(lt_events(&t, "c"), "c0: 200\nc0: body \"HELLO|END\"\nc0: eof\n");
     lt_end(&t);
@@ -151,10 +149,7 @@ TEST(a_head_request_loses_the_length_and_opens_no_filter)
         LT_DONE(),
     };
     lt_t t;
-    CHECK_INT(start(&t), 0);
-    lt_upstream(&t, 0, up0);
-    lt_peer_t *c = lt_client(&t, client);
-    CHECK_INT(lt_run(&t), 0);
+    lt_peer_t *c = run(&t, up0, client, 0);
     CHECK_STR(lt_rx(c), "HTTP/1.1 200 OK\r\nX-Filtered: yes\r\n\r\n");
     lt_end(&t);
     CHECK_INT(upper_seen.opens, 0);
@@ -171,9 +166,7 @@ TEST(an_answer_made_here_is_filtered_whole_and_keeps_an_exact_length)
         LT_DONE(),
     };
     lt_t t;
-    CHECK_INT(start(&t), 0);
-    lt_peer_t *c = lt_client(&t, client);
-    CHECK_INT(lt_run(&t), 0);
+    lt_peer_t *c = run(&t, NULL, client, 0);
     /* a HEAD gets the length its GET's body has */
     CHECK_STR(lt_rx(c), "HTTP/1.1 201 Created\r\nX-Filtered: yes\r\n"
                         "Content-Type: text/plain; charset=utf-8\r\nContent-Length: 8\r\n\r\nHERE|END"
@@ -196,10 +189,7 @@ TEST(an_upstream_cut_mid_body_closes_the_client_and_the_filter_once)
     };
     static const lt_step_t client[] = {LT_WRITE(GET("/a")), LT_EOF(), LT_DONE()};
     lt_t t;
-    CHECK_INT(start(&t), 0);
-    lt_upstream(&t, 0, up0);
-    lt_peer_t *c = lt_client(&t, client);
-    CHECK_INT(lt_run(&t), 0);
+    lt_peer_t *c = run(&t, up0, client, 0);
     /* what the filter handed on went out; no last chunk: the body is cut */
     CHECK_STR(lt_rx(c), FILTERED_HEAD "4\r\nHELL\r\n");
     lt_end(&t);
@@ -220,10 +210,7 @@ TEST(a_filter_failing_mid_body_cuts_the_response_and_closes_the_upstream)
         LT_WRITE(GET("/a")), LT_EOF(), LT_WAIT(up0_ended), LT_DONE(),
     };
     lt_t t;
-    CHECK_INT(start(&t), 0);
-    lt_upstream(&t, 0, up0);
-    lt_peer_t *c = lt_client(&t, client);
-    CHECK_INT(lt_run(&t), 0);
+    lt_peer_t *c = run(&t, up0, client, 0);
     CHECK_STR(lt_rx(c), FILTERED_HEAD "2\r\nHE\r\n");
     lt_end(&t);
     CHECK_INT(upper_seen.closes, 1);
@@ -241,11 +228,7 @@ TEST(a_filter_that_cannot_open_makes_a_500_before_anything_went_out)
         LT_WRITE(GET("/a")), LT_RESPONSE(), LT_WAIT(up0_ended), LT_DONE(),
     };
     lt_t t;
-    CHECK_INT(start(&t), 0);
-    upper_seen.refuse_open = 1;
-    lt_upstream(&t, 0, up0);
-    lt_client(&t, client);
-    CHECK_INT(lt_run(&t), 0);
+    run(&t, up0, client, 1);
     CHECK_STR(lt_events(&t, "c"), "c0: 500\nc0: body \"\"\n");
     lt_end(&t);
     CHECK_INT(upper_seen.closes, 0);
