@@ -190,8 +190,10 @@ static void release_request_bufs(exchange_t *x)
     buf_put(&x->w->bufs, x->obuf);
     buf_put(&x->w->bufs, x->hbuf);
     x->obuf = x->hbuf = NULL;
-    filter_body_close(x->bodyf);
-    x->bodyf = NULL;
+    if (x->bodyf != NULL) {
+        filter_body_close(x->bodyf);
+        x->bodyf = NULL;
+    }
 }
 
 void exchange_dispose(exchange_t *x)

@@ -62,27 +62,38 @@ static proxy_req_t *pr(const exchange_t *x)
     return (proxy_req_t *)x->hstate;
 }
 
-/* Queues the NB slices of BODY in IOV as FRAMING wants them: as they are,
- * or as one chunk whose size line is written into CHUNK
- * (HTTP_CHUNK_LINE_MAX). Returns their length; nothing is queued for none
- * (an empty chunk would end the body). */
-static size_t add_body(uv_buf_t *iov, unsigned *n, int framing, char *chunk, const uv_buf_t *body,
-                       unsigned nb)
+/* Queues LEN body bytes at BODY in IOV as FRAMING wants them: as they
+ * are, or as one chunk whose size line is written into CHUNK
+ * (HTTP_CHUNK_LINE_MAX). Nothing for none: an empty chunk would end the
+ * body. */
+static void add_body(uv_buf_t *iov, unsigned *n, int framing, char *chunk, char *body, size_t len)
+{
+    if (len == 0)
+        return;
+    if (framing == HTTP_BODY_CHUNKED)
+        iov[(*n)++] = (uv_buf_t){.base = chunk, .len = http_chunk_line(chunk, len)};
+    iov[(*n)++] = (uv_buf_t){.base = body, .len = len};
+    if (framing == HTTP_BODY_CHUNKED)
+        iov[(*n)++] = (uv_buf_t){.base = (char *)CRLF, .len = 2};
+}
+
+/* The same for the NB slices of BODY (a body filter's output) as one
+ * chunk. Returns their length. */
+static size_t add_body_slices(uv_buf_t *iov, unsigned *n, int framing, char *chunk,
+                              const uv_buf_t *body, unsigned nb)
 {
     size_t len = 0;
     for (unsigned i = 0; i < nb; i++)
         len += body[i].len;
     if (len == 0)
         return 0;
-    if (framing == HTTP_BODY_CHUNKED) {
-        size_t k = http_chunk_line(chunk, len);
-        iov[(*n)++] = uv_buf_init(chunk, (unsigned)k);
-    }
+    if (framing == HTTP_BODY_CHUNKED)
+        iov[(*n)++] = (uv_buf_t){.base = chunk, .len = http_chunk_line(chunk, len)};
     for (unsigned i = 0; i < nb; i++)
         if (body[i].len > 0)
             iov[(*n)++] = body[i];
     if (framing == HTTP_BODY_CHUNKED)
-        iov[(*n)++] = uv_buf_init((char *)CRLF, 2);
+        iov[(*n)++] = (uv_buf_t){.base = (char *)CRLF, .len = 2};
     return len;
 }
 
@@ -406,8 +417,8 @@ static int relay_head(exchange_t *x, uv_buf_t *iov, unsigned *n)
         /* HTTP/2 frames the body itself: the bytes as they are, ended with the stream */
         q->resp_framing = http_response_framing(
             &u->resp, x->head_method, r.http10 || x->xport->version == 2, r.body_filtered);
-        if (refused ||
-            (q->resp_framing != HTTP_BODY_NONE && filter_body_open(&fh, &x->bodyf) < 0)) {
+        if (refused || (fh.n_body > 0 && q->resp_framing != HTTP_BODY_NONE &&
+                        filter_body_open(&fh, &x->bodyf) < 0)) {
             /* a filter refused: the failure is ours, not the upstream's */
             proxy_abort(x);
             if (x->resp_started)
@@ -510,15 +521,16 @@ static int flush_response(exchange_t *x, uv_buf_t *iov, unsigned *n)
     return 0;
 }
 
-/* Passes BODY (the upstream's body bytes of this pass; the last ones when
- * the response is done) through the response's body filters and queues
- * what they hand on in IOV. 0, or -1 when a filter failed: the response
- * is cut (its head is out), the failure ours, not the upstream's. */
-static int filter_response_body(exchange_t *x, const uv_buf_t *body, uv_buf_t *iov, unsigned *n)
+/* Passes the upstream's body bytes of this pass (the last ones when the
+ * response is done) through the response's body filters and queues what
+ * they hand on in IOV. 0, or -1 when a filter failed: the response is cut
+ * (its head is out), the failure ours, not the upstream's. */
+static int filter_response_body(exchange_t *x, uv_buf_t *iov, unsigned *n)
 {
     proxy_req_t *q = pr(x);
-    uv_buf_t out[FILTER_BODY_IOV];
-    int k = filter_body_run(x->bodyf, body, body->len > 0, q->resp_done, out);
+    up_conn_t *u = q->up;
+    uv_buf_t body = {.base = u->body, .len = u->body_len}, out[FILTER_BODY_IOV];
+    int k = filter_body_run(x->bodyf, &body, u->body_len > 0, q->resp_done, out);
     if (k < 0) {
         log_warn("exchange %llu: a response body filter failed; the response is cut",
                  (unsigned long long)x->id);
@@ -526,7 +538,7 @@ static int filter_response_body(exchange_t *x, const uv_buf_t *body, uv_buf_t *i
         exchange_close(x);
         return -1;
     }
-    x->bytes_out += add_body(iov, n, q->resp_framing, q->down_chunk, out, (unsigned)k);
+    x->bytes_out += add_body_slices(iov, n, q->resp_framing, q->down_chunk, out, (unsigned)k);
     return 0;
 }
 
@@ -577,12 +589,12 @@ static void pump_response(exchange_t *x)
                     return;
             }
         }
-        uv_buf_t body = uv_buf_init(u->body, (unsigned)u->body_len);
         if (x->bodyf != NULL) {
-            if ((u->body_len > 0 || q->resp_done) && filter_response_body(x, &body, iov, &n) < 0)
+            if ((u->body_len > 0 || q->resp_done) && filter_response_body(x, iov, &n) < 0)
                 return;
         } else if (u->body_len > 0 && q->resp_framing != HTTP_BODY_NONE) {
-            x->bytes_out += add_body(iov, &n, q->resp_framing, q->down_chunk, &body, 1);
+            add_body(iov, &n, q->resp_framing, q->down_chunk, u->body, u->body_len);
+            x->bytes_out += u->body_len;
         }
         if (q->resp_done) {
             add_end(iov, &n, q->resp_framing);
@@ -724,8 +736,8 @@ static void proxy_pump_request(exchange_t *x)
         framing_broken(x, len);
         return;
     }
-    uv_buf_t chunk = uv_buf_init(body, (unsigned)len);
-    q->body_up += add_body(iov, &n, q->req_framing, q->up_chunk, &chunk, 1);
+    add_body(iov, &n, q->req_framing, q->up_chunk, body, len);
+    q->body_up += len;
     if (ends) {
         add_end(iov, &n, q->req_framing);
         q->req_sent = 1;

@@ -488,9 +488,10 @@ int http_build_response(char *buf, size_t cap, const http_resp_out_t *r)
     if (final)
         fields_site_ops(fs, r->ops, r->n_ops, 1);
     unsigned up = fs->n;
+    const int drop_length = r->body_filtered; /* read once: fields_add may alias R */
     for (unsigned i = 0; i < h->n_hdrs; i++) {
         const http_hdr_t *hdr = &h->hdrs[i];
-        if (r->body_filtered && http_token_eq(hdr->name, "content-length"))
+        if (drop_length && http_token_eq(hdr->name, "content-length"))
             continue;
         if (kept_header(&k, hdr->name))
             fields_add(fs, hdr->name, hdr->value, NULL);
