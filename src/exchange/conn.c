@@ -826,12 +826,9 @@ static int start_h2(conn_t *c)
 
 static void peer_name(exchange_t *x, const struct sockaddr_storage *ss)
 {
-    if (ss->ss_family == AF_INET6)
-        x->peer.in6 = *(const struct sockaddr_in6 *)ss;
-    else
-        x->peer.in4 = *(const struct sockaddr_in *)ss;
     if (ss->ss_family == AF_INET6) {
         const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+        x->peer.in6 = *s6;
         if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
             inet_ntop(AF_INET, &s6->sin6_addr.s6_addr[12], x->peer_ip, sizeof(x->peer_ip));
         else
@@ -839,6 +836,7 @@ static void peer_name(exchange_t *x, const struct sockaddr_storage *ss)
         snprintf(x->peer_port, sizeof(x->peer_port), "%u", ntohs(s6->sin6_port));
     } else {
         const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
+        x->peer.in4 = *s4;
         inet_ntop(AF_INET, &s4->sin_addr, x->peer_ip, sizeof(x->peer_ip));
         snprintf(x->peer_port, sizeof(x->peer_port), "%u", ntohs(s4->sin_port));
     }

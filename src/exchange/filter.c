@@ -33,11 +33,10 @@ int filter_id_of(int kind)
     return kind == CFG_H_HEADER ? FILTER_HEADER : FILTER_NONE;
 }
 
-int filter_head(const cfg_handler_t *const *chain, unsigned n, int status, filter_head_t *h)
+int filter_head(const cfg_handler_t *const *chain, unsigned n, filter_head_t *h)
 {
     h->n_ops = 0;
     h->n_body = 0;
-    h->status = status;
     for (unsigned i = 0; i < n; i++) {
         const filter_ops_t *ops = filter_of(filter_id_of(chain[i]->kind));
         if (ops == NULL || ops->head(chain[i], h) < 0)

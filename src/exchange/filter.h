@@ -42,7 +42,6 @@ typedef struct filter_head {
      * after, the last first (Caddy's order) */
     const cfg_hdr_ops_t *ops[FILTER_MAX_OPS];
     unsigned n_ops;
-    int status; /* of the response being built */
     /* the filters that claimed the body, in route order */
     const struct filter_ops *body_ops[FILTER_MAX_BODY];
     const cfg_handler_t *body_rows[FILTER_MAX_BODY];
@@ -83,9 +82,9 @@ const filter_ops_t *filter_of(int id);
 int filter_id_of(int kind);
 
 /* Runs the head hook of each directive of CHAIN (N rows, route order) into
- * H, emptied first, for a response of STATUS. Returns 0, or -1 when one
- * could not or has no filter registered. */
-int filter_head(const cfg_handler_t *const *chain, unsigned n, int status, filter_head_t *h);
+ * H, emptied first. Returns 0, or -1 when one could not or has no filter
+ * registered. */
+int filter_head(const cfg_handler_t *const *chain, unsigned n, filter_head_t *h);
 
 /* A head hook's claim on the body for OPS (its body hooks) and ROW.
  * Returns 0, or -1 when more than FILTER_MAX_BODY filters claim it. */

@@ -412,7 +412,7 @@ static int relay_head(exchange_t *x, uv_buf_t *iov, unsigned *n)
     r.http10 = client_http10(x);
     filter_head_t fh;
     if (!interim) {
-        int refused = filter_head(x->route.filters, x->route.n_filters, status, &fh) < 0;
+        int refused = filter_head(x->route.filters, x->route.n_filters, &fh) < 0;
         r.body_filtered = fh.n_body > 0;
         /* HTTP/2 frames the body itself: the bytes as they are, ended with the stream */
         q->resp_framing = http_response_framing(

@@ -79,8 +79,7 @@ static void answer(exchange_t *x, const cfg_handler_t *h)
      * respond's Content-Type as in Caddy; one a deferred op deleted is
      * Go's sniffing in Caddy: plain text (http_build_simple) for all but
      * a few signatures (HTML, XML, PDF, images) psproxy does not sniff */
-    int final_status = h != NULL && h->kind == CFG_H_REDIR ? h->u.redir.status : status;
-    if (filter_head(x->route.filters, x->route.n_filters, final_status, &fh) < 0) {
+    if (filter_head(x->route.filters, x->route.n_filters, &fh) < 0) {
         exchange_respond(x, 500, NULL, NULL, 0);
         return;
     }
