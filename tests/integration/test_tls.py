@@ -377,6 +377,44 @@ def test_session_resumption_across_connections_and_workers(pki, upstream, tls_fa
     assert results[1:] == ["Reused"] * 7, "resumption results per connection: %r" % results
 
 
+def test_tls13_resumption_issues_a_fresh_ticket(pki, upstream, tls_factory, tmp_path):
+    """A TLS 1.3 client uses a ticket once (RFC 8446 section 4.6.1): each
+    resumed connection must get a fresh ticket, or the client's next
+    connection is a full handshake. A client that keeps the last session it
+    got, as wrk and browsers do, resumes every reconnect."""
+    leaf = pki.leaf("a.test")
+    p = tls_factory([site("a.test", leaf, upstream)])
+    ctx = client_context(pki.ca, minv=ssl.TLSVersion.TLSv1_3)
+    req = b"GET /echo HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
+    session, reused, ids = None, [], []
+    for _ in range(6):
+        with socket.create_connection(("127.0.0.1", p.https_port), 10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="a.test", session=session) as c:
+                c.sendall(req)
+                data = b""
+                while True:  # to the close: the ticket comes before the response
+                    d = c.recv(65536)
+                    if not d:
+                        break
+                    data += d
+                assert data.startswith(b"HTTP/1.1 200"), data[:200]
+                reused.append(c.session_reused)
+                session = c.session
+                ids.append(session.id)
+    assert reused == [False] + [True] * 5, "resumed per connection: %r" % reused
+    assert len(set(ids)) == len(ids), "a resumed connection brought no new ticket"
+
+    # the same on the wire: the resumed handshake carries one NewSessionTicket
+    sess = tmp_path / "s13.pem"
+    sc = s_client(p.https_port, "-tls1_3", "-ign_eof", "-sess_out", sess, servername="a.test",
+                  input=req)
+    assert sc.established and sess.stat().st_size > 0, sc
+    sc = s_client(p.https_port, "-tls1_3", "-ign_eof", "-msg", "-sess_in", sess,
+                  servername="a.test", input=req)
+    assert [k for k, _, _ in sc.sessions()] == ["Reused"], sc
+    assert sc.out.count("NewSessionTicket") == 1, sc
+
+
 # -- traffic through TLS --------------------------------------------------------------
 
 
