@@ -278,9 +278,8 @@ static int on_ticket_key(SSL *ssl, unsigned char name[16], unsigned char iv[EVP_
                 continue;
             /* 2 has OpenSSL issue a fresh ticket: for a ticket under the
              * old key, and for every TLS 1.3 resumption, where a client
-             * uses a ticket once (RFC 8446 section 4.6.1, OpenSSL's client
-             * among them) and, without a fresh one, makes its next
-             * connection a full handshake */
+             * uses a ticket once (RFC 8446 section 4.6.1) and, without a
+             * fresh one, makes its next connection a full handshake */
             if (EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv) == 1 &&
                 set_hmac_key(hctx, k) == 1)
                 rc = i == 0 && SSL_version(ssl) != TLS1_3_VERSION ? 1 : 2;
