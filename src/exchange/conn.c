@@ -71,9 +71,9 @@ void conn_close(conn_t *c)
         c->next->prev = c->prev;
     atomic_fetch_sub_explicit(&w->metrics.open_conns, 1, memory_order_relaxed);
     c->pending_closes = 2;
-    c->x.timer.data = c; /* its close callback is the connection's */
+    c->x.timer.timer.data = c; /* its close callback is the connection's */
     uv_close((uv_handle_t *)&c->tcp, on_closed);
-    uv_close((uv_handle_t *)&c->x.timer, on_closed);
+    deadline_close(&c->x.timer, on_closed);
     worker_drained(w);
 }
 
@@ -169,7 +169,7 @@ static void conn_arm_timer(conn_t *c)
         }
         break;
     case CONN_S_LINGER:
-        if (uv_is_active((uv_handle_t *)&c->x.timer))
+        if (deadline_armed(&c->x.timer))
             return;
         ms = CONN_LINGER_MS;
         break;
@@ -177,9 +177,9 @@ static void conn_arm_timer(conn_t *c)
         return;
     }
     if (ms == 0)
-        uv_timer_stop(&c->x.timer);
+        deadline_stop(&c->x.timer);
     else
-        uv_timer_start(&c->x.timer, conn_on_timeout, ms, 0);
+        deadline_start(&c->x.timer, conn_on_timeout, ms);
 }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
@@ -193,7 +193,7 @@ static void conn_update_reading(conn_t *c);
 static exchange_t *begin_exchange(conn_t *c)
 {
     conn_set_state(c, CONN_S_EXCHANGE);
-    uv_timer_stop(&c->x.timer);
+    deadline_stop(&c->x.timer);
     c->head_clock = 0;
     return &c->x;
 }
@@ -582,7 +582,7 @@ void conn_linger(conn_t *c)
     }
     conn_set_state(c, CONN_S_LINGER);
     c->x.rstart = c->x.rlen = 0;
-    uv_timer_stop(&c->x.timer);
+    deadline_stop(&c->x.timer);
     conn_shutdown_write(c);
     if (c->state == CONN_S_CLOSING)
         return;
@@ -882,7 +882,7 @@ void conn_accept(listener_t *l)
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     /* a new connection must send its first head within read_header */
     c->head_clock = 1;
-    uv_timer_start(&c->x.timer, conn_on_timeout, c->x.cfg->timeouts.read_header, 0);
+    deadline_start(&c->x.timer, conn_on_timeout, c->x.cfg->timeouts.read_header);
 }
 
 /* ---- what the worker asks of its connections ---------------------------- */
@@ -910,9 +910,16 @@ static void on_reloaded(worker_t *w)
             h2_goaway(c->h2);
 }
 
+static void init_pools(worker_t *w, size_t max_free)
+{
+    buf_pool_init(&w->h2_streams, h2_stream_size(), max_free);
+    buf_pool_init(&w->stream_xs, stream_size(), max_free);
+}
+
 const worker_conn_ops_t conn_worker_ops = {
     .accept = conn_accept,
     .drain = drain_all,
     .close_all = close_all,
     .reloaded = on_reloaded,
+    .init_pools = init_pools,
 };

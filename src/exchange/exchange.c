@@ -175,8 +175,7 @@ void exchange_init(exchange_t *x, const xport_ops_t *ops, worker_t *w, cfg_t *cf
     x->xport = ops;
     x->w = w;
     x->id = ++w->next_conn_id * 64 + (uint64_t)w->index;
-    uv_timer_init(&w->loop, &x->timer);
-    x->timer.data = x;
+    deadline_init(&w->loop, &x->timer, x);
     x->cfg = cfg_ref(cfg);
     x->targets = up_targets_ref(targets); /* with the config: a reload does not change them */
     x->listener = listener;
@@ -215,7 +214,7 @@ void exchange_abort(exchange_t *x)
     if (x->ops != NULL && x->ops->abort != NULL)
         x->ops->abort(x);
     release_request_bufs(x);
-    uv_timer_stop(&x->timer);
+    deadline_stop(&x->timer);
 }
 
 void exchange_close(exchange_t *x)
@@ -249,7 +248,7 @@ void exchange_done(exchange_t *x)
     release_request_bufs(x);
     buf_put(&x->w->tables, (char *)x->req.hdrs); /* lent again at the next head */
     x->req.hdrs = NULL;
-    uv_timer_stop(&x->timer);
+    deadline_stop(&x->timer);
     if (x->w->draining)
         x->keep_alive = 0; /* stopping: this was the connection's last response */
     exchange_resp_to(x, XRESP_DONE);
@@ -282,7 +281,7 @@ static void exchange_on_timeout(uv_timer_t *t)
 
 void exchange_start_timer(exchange_t *x, uint64_t ms)
 {
-    uv_timer_start(&x->timer, exchange_on_timeout, ms, 0);
+    deadline_start(&x->timer, exchange_on_timeout, ms);
 }
 
 void exchange_arm_timer(exchange_t *x)
@@ -307,9 +306,9 @@ void exchange_arm_timer(exchange_t *x)
         return;
     }
     if (ms == 0)
-        uv_timer_stop(&x->timer);
+        deadline_stop(&x->timer);
     else
-        uv_timer_start(&x->timer, exchange_on_timeout, ms, 0);
+        deadline_start(&x->timer, exchange_on_timeout, ms);
 }
 
 /* ---- writing ------------------------------------------------------------ */

@@ -18,6 +18,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "deadline.h"
 #include "handler.h"
 #include "http.h"
 #include "log.h"
@@ -89,7 +90,7 @@ typedef struct xport_ops {
 
 struct exchange {
     const xport_ops_t *xport;
-    uv_timer_t timer;
+    deadline_t timer; /* its clock, and the connection's between exchanges */
     /* who it serves, under which config (held for its life) */
     worker_t *w;
     cfg_t *cfg;

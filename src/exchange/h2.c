@@ -32,7 +32,7 @@ struct h2_stream {
     h2_session_t *h;       /* NULL once the session is gone */
     exchange_t *ex;        /* the connection layer's exchange for it */
     h2_stream_t *next;     /* the session's streams */
-    buf_pool_t *bufs;      /* the worker's, HEAD's home */
+    worker_t *w;           /* the worker, its home and HEAD's */
     int32_t id;            /* 0 once nghttp2 closed the stream or we reset it */
     char *head;            /* the request head as HTTP/1.1 (its slices live here) */
     h2_req_t req;
@@ -206,14 +206,14 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
         return 0;
     if (h->failed)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* no new work after a GOAWAY */
-    h2_stream_t *s = calloc(1, sizeof(*s));
-    if (s == NULL)
-        abort();
+    worker_t *w = h->host.w;
+    h2_stream_t *s = (h2_stream_t *)(void *)buf_get(&w->h2_streams);
+    memset(s, 0, sizeof(*s));
     s->h = h;
     s->id = f->hd.stream_id;
-    s->bufs = &h->host.w->bufs;
-    s->head = buf_get(s->bufs);
-    h2_req_init(&s->req, s->head, s->bufs->size, h->host.max_header_size);
+    s->w = w;
+    s->head = buf_get(&w->bufs);
+    h2_req_init(&s->req, s->head, w->bufs.size, h->host.max_header_size);
     s->next = h->streams;
     h->streams = s;
     h->n_streams++;
@@ -542,9 +542,14 @@ void h2_stream_detach(h2_stream_t *s)
 
 void h2_stream_free(h2_stream_t *s)
 {
-    buf_put(s->bufs, s->head);
+    buf_put(&s->w->bufs, s->head);
     free(s->spill);
-    free(s);
+    buf_put(&s->w->h2_streams, (char *)s);
+}
+
+size_t h2_stream_size(void)
+{
+    return sizeof(h2_stream_t);
 }
 
 /* ---- the session -------------------------------------------------------- */

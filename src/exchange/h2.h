@@ -124,5 +124,7 @@ void h2_stream_malformed(h2_stream_t *s);
 void h2_stream_detach(h2_stream_t *s);
 /* The exchange's memory goes (its last close callback ran). */
 void h2_stream_free(h2_stream_t *s);
+/* Bytes of a stream's state (the worker pools them: h2_streams). */
+size_t h2_stream_size(void);
 
 #endif

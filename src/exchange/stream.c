@@ -101,16 +101,17 @@ static void sx_finish(exchange_t *x)
 static void on_closed(uv_handle_t *h)
 {
     stream_x_t *sx = h->data;
+    worker_t *w = sx->x.w;
     exchange_dispose(&sx->x);
     h2_stream_free(sx->s);
-    free(sx);
+    buf_put(&w->stream_xs, (char *)sx);
 }
 
 static void sx_close(exchange_t *x)
 {
     h2_stream_detach(stream_of(x)); /* RST_STREAM unless the stream is over */
-    x->timer.data = container_of(x, stream_x_t, x);
-    uv_close((uv_handle_t *)&x->timer, on_closed);
+    x->timer.timer.data = container_of(x, stream_x_t, x);
+    deadline_close(&x->timer, on_closed);
 }
 
 static void sx_malformed(exchange_t *x)
@@ -163,9 +164,8 @@ static const xport_ops_t stream_xport = {
 
 exchange_t *stream_open(const exchange_t *cx, tls_conn_t *tls, h2_stream_t *s)
 {
-    stream_x_t *sx = calloc(1, sizeof(*sx));
-    if (sx == NULL)
-        abort();
+    stream_x_t *sx = (stream_x_t *)(void *)buf_get(&cx->w->stream_xs);
+    memset(sx, 0, sizeof(*sx));
     exchange_t *x = &sx->x;
     exchange_init(x, &stream_xport, cx->w, cx->cfg, cx->targets, cx->listener);
     x->peer = cx->peer;
@@ -194,7 +194,7 @@ void stream_head(exchange_t *x, char *head, int len)
      * with the head may be there already): the head stays in HEAD, which
      * lives as long as the stream */
     x->rstart = x->head_end = 0;
-    uv_timer_stop(&x->timer);
+    deadline_stop(&x->timer);
     if (err == HPE_PAUSED && x->rq == XREQ_BODY) {
         exchange_route(x, 0);
         return;
@@ -243,4 +243,9 @@ void stream_written(exchange_t *x)
 void stream_close(exchange_t *x)
 {
     exchange_close(x);
+}
+
+size_t stream_size(void)
+{
+    return sizeof(stream_x_t);
 }

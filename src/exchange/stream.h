@@ -25,5 +25,7 @@ void stream_input(exchange_t *x);
 void stream_written(exchange_t *x);
 /* The stream is gone (reset, or the session ends). */
 void stream_close(exchange_t *x);
+/* Bytes of a stream's exchange (the worker pools them: stream_xs). */
+size_t stream_size(void);
 
 #endif

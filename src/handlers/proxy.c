@@ -266,9 +266,9 @@ static void up_arm_timer(exchange_t *x)
     else
         ms = p->read_timeout;
     if (ms == 0)
-        uv_timer_stop(&u->timer);
+        deadline_stop(&u->timer);
     else
-        uv_timer_start(&u->timer, on_up_timeout, ms, 0);
+        deadline_start(&u->timer, on_up_timeout, ms);
 }
 
 /* ---- reading from the upstream ------------------------------------------ */
@@ -494,7 +494,7 @@ static void proxy_finish(exchange_t *x)
     /* pool it only if both messages were framed cleanly to their ends */
     if (q->req_sent && !u->write_pending && !u->eof && !p->keepalive_off &&
         llhttp_should_keep_alive(&u->resp.parser) && u->rstart == u->rlen) {
-        uv_timer_stop(&u->timer);
+        deadline_stop(&u->timer);
         up_release(u, p, x->targets, idle_ms(p, u));
     } else {
         up_close(u, METRICS_CLOSE_NOT_REUSABLE);
@@ -887,7 +887,7 @@ static void proxy_start(exchange_t *x)
         return;
     }
     exchange_resp_to(x, XRESP_PREPARE);
-    uv_timer_stop(&x->timer);
+    deadline_stop(&x->timer);
     q->req_framing = http_request_framing(&x->req);
     /* llhttp counts content_length down as the body passes: keep it now */
     q->req_length = q->req_framing == HTTP_BODY_LENGTH ? x->req.parser.content_length : 0;
@@ -992,7 +992,7 @@ static void start_tunnel(exchange_t *x)
     x->xport->keepalive(x, PROXY_TUNNEL_KEEPALIVE_S);
     uv_tcp_keepalive(&q->up->tcp, 1, PROXY_TUNNEL_KEEPALIVE_S);
     /* the head is relayed; what follows either head is the new protocol */
-    uv_timer_stop(&q->up->timer);
+    deadline_stop(&q->up->timer);
     /* nothing is replayed from here on: on_up_written frees the buffer
      * once a write is out (kept for a replay, it filled up under an
      * upstream that reads slowly and the client was never read again) */

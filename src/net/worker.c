@@ -283,7 +283,9 @@ static void on_trim(uv_timer_t *t)
     worker_t *w = t->data;
     up_pools_retire(&w->up, w->targets); /* of upstreams a reload removed, once unused */
     size_t n = buf_pool_trim(&w->bufs, WORKER_KEEP_BUFS) +
-               buf_pool_trim(&w->tables, WORKER_KEEP_BUFS);
+               buf_pool_trim(&w->tables, WORKER_KEEP_BUFS) +
+               buf_pool_trim(&w->h2_streams, WORKER_KEEP_BUFS) +
+               buf_pool_trim(&w->stream_xs, WORKER_KEEP_BUFS);
     /* free() alone keeps the pages of a thread's arena mapped */
     if (n > 0)
         malloc_trim(0);
@@ -314,6 +316,7 @@ void worker_init(worker_t *w, int index, worker_gen_t gen, const struct alog *al
     uv_loop_init(&w->loop);
     buf_pool_init(&w->bufs, worker_buffer_size(gen.cfg), WORKER_MAX_FREE_BUFS);
     buf_pool_init(&w->tables, HTTP_HDR_TABLE_SIZE, WORKER_MAX_FREE_BUFS);
+    ops->init_pools(w, WORKER_MAX_FREE_BUFS);
     metrics_init(&w->metrics);
     up_pools_init(&w->up, &w->loop, &w->bufs, &w->tables, &w->stop, &w->metrics, index);
     uv_async_init(&w->loop, &w->wakeup, on_wakeup);
@@ -366,6 +369,8 @@ void worker_dispose(worker_t *w)
     uv_loop_close(&w->loop);
     buf_pool_dispose(&w->bufs);
     buf_pool_dispose(&w->tables);
+    buf_pool_dispose(&w->h2_streams);
+    buf_pool_dispose(&w->stream_xs);
     metrics_dispose(&w->metrics);
     free(w->listeners);
     worker_gen_t *g = atomic_exchange(&w->reload, NULL);

@@ -39,6 +39,9 @@ typedef struct worker_conn_ops {
     /* A new config arrived: connections that must learn of it are told
      * (HTTP/2 sessions send GOAWAY); the others take it at their next one. */
     void (*reloaded)(worker_t *w);
+    /* Sizes the pools the connection layer keeps in W (the worker cannot
+     * see their types); each keeps at most MAX_FREE spare. */
+    void (*init_pools)(worker_t *w, size_t max_free);
 } worker_conn_ops_t;
 
 /* What one config generation gives a worker. The references (cfg, targets)
@@ -61,6 +64,10 @@ struct worker {
     const worker_conn_ops_t *ops;
     buf_pool_t bufs;
     buf_pool_t tables; /* header tables for heads being parsed */
+    /* the connection layer's: an HTTP/2 stream's state (h2.c) and its
+     * exchange (stream.c), one each per request; pooled, as a session
+     * opens them ten at a time, more than malloc's per-thread cache keeps */
+    buf_pool_t h2_streams, stream_xs;
     metrics_t metrics;
     up_pools_t up;     /* one pool per upstream target */
     uv_timer_t tls_sweep; /* the connection layer's periodic timer */

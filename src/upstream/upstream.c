@@ -279,7 +279,7 @@ void up_close(up_conn_t *u, int why)
     /* mid-redial the socket is closing already; on_redial_closed counts it */
     if (socket && !uv_is_closing((uv_handle_t *)&u->tcp))
         uv_close((uv_handle_t *)&u->tcp, on_closed);
-    uv_close((uv_handle_t *)&u->timer, on_closed);
+    deadline_close(&u->timer, on_closed);
 }
 
 /* One pair of callbacks for every state: switching them as a connection
@@ -403,7 +403,7 @@ void up_release(up_conn_t *u, const cfg_proxy_t *p, up_targets_t *t, uint64_t id
     pool->idle = u;
     pool->n_idle++;
     up_update_reading(u);
-    uv_timer_start(&u->timer, on_idle_timeout, idle_ms, 0);
+    deadline_start(&u->timer, on_idle_timeout, idle_ms);
 }
 
 up_conn_t *up_take(up_pool_t *p, void *owner)
@@ -422,7 +422,7 @@ up_conn_t *up_take(up_pool_t *p, void *owner)
     p->n_active++;
     u->state = UP_S_ACTIVE;
     u->owner = owner;
-    uv_timer_stop(&u->timer);
+    deadline_stop(&u->timer);
     return u;
 }
 
@@ -503,8 +503,7 @@ static void on_dial_timeout(uv_timer_t *t)
 static void fail_soon(up_conn_t *u, int err)
 {
     u->dial_err = err;
-    uv_timer_stop(&u->timer);
-    uv_timer_start(&u->timer, on_dial_timeout, 0, 0);
+    deadline_start(&u->timer, on_dial_timeout, 0);
 }
 
 static void on_lookup(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -658,7 +657,7 @@ static void on_connected(uv_connect_t *req, int status)
         return;
     if (status < 0 && dial_failed(u, status))
         return;
-    uv_timer_stop(&u->timer);
+    deadline_stop(&u->timer);
     if (status == 0) {
         uv_tcp_nodelay(&u->tcp, 1);
         u->state = UP_S_ACTIVE;
@@ -697,9 +696,8 @@ up_conn_t *up_dial(up_pool_t *p, void *owner, uint64_t timeout_ms, up_connect_cb
     u->state = UP_S_RESOLVING;
     u->on_connect = cb;
     p->n_active++;
-    uv_timer_init(p->set->loop, &u->timer);
-    u->timer.data = u;
-    uv_timer_start(&u->timer, on_dial_timeout, timeout_ms, 0);
+    deadline_init(p->set->loop, &u->timer, u);
+    deadline_start(&u->timer, on_dial_timeout, timeout_ms);
     dial_start(u);
     return u;
 }

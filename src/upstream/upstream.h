@@ -11,6 +11,7 @@
 #include "config.h"
 #include "http.h"
 #include "buf.h"
+#include "deadline.h"
 #include "metrics.h"
 #include "resolve.h"
 
@@ -130,7 +131,7 @@ struct up_pool {
 
 struct up_conn {
     uv_tcp_t tcp;
-    uv_timer_t timer;
+    deadline_t timer;
     uv_connect_t creq;
     uv_write_t wreq;
     uv_shutdown_t sreq;

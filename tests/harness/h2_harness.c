@@ -514,6 +514,7 @@ h2h_t *h2h_new(size_t max_header_size)
     size_t size = (max_header_size + 4096 + 4095) & ~(size_t)4095; /* worker_buffer_size's */
     buf_pool_init(&t->w.bufs, size < 16384 ? 16384 : size, 16);
     buf_pool_init(&t->w.tables, HTTP_HDR_TABLE_SIZE, 16);
+    buf_pool_init(&t->w.h2_streams, h2_stream_size(), 16);
     t->parent.x.id = ++t->next_id;
     h2_host_t host = {&harness_ops, &t->w, max_header_size, t->parent.x.id, "192.0.2.1"};
     t->h = h2_session_new(&t->parent, &host);
@@ -576,6 +577,7 @@ void h2h_free(h2h_t *t)
     }
     buf_pool_dispose(&t->w.bufs);
     buf_pool_dispose(&t->w.tables);
+    buf_pool_dispose(&t->w.h2_streams);
     nghttp2_hd_inflate_del(t->inf);
     h2h_bytes_free(&t->out);
     h2h_bytes_free(&t->block);
