@@ -63,6 +63,10 @@ struct h2_session {
     h2_host_t host;   /* what the parent lends: ops, worker, limits */
     h2_stream_t *streams;
     unsigned n_streams;
+    /* the stream whose header block is being read: a block's fields come
+     * one callback each, and no other frame comes between (RFC 9113 4.3),
+     * so they need no lookup of their own */
+    h2_stream_t *cur;
     char *sbuf; /* frames gathered for the parent's write */
     struct h2_bucket {
         double tokens;
@@ -195,6 +199,8 @@ static void unlink_stream(h2_session_t *h, h2_stream_t *s)
         if (*p == s) {
             *p = s->next;
             h->n_streams--;
+            if (h->cur == s)
+                h->cur = NULL;
             return;
         }
 }
@@ -202,8 +208,10 @@ static void unlink_stream(h2_session_t *h, h2_stream_t *s)
 static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
 {
     h2_session_t *h = ud;
-    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) {
+        h->cur = stream_of(ng, f->hd.stream_id); /* trailers */
         return 0;
+    }
     if (h->failed)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* no new work after a GOAWAY */
     worker_t *w = h->host.w;
@@ -217,6 +225,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     s->next = h->streams;
     h->streams = s;
     h->n_streams++;
+    h->cur = s;
     s->ex = h->host.ops->open_exchange(h->c, s);
     nghttp2_session_set_stream_user_data(ng, s->id, s);
     return 0;
@@ -226,7 +235,9 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
                      size_t nlen, const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
 {
     h2_session_t *h = ud;
-    h2_stream_t *s = stream_of(ng, f->hd.stream_id);
+    h2_stream_t *s = h->cur;
+    if (s == NULL || s->id != f->hd.stream_id)
+        s = stream_of(ng, f->hd.stream_id);
     if (s == NULL || f->hd.type != NGHTTP2_HEADERS)
         return 0;
     /* trailers are decoded (HPACK needs it) and dropped, as on HTTP/1.1 */
