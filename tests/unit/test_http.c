@@ -664,6 +664,47 @@ TEST(response_status_below_100_is_a_bad_response)
                   "HTTP/1.1 100 ", 13) == 0);
 }
 
+/* A head with byte C put into a field name at POS (0: before it, 1:
+ * inside, 2: at its end), parsed and analyzed: 0 when accepted. */
+static int analyze_name_byte(llhttp_type_t type, int c, int pos)
+{
+    static char buf[256];
+    static http_head_t h;
+    const char *start = type == HTTP_REQUEST ? "GET / HTTP/1.1\r\nHost: a\r\n" : "HTTP/1.1 200 OK\r\n";
+    const char *name[] = {"", "X", "XY"};
+    size_t n = (size_t)snprintf(buf, sizeof(buf), "%s%s", start, pos == 0 ? "" : "X");
+    buf[n++] = (char)c;
+    n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s: v\r\nContent-Length: 0\r\n\r\n",
+                          pos == 1 ? "Y" : pos == 0 ? name[1] : "");
+    http_settings_init(&settings);
+    settings.on_headers_complete = on_headers_complete;
+    http_head_init(&h, type, &settings);
+    h.hdrs = table_.hdrs;
+    if (llhttp_execute(&h.parser, buf, n) != HPE_PAUSED)
+        return -1;
+    return http_head_analyze(&h);
+}
+
+/* A field name is a token (RFC 9110 5.1): llhttp and http_head_analyze
+ * together refuse every other byte in it, wherever it stands, in
+ * requests (400) and responses (502). A colon inside ends the name. */
+TEST(field_names_take_tchars_only)
+{
+    for (int type = 0; type < 2; type++)
+        for (int pos = 0; pos < 3; pos++)
+            for (int c = 0; c < 256; c++) {
+                if (c == ':' && pos != 0)
+                    continue;
+                if ((c == '\r' || c == '\n') && pos == 0)
+                    continue; /* a line break there is the head's end, not a name */
+                llhttp_type_t t = type == 0 ? HTTP_REQUEST : HTTP_RESPONSE;
+                int st = analyze_name_byte(t, c, pos);
+                if ((st == 0) != http_is_tchar((unsigned char)c))
+                    TEST_FAIL("%s: byte %d at %d: %d", type == 0 ? "request" : "response", c, pos,
+                              st);
+            }
+}
+
 TEST(tchar_is_exactly_rfc_9110s_set)
 {
     const char *set = "!#$%&'*+-.^_`|~0123456789"
