@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define BUF_FREE_START 16
+
 void buf_pool_init(buf_pool_t *p, size_t size, size_t max_free)
 {
     p->size = size;
@@ -12,7 +14,10 @@ void buf_pool_init(buf_pool_t *p, size_t size, size_t max_free)
     p->n_free = 0;
     p->in_use = 0;
     p->low_free = 0;
-    p->free = calloc(max_free, sizeof(void *));
+    /* the stack grows as buffers come back (buf_put): a pool whose peak
+     * is small costs a small stack */
+    p->cap_free = max_free < BUF_FREE_START ? max_free : BUF_FREE_START;
+    p->free = calloc(p->cap_free > 0 ? p->cap_free : 1, sizeof(void *));
     if (p->free == NULL)
         abort();
 }
@@ -43,7 +48,15 @@ void buf_put(buf_pool_t *p, char *b)
     if (b == NULL)
         return;
     p->in_use--;
-    if (p->n_free < p->max_free)
+    if (p->n_free == p->cap_free && p->cap_free < p->max_free) {
+        size_t cap = p->cap_free * 2 < p->max_free ? p->cap_free * 2 : p->max_free;
+        void **grown = realloc(p->free, cap * sizeof(void *));
+        if (grown != NULL) {
+            p->free = grown;
+            p->cap_free = cap;
+        }
+    }
+    if (p->n_free < p->cap_free)
         p->free[p->n_free++] = b;
     else
         free(b);

@@ -7,8 +7,9 @@
 
 typedef struct buf_pool {
     size_t size;     /* bytes in every buffer */
-    void **free;     /* stack of free buffers */
+    void **free;     /* stack of free buffers, room for cap_free */
     size_t n_free;
+    size_t cap_free; /* grows with demand, up to max_free */
     size_t max_free; /* beyond this, returned buffers go back to malloc */
     size_t in_use;   /* handed out and not yet returned */
     size_t low_free; /* fewest free since the last buf_pool_trim() */

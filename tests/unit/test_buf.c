@@ -27,6 +27,28 @@ TEST(free_list_is_bounded)
     buf_pool_dispose(&p);
 }
 
+/* A peak far above the stack's first room comes back whole: the next
+ * peak takes it again without malloc; MAX_FREE still bounds it. */
+TEST(free_list_grows_to_the_peak_up_to_its_bound)
+{
+    enum { PEAK = 1000, BOUND = 600 };
+    static char *b[PEAK];
+    buf_pool_t p;
+    buf_pool_init(&p, 64, BOUND);
+    for (int i = 0; i < PEAK; i++)
+        b[i] = buf_get(&p);
+    for (int i = 0; i < PEAK; i++)
+        buf_put(&p, b[i]);
+    CHECK_INT(p.n_free, BOUND);
+    CHECK_INT(p.in_use, 0);
+    for (int i = 0; i < BOUND; i++) /* the same buffers, last in first out */
+        CHECK(buf_get(&p) == b[BOUND - 1 - i]);
+    CHECK_INT(p.n_free, 0);
+    for (int i = 0; i < BOUND; i++)
+        buf_put(&p, b[i]);
+    buf_pool_dispose(&p);
+}
+
 TEST(trim_frees_what_stayed_unused_since_the_last_trim)
 {
     buf_pool_t p;
