@@ -1,13 +1,41 @@
 /* Socket writes: now if the socket takes them, else queued. */
 #include "sock.h"
 
+#include <errno.h>
 #include <stddef.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+/* What uv_try_write does, with send(2)/sendmsg(2) in place of its
+ * write(2)/writev(2): on a socket those skip the VFS layer (vfs_write,
+ * sock_write_iter, fsnotify), a kernel cost on every response. Returns the
+ * bytes taken, UV_EAGAIN when none could be, or another error. */
+static ssize_t try_send(uv_stream_t *s, const uv_buf_t *bufs, unsigned n)
+{
+    uv_os_fd_t fd;
+    /* behind queued bytes nothing may pass; a socket not yet open takes none */
+    if (uv_stream_get_write_queue_size(s) != 0 || uv_fileno((uv_handle_t *)s, &fd) != 0)
+        return UV_EAGAIN;
+    ssize_t w;
+    do {
+        if (n == 1) {
+            w = send(fd, bufs[0].base, bufs[0].len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        } else {
+            /* libuv lays uv_buf_t out as struct iovec on Unix */
+            struct msghdr m = {.msg_iov = (struct iovec *)(void *)bufs, .msg_iovlen = n};
+            w = sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+        }
+    } while (w < 0 && errno == EINTR);
+    if (w >= 0)
+        return w;
+    return errno == EAGAIN || errno == EWOULDBLOCK ? UV_EAGAIN : -errno;
+}
 
 int sock_write(uv_stream_t *s, uv_write_t *req, uv_buf_t *bufs, unsigned n, uv_write_cb cb)
 {
-    int w = uv_try_write(s, bufs, n);
+    ssize_t w = try_send(s, bufs, n);
     if (w < 0 && w != UV_EAGAIN)
-        return w;
+        return (int)w;
     size_t done = w > 0 ? (size_t)w : 0;
     while (n > 0 && done >= bufs->len) {
         done -= bufs->len;

@@ -1,5 +1,5 @@
 /* Socket writes as the hot path wants them: now when the socket takes
- * the bytes (uv_try_write: no request, no callback), queued otherwise. */
+ * the bytes (send/sendmsg: no request, no callback), queued otherwise. */
 #ifndef PS_SOCK_H
 #define PS_SOCK_H
 

@@ -1,0 +1,112 @@
+/* sock_write on a real socket (a socketpair under a libuv pipe handle):
+ * what the socket takes goes now, the rest is queued in order behind it,
+ * nothing passes queued bytes, and a closed peer is an error, not SIGPIPE. */
+#include "sock.h"
+#include "test.h"
+
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static uv_loop_t loop;
+static uv_pipe_t pipe_h;
+static uv_write_t wreq;
+static int peer;
+static int written;
+static int write_status;
+
+static void on_written(uv_write_t *req, int status)
+{
+    (void)req;
+    written++;
+    write_status = status;
+}
+
+static void open_pair(void)
+{
+    int fds[2];
+    CHECK_INT(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+    int small = 4096;
+    setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+    setsockopt(fds[1], SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    uv_loop_init(&loop);
+    uv_pipe_init(&loop, &pipe_h, 0);
+    CHECK_INT(uv_pipe_open(&pipe_h, fds[0]), 0);
+    peer = fds[1];
+    written = 0;
+    write_status = 1;
+}
+
+static void close_pair(void)
+{
+    uv_close((uv_handle_t *)&pipe_h, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_INT(uv_loop_close(&loop), 0);
+    if (peer >= 0)
+        close(peer);
+}
+
+/* Reads everything the peer has, up to CAP, while running the loop. */
+static size_t drain(char *out, size_t cap, size_t want)
+{
+    size_t got = 0;
+    while (got < want) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        ssize_t r = recv(peer, out + got, cap - got, MSG_DONTWAIT);
+        if (r > 0)
+            got += (size_t)r;
+        else
+            usleep(1000);
+    }
+    uv_run(&loop, UV_RUN_NOWAIT);
+    return got;
+}
+
+TEST(all_taken_now_is_one_and_no_callback)
+{
+    open_pair();
+    char a[] = "head ", b[] = "body";
+    uv_buf_t bufs[2] = {uv_buf_init(a, 5), uv_buf_init(b, 4)};
+    CHECK_INT(sock_write((uv_stream_t *)&pipe_h, &wreq, bufs, 2, on_written), 1);
+    char got[16] = {0};
+    CHECK_INT(drain(got, sizeof(got), 9), 9);
+    CHECK_STR(got, "head body");
+    CHECK_INT(written, 0);
+    close_pair();
+}
+
+TEST(the_rest_is_queued_in_order_behind_what_went_now)
+{
+    open_pair();
+    enum { BIG = 1 << 20 };
+    static char data[BIG], got[BIG + 16];
+    for (size_t i = 0; i < BIG; i++)
+        data[i] = (char)(i * 7 + i / 251);
+    uv_buf_t buf = uv_buf_init(data, BIG);
+    CHECK_INT(sock_write((uv_stream_t *)&pipe_h, &wreq, &buf, 1, on_written), 0);
+    /* queued bytes are ahead: a second write may not pass them */
+    uv_write_t wreq2;
+    char tail[] = "tail";
+    uv_buf_t t = uv_buf_init(tail, 4);
+    CHECK_INT(sock_write((uv_stream_t *)&pipe_h, &wreq2, &t, 1, on_written), 0);
+    CHECK_INT(drain(got, sizeof(got), BIG + 4), BIG + 4);
+    CHECK(memcmp(got, data, BIG) == 0);
+    CHECK(memcmp(got + BIG, "tail", 4) == 0);
+    CHECK_INT(written, 2);
+    CHECK_INT(write_status, 0);
+    close_pair();
+}
+
+TEST(a_closed_peer_is_an_error_not_a_signal)
+{
+    open_pair();
+    close(peer);
+    peer = -1;
+    char a[] = "x";
+    uv_buf_t buf = uv_buf_init(a, 1);
+    int r = sock_write((uv_stream_t *)&pipe_h, &wreq, &buf, 1, on_written);
+    CHECK(r == UV_EPIPE || r == UV_ECONNRESET);
+    close_pair();
+}
+
+TEST_MAIN()
