@@ -12,7 +12,6 @@ static void on_fire(uv_timer_t *t)
     uint64_t now = uv_now(t->loop);
     if (now < d->due) {
         /* moved later since it was set: run again for the rest */
-        d->fires = d->due;
         uv_timer_start(t, on_fire, d->due - now, 0);
         return;
     }
@@ -26,7 +25,6 @@ void deadline_init(uv_loop_t *loop, deadline_t *d, void *data)
     d->timer.data = data;
     d->cb = NULL;
     d->due = 0;
-    d->fires = 0;
 }
 
 void deadline_start(deadline_t *d, uv_timer_cb cb, uint64_t ms)
@@ -36,9 +34,10 @@ void deadline_start(deadline_t *d, uv_timer_cb cb, uint64_t ms)
     /* due is never 0 while armed: a zero-length deadline at loop time 0
      * is due at 1 (libuv fires it on the next iteration all the same) */
     d->due = now + ms != 0 ? now + ms : 1;
-    if (uv_is_active((uv_handle_t *)&d->timer) && d->fires <= d->due)
+    /* where the libuv timer runs is its own to say (uv_timer_get_due_in),
+     * not a copy kept here */
+    if (uv_is_active((uv_handle_t *)&d->timer) && uv_timer_get_due_in(&d->timer) <= ms)
         return; /* it fires first and carries on from there */
-    d->fires = now + ms;
     uv_timer_start(&d->timer, on_fire, ms, 0);
 }
 

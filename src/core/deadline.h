@@ -17,7 +17,6 @@ typedef struct deadline {
     uv_timer_t timer; /* .data is the owner's, as on a plain timer */
     uv_timer_cb cb;   /* called with &timer once DUE is reached */
     uint64_t due;     /* loop time it expires at; 0: not armed */
-    uint64_t fires;   /* loop time the libuv timer runs at, while it is active */
 } deadline_t;
 
 void deadline_init(uv_loop_t *loop, deadline_t *d, void *data);
