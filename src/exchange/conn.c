@@ -39,9 +39,8 @@ static void conn_set_state(conn_t *c, int state)
 
 /* ---- lifetime ----------------------------------------------------------- */
 
-static void on_closed(uv_handle_t *h)
+static void closed_one(conn_t *c)
 {
-    conn_t *c = h->data;
     if (--c->pending_closes > 0)
         return;
     if (c->tls != NULL) {
@@ -52,6 +51,16 @@ static void on_closed(uv_handle_t *h)
     exchange_dispose(&c->x);
     free(c);
     worker_conn_closed(w); /* a socket closed: the accept cap counts those */
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    closed_one(h->data);
+}
+
+static void on_clock_closed(deadline_t *d)
+{
+    closed_one(conn_of(d->data));
 }
 
 void conn_close(conn_t *c)
@@ -71,9 +80,8 @@ void conn_close(conn_t *c)
         c->next->prev = c->prev;
     atomic_fetch_sub_explicit(&w->metrics.open_conns, 1, memory_order_relaxed);
     c->pending_closes = 2;
-    c->x.timer.timer.data = c; /* its close callback is the connection's */
     uv_close((uv_handle_t *)&c->tcp, on_closed);
-    deadline_close(&c->x.timer, on_closed);
+    deadline_close(&c->x.timer, on_clock_closed);
     worker_drained(w);
 }
 
@@ -96,9 +104,9 @@ static void conn_drain(conn_t *c)
 /* The connection's clocks (handshake, idle, head, linger, HTTP/2): they
  * run on its exchange's timer only while no exchange does (begin_exchange
  * stops them; the exchange's own callback takes over). */
-static void conn_on_timeout(uv_timer_t *t)
+static void conn_on_timeout(deadline_t *d)
 {
-    conn_t *c = conn_of(t->data);
+    conn_t *c = conn_of(d->data);
     switch (c->state) {
     case CONN_S_READ_HEAD:
         if (c->x.rlen > 0 && !c->write_pending) {

@@ -167,7 +167,7 @@ void exchange_process(exchange_t *x)
 
 /* ---- lifetime ----------------------------------------------------------- */
 
-static void exchange_on_timeout(uv_timer_t *t);
+static void exchange_on_timeout(deadline_t *d);
 
 void exchange_init(exchange_t *x, const xport_ops_t *ops, worker_t *w, cfg_t *cfg,
                    up_targets_t *targets, const cfg_listener_t *listener)
@@ -175,7 +175,7 @@ void exchange_init(exchange_t *x, const xport_ops_t *ops, worker_t *w, cfg_t *cf
     x->xport = ops;
     x->w = w;
     x->id = ++w->next_conn_id * 64 + (uint64_t)w->index;
-    deadline_init(&w->loop, &x->timer, x);
+    deadline_init(&w->deadlines, &x->timer, x);
     x->cfg = cfg_ref(cfg);
     x->targets = up_targets_ref(targets); /* with the config: a reload does not change them */
     x->listener = listener;
@@ -259,9 +259,9 @@ void exchange_done(exchange_t *x)
 
 /* The exchange's clock (the transport may run its own on the same timer
  * between exchanges, with its own callback). */
-static void exchange_on_timeout(uv_timer_t *t)
+static void exchange_on_timeout(deadline_t *d)
 {
-    exchange_t *x = t->data;
+    exchange_t *x = d->data;
     switch (x->rs) {
     case XRESP_PREPARE:
         if (x->ops->timer != NULL) {

@@ -98,9 +98,9 @@ static void sx_finish(exchange_t *x)
     h2_stream_end(stream_of(x)); /* last: the stream may close (and X with it) */
 }
 
-static void on_closed(uv_handle_t *h)
+static void on_closed(deadline_t *d)
 {
-    stream_x_t *sx = h->data;
+    stream_x_t *sx = container_of(d, stream_x_t, x.timer);
     worker_t *w = sx->x.w;
     exchange_dispose(&sx->x);
     h2_stream_free(sx->s);
@@ -110,7 +110,6 @@ static void on_closed(uv_handle_t *h)
 static void sx_close(exchange_t *x)
 {
     h2_stream_detach(stream_of(x)); /* RST_STREAM unless the stream is over */
-    x->timer.timer.data = container_of(x, stream_x_t, x);
     deadline_close(&x->timer, on_closed);
 }
 

@@ -234,9 +234,9 @@ static void fail_request(exchange_t *x, int status)
 
 /* ---- timers ------------------------------------------------------------- */
 
-static void on_up_timeout(uv_timer_t *t)
+static void on_up_timeout(deadline_t *d)
 {
-    up_conn_t *u = t->data;
+    up_conn_t *u = d->data;
     exchange_t *x = owner(u);
     if (x == NULL)
         return;

@@ -323,7 +323,9 @@ void worker_init(worker_t *w, int index, worker_gen_t gen, const struct alog *al
     buf_pool_init(&w->tables, HTTP_HDR_TABLE_SIZE, WORKER_MAX_FREE_BUFS);
     ops->init_pools(w, WORKER_MAX_FREE_BUFS);
     metrics_init(&w->metrics);
-    up_pools_init(&w->up, &w->loop, &w->bufs, &w->tables, &w->stop, &w->metrics, index);
+    deadline_queue_init(&w->loop, &w->deadlines);
+    up_pools_init(&w->up, &w->loop, &w->deadlines, &w->bufs, &w->tables, &w->stop, &w->metrics,
+                  index);
     uv_async_init(&w->loop, &w->wakeup, on_wakeup);
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->grace);
@@ -369,6 +371,7 @@ void worker_stop(worker_t *w)
 
 void worker_dispose(worker_t *w)
 {
+    deadline_queue_close(&w->deadlines); /* every clock is closed by now */
     uv_run(&w->loop, UV_RUN_NOWAIT); /* run the close callbacks */
     up_pools_free(&w->up);
     uv_loop_close(&w->loop);

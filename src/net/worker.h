@@ -11,6 +11,7 @@
 
 #include "buf.h"
 #include "config.h"
+#include "deadline.h"
 #include "metrics.h"
 #include "tls.h"
 #include "upstream.h"
@@ -56,6 +57,7 @@ typedef struct worker_gen {
 struct worker {
     /* read-only: what the connections of this worker share */
     uv_loop_t loop;
+    deadline_queue_t deadlines; /* the clocks of its connections, exchanges, upstreams */
     int index;
     cfg_t *cfg;            /* the snapshot new connections get */
     up_targets_t *targets; /* its upstreams (referenced) */

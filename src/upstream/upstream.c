@@ -171,11 +171,13 @@ void up_targets_unref(up_targets_t *t)
 
 /* ---- pools -------------------------------------------------------------- */
 
-void up_pools_init(up_pools_t *ps, uv_loop_t *loop, buf_pool_t *bufs, buf_pool_t *tables,
-                   const atomic_int *stop, metrics_t *metrics, int index)
+void up_pools_init(up_pools_t *ps, uv_loop_t *loop, deadline_queue_t *deadlines,
+                   buf_pool_t *bufs, buf_pool_t *tables, const atomic_int *stop,
+                   metrics_t *metrics, int index)
 {
     memset(ps, 0, sizeof(*ps));
     ps->loop = loop;
+    ps->deadlines = deadlines;
     ps->bufs = bufs;
     ps->tables = tables;
     ps->stop = stop;
@@ -245,15 +247,24 @@ static void wait_unlink(up_conn_t *u)
     u->waits = 0;
 }
 
-static void on_closed(uv_handle_t *h)
+static void closed_one(up_conn_t *u)
 {
-    up_conn_t *u = h->data;
     if (--u->pending_closes > 0)
         return;
     buf_put(u->pool->set->bufs, u->rbuf);
     buf_put(u->pool->set->tables, (char *)u->resp.hdrs);
     u->pool->n_closing--;
     free(u);
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    closed_one(h->data);
+}
+
+static void on_clock_closed(deadline_t *d)
+{
+    closed_one(d->data);
 }
 
 void up_close(up_conn_t *u, int why)
@@ -279,7 +290,7 @@ void up_close(up_conn_t *u, int why)
     /* mid-redial the socket is closing already; on_redial_closed counts it */
     if (socket && !uv_is_closing((uv_handle_t *)&u->tcp))
         uv_close((uv_handle_t *)&u->tcp, on_closed);
-    deadline_close(&u->timer, on_closed);
+    deadline_close(&u->timer, on_clock_closed);
 }
 
 /* One pair of callbacks for every state: switching them as a connection
@@ -341,9 +352,9 @@ static int still_listed(up_conn_t *u)
 
 static void lookup_start(up_pool_t *p);
 
-static void on_idle_timeout(uv_timer_t *t)
+static void on_idle_timeout(deadline_t *d)
 {
-    up_close(t->data, METRICS_CLOSE_IDLE_TIMEOUT);
+    up_close(d->data, METRICS_CLOSE_IDLE_TIMEOUT);
 }
 
 /* Counts U's pool in as one more idle connection, unless P's caps have
@@ -489,9 +500,9 @@ static void dial_next(up_conn_t *u);
 /* Reports ERR to the owner from the loop (never from inside up_dial). */
 static void fail_soon(up_conn_t *u, int err);
 
-static void on_dial_timeout(uv_timer_t *t)
+static void on_dial_timeout(deadline_t *d)
 {
-    up_conn_t *u = t->data;
+    up_conn_t *u = d->data;
     up_pool_t *p = u->pool;
     /* a connect that hangs is a failed dial too: the next one looks again */
     if (u->state == UP_S_CONNECTING && u->gen == p->answer.gen)
@@ -696,7 +707,7 @@ up_conn_t *up_dial(up_pool_t *p, void *owner, uint64_t timeout_ms, up_connect_cb
     u->state = UP_S_RESOLVING;
     u->on_connect = cb;
     p->n_active++;
-    deadline_init(p->set->loop, &u->timer, u);
+    deadline_init(p->set->deadlines, &u->timer, u);
     deadline_start(&u->timer, on_dial_timeout, timeout_ms);
     dial_start(u);
     return u;

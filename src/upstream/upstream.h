@@ -91,6 +91,7 @@ typedef struct up_pool up_pool_t;
 typedef struct up_pools {
     /* read-only, set by up_pools_init */
     uv_loop_t *loop;
+    deadline_queue_t *deadlines; /* the connections' clocks */
     buf_pool_t *bufs;       /* upstream reads */
     buf_pool_t *tables;     /* response header tables */
     const atomic_int *stop; /* the worker stops: released connections close */
@@ -101,8 +102,9 @@ typedef struct up_pools {
     uint32_t rand_state;
 } up_pools_t;
 
-void up_pools_init(up_pools_t *ps, uv_loop_t *loop, buf_pool_t *bufs, buf_pool_t *tables,
-                   const atomic_int *stop, metrics_t *metrics, int index);
+void up_pools_init(up_pools_t *ps, uv_loop_t *loop, deadline_queue_t *deadlines,
+                   buf_pool_t *bufs, buf_pool_t *tables, const atomic_int *stop,
+                   metrics_t *metrics, int index);
 
 /* A pseudo-random number for load balancing, per worker. */
 uint32_t up_rand(up_pools_t *ps);
