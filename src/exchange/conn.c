@@ -47,6 +47,8 @@ static void closed_one(conn_t *c)
         tls_conn_dispose(c->tls);
         free(c->tls);
     }
+    sock_wreq_release(&c->wr); /* its callback ran: nothing is queued on it */
+    free(c->sreq);
     worker_t *w = c->x.w;
     exchange_dispose(&c->x);
     free(c);
@@ -227,9 +229,8 @@ static void conn_write_done(conn_t *c)
     }
 }
 
-static void on_client_written(uv_write_t *req, int status)
+static void client_written(conn_t *c, int status)
 {
-    conn_t *c = container_of(req, conn_t, wreq);
     if (status == UV_ECANCELED || c->state == CONN_S_CLOSING)
         return;
     if (status < 0) {
@@ -239,25 +240,32 @@ static void on_client_written(uv_write_t *req, int status)
     conn_write_done(c);
 }
 
+static void on_client_written(uv_write_t *req, int status)
+{
+    conn_t *c = req->data;
+    sock_written(&c->wr);
+    client_written(c, status);
+    sock_wreq_release(&c->wr); /* unless it carries the next write */
+}
+
 static void on_tls_written(uv_write_t *req, int status);
 
 /* TLS: writes the records waiting (tls.c's pump): 1 all out, 0 a write is
  * in flight and on_tls_written goes on, <0 failed. */
 static int tls_pump(conn_t *c)
 {
-    return tls_conn_flush(c->tls, (uv_stream_t *)&c->tcp, &c->wreq, on_tls_written);
+    return tls_conn_flush(c->tls, (uv_stream_t *)&c->tcp, &c->wr, on_tls_written);
 }
 
-static void on_tls_written(uv_write_t *req, int status)
+static void tls_written(conn_t *c, int status)
 {
-    conn_t *c = container_of(req, conn_t, wreq);
     if (status == UV_ECANCELED || c->state == CONN_S_CLOSING)
         return;
     if (status < 0) {
         conn_close(c);
         return;
     }
-    int r = tls_conn_sent(c->tls, (uv_stream_t *)&c->tcp, &c->wreq, on_tls_written);
+    int r = tls_conn_sent(c->tls, (uv_stream_t *)&c->tcp, &c->wr, on_tls_written);
     if (r == 0)
         return;
     if (r < 0) {
@@ -270,15 +278,23 @@ static void on_tls_written(uv_write_t *req, int status)
         release_idle_buffer(c); /* a flush of our own (a ticket, an alert) ended */
 }
 
-/* Writes BUFS to the client through the one wreq: 1 written, 0 queued
+static void on_tls_written(uv_write_t *req, int status)
+{
+    conn_t *c = req->data;
+    sock_written(&c->wr);
+    tls_written(c, status);
+    sock_wreq_release(&c->wr); /* unless it carries the next write */
+}
+
+/* Writes BUFS to the client, queued on wr if need be: 1 written, 0 queued
  * (write_pending until conn_write_done), <0 on error. */
 static int conn_write(conn_t *c, uv_buf_t *bufs, unsigned n)
 {
     int r;
     if (c->tls != NULL)
-        r = tls_conn_send(c->tls, (uv_stream_t *)&c->tcp, &c->wreq, bufs, n, on_tls_written);
+        r = tls_conn_send(c->tls, (uv_stream_t *)&c->tcp, &c->wr, bufs, n, on_tls_written);
     else
-        r = sock_write((uv_stream_t *)&c->tcp, &c->wreq, bufs, n, on_client_written);
+        r = sock_write((uv_stream_t *)&c->tcp, &c->wr, bufs, n, on_client_written);
     if (r == 0)
         c->write_pending = 1;
     return r;
@@ -286,7 +302,7 @@ static int conn_write(conn_t *c, uv_buf_t *bufs, unsigned n)
 
 static void conn_shutdown_write(conn_t *c)
 {
-    if (c->sreq.handle != NULL || uv_is_closing((uv_handle_t *)&c->tcp))
+    if (c->sreq != NULL || uv_is_closing((uv_handle_t *)&c->tcp))
         return;
     if (c->tls != NULL) {
         tls_conn_close_notify(c->tls);
@@ -295,8 +311,13 @@ static void conn_shutdown_write(conn_t *c)
             return;
         }
     }
-    /* libuv shuts down once the queued writes are out */
-    if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) < 0)
+    /* libuv shuts down once the queued writes are out; the request is
+     * freed with the connection (libuv calls back before it closes) */
+    c->sreq = malloc(sizeof(*c->sreq));
+    if (c->sreq == NULL)
+        abort();
+    c->sreq->data = c;
+    if (uv_shutdown(c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) < 0)
         conn_close(c);
 }
 
@@ -575,7 +596,7 @@ static llhttp_errno_t h1_parse(exchange_t *x)
 
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
-    conn_t *c = container_of(req, conn_t, sreq);
+    conn_t *c = req->data;
     if (status < 0 && c->state != CONN_S_CLOSING)
         conn_close(c);
 }
@@ -859,6 +880,7 @@ void conn_accept(listener_t *l)
     exchange_init(&c->x, &h1_xport, w, w->cfg, w->targets, l->cl);
     uv_tcp_init(&w->loop, &c->tcp);
     c->tcp.data = c;
+    sock_wreq_init(&c->wr, &w->wreqs, c);
     c->next = w->conns;
     if (w->conns != NULL)
         w->conns->prev = c;

@@ -41,14 +41,14 @@ enum conn_tls_quiet {
 
 struct conn {
     uv_tcp_t tcp;
-    uv_write_t wreq;    /* the one write to the client in flight */
-    uv_shutdown_t sreq;
+    sock_wreq_t wr;          /* the one write to the client queued */
+    uv_shutdown_t *sreq;     /* the half-close under way (conn_linger) */
     tls_conn_t *tls;    /* NULL on plain HTTP */
     h2_session_t *h2;   /* HTTP/2: the session (CONN_S_H2) */
     conn_t *prev, *next; /* the worker's list */
     int state;           /* enum conn_state */
     int pending_closes;
-    unsigned write_pending : 1; /* wreq is in flight */
+    unsigned write_pending : 1; /* a write of ours is queued (wr) */
     unsigned eof : 1;           /* the client shut its side */
     unsigned in_process : 1;    /* conn_process() is on the stack */
     unsigned head_clock : 1;    /* the read_header timer runs for the head being read */

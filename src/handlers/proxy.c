@@ -641,9 +641,8 @@ static void proxy_on_client_written(exchange_t *x)
 
 /* ---- the request -------------------------------------------------------- */
 
-static void on_up_written(uv_write_t *req, int status)
+static void up_written(up_conn_t *u, int status)
 {
-    up_conn_t *u = container_of(req, up_conn_t, wreq);
     u->write_pending = 0;
     if (status == UV_ECANCELED)
         return;
@@ -668,6 +667,14 @@ static void on_up_written(uv_write_t *req, int status)
         exchange_arm_timer(x);
         up_arm_timer(x);
     }
+}
+
+static void on_up_written(uv_write_t *req, int status)
+{
+    up_conn_t *u = req->data; /* closing or not, freed only from a later callback */
+    sock_written(&u->wr);
+    up_written(u, status);
+    sock_wreq_release(&u->wr); /* unless it carries the next write */
 }
 
 /* The body would break the framing its head gave the upstream (the
@@ -744,7 +751,7 @@ static void proxy_pump_request(exchange_t *x)
     }
     if (n == 0)
         return;
-    int r = sock_write((uv_stream_t *)&u->tcp, &u->wreq, iov, n, on_up_written);
+    int r = sock_write((uv_stream_t *)&u->tcp, &u->wr, iov, n, on_up_written);
     if (r < 0) {
         up_failed(x, r);
         return;
@@ -944,7 +951,7 @@ static void proxy_tunnel_from_client(exchange_t *x)
         if (x->rs == XRESP_CLOSED || u->write_pending || x->rstart == x->rlen)
             break;
         uv_buf_t b = uv_buf_init(x->rbuf + x->rstart, (unsigned)(x->rlen - x->rstart));
-        int r = sock_write((uv_stream_t *)&u->tcp, &u->wreq, &b, 1, on_up_written);
+        int r = sock_write((uv_stream_t *)&u->tcp, &u->wr, &b, 1, on_up_written);
         if (r < 0) {
             exchange_close(x);
             return;

@@ -533,7 +533,7 @@ void tls_conn_out_sent(tls_conn_t *t, size_t n)
 
 /* Encrypts what of the send fits and writes the records until the socket
  * pushes back; one write in flight at a time. */
-static int pump(tls_conn_t *t, uv_stream_t *s, uv_write_t *req, uv_write_cb cb)
+static int pump(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, uv_write_cb cb)
 {
     if (t->writing)
         return 0;
@@ -551,10 +551,10 @@ static int pump(tls_conn_t *t, uv_stream_t *s, uv_write_t *req, uv_write_cb cb)
         size_t len = out.len; /* sock_write advances OUT past what it wrote now */
         if (len == 0)
             return t->n_pend == 0 ? 1 : PS_EPROTO;
-        int w = sock_write(s, req, &out, 1, cb);
-        if (w < 0)
-            return w;
-        if (w == 0) {
+        int r = sock_write(s, w, &out, 1, cb);
+        if (r < 0)
+            return r;
+        if (r == 0) {
             t->writing = 1;
             t->inflight = len;
             return 0;
@@ -563,7 +563,7 @@ static int pump(tls_conn_t *t, uv_stream_t *s, uv_write_t *req, uv_write_cb cb)
     }
 }
 
-int tls_conn_send(tls_conn_t *t, uv_stream_t *s, uv_write_t *req, uv_buf_t *bufs, unsigned n,
+int tls_conn_send(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, uv_buf_t *bufs, unsigned n,
                   uv_write_cb cb)
 {
     if (n > PS_ARRAY_SIZE(t->pend))
@@ -571,19 +571,19 @@ int tls_conn_send(tls_conn_t *t, uv_stream_t *s, uv_write_t *req, uv_buf_t *bufs
     memcpy(t->pend, bufs, n * sizeof(*bufs));
     t->n_pend = n;
     t->pend_done = 0;
-    return pump(t, s, req, cb);
+    return pump(t, s, w, cb);
 }
 
-int tls_conn_flush(tls_conn_t *t, uv_stream_t *s, uv_write_t *req, uv_write_cb cb)
+int tls_conn_flush(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, uv_write_cb cb)
 {
-    return pump(t, s, req, cb);
+    return pump(t, s, w, cb);
 }
 
-int tls_conn_sent(tls_conn_t *t, uv_stream_t *s, uv_write_t *req, uv_write_cb cb)
+int tls_conn_sent(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, uv_write_cb cb)
 {
     t->writing = 0;
     tls_conn_out_sent(t, t->inflight);
-    return pump(t, s, req, cb);
+    return pump(t, s, w, cb);
 }
 
 void tls_conn_release_idle(tls_conn_t *t)

@@ -12,6 +12,7 @@
 
 #include "buf.h"
 #include "certs.h"
+#include "sock.h"
 
 typedef struct tls_server tls_server_t;
 
@@ -78,19 +79,19 @@ int tls_conn_encrypt(tls_conn_t *t, const uv_buf_t *bufs, unsigned n, size_t *do
 /* Queues a close_notify alert. */
 void tls_conn_close_notify(tls_conn_t *t);
 
-/* The record pump: the connection's socket S and its one write request
- * REQ, whose callback CB (the owner's) calls tls_conn_sent. Each returns
+/* The record pump: the connection's socket S and its writer W, whose
+ * callback CB (the owner's) calls tls_conn_sent. Each returns
  * 1 when everything is written, 0 when a socket write is in flight (CB
  * follows), <0 when writing failed (PS_EPROTO: OpenSSL refused). */
 
 /* Sends the plaintext BUFS (at most 8, kept by the caller until done):
  * encrypts as the output buffer takes it and writes the records. */
-int tls_conn_send(tls_conn_t *t, uv_stream_t *s, uv_write_t *req, uv_buf_t *bufs, unsigned n,
+int tls_conn_send(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, uv_buf_t *bufs, unsigned n,
                   uv_write_cb cb);
 /* Writes the records waiting (alerts, key updates, a close_notify). */
-int tls_conn_flush(tls_conn_t *t, uv_stream_t *s, uv_write_t *req, uv_write_cb cb);
+int tls_conn_flush(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, uv_write_cb cb);
 /* The write in flight went out: goes on with what is left. */
-int tls_conn_sent(tls_conn_t *t, uv_stream_t *s, uv_write_t *req, uv_write_cb cb);
+int tls_conn_sent(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, uv_write_cb cb);
 
 /* Ciphertext waiting for the socket; after writing some, mark it sent. */
 uv_buf_t tls_conn_out(const tls_conn_t *t);

@@ -290,7 +290,8 @@ static void on_trim(uv_timer_t *t)
     size_t n = buf_pool_trim(&w->bufs, WORKER_KEEP_BUFS) +
                buf_pool_trim(&w->tables, WORKER_KEEP_BUFS) +
                buf_pool_trim(&w->h2_streams, WORKER_KEEP_BUFS) +
-               buf_pool_trim(&w->stream_xs, WORKER_KEEP_BUFS);
+               buf_pool_trim(&w->stream_xs, WORKER_KEEP_BUFS) +
+               buf_pool_trim(&w->wreqs, WORKER_KEEP_BUFS);
     /* free() alone keeps the pages of a thread's arena mapped */
     if (n > 0)
         malloc_trim(0);
@@ -324,8 +325,9 @@ void worker_init(worker_t *w, int index, worker_gen_t gen, const struct alog *al
     ops->init_pools(w, WORKER_MAX_FREE_BUFS);
     metrics_init(&w->metrics);
     deadline_queue_init(&w->loop, &w->deadlines);
-    up_pools_init(&w->up, &w->loop, &w->deadlines, &w->bufs, &w->tables, &w->stop, &w->metrics,
-                  index);
+    buf_pool_init(&w->wreqs, sizeof(uv_write_t), WORKER_MAX_FREE_BUFS);
+    up_pools_init(&w->up, &w->loop, &w->deadlines, &w->wreqs, &w->bufs, &w->tables, &w->stop,
+                  &w->metrics, index);
     uv_async_init(&w->loop, &w->wakeup, on_wakeup);
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->grace);
@@ -379,6 +381,7 @@ void worker_dispose(worker_t *w)
     buf_pool_dispose(&w->tables);
     buf_pool_dispose(&w->h2_streams);
     buf_pool_dispose(&w->stream_xs);
+    buf_pool_dispose(&w->wreqs);
     metrics_dispose(&w->metrics);
     free(w->listeners);
     worker_gen_t *g = atomic_exchange(&w->reload, NULL);

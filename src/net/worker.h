@@ -70,6 +70,8 @@ struct worker {
      * exchange (stream.c), one each per request; pooled, as a session
      * opens them ten at a time, more than malloc's per-thread cache keeps */
     buf_pool_t h2_streams, stream_xs;
+    /* write requests, for the writes a socket pushes back (sock.h) */
+    buf_pool_t wreqs;
     metrics_t metrics;
     up_pools_t up;     /* one pool per upstream target */
     uv_timer_t tls_sweep; /* the connection layer's periodic timer */

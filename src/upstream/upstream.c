@@ -172,12 +172,13 @@ void up_targets_unref(up_targets_t *t)
 /* ---- pools -------------------------------------------------------------- */
 
 void up_pools_init(up_pools_t *ps, uv_loop_t *loop, deadline_queue_t *deadlines,
-                   buf_pool_t *bufs, buf_pool_t *tables, const atomic_int *stop,
-                   metrics_t *metrics, int index)
+                   buf_pool_t *wreqs, buf_pool_t *bufs, buf_pool_t *tables,
+                   const atomic_int *stop, metrics_t *metrics, int index)
 {
     memset(ps, 0, sizeof(*ps));
     ps->loop = loop;
     ps->deadlines = deadlines;
+    ps->wreqs = wreqs;
     ps->bufs = bufs;
     ps->tables = tables;
     ps->stop = stop;
@@ -253,6 +254,7 @@ static void closed_one(up_conn_t *u)
         return;
     buf_put(u->pool->set->bufs, u->rbuf);
     buf_put(u->pool->set->tables, (char *)u->resp.hdrs);
+    sock_wreq_release(&u->wr); /* its callback ran: nothing is queued on it */
     u->pool->n_closing--;
     free(u);
 }
@@ -708,6 +710,7 @@ up_conn_t *up_dial(up_pool_t *p, void *owner, uint64_t timeout_ms, up_connect_cb
     u->on_connect = cb;
     p->n_active++;
     deadline_init(p->set->deadlines, &u->timer, u);
+    sock_wreq_init(&u->wr, p->set->wreqs, u);
     deadline_start(&u->timer, on_dial_timeout, timeout_ms);
     dial_start(u);
     return u;

@@ -14,6 +14,7 @@
 #include "deadline.h"
 #include "metrics.h"
 #include "resolve.h"
+#include "sock.h"
 
 /* One upstream address as the config names it; workers read it without
  * locks. A name is looked up by each worker when it dials (up_dial), never
@@ -92,6 +93,7 @@ typedef struct up_pools {
     /* read-only, set by up_pools_init */
     uv_loop_t *loop;
     deadline_queue_t *deadlines; /* the connections' clocks */
+    buf_pool_t *wreqs;      /* write requests, for writes that must queue */
     buf_pool_t *bufs;       /* upstream reads */
     buf_pool_t *tables;     /* response header tables */
     const atomic_int *stop; /* the worker stops: released connections close */
@@ -103,8 +105,8 @@ typedef struct up_pools {
 } up_pools_t;
 
 void up_pools_init(up_pools_t *ps, uv_loop_t *loop, deadline_queue_t *deadlines,
-                   buf_pool_t *bufs, buf_pool_t *tables, const atomic_int *stop,
-                   metrics_t *metrics, int index);
+                   buf_pool_t *wreqs, buf_pool_t *bufs, buf_pool_t *tables,
+                   const atomic_int *stop, metrics_t *metrics, int index);
 
 /* A pseudo-random number for load balancing, per worker. */
 uint32_t up_rand(up_pools_t *ps);
@@ -135,7 +137,7 @@ struct up_conn {
     uv_tcp_t tcp;
     deadline_t timer;
     uv_connect_t creq;
-    uv_write_t wreq;
+    sock_wreq_t wr; /* the one write to the upstream queued */
     uv_shutdown_t sreq;
     /* read-only */
     up_pool_t *pool;
@@ -149,7 +151,7 @@ struct up_conn {
     char *body;          /* body bytes of this parse pass, compacted in place */
     size_t body_len;
     unsigned reused : 1;        /* it served a request before: a failure may be a stale conn */
-    unsigned write_pending : 1; /* wreq is in flight */
+    unsigned write_pending : 1; /* a write is queued (wr) */
     unsigned eof : 1;           /* the upstream closed its side */
     unsigned opened : 1;        /* connected once: its close is counted */
     /* private */

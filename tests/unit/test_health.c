@@ -112,7 +112,7 @@ TEST(random_policy_picks_every_upstream_in_service_and_none_out)
     ts.items = items;
     ts.n = 3;
     up_pools_t ps;
-    up_pools_init(&ps, NULL, NULL, NULL, NULL, NULL, NULL, 0);
+    up_pools_init(&ps, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0);
     up_target_failed(&tg[1], &p, 1, "refused"); /* b is out for fail_duration */
     int count[3] = {0, 0, 0};
     for (int k = 0; k < 300; k++) {

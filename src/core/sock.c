@@ -31,12 +31,17 @@ static ssize_t try_send(uv_stream_t *s, const uv_buf_t *bufs, unsigned n)
     return errno == EAGAIN || errno == EWOULDBLOCK ? UV_EAGAIN : -errno;
 }
 
-int sock_write(uv_stream_t *s, uv_write_t *req, uv_buf_t *bufs, unsigned n, uv_write_cb cb)
+void sock_wreq_init(sock_wreq_t *w, buf_pool_t *pool, void *data)
 {
-    ssize_t w = try_send(s, bufs, n);
-    if (w < 0 && w != UV_EAGAIN)
-        return (int)w;
-    size_t done = w > 0 ? (size_t)w : 0;
+    *w = (sock_wreq_t){.pool = pool, .data = data};
+}
+
+int sock_write(uv_stream_t *s, sock_wreq_t *w, uv_buf_t *bufs, unsigned n, uv_write_cb cb)
+{
+    ssize_t sent = try_send(s, bufs, n);
+    if (sent < 0 && sent != UV_EAGAIN)
+        return (int)sent;
+    size_t done = sent > 0 ? (size_t)sent : 0;
     while (n > 0 && done >= bufs->len) {
         done -= bufs->len;
         bufs++;
@@ -46,6 +51,21 @@ int sock_write(uv_stream_t *s, uv_write_t *req, uv_buf_t *bufs, unsigned n, uv_w
         return 1;
     bufs->base += done;
     bufs->len -= done;
-    int err = uv_write(req, s, bufs, n, cb);
-    return err < 0 ? err : 0;
+    if (w->req == NULL) {
+        w->req = (uv_write_t *)(void *)buf_get(w->pool);
+        w->req->data = w->data;
+    }
+    int err = uv_write(w->req, s, bufs, n, cb);
+    if (err < 0)
+        return err;
+    w->queued = 1;
+    return 0;
+}
+
+void sock_wreq_release(sock_wreq_t *w)
+{
+    if (w->req != NULL && !w->queued) {
+        buf_put(w->pool, (char *)w->req);
+        w->req = NULL;
+    }
 }
