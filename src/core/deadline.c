@@ -100,14 +100,18 @@ static void on_timer(uv_timer_t *t)
     uint64_t now = uv_now(q->loop);
     while (q->n > 0 && q->heap[0]->u.key <= now) {
         deadline_t *d = q->heap[0];
-        if (d->due > now) {
-            d->u.key = d->due; /* moved later since it was placed */
+        if (d->due == 0) {
+            heap_remove(q, d); /* stopped since: it just leaves */
+            continue;
+        }
+        if (d->due != d->u.key) {
+            /* moved later since it was placed: to its own place, so that
+             * deadlines overdue together (a late timer) fire in due order */
+            d->u.key = d->due;
             sift_down(q, 0);
             continue;
         }
         heap_remove(q, d);
-        if (d->due == 0)
-            continue; /* stopped since: it just leaves */
         d->due = 0;
         d->cb(d); /* may start, stop or close any deadline, D too */
     }

@@ -3,6 +3,7 @@
  * stopping or closing means no call; a closed callback comes from the
  * loop, after the call that closed; many deadlines fire in due order. */
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "deadline.h"
 #include "test.h"
@@ -132,6 +133,48 @@ TEST(restarted_from_its_own_callback)
     CHECK_INT(fired, 3);
     CHECK(fired_at >= t0 + 30);
     teardown(&loop, &q, &d);
+}
+
+static int order[2], n_order;
+
+static void on_first(deadline_t *d)
+{
+    (void)d;
+    order[n_order++] = 1;
+}
+
+static void on_second(deadline_t *d)
+{
+    (void)d;
+    order[n_order++] = 2;
+}
+
+/* A late timer finds both overdue: the one moved later (placed first,
+ * due last) fires after the other, as their due times say. */
+TEST(overdue_together_they_fire_in_due_order)
+{
+    uv_loop_t loop;
+    deadline_queue_t q;
+    deadline_t a, b;
+    uv_loop_init(&loop);
+    deadline_queue_init(&loop, &q);
+    deadline_init(&q, &a, NULL);
+    deadline_init(&q, &b, NULL);
+    n_order = 0;
+    deadline_start(&a, on_second, 10);
+    deadline_start(&b, on_first, 20);
+    deadline_start(&a, on_second, 30); /* keeps its place at 10 */
+    usleep(60 * 1000);                 /* the loop comes back late */
+    uv_update_time(&loop);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_INT(n_order, 2);
+    CHECK_INT(order[0], 1);
+    CHECK_INT(order[1], 2);
+    deadline_close(&a, NULL);
+    deadline_close(&b, NULL);
+    deadline_queue_close(&q);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_INT(uv_loop_close(&loop), 0);
 }
 
 static int closed;
