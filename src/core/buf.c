@@ -5,6 +5,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Under AddressSanitizer a buffer in the free list is poisoned, so a use
+ * after buf_put is reported as one, as a use after free would be. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define POISON(b, n) ASAN_POISON_MEMORY_REGION(b, n)
+#define UNPOISON(b, n) ASAN_UNPOISON_MEMORY_REGION(b, n)
+#else
+#define POISON(b, n) ((void)(b), (void)(n))
+#define UNPOISON(b, n) ((void)(b), (void)(n))
+#endif
+
 #define BUF_FREE_START 16
 
 void buf_pool_init(buf_pool_t *p, size_t size, size_t max_free)
@@ -24,8 +35,11 @@ void buf_pool_init(buf_pool_t *p, size_t size, size_t max_free)
 
 void buf_pool_dispose(buf_pool_t *p)
 {
-    while (p->n_free > 0)
-        free(p->free[--p->n_free]);
+    while (p->n_free > 0) {
+        char *b = p->free[--p->n_free];
+        UNPOISON(b, p->size);
+        free(b);
+    }
     free(p->free);
     p->free = NULL;
 }
@@ -39,6 +53,7 @@ char *buf_get(buf_pool_t *p)
         fputs("psproxy: out of memory\n", stderr);
         abort();
     }
+    UNPOISON(b, p->size);
     p->in_use++;
     return b;
 }
@@ -56,10 +71,12 @@ void buf_put(buf_pool_t *p, char *b)
             p->cap_free = cap;
         }
     }
-    if (p->n_free < p->cap_free)
+    if (p->n_free < p->cap_free) {
+        POISON(b, p->size);
         p->free[p->n_free++] = b;
-    else
+    } else {
         free(b);
+    }
 }
 
 size_t buf_pool_trim(buf_pool_t *p, size_t keep)
@@ -68,8 +85,10 @@ size_t buf_pool_trim(buf_pool_t *p, size_t keep)
      * since the last trim; the ones above came back since and may be hot */
     size_t idle = p->low_free < p->n_free ? p->low_free : p->n_free;
     size_t drop = idle > keep ? idle - keep : 0;
-    for (size_t i = 0; i < drop; i++)
+    for (size_t i = 0; i < drop; i++) {
+        UNPOISON(p->free[i], p->size);
         free(p->free[i]);
+    }
     if (drop > 0)
         memmove(p->free, p->free + drop, (p->n_free - drop) * sizeof(void *));
     p->n_free -= drop;
