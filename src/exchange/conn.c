@@ -202,6 +202,7 @@ static void conn_update_reading(conn_t *c);
  * and clock rule until it is done. */
 static exchange_t *begin_exchange(conn_t *c)
 {
+    exchange_begin_request(&c->x); /* an answer to a head never read whole needs one too */
     conn_set_state(c, CONN_S_EXCHANGE);
     deadline_stop(&c->x.timer);
     c->head_clock = 0;
@@ -568,17 +569,16 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
  * then the body (exchange.c's callbacks gather it in x->body). */
 static llhttp_errno_t h1_parse(exchange_t *x)
 {
-    llhttp_t *p = &x->req.parser;
+    exchange_begin_request(x);
+    llhttp_t *p = &x->cur->req.parser;
     if (llhttp_get_errno(p) == HPE_PAUSED)
         llhttp_resume(p); /* paused on the head; now the body */
-    if (x->req.hdrs == NULL)
-        x->req.hdrs = (http_hdr_t *)buf_get(&x->w->tables);
     const char *start = x->rbuf + x->rstart;
     /* A pass that begins after the head is body up to the message's end,
      * where the parser pauses. The check reads it before llhttp, whose
      * on_body compacts the data over the framing, and stops at the end. */
-    if (x->rq == XREQ_BODY && x->req.te_chunked &&
-        http_chunk_check(&x->chunk_check, start, x->rlen - x->rstart) < 0) {
+    if (x->rq == XREQ_BODY && x->cur->req.te_chunked &&
+        http_chunk_check(&x->cur->chunk_check, start, x->rlen - x->rstart) < 0) {
         llhttp_set_error_reason(p, "malformed chunked framing");
         return HPE_USER;
     }
@@ -758,11 +758,11 @@ static void conn_process(conn_t *c)
             }
             if (err != HPE_OK) {
                 exchange_respond_error(begin_exchange(c),
-                                       http_request_error_status(&x->req, err));
+                                       http_request_error_status(&x->cur->req, err));
                 continue;
             }
             if (x->rlen > x->cfg->max_header_size || x->rlen == x->w->bufs.size) {
-                int st = x->req.n_hdrs == 0 && x->req.field_state == 0 ? 414 : 431;
+                int st = x->cur->req.n_hdrs == 0 && x->cur->req.field_state == 0 ? 414 : 431;
                 exchange_respond_error(begin_exchange(c), st);
                 continue;
             }
@@ -944,6 +944,7 @@ static void init_pools(worker_t *w, size_t max_free)
 {
     buf_pool_init(&w->h2_streams, h2_stream_size(), max_free);
     buf_pool_init(&w->stream_xs, stream_size(), max_free);
+    buf_pool_init(&w->xreqs, sizeof(xreq_t), max_free);
 }
 
 const worker_conn_ops_t conn_worker_ops = {

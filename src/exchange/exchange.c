@@ -91,8 +91,8 @@ void exchange_log_transition(const exchange_t *x, int resp, int to)
 
 static int on_message_begin(llhttp_t *p)
 {
-    exchange_t *x = container_of(p, exchange_t, req.parser);
-    http_head_reset(&x->req);
+    exchange_t *x = p->data;
+    http_head_reset(&x->cur->req);
     x->head_started = 1;
     x->t_start = uv_hrtime(); /* a vDSO clock read: for the log and /metrics */
     x->counted = 0;
@@ -101,20 +101,20 @@ static int on_message_begin(llhttp_t *p)
 
 static int on_headers_complete(llhttp_t *p)
 {
-    exchange_t *x = container_of(p, exchange_t, req.parser);
+    exchange_t *x = p->data;
     exchange_req_to(x, XREQ_BODY);
-    http_chunk_check_init(&x->chunk_check);
+    http_chunk_check_init(&x->cur->chunk_check);
     return HPE_PAUSED; /* route and get the handler ready before the body flows */
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
-    exchange_t *x = container_of(p, exchange_t, req.parser);
+    exchange_t *x = p->data;
     x->bytes_in += len;
     if (x->rs == XRESP_LOCAL)
         return 0; /* answered here: the body is read and dropped */
-    if (x->route.body_limit != 0 && x->bytes_in > x->route.body_limit) {
-        x->req.err_status = 413; /* a chunked body grew past request_body max_size */
+    if (x->cur->route.body_limit != 0 && x->bytes_in > x->cur->route.body_limit) {
+        x->cur->req.err_status = 413; /* a chunked body grew past request_body max_size */
         llhttp_set_error_reason(p, "request body too large");
         return HPE_USER;
     }
@@ -126,7 +126,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 
 static int on_message_complete(llhttp_t *p)
 {
-    exchange_t *x = container_of(p, exchange_t, req.parser);
+    exchange_t *x = p->data;
     exchange_req_to(x, XREQ_DONE);
     return HPE_PAUSED; /* the next pipelined request waits for this response */
 }
@@ -151,7 +151,7 @@ llhttp_errno_t exchange_parse(exchange_t *x)
     x->body = NULL;
     x->body_len = 0;
     if (x->rq == XREQ_DONE)
-        return llhttp_get_errno(&x->req.parser);
+        return llhttp_get_errno(&x->cur->req.parser);
     return x->xport->parse(x);
 }
 
@@ -181,7 +181,28 @@ void exchange_init(exchange_t *x, const xport_ops_t *ops, worker_t *w, cfg_t *cf
     x->listener = listener;
     x->https = listener->scheme == CFG_SCHEME_HTTPS;
     x->keep_alive = 1;
-    http_head_init(&x->req, HTTP_REQUEST, exchange_parser_settings());
+}
+
+void exchange_begin_request(exchange_t *x)
+{
+    if (x->cur != NULL)
+        return;
+    xreq_t *r = (xreq_t *)(void *)buf_get(&x->w->xreqs);
+    http_head_init(&r->req, HTTP_REQUEST, exchange_parser_settings());
+    r->req.parser.data = x;
+    r->req.hdrs = r->table.hdrs;
+    memset(&r->vars, 0, sizeof(r->vars));
+    memset(&r->route, 0, offsetof(route_t, filters));
+    r->route.n_filters = 0;
+    x->cur = r;
+}
+
+/* The request's state goes back to the worker; the next head borrows it
+ * again. */
+static void end_request(exchange_t *x)
+{
+    buf_put(&x->w->xreqs, (char *)x->cur);
+    x->cur = NULL;
 }
 
 static void release_request_bufs(exchange_t *x)
@@ -199,9 +220,8 @@ void exchange_dispose(exchange_t *x)
 {
     release_request_bufs(x);
     buf_put(&x->w->bufs, x->rbuf);
-    buf_put(&x->w->tables, (char *)x->req.hdrs);
+    end_request(x);
     x->rbuf = NULL;
-    x->req.hdrs = NULL;
     cfg_unref(x->cfg);
     up_targets_unref(x->targets);
 }
@@ -227,16 +247,12 @@ void exchange_close(exchange_t *x)
 
 void exchange_reset(exchange_t *x)
 {
-    /* each request starts with a fresh parser: after an upgrade the
-     * upstream refused, llhttp would otherwise take the next head for the
-     * upgraded protocol (HPE_PAUSED_UPGRADE) */
-    llhttp_reset(&x->req.parser);
+    /* each request starts with a fresh parser (exchange_begin_request):
+     * after an upgrade the upstream refused, llhttp would otherwise take
+     * the next head for the upgraded protocol (HPE_PAUSED_UPGRADE) */
     exchange_req_to(x, XREQ_HEAD);
     exchange_resp_to(x, XRESP_NONE);
     x->resp_started = x->upgrade = x->head_method = 0;
-    x->route.site = NULL;
-    x->route.handler = NULL;
-    x->route.n_filters = 0;
     x->ops = NULL;
     x->status = 0;
     x->head_end = 0;
@@ -246,8 +262,8 @@ void exchange_done(exchange_t *x)
 {
     exchange_access_log(x);
     release_request_bufs(x);
-    buf_put(&x->w->tables, (char *)x->req.hdrs); /* lent again at the next head */
-    x->req.hdrs = NULL;
+    end_request(x);
+    x->ops = NULL; /* its handler is done: nothing to abort from here on */
     deadline_stop(&x->timer);
     if (x->w->draining)
         x->keep_alive = 0; /* stopping: this was the connection's last response */
@@ -379,7 +395,7 @@ void exchange_client_eof(exchange_t *x)
         /* a request without a body is whole once its head is (the parser
          * stays paused on it until the handler is ready) */
         if (x->rq != XREQ_DONE && x->rs != XRESP_TUNNEL &&
-            !(x->rq == XREQ_BODY && http_request_framing(&x->req) == HTTP_BODY_NONE))
+            !(x->rq == XREQ_BODY && http_request_framing(&x->cur->req) == HTTP_BODY_NONE))
             exchange_close(x); /* gone mid-request: the exchange cannot complete */
         else if (x->ops->client_eof != NULL)
             x->ops->client_eof(x);
@@ -447,7 +463,7 @@ void exchange_malformed(exchange_t *x)
 void exchange_respond_error(exchange_t *x, int status)
 {
     log_debug("exchange %llu %s: %d %s: %s", (unsigned long long)x->id, x->peer_ip, status,
-              http_reason(status), llhttp_get_error_reason(&x->req.parser));
+              http_reason(status), llhttp_get_error_reason(&x->cur->req.parser));
     x->keep_alive = 0;
     exchange_req_to(x, XREQ_BROKEN);
     exchange_respond(x, status, NULL, NULL, 0);
@@ -457,10 +473,10 @@ void exchange_respond_error(exchange_t *x, int status)
 
 void exchange_route(exchange_t *x, int st)
 {
-    llhttp_t *p = &x->req.parser;
+    llhttp_t *p = &x->cur->req.parser;
     x->head_started = 0;
     if (st == 0)
-        st = http_head_analyze(&x->req);
+        st = http_head_analyze(&x->cur->req);
     if (st != 0) {
         exchange_respond_error(x, st);
         return;
@@ -473,13 +489,13 @@ void exchange_route(exchange_t *x, int st)
         exchange_respond(x, 405, NULL, NULL, 0);
         return;
     }
-    http_vars_from_request(&x->vars, &x->req, x->https, x->peer_ip, x->peer_port);
-    route_pick(&x->route, x->cfg, x->listener, x->https, &x->vars);
+    http_vars_from_request(&x->cur->vars, &x->cur->req, x->https, x->peer_ip, x->peer_port);
+    route_pick(&x->cur->route, x->cfg, x->listener, x->https, &x->cur->vars);
     x->bytes_in = x->bytes_out = 0;
-    x->ops = handler_of(x->route.id);
+    x->ops = handler_of(x->cur->route.id);
     if (x->ops == NULL) {
         log_err("exchange %llu: no handler registered for route %d", (unsigned long long)x->id,
-                x->route.id);
+                x->cur->route.id);
         x->keep_alive = 0;
         exchange_respond(x, 500, NULL, NULL, 0);
         return;
@@ -497,7 +513,7 @@ void exchange_access_log(exchange_t *x)
     int h2 = x->xport->version == 2;
     const char *upstream =
         x->ops != NULL && x->ops->upstream != NULL ? x->ops->upstream(x) : NULL;
-    const cfg_site_t *s = x->route.site;
+    const cfg_site_t *s = x->cur->route.site;
     const char *site = s != NULL && s->n_addrs > 0 ? s->addrs[0].host : NULL;
     metrics_request(&x->w->metrics, site != NULL && site[0] ? site : "*", x->status, upstream,
                     (uv_hrtime() - x->t_start) / 1000, h2);
@@ -508,12 +524,12 @@ void exchange_access_log(exchange_t *x)
     alog_entry_t e = {0};
     e.remote_ip = x->peer_ip;
     e.remote_port = x->peer_port;
-    e.method = x->vars.method;
-    e.host = x->vars.hostport;
-    e.uri = x->req.url;
-    e.proto = h2 ? "HTTP/2.0" : x->req.parser.http_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
-    e.req_hdrs = x->req.hdrs;
-    e.n_req_hdrs = x->req.n_hdrs;
+    e.method = x->cur->vars.method;
+    e.host = x->cur->vars.hostport;
+    e.uri = x->cur->req.url;
+    e.proto = h2 ? "HTTP/2.0" : x->cur->req.parser.http_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
+    e.req_hdrs = x->cur->req.hdrs;
+    e.n_req_hdrs = x->cur->req.n_hdrs;
     if (x->added_fields && e.n_req_hdrs > 0)
         e.n_req_hdrs--; /* not the client's */
     tls_info_t tls;

@@ -8,7 +8,7 @@
  * Its request and its response each have a state; every change goes
  * through exchange_req_to / exchange_resp_to, which check it against the
  * table of allowed transitions (exchange.c). Handlers keep their
- * per-request state in hstate, never in new fields here. */
+ * per-request state in x->cur->hstate, never in new fields here. */
 #ifndef PS_EXCHANGE_H
 #define PS_EXCHANGE_H
 
@@ -27,7 +27,7 @@
 #include "upstream.h"
 #include "worker.h"
 
-/* Room for a handler's per-request state (exchange_t.hstate). */
+/* Room for a handler's per-request state (xreq_t.hstate). */
 #define EXCHANGE_HANDLER_STATE 160
 
 /* How much of the request was read. */
@@ -88,6 +88,21 @@ typedef struct xport_ops {
     tls_conn_t *(*tls)(const exchange_t *x);
 } xport_ops_t;
 
+/* What a request holds only while it is in flight: lent by the worker
+ * (worker_t.xreqs) from the first byte of its head (HTTP/2: its HEADERS)
+ * to its end, so an idle keep-alive connection does not carry it. */
+typedef struct xreq {
+    /* the head is parsed in place: its fields are slices of the exchange's
+     * rbuf, so a head stays at [0, head_end) until the exchange is done */
+    http_head_t req;
+    http_vars_t vars;
+    route_t route;            /* what serves it */
+    http_chunk_check_t chunk_check; /* a chunked body's framing, strictly */
+    /* the running handler's own state (its start zeroes what it uses) */
+    _Alignas(max_align_t) unsigned char hstate[EXCHANGE_HANDLER_STATE];
+    http_table_t table;       /* the head's fields (req.hdrs) */
+} xreq_t;
+
 struct exchange {
     const xport_ops_t *xport;
     deadline_t timer; /* its clock, and the connection's between exchanges */
@@ -111,18 +126,12 @@ struct exchange {
     int rq; /* enum xreq_state */
     int rs; /* enum xresp_state */
 
-    /* the request: the head is parsed in place and its fields are slices of
-     * rbuf, so a head stays at [0, head_end) until the exchange is done */
-    http_head_t req;
+    xreq_t *cur; /* the request in flight; NULL between requests */
     char *rbuf;
     size_t rstart, rlen; /* [rstart, rlen) read but not yet parsed */
     size_t head_end;
     char *body;          /* body bytes of this parse pass, compacted in place */
     size_t body_len;
-    http_chunk_check_t chunk_check; /* a chunked body's framing, strictly */
-    http_vars_t vars;
-
-    route_t route;            /* what serves it */
     const handler_ops_t *ops; /* the handler running it; NULL before routing */
     unsigned keep_alive : 1;    /* its connection may serve another request */
     /* response bytes the transport has not taken yet: on HTTP/1.1 the
@@ -140,9 +149,6 @@ struct exchange {
     char *obuf; /* a head the handler builds: the upstream's, or extra fields */
     char *hbuf; /* the response head for the client */
     filter_body_t *bodyf; /* the body filters claiming this response; NULL: none */
-    /* the running handler's own state (its start zeroes what it uses): no
-     * allocation per request */
-    _Alignas(max_align_t) unsigned char hstate[EXCHANGE_HANDLER_STATE];
     int status;        /* the status sent, for the log */
     uint64_t t_start;  /* uv_hrtime() at the head */
     uint64_t bytes_in; /* request body bytes read */
@@ -252,8 +258,12 @@ void exchange_respond_maybe_done(exchange_t *x);
  * request in /metrics. */
 void exchange_access_log(exchange_t *x);
 
-/* The request is a fresh one: parser reset, routing and handler cleared. */
+/* The request is a fresh one: routing and handler cleared; its state is
+ * lent at its first byte (exchange_begin_request). */
 void exchange_reset(exchange_t *x);
+/* Lends X a request's state (x->cur) with a fresh parser, unless it has
+ * one: before a head is parsed. */
+void exchange_begin_request(exchange_t *x);
 
 /* The transport's pieces of HTTP/1.1 parsing: the llhttp settings every
  * exchange's parser uses (its callbacks fill the exchange). */

@@ -26,7 +26,7 @@ typedef struct handler_ops {
     /* Once, when it is registered, before any worker runs: what every
      * request of it shares (parser settings). NULL: nothing. */
     void (*init)(void);
-    /* The request head is routed here (x->route says how): start. */
+    /* The request head is routed here (x->cur->route says how): start. */
     void (*start)(exchange_t *x);
     /* Request body bytes were parsed (or the request ended): push on. */
     void (*request_body)(exchange_t *x);

@@ -65,9 +65,9 @@ static llhttp_errno_t sx_parse(exchange_t *x)
     if (x->rs == XRESP_LOCAL) {
         x->rstart = x->rlen = 0; /* answered here: read and dropped */
     } else if (n > 0) {
-        if (x->route.body_limit != 0 && x->bytes_in > x->route.body_limit) {
-            x->req.err_status = 413;
-            llhttp_set_error_reason(&x->req.parser, "request body too large");
+        if (x->cur->route.body_limit != 0 && x->bytes_in > x->cur->route.body_limit) {
+            x->cur->req.err_status = 413;
+            llhttp_set_error_reason(&x->cur->req.parser, "request body too large");
             return HPE_USER;
         }
         x->body = x->rbuf + x->rstart;
@@ -181,11 +181,10 @@ void stream_head(exchange_t *x, char *head, int len)
 {
     if (x->rs == XRESP_CLOSED)
         return;
-    if (x->req.hdrs == NULL)
-        x->req.hdrs = (http_hdr_t *)buf_get(&x->w->tables);
+    exchange_begin_request(x);
     llhttp_errno_t err = HPE_USER;
     if (len > 0)
-        err = llhttp_execute(&x->req.parser, head, (size_t)len);
+        err = llhttp_execute(&x->cur->req.parser, head, (size_t)len);
     else
         x->t_start = uv_hrtime();
     x->added_fields = h2_stream_added_fields(stream_of(x)) != 0;
@@ -198,7 +197,7 @@ void stream_head(exchange_t *x, char *head, int len)
         exchange_route(x, 0);
         return;
     }
-    int st = len < 0 ? -len : http_request_error_status(&x->req, err);
+    int st = len < 0 ? -len : http_request_error_status(&x->cur->req, err);
     log_debug("exchange %llu %s: h2 stream: %d %s", (unsigned long long)x->id, x->peer_ip, st,
               http_reason(st));
     exchange_respond_error(x, st);

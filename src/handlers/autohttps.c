@@ -15,14 +15,14 @@
 static void acme_http01_start(exchange_t *x)
 {
     const size_t plen = sizeof(ROUTE_ACME_PREFIX) - 1;
-    uv_buf_t path = x->vars.path;
+    uv_buf_t path = x->cur->vars.path;
     char ka[512];
     if (path.len <= plen || chal_http_get(path.base + plen, path.len - plen, ka, sizeof(ka)) != 0) {
         exchange_respond(x, 404, NULL, NULL, 0);
         return;
     }
-    log_info("acme: answered the http-01 challenge for %.*s from %s", (int)x->vars.host.len,
-             x->vars.host.base, x->peer_ip);
+    log_info("acme: answered the http-01 challenge for %.*s from %s", (int)x->cur->vars.host.len,
+             x->cur->vars.host.base, x->peer_ip);
     exchange_respond(x, 200, NULL, ka, strlen(ka));
 }
 
@@ -31,7 +31,7 @@ const handler_ops_t acme_http01_handler = {
     .start = acme_http01_start,
 };
 
-/* 308 to the same URI over https on x->route.port, as Caddy's redirect
+/* 308 to the same URI over https on x->cur->route.port, as Caddy's redirect
  * routes (makeRedirRoute), except the ACME HTTP-01 path. Caddy names no
  * port when it is http_port, https_port, 80 or 443: the redirect leaves
  * the machine, where https_port is assumed to be reached as 443; a site's
@@ -39,11 +39,11 @@ const handler_ops_t acme_http01_handler = {
  * Caddy's does. */
 static void https_redirect_start(exchange_t *x)
 {
-    uv_buf_t host = http_host_without_port(x->req.host);
+    uv_buf_t host = http_host_without_port(x->cur->req.host);
     const cfg_t *cfg = x->cfg;
-    int port = x->route.port;
+    int port = x->cur->route.port;
     const size_t plen = sizeof(ROUTE_ACME_PREFIX) - 1;
-    if (x->vars.path.len >= plen && memcmp(x->vars.path.base, ROUTE_ACME_PREFIX, plen) == 0) {
+    if (x->cur->vars.path.len >= plen && memcmp(x->cur->vars.path.base, ROUTE_ACME_PREFIX, plen) == 0) {
         exchange_respond(x, 404, NULL, NULL, 0); /* no such challenge is pending */
         return;
     }
@@ -58,7 +58,7 @@ static void https_redirect_start(exchange_t *x)
      * empty one gives "https:///..." as Caddy's {http.request.host} does */
     int n = snprintf(x->obuf, x->w->bufs.size, "Location: https://%s%.*s%s%s%.*s\r\n",
                      v6 ? "[" : "", (int)host.len, host.base, v6 ? "]" : "", ps,
-                     (int)x->req.target.len, x->req.target.base);
+                     (int)x->cur->req.target.len, x->cur->req.target.base);
     x->keep_alive = 0;
     if (n < 0 || (size_t)n >= x->w->bufs.size)
         exchange_respond(x, 414, NULL, NULL, 0);

@@ -24,7 +24,7 @@ static const char CRLF[] = "\r\n";
 static const char LAST_CHUNK[] = HTTP_LAST_CHUNK;
 
 /* One request's exchange with its upstreams: the handler's state in the
- * exchange (exchange_t.hstate), zeroed by proxy_start. */
+ * exchange (xreq_t.hstate, lent for the request), zeroed by proxy_start. */
 typedef struct proxy_req {
     up_conn_t *up;
     up_pool_t *pool;
@@ -55,11 +55,20 @@ typedef struct proxy_req {
     char down_chunk[HTTP_CHUNK_LINE_MAX]; /* chunk-size line of the body going down */
 } proxy_req_t;
 
-_Static_assert(sizeof(proxy_req_t) <= EXCHANGE_HANDLER_STATE, "proxy_req_t fits exchange_t.hstate");
+_Static_assert(sizeof(proxy_req_t) <= EXCHANGE_HANDLER_STATE, "proxy_req_t fits xreq_t.hstate");
 
 static proxy_req_t *pr(const exchange_t *x)
 {
-    return (proxy_req_t *)x->hstate;
+    return (proxy_req_t *)x->cur->hstate;
+}
+
+/* Whether X relays with U, asked after a step that may have finished X's
+ * request (its state gone back to the worker; a pipelined next one may
+ * have begun) or moved it to another upstream: a proxy_req_t taken before
+ * that step is not to be read. */
+static int relays_with(const exchange_t *x, const up_conn_t *u)
+{
+    return x->cur != NULL && pr(x)->up == u;
 }
 
 /* Queues LEN body bytes at BODY in IOV as FRAMING wants them: as they
@@ -106,7 +115,7 @@ static void add_end(uv_buf_t *iov, unsigned *n, int framing)
 
 static const cfg_proxy_t *proxy_cfg(const exchange_t *x)
 {
-    return &x->route.handler->u.proxy;
+    return &x->cur->route.handler->u.proxy;
 }
 
 static exchange_t *owner(const up_conn_t *u)
@@ -156,9 +165,9 @@ static void proxy_abort(exchange_t *x)
  * field (as Go's transport takes it); a proxy must not retry others. */
 static int retry_safe(const exchange_t *x)
 {
-    return idempotent(x->req.parser.method) ||
-           http_head_find(&x->req, "idempotency-key") != NULL ||
-           http_head_find(&x->req, "x-idempotency-key") != NULL;
+    return idempotent(x->cur->req.parser.method) ||
+           http_head_find(&x->cur->req, "idempotency-key") != NULL ||
+           http_head_find(&x->cur->req, "x-idempotency-key") != NULL;
 }
 
 /* The upstream failed this request (ERR: a libuv error, or PS_EPROTO for a
@@ -199,7 +208,7 @@ static void up_failed(exchange_t *x, int err)
      * idempotent one without a body goes to another upstream; anything else
      * might run twice (a POST whose upstream died after reading it) */
     if (!q->resp_bytes && !x->write_pending && q->replayable &&
-        idempotent(x->req.parser.method) && err != UV_ETIMEDOUT) {
+        idempotent(x->cur->req.parser.method) && err != UV_ETIMEDOUT) {
         exchange_resp_to(x, XRESP_PREPARE);
         if (q->try_counts)
             q->fail_status = 502;
@@ -328,7 +337,7 @@ static void on_up_read(up_conn_t *u, ssize_t nread)
         tunnel_from_upstream(x);
     else if (x->rs == XRESP_RELAY)
         pump_response(x);
-    if (x->rs != XRESP_CLOSED && q->up == u) {
+    if (x->rs != XRESP_CLOSED && relays_with(x, u)) {
         update_up_reading(x);
         up_arm_timer(x);
     }
@@ -384,7 +393,7 @@ static void settings_init(void)
 
 static int client_http10(const exchange_t *x)
 {
-    return x->req.parser.http_major == 1 && x->req.parser.http_minor == 0;
+    return x->cur->req.parser.http_major == 1 && x->cur->req.parser.http_minor == 0;
 }
 
 static void start_tunnel(exchange_t *x);
@@ -408,11 +417,11 @@ static int relay_head(exchange_t *x, uv_buf_t *iov, unsigned *n)
     http_resp_out_t r;
     memset(&r, 0, sizeof(r));
     r.resp = &u->resp;
-    r.vars = &x->vars;
+    r.vars = &x->cur->vars;
     r.http10 = client_http10(x);
     filter_head_t fh;
     if (!interim) {
-        int refused = filter_head(x->route.filters, x->route.n_filters, &fh) < 0;
+        int refused = filter_head(x->cur->route.filters, x->cur->route.n_filters, &fh) < 0;
         r.body_filtered = fh.n_body > 0;
         /* HTTP/2 frames the body itself: the bytes as they are, ended with the stream */
         q->resp_framing = http_response_framing(
@@ -633,7 +642,7 @@ static void proxy_on_client_written(exchange_t *x)
     if (u->rstart == u->rlen)
         u->rstart = u->rlen = 0;
     pump_response(x);
-    if (x->rs == XRESP_RELAY && q->up == u) {
+    if (x->rs == XRESP_RELAY && relays_with(x, u)) {
         update_up_reading(x);
         up_arm_timer(x);
     }
@@ -710,18 +719,18 @@ static void proxy_pump_request(exchange_t *x)
     size_t len = 0;
     /* a paused parser may complete a bodiless request without new bytes */
     if (x->rq != XREQ_DONE &&
-        (x->rstart < x->rlen || llhttp_get_errno(&x->req.parser) == HPE_PAUSED)) {
+        (x->rstart < x->rlen || llhttp_get_errno(&x->cur->req.parser) == HPE_PAUSED)) {
         llhttp_errno_t err = exchange_parse(x);
         if (err != HPE_OK && err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE) {
             /* a broken body (bad chunk): the upstream got part of it */
             log_debug("exchange %llu: request body: %s", (unsigned long long)x->id,
-                      llhttp_get_error_reason(&x->req.parser));
+                      llhttp_get_error_reason(&x->cur->req.parser));
             proxy_abort(x);
             x->keep_alive = 0;
             if (x->resp_started || x->write_pending)
                 exchange_close(x);
             else
-                exchange_respond(x, http_request_error_status(&x->req, err), NULL, NULL, 0);
+                exchange_respond(x, http_request_error_status(&x->cur->req, err), NULL, NULL, 0);
             return;
         }
         body = x->body;
@@ -781,8 +790,8 @@ static void on_up_ready(exchange_t *x)
         x->obuf = buf_get(&x->w->bufs);
     http_req_out_t r;
     memset(&r, 0, sizeof(r));
-    r.req = &x->req;
-    r.vars = &x->vars;
+    r.req = &x->cur->req;
+    r.vars = &x->cur->vars;
     r.ops = &p->header_up;
     r.client_ip = x->peer_ip;
     r.https = x->https;
@@ -862,7 +871,7 @@ static void proxy_try(exchange_t *x)
     q->tried |= 1ull << i;
     up_target_t *tg = up_target_find(x->targets, p->ups[i].hostport);
     q->pool = up_pool_get(&w->up, tg);
-    x->vars.upstream_hostport =
+    x->cur->vars.upstream_hostport =
         uv_buf_init((char *)p->ups[i].hostport, strlen(p->ups[i].hostport));
     q->up = up_take(q->pool, x);
     if (q->up != NULL) {
@@ -885,19 +894,19 @@ static void proxy_start(exchange_t *x)
     /* the chunk-size lines at its end are written before each use */
     memset(q, 0, offsetof(proxy_req_t, up_chunk));
     const cfg_proxy_t *p = proxy_cfg(x);
-    const llhttp_t *req = &x->req.parser;
+    const llhttp_t *req = &x->cur->req.parser;
     /* a declared length over the limit never reaches the upstream */
-    if (x->route.body_limit != 0 && (req->flags & F_CONTENT_LENGTH) &&
-        req->content_length > x->route.body_limit) {
+    if (x->cur->route.body_limit != 0 && (req->flags & F_CONTENT_LENGTH) &&
+        req->content_length > x->cur->route.body_limit) {
         x->keep_alive = 0;
         exchange_respond(x, 413, NULL, NULL, 0);
         return;
     }
     exchange_resp_to(x, XRESP_PREPARE);
     deadline_stop(&x->timer);
-    q->req_framing = http_request_framing(&x->req);
+    q->req_framing = http_request_framing(&x->cur->req);
     /* llhttp counts content_length down as the body passes: keep it now */
-    q->req_length = q->req_framing == HTTP_BODY_LENGTH ? x->req.parser.content_length : 0;
+    q->req_length = q->req_framing == HTTP_BODY_LENGTH ? x->cur->req.parser.content_length : 0;
     q->tried = 0;
     q->attempts = 0;
     q->pool = NULL;

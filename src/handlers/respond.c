@@ -63,7 +63,7 @@ static void answer(exchange_t *x, const cfg_handler_t *h)
     http_hdr_t own, *ownp = NULL;
     if (h != NULL && h->kind == CFG_H_RESPOND) {
         status = h->u.respond.status;
-        if (http_tmpl_expand(&h->u.respond.body, &x->vars, body, sizeof(body), &blen) < 0)
+        if (http_tmpl_expand(&h->u.respond.body, &x->cur->vars, body, sizeof(body), &blen) < 0)
             blen = 0;
         if (h->u.respond.close)
             x->keep_alive = 0;
@@ -79,7 +79,7 @@ static void answer(exchange_t *x, const cfg_handler_t *h)
      * respond's Content-Type as in Caddy; one a deferred op deleted is
      * Go's sniffing in Caddy: plain text (http_build_simple) for all but
      * a few signatures (HTML, XML, PDF, images) psproxy does not sniff */
-    if (filter_head(x->route.filters, x->route.n_filters, &fh) < 0) {
+    if (filter_head(x->cur->route.filters, x->cur->route.n_filters, &fh) < 0) {
         exchange_respond(x, 500, NULL, NULL, 0);
         return;
     }
@@ -94,13 +94,13 @@ static void answer(exchange_t *x, const cfg_handler_t *h)
             return;
         }
     }
-    if (http_expand_ops(fh.ops, fh.n_ops, &x->vars, extra, x->w->bufs.size - 1, &elen, ownp) < 0)
+    if (http_expand_ops(fh.ops, fh.n_ops, &x->cur->vars, extra, x->w->bufs.size - 1, &elen, ownp) < 0)
         elen = 0;
     if (h != NULL && h->kind == CFG_H_REDIR) {
         size_t start = elen;
         memcpy(extra + elen, "Location: ", 10);
         elen += 10;
-        if (http_tmpl_expand(&h->u.redir.to, &x->vars, extra, x->w->bufs.size - 3, &elen) < 0) {
+        if (http_tmpl_expand(&h->u.redir.to, &x->cur->vars, extra, x->w->bufs.size - 3, &elen) < 0) {
             elen = start;
             status = 500;
         } else {
@@ -119,7 +119,7 @@ static void answer(exchange_t *x, const cfg_handler_t *h)
 
 static void respond_start(exchange_t *x)
 {
-    answer(x, x->route.handler);
+    answer(x, x->cur->route.handler);
 }
 
 const handler_ops_t respond_handler = {

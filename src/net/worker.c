@@ -291,6 +291,7 @@ static void on_trim(uv_timer_t *t)
                buf_pool_trim(&w->tables, WORKER_KEEP_BUFS) +
                buf_pool_trim(&w->h2_streams, WORKER_KEEP_BUFS) +
                buf_pool_trim(&w->stream_xs, WORKER_KEEP_BUFS) +
+               buf_pool_trim(&w->xreqs, WORKER_KEEP_BUFS) +
                buf_pool_trim(&w->wreqs, WORKER_KEEP_BUFS);
     /* free() alone keeps the pages of a thread's arena mapped */
     if (n > 0)
@@ -381,6 +382,7 @@ void worker_dispose(worker_t *w)
     buf_pool_dispose(&w->tables);
     buf_pool_dispose(&w->h2_streams);
     buf_pool_dispose(&w->stream_xs);
+    buf_pool_dispose(&w->xreqs);
     buf_pool_dispose(&w->wreqs);
     metrics_dispose(&w->metrics);
     free(w->listeners);

@@ -70,6 +70,9 @@ struct worker {
      * exchange (stream.c), one each per request; pooled, as a session
      * opens them ten at a time, more than malloc's per-thread cache keeps */
     buf_pool_t h2_streams, stream_xs;
+    /* the exchange layer's: the state of a request in flight (xreq_t), so
+     * that an idle connection does not carry it */
+    buf_pool_t xreqs;
     /* write requests, for the writes a socket pushes back (sock.h) */
     buf_pool_t wreqs;
     metrics_t metrics;

@@ -132,6 +132,55 @@ TEST(get_keep_alive_reuses_client_and_upstream_connections)
     lt_end(&t);
 }
 
+static int request_state_lent(lt_t *t)
+{
+    return t->w.xreqs.in_use == 1;
+}
+
+static int request_state_back(lt_t *t)
+{
+    return t->w.xreqs.in_use == 0;
+}
+
+/* What a request needs in flight (xreq_t: its head, route, handler state)
+ * is lent from the head's first byte to its end: a keep-alive connection
+ * between requests holds none. */
+TEST(request_state_is_lent_while_a_request_is_in_flight_and_back_between_requests)
+{
+    static const lt_step_t up0[] = {
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"),
+        LT_READ_HEAD(),
+        LT_WRITE("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nbb"),
+        LT_END(),
+    };
+    static const lt_step_t client[] = {
+        LT_WRITE("GET /a HTTP/1.1\r\nHo"),
+        LT_WAIT(request_state_lent),
+        LT_WRITE("st: example.test\r\n\r\n"),
+        LT_RESPONSE(),
+        LT_WAIT(request_state_back),
+        LT_NOTE("idle"),
+        LT_WRITE("GET /b HTTP/1.1\r\nHost: example.test\r\n\r\n"),
+        LT_RESPONSE(),
+        LT_WAIT(request_state_back),
+        LT_DONE(),
+    };
+    lt_t t;
+    CHECK_INT(lt_start(&t, CONF), 0);
+    lt_upstream(&t, 0, up0);
+    lt_peer_t *c = lt_client(&t, client);
+    CHECK_INT(lt_run(&t), 0);
+    CHECK_STR(lt_events(&t, "c0"), "c0: 200\n"
+                                   "c0: body \"a\"\n"
+                                   "c0: idle\n"
+                                   "c0: 200\n"
+                                   "c0: body \"bb\"\n");
+    CHECK_STR(lt_rx(c), "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"
+                        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nbb");
+    lt_end(&t);
+}
+
 TEST(post_content_length_body_reaches_upstream_exactly)
 {
     static const lt_step_t up0[] = {
