@@ -10,6 +10,7 @@ crash during the test.
 import fcntl
 import json
 import os
+import random
 import select
 import signal
 import socket
@@ -70,21 +71,51 @@ def _alive(pid):
     return True
 
 
+def _quiet_range():
+    """Ports the kernel never picks on its own: those below its ephemeral
+    range (ip_local_port_range), which every outgoing connection (curl,
+    Pebble, psproxy's upstreams) takes its local port from. None when that
+    range leaves too few below it."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if low - 1 < 10000:
+        return None
+    return max(10000, low - 12000), low - 1
+
+
+def _candidate_port(quiet):
+    if quiet is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    port = random.randint(*quiet)
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))  # no listener, no connection, no TIME_WAIT on it
+        except OSError:
+            return None
+    return port
+
+
 def free_port():
-    """A port nobody listens on (bound to 0 and released), never one this
-    process handed out before: the kernel may give a released port again at
-    once, and two roles on one port (http_port == https_port) made one test
-    serve HTTP where it expected TLS. Nor one another live test process
-    took: psproxy listens with SO_REUSEPORT, so two of them (tests running
-    in parallel) could share a port and answer each other's clients."""
+    """A port nobody listens on, never one this process handed out before:
+    two roles on one port (http_port == https_port) made one test serve
+    HTTP where it expected TLS. Nor one another live test process took:
+    psproxy listens with SO_REUSEPORT, so two of them (tests running in
+    parallel) could share a port and answer each other's clients. Taken
+    below the kernel's ephemeral range: a port bound to 0 and released was
+    free only until an outgoing connection got it as its local port, and
+    psproxy then could not listen on it ("address already in use")."""
+    quiet = _quiet_range()
     _PORT_CLAIMS.mkdir(exist_ok=True)
     with open(_PORT_CLAIMS / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one process at a time looks and claims
         while True:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            if port in _HANDED_OUT:
+            port = _candidate_port(quiet)
+            if port is None or port in _HANDED_OUT:
                 continue
             claim = _PORT_CLAIMS / str(port)
             try:
