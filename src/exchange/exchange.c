@@ -92,7 +92,6 @@ void exchange_log_transition(const exchange_t *x, int resp, int to)
 static int on_message_begin(llhttp_t *p)
 {
     exchange_t *x = p->data;
-    http_head_reset(&x->cur->req);
     x->head_started = 1;
     x->t_start = uv_hrtime(); /* a vDSO clock read: for the log and /metrics */
     x->counted = 0;
@@ -188,10 +187,12 @@ void exchange_begin_request(exchange_t *x)
     if (x->cur != NULL)
         return;
     xreq_t *r = (xreq_t *)(void *)buf_get(&x->w->xreqs);
+    /* one head per lend: on_message_begin finds it reset. The placeholders
+     * are filled at routing; until then only the route is read (a site's
+     * log, a body limit), and none is set */
     http_head_init(&r->req, HTTP_REQUEST, exchange_parser_settings());
     r->req.parser.data = x;
     r->req.hdrs = r->table.hdrs;
-    memset(&r->vars, 0, sizeof(r->vars));
     memset(&r->route, 0, offsetof(route_t, filters));
     r->route.n_filters = 0;
     x->cur = r;
