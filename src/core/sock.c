@@ -36,7 +36,18 @@ void sock_wreq_init(sock_wreq_t *w, buf_pool_t *pool, void *data)
     *w = (sock_wreq_t){.pool = pool, .data = data};
 }
 
-int sock_write(uv_stream_t *s, sock_wreq_t *w, uv_buf_t *bufs, unsigned n, uv_write_cb cb)
+/* Every queued write ends here, so no writer has to remember the request:
+ * the owner's callback, then the request back unless it carries the next
+ * write. W outlives the callback: its owner is freed from a later one. */
+static void on_written(uv_write_t *req, int status)
+{
+    sock_wreq_t *w = req->data;
+    w->queued = 0;
+    w->cb(w->data, status);
+    sock_wreq_release(w);
+}
+
+int sock_write(uv_stream_t *s, sock_wreq_t *w, uv_buf_t *bufs, unsigned n, sock_written_cb cb)
 {
     ssize_t sent = try_send(s, bufs, n);
     if (sent < 0 && sent != UV_EAGAIN)
@@ -53,11 +64,12 @@ int sock_write(uv_stream_t *s, sock_wreq_t *w, uv_buf_t *bufs, unsigned n, uv_wr
     bufs->len -= done;
     if (w->req == NULL) {
         w->req = (uv_write_t *)(void *)buf_get(w->pool);
-        w->req->data = w->data;
+        w->req->data = w;
     }
-    int err = uv_write(w->req, s, bufs, n, cb);
+    int err = uv_write(w->req, s, bufs, n, on_written);
     if (err < 0)
         return err;
+    w->cb = cb;
     w->queued = 1;
     return 0;
 }

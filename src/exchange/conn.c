@@ -230,8 +230,9 @@ static void conn_write_done(conn_t *c)
     }
 }
 
-static void client_written(conn_t *c, int status)
+static void on_client_written(void *owner, int status)
 {
+    conn_t *c = owner;
     if (status == UV_ECANCELED || c->state == CONN_S_CLOSING)
         return;
     if (status < 0) {
@@ -241,15 +242,7 @@ static void client_written(conn_t *c, int status)
     conn_write_done(c);
 }
 
-static void on_client_written(uv_write_t *req, int status)
-{
-    conn_t *c = req->data;
-    sock_written(&c->wr);
-    client_written(c, status);
-    sock_wreq_release(&c->wr); /* unless it carries the next write */
-}
-
-static void on_tls_written(uv_write_t *req, int status);
+static void on_tls_written(void *owner, int status);
 
 /* TLS: writes the records waiting (tls.c's pump): 1 all out, 0 a write is
  * in flight and on_tls_written goes on, <0 failed. */
@@ -258,8 +251,9 @@ static int tls_pump(conn_t *c)
     return tls_conn_flush(c->tls, (uv_stream_t *)&c->tcp, &c->wr, on_tls_written);
 }
 
-static void tls_written(conn_t *c, int status)
+static void on_tls_written(void *owner, int status)
 {
+    conn_t *c = owner;
     if (status == UV_ECANCELED || c->state == CONN_S_CLOSING)
         return;
     if (status < 0) {
@@ -277,14 +271,6 @@ static void tls_written(conn_t *c, int status)
         conn_write_done(c);
     else
         release_idle_buffer(c); /* a flush of our own (a ticket, an alert) ended */
-}
-
-static void on_tls_written(uv_write_t *req, int status)
-{
-    conn_t *c = req->data;
-    sock_written(&c->wr);
-    tls_written(c, status);
-    sock_wreq_release(&c->wr); /* unless it carries the next write */
 }
 
 /* Writes BUFS to the client, queued on wr if need be: 1 written, 0 queued

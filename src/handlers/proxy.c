@@ -650,8 +650,9 @@ static void proxy_on_client_written(exchange_t *x)
 
 /* ---- the request -------------------------------------------------------- */
 
-static void up_written(up_conn_t *u, int status)
+static void on_up_written(void *conn, int status)
 {
+    up_conn_t *u = conn; /* closing or not, freed only from a later callback */
     u->write_pending = 0;
     if (status == UV_ECANCELED)
         return;
@@ -676,14 +677,6 @@ static void up_written(up_conn_t *u, int status)
         exchange_arm_timer(x);
         up_arm_timer(x);
     }
-}
-
-static void on_up_written(uv_write_t *req, int status)
-{
-    up_conn_t *u = req->data; /* closing or not, freed only from a later callback */
-    sock_written(&u->wr);
-    up_written(u, status);
-    sock_wreq_release(&u->wr); /* unless it carries the next write */
 }
 
 /* The body would break the framing its head gave the upstream (the

@@ -533,7 +533,7 @@ void tls_conn_out_sent(tls_conn_t *t, size_t n)
 
 /* Encrypts what of the send fits and writes the records until the socket
  * pushes back; one write in flight at a time. */
-static int pump(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, uv_write_cb cb)
+static int pump(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, sock_written_cb cb)
 {
     if (t->writing)
         return 0;
@@ -564,7 +564,7 @@ static int pump(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, uv_write_cb cb)
 }
 
 int tls_conn_send(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, uv_buf_t *bufs, unsigned n,
-                  uv_write_cb cb)
+                  sock_written_cb cb)
 {
     if (n > PS_ARRAY_SIZE(t->pend))
         return UV_EINVAL;
@@ -574,12 +574,12 @@ int tls_conn_send(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, uv_buf_t *bufs,
     return pump(t, s, w, cb);
 }
 
-int tls_conn_flush(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, uv_write_cb cb)
+int tls_conn_flush(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, sock_written_cb cb)
 {
     return pump(t, s, w, cb);
 }
 
-int tls_conn_sent(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, uv_write_cb cb)
+int tls_conn_sent(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, sock_written_cb cb)
 {
     t->writing = 0;
     tls_conn_out_sent(t, t->inflight);

@@ -87,11 +87,11 @@ void tls_conn_close_notify(tls_conn_t *t);
 /* Sends the plaintext BUFS (at most 8, kept by the caller until done):
  * encrypts as the output buffer takes it and writes the records. */
 int tls_conn_send(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, uv_buf_t *bufs, unsigned n,
-                  uv_write_cb cb);
+                  sock_written_cb cb);
 /* Writes the records waiting (alerts, key updates, a close_notify). */
-int tls_conn_flush(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, uv_write_cb cb);
+int tls_conn_flush(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, sock_written_cb cb);
 /* The write in flight went out: goes on with what is left. */
-int tls_conn_sent(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, uv_write_cb cb);
+int tls_conn_sent(tls_conn_t *t, uv_stream_t *s, sock_wreq_t *w, sock_written_cb cb);
 
 /* Ciphertext waiting for the socket; after writing some, mark it sent. */
 uv_buf_t tls_conn_out(const tls_conn_t *t);
